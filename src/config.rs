@@ -1,0 +1,487 @@
+//! Configuration: one JSONC cluster file (shared by every node) plus per-node `NETSY_*`
+//! environment variables. Everything is validated at startup; every error names the key
+//! and says how to fix it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid JSONC: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("invalid config `{key}`: {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+fn invalid(key: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// Where object storage lives. The archive itself uses it; the keys exist from the start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `s3`, `gcs`, `file` (a local directory, for development) or `memory` (tests).
+    pub provider: String,
+    #[serde(default)]
+    pub bucket_name: String,
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Directory for the `file` provider; relative paths resolve against the working dir.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Acknowledge once a Raft quorum has the entry on disk; upload asynchronously.
+    Quorum,
+    /// Also wait until the segment holding the entry is in object storage.
+    ObjectStorage,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request (etcd `--max-request-bytes`, default 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Most operations in one Txn branch (etcd `--max-txn-ops`, default 128).
+    pub max_txn_ops: usize,
+    /// Database size that raises the NOSPACE alarm (etcd `--quota-backend-bytes`, 2 GiB).
+    pub quota_backend_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            quota_backend_bytes: 2 << 30,
+        }
+    }
+}
+
+/// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AutoCompaction {
+    /// `periodic` (retention is a duration such as "1h") or `revision` (a revision count).
+    pub mode: String,
+    pub retention: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AutoCompactionPolicy {
+    Periodic(Duration),
+    Revision(i64),
+}
+
+/// Node-level defaults that may sit in the cluster file (handy for development);
+/// the `NETSY_*` environment variables override them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDefaults {
+    pub node_id: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub bind_client: Option<String>,
+    pub advertise_client: Option<String>,
+    pub bind_peer: Option<String>,
+    pub advertise_peer: Option<String>,
+    pub bind_health: Option<String>,
+}
+
+/// The cluster file, as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub cluster_id: String,
+    pub storage: StorageConfig,
+    #[serde(default = "default_durability")]
+    pub durability: Durability,
+    #[serde(default)]
+    pub limits: Limits,
+    /// The version string reported by Status and /version.
+    #[serde(default = "default_etcd_version")]
+    pub etcd_version: String,
+    #[serde(default)]
+    pub auto_compaction: Option<AutoCompaction>,
+    /// Serve plaintext on non-loopback addresses when no TLS is configured.
+    #[serde(default)]
+    pub allow_insecure: bool,
+    #[serde(default)]
+    pub node: NodeDefaults,
+}
+
+fn default_durability() -> Durability {
+    Durability::Quorum
+}
+fn default_etcd_version() -> String {
+    crate::DEFAULT_ETCD_VERSION.to_string()
+}
+
+/// The validated, resolved configuration of this node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster_id: String,
+    pub storage: StorageConfig,
+    pub durability: Durability,
+    pub limits: Limits,
+    pub etcd_version: String,
+    pub auto_compaction: Option<AutoCompactionPolicy>,
+    pub allow_insecure: bool,
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub bind_client: SocketAddr,
+    pub advertise_client: String,
+    pub bind_peer: SocketAddr,
+    pub advertise_peer: String,
+    pub bind_health: SocketAddr,
+}
+
+/// Source of environment variables (a closure so tests need not touch the process env).
+pub type EnvFn<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, then applies `NETSY_*` overrides from `env`.
+    pub fn load(path: &Path, env: EnvFn) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str(&text, path, env)
+    }
+
+    pub fn from_str(text: &str, path: &Path, env: EnvFn) -> Result<Config, ConfigError> {
+        let file: ClusterFile = json5::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        Self::resolve(file, env)
+    }
+
+    pub fn resolve(file: ClusterFile, env: EnvFn) -> Result<Config, ConfigError> {
+        validate_name("cluster_id", &file.cluster_id)?;
+        validate_storage(&file.storage)?;
+        validate_limits(&file.limits)?;
+        validate_version(&file.etcd_version)?;
+        let auto_compaction = match &file.auto_compaction {
+            None => None,
+            Some(ac) => Some(parse_auto_compaction(ac)?),
+        };
+
+        let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
+            env(var).or_else(|| file_value.clone()).unwrap_or_else(|| default.to_string())
+        };
+        let n = &file.node;
+        let node_id = pick("NETSY_NODE_ID", &n.node_id, "netsy-0");
+        validate_name("NETSY_NODE_ID (node.node_id)", &node_id)?;
+        let data_dir = env("NETSY_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| n.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/netsy"));
+        let bind_client = parse_bind(
+            "NETSY_BIND_CLIENT (node.bind_client)",
+            &pick("NETSY_BIND_CLIENT", &n.bind_client, ":2378"),
+        )?;
+        let bind_peer = parse_bind("NETSY_BIND_PEER (node.bind_peer)", &pick("NETSY_BIND_PEER", &n.bind_peer, ":2381"))?;
+        let bind_health = parse_bind(
+            "NETSY_BIND_HEALTH (node.bind_health)",
+            &pick("NETSY_BIND_HEALTH", &n.bind_health, ":8080"),
+        )?;
+        let advertise_client = env("NETSY_ADVERTISE_CLIENT")
+            .or_else(|| n.advertise_client.clone())
+            .unwrap_or_else(|| format!("http://{}", advertise_of(bind_client)));
+        let advertise_peer = env("NETSY_ADVERTISE_PEER")
+            .or_else(|| n.advertise_peer.clone())
+            .unwrap_or_else(|| format!("http://{}", advertise_of(bind_peer)));
+
+        // TLS arrives with the mTLS issue; until configured, plaintext is loopback-only.
+        if !file.allow_insecure {
+            for (key, addr) in [
+                ("NETSY_BIND_CLIENT (node.bind_client)", bind_client),
+                ("NETSY_BIND_PEER (node.bind_peer)", bind_peer),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        key,
+                        format!("{addr} is not a loopback address and no TLS is configured; bind to 127.0.0.1 or set `allow_insecure: true` in the cluster file"),
+                    ));
+                }
+            }
+        }
+
+        Ok(Config {
+            cluster_id: file.cluster_id,
+            storage: file.storage,
+            durability: file.durability,
+            limits: file.limits,
+            etcd_version: file.etcd_version,
+            auto_compaction,
+            allow_insecure: file.allow_insecure,
+            node_id,
+            data_dir,
+            bind_client,
+            advertise_client,
+            bind_peer,
+            advertise_peer,
+            bind_health,
+        })
+    }
+}
+
+fn advertise_of(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+/// Lowercase alphanumerics and single hyphens, at most 32 characters (Netsy's rule).
+fn validate_name(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 32
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+        && !value.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{value:?} must be 1-32 lowercase letters, digits and single hyphens, not starting or ending with a hyphen (e.g. \"prod-1\")")))
+    }
+}
+
+fn validate_storage(s: &StorageConfig) -> Result<(), ConfigError> {
+    match s.provider.as_str() {
+        "s3" | "gcs" => {
+            if s.bucket_name.is_empty() {
+                return Err(invalid(
+                    "storage.bucket_name",
+                    format!("is required for provider {:?}; set it to your bucket's name", s.provider),
+                ));
+            }
+        }
+        "file" => {
+            if s.path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(
+                    "storage.path",
+                    "is required for provider \"file\"; set it to a directory such as \"./objects\"",
+                ));
+            }
+        }
+        "memory" => {}
+        other => {
+            return Err(invalid(
+                "storage.provider",
+                format!("{other:?} is not supported; use \"s3\", \"gcs\", \"file\" or \"memory\""),
+            ));
+        }
+    }
+    if s.key_prefix.starts_with('/') {
+        return Err(invalid(
+            "storage.key_prefix",
+            "must not start with '/'; write e.g. \"clusters/prod\"",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
+    if l.max_request_bytes < 1024 {
+        return Err(invalid(
+            "limits.max_request_bytes",
+            "must be at least 1024 (etcd's default is 1572864)",
+        ));
+    }
+    if l.max_txn_ops == 0 {
+        return Err(invalid("limits.max_txn_ops", "must be at least 1 (etcd's default is 128)"));
+    }
+    if l.quota_backend_bytes == 0 {
+        return Err(invalid(
+            "limits.quota_backend_bytes",
+            "must be positive (etcd's default is 2147483648)",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_version(v: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = v.split('.').collect();
+    let nums: Option<Vec<u64>> = parts.iter().map(|p| p.parse().ok()).collect();
+    match nums.as_deref() {
+        Some([3, 5, p]) if *p >= 13 => Ok(()),
+        Some([3, minor, _]) if *minor >= 6 => Ok(()),
+        _ => Err(invalid(
+            "etcd_version",
+            format!("{v:?} must be an etcd semver >= 3.5.13 (e.g. \"3.5.21\"); kube-apiserver disables watch progress requests for older versions"),
+        )),
+    }
+}
+
+fn parse_auto_compaction(ac: &AutoCompaction) -> Result<AutoCompactionPolicy, ConfigError> {
+    match ac.mode.as_str() {
+        "periodic" => {
+            let d = parse_duration(&ac.retention).ok_or_else(|| {
+                invalid(
+                    "auto_compaction.retention",
+                    format!("{:?} is not a duration; write e.g. \"1h\", \"30m\" or \"90s\"", ac.retention),
+                )
+            })?;
+            if d.is_zero() {
+                return Err(invalid(
+                    "auto_compaction.retention",
+                    "must be positive; remove `auto_compaction` to disable it",
+                ));
+            }
+            Ok(AutoCompactionPolicy::Periodic(d))
+        }
+        "revision" => match ac.retention.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(AutoCompactionPolicy::Revision(n)),
+            _ => Err(invalid(
+                "auto_compaction.retention",
+                format!("{:?} must be a positive number of revisions for mode \"revision\"", ac.retention),
+            )),
+        },
+        other => Err(invalid(
+            "auto_compaction.mode",
+            format!("{other:?} is not supported; use \"periodic\" or \"revision\""),
+        )),
+    }
+}
+
+/// Parses durations such as "90s", "5m", "1h30m", "500ms".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return None,
+        };
+    }
+    Some(total)
+}
+
+fn parse_bind(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    let v = if value.starts_with(':') {
+        format!("0.0.0.0{value}")
+    } else {
+        value.to_string()
+    };
+    v.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not a socket address; write e.g. \"127.0.0.1:2378\" or \":2378\""),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV: &str = r#"{
+        // comment
+        "cluster_id": "dev",
+        "storage": { "provider": "file", "path": "./objects", },
+        "node": { "data_dir": "./data", "bind_client": "127.0.0.1:2378", "bind_peer": "127.0.0.1:2381", "bind_health": "127.0.0.1:8080" },
+    }"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Path::new("test.jsonc"), &no_env)
+    }
+
+    #[test]
+    fn parses_jsonc_with_comments_and_trailing_commas() {
+        let c = load(DEV).expect("valid");
+        assert_eq!(c.cluster_id, "dev");
+        assert_eq!(c.bind_client.to_string(), "127.0.0.1:2378");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.etcd_version, crate::DEFAULT_ETCD_VERSION);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = |k: &str| (k == "NETSY_BIND_CLIENT").then(|| "127.0.0.1:9999".to_string());
+        let c = Config::from_str(DEV, Path::new("x"), &env).expect("valid");
+        assert_eq!(c.bind_client.port(), 9999);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (DEV.replace("\"dev\"", "\"Dev_1\""), "cluster_id"),
+            (DEV.replace("\"file\"", "\"ftp\""), "storage.provider"),
+            (DEV.replace("\"cluster_id\"", "\"cluster_idd\""), "cluster_idd"),
+            (DEV.replace("127.0.0.1:2378", "0.0.0.0:2378"), "NETSY_BIND_CLIENT"),
+            (DEV.replace("\"node\"", "\"etcd_version\": \"3.4.1\", \"node\""), "etcd_version"),
+            (
+                DEV.replace("\"node\"", "\"limits\": {\"max_txn_ops\": 0}, \"node\""),
+                "limits.max_txn_ops",
+            ),
+            (
+                DEV.replace(
+                    "\"node\"",
+                    "\"auto_compaction\": {\"mode\": \"periodic\", \"retention\": \"1x\"}, \"node\"",
+                ),
+                "auto_compaction.retention",
+            ),
+            ("{ not json".to_string(), "not valid JSONC"),
+        ];
+        for (text, key) in cases {
+            let err = load(&text).expect_err(key).to_string();
+            assert!(err.contains(key), "{err:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn insecure_bind_allowed_when_configured() {
+        let text = DEV
+            .replace("127.0.0.1:2378", "0.0.0.0:2378")
+            .replace("\"node\"", "\"allow_insecure\": true, \"node\"");
+        assert!(load(&text).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("m"), None);
+    }
+}

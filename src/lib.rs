@@ -1,0 +1,21 @@
+//! netsy: an etcd-compatible, Raft-replicated key-value store for Kubernetes control planes.
+//!
+//! Data flow: `api` (etcd gRPC services) → `raft` (openraft log, one write path) →
+//! `mvcc` (SQLite state machine, applied in order) → commit stream (watchers) → archive.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod mvcc;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod snapshot;
+
+/// The etcd server version netsy reports unless the config overrides it. It must parse as
+/// semver >= 3.5.13 so kube-apiserver enables watch progress requests.
+pub const DEFAULT_ETCD_VERSION: &str = "3.5.21";
+/// The etcd cluster version reported on `/version`.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";

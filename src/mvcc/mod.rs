@@ -1,0 +1,60 @@
+//! Pure MVCC over SQLite: the etcd key space with full revision history.
+//!
+//! Tables (see `schema.rs`): `kv` holds every revision of every key (history, tombstones
+//! included); `current` points at the live revision of each key so listing the latest
+//! state never scans history; `leases` and `meta` hold the rest of the applied state.
+//! Revisions are assigned here, at apply time, so every replica is byte-identical.
+
+mod hash;
+mod read;
+mod schema;
+mod store;
+pub mod validate;
+mod write;
+
+pub use read::{KeyRange, RangeEnd};
+pub use store::{read_applied_meta, AppliedMeta, CommitBatch, DbSize, Reader, RevisionEvents, Store};
+pub use write::{Command, CommandResult};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of the MVCC layer. Every client-caused variant maps to one etcd error in
+/// `api::errors`; `Storage` is a disk or SQLite failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("database space exceeded")]
+    NoSpace,
+    #[error("invalid request: {0}")]
+    Invalid(validate::InvalidRequest),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<rusqlite::Error> for MvccError {
+    fn from(e: rusqlite::Error) -> Self {
+        MvccError::Storage(e.to_string())
+    }
+}
+
+impl From<validate::InvalidRequest> for MvccError {
+    fn from(e: validate::InvalidRequest) -> Self {
+        MvccError::Invalid(e)
+    }
+}
+
+/// The smallest lease TTL etcd grants with default timing (1.5 x election timeout, rounded up).
+pub const MIN_LEASE_TTL: i64 = 2;
+/// etcd's `MaxLeaseTTL`.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;

@@ -1,0 +1,291 @@
+//! The read path: ranges at the current or a historical revision, and Txn compares.
+//! Every function takes a `&Connection` so the same code serves read-only requests and
+//! reads inside a write transaction (which see that transaction's earlier writes, as etcd).
+
+use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
+
+use super::MvccError;
+use crate::proto::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    Compare, RangeRequest, RangeResponse, ResponseHeader,
+};
+use crate::proto::mvccpb::KeyValue;
+
+/// The end of a key range, decoded from etcd's `range_end` convention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// `range_end` empty: exactly `key`.
+    Single,
+    /// `range_end == "\0"`: every key >= `key`.
+    Open,
+    /// `[key, end)`.
+    Until(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: RangeEnd,
+}
+
+impl KeyRange {
+    pub fn new(key: &[u8], range_end: &[u8]) -> Self {
+        let end = match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Open,
+            e => RangeEnd::Until(e.to_vec()),
+        };
+        KeyRange { start: key.to_vec(), end }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            RangeEnd::Single => key == self.start.as_slice(),
+            RangeEnd::Open => key >= self.start.as_slice(),
+            RangeEnd::Until(e) => key >= self.start.as_slice() && key < e.as_slice(),
+        }
+    }
+
+    /// SQL condition on `column` plus its parameters. Always a key range, never LIKE.
+    fn sql(&self, column: &str) -> (String, Vec<Vec<u8>>) {
+        match &self.end {
+            RangeEnd::Single => (format!("{column} = ?"), vec![self.start.clone()]),
+            RangeEnd::Open => (format!("{column} >= ?"), vec![self.start.clone()]),
+            RangeEnd::Until(e) => (format!("{column} >= ? AND {column} < ?"), vec![self.start.clone(), e.clone()]),
+        }
+    }
+}
+
+const KV_COLUMNS: &str = "k.key, k.create_rev, k.mod_rev, k.version, k.lease";
+
+fn row_to_kv(row: &Row, with_value: bool) -> rusqlite::Result<KeyValue> {
+    Ok(KeyValue {
+        key: row.get(0)?,
+        create_revision: row.get(1)?,
+        mod_revision: row.get(2)?,
+        version: row.get(3)?,
+        lease: row.get(4)?,
+        value: if with_value { row.get(5)? } else { Vec::new() },
+    })
+}
+
+/// Revision counters of the store, read inside the same SQLite transaction as the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revisions {
+    pub current: i64,
+    pub compacted: i64,
+}
+
+pub fn revisions(conn: &Connection) -> rusqlite::Result<Revisions> {
+    let get = |name: &str| conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get::<_, i64>(0));
+    Ok(Revisions {
+        current: get("revision")?,
+        compacted: get("compact_revision")?,
+    })
+}
+
+/// Keys in `range` at revision `rev` (live only), sorted by key, at most `limit` (0 = all).
+pub fn kvs_at(
+    conn: &Connection,
+    range: &KeyRange,
+    rev: i64,
+    current: i64,
+    limit: i64,
+    with_value: bool,
+) -> rusqlite::Result<Vec<KeyValue>> {
+    let value_col = if with_value { ", k.value" } else { "" };
+    let limit_sql = if limit > 0 { format!(" LIMIT {limit}") } else { String::new() };
+    let (cond, mut params) = if rev >= current {
+        let (cond, params) = range.sql("c.key");
+        (
+            format!("SELECT {KV_COLUMNS}{value_col} FROM current c JOIN kv k ON k.key = c.key AND k.mod_rev = c.mod_rev WHERE {cond} ORDER BY c.key{limit_sql}"),
+            params,
+        )
+    } else {
+        // The newest row of each key at or below `rev`; SQLite takes the bare columns
+        // from the row holding MAX(mod_rev).
+        let (cond, params) = range.sql("key");
+        let inner_value = if with_value { ", value" } else { "" };
+        (
+            format!(
+                "SELECT {KV_COLUMNS}{value_col} FROM (SELECT key, MAX(mod_rev) AS mod_rev, create_rev, version, lease, deleted{inner_value} \
+                 FROM kv WHERE {cond} AND mod_rev <= ? GROUP BY key) k WHERE k.deleted = 0 ORDER BY k.key{limit_sql}"
+            ),
+            params,
+        )
+    };
+    let mut stmt = conn.prepare_cached(&cond)?;
+    let rows = if rev >= current {
+        stmt.query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        let mut p: Vec<rusqlite::types::Value> = params.drain(..).map(rusqlite::types::Value::Blob).collect();
+        p.push(rusqlite::types::Value::Integer(rev));
+        stmt.query_map(params_from_iter(p.iter()), |r| row_to_kv(r, with_value))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    Ok(rows)
+}
+
+/// Number of live keys in `range` at revision `rev`.
+pub fn count_at(conn: &Connection, range: &KeyRange, rev: i64, current: i64) -> rusqlite::Result<i64> {
+    if rev >= current {
+        let (cond, params) = range.sql("key");
+        let sql = format!("SELECT COUNT(*) FROM current WHERE {cond}");
+        conn.prepare_cached(&sql)?.query_row(params_from_iter(params.iter()), |r| r.get(0))
+    } else {
+        let (cond, params) = range.sql("key");
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT MAX(mod_rev), deleted FROM kv WHERE {cond} AND mod_rev <= ? GROUP BY key) WHERE deleted = 0"
+        );
+        let mut p: Vec<rusqlite::types::Value> = params.into_iter().map(rusqlite::types::Value::Blob).collect();
+        p.push(rusqlite::types::Value::Integer(rev));
+        conn.prepare_cached(&sql)?.query_row(params_from_iter(p.iter()), |r| r.get(0))
+    }
+}
+
+/// The live value of one key, if any.
+pub fn get_current(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<KeyValue>> {
+    conn.prepare_cached(&format!(
+        "SELECT {KV_COLUMNS}, k.value FROM current c JOIN kv k ON k.key = c.key AND k.mod_rev = c.mod_rev WHERE c.key = ?1"
+    ))?
+    .query_row([key], |r| row_to_kv(r, true))
+    .optional()
+}
+
+/// etcd's Range, exactly: see `applierV3backend.Range` (limit+1 fetch for `more`, count
+/// before filters, sort in the applier, header revision = current store revision).
+pub fn range(conn: &Connection, req: &RangeRequest, revs: Revisions) -> Result<RangeResponse, MvccError> {
+    let rev = if req.revision <= 0 { revs.current } else { req.revision };
+    if rev > revs.current {
+        return Err(MvccError::FutureRevision);
+    }
+    if rev < revs.compacted {
+        return Err(MvccError::Compacted);
+    }
+    let range = KeyRange::new(&req.key, &req.range_end);
+    let header = Some(ResponseHeader {
+        revision: revs.current,
+        ..Default::default()
+    });
+    if req.count_only {
+        let count = count_at(conn, &range, rev, revs.current)?;
+        return Ok(RangeResponse {
+            header,
+            kvs: vec![],
+            more: false,
+            count,
+        });
+    }
+
+    let has_filter = req.min_mod_revision != 0 || req.max_mod_revision != 0 || req.min_create_revision != 0 || req.max_create_revision != 0;
+    let mut fetch_limit = req.limit;
+    if req.sort_order != SortOrder::None as i32 || has_filter {
+        fetch_limit = 0;
+    }
+    if fetch_limit > 0 {
+        fetch_limit += 1;
+    }
+    let mut kvs = kvs_at(conn, &range, rev, revs.current, fetch_limit, !req.keys_only)?;
+    let count = if fetch_limit > 0 && kvs.len() as i64 >= fetch_limit && range.end != RangeEnd::Single {
+        count_at(conn, &range, rev, revs.current)?
+    } else {
+        kvs.len() as i64
+    };
+
+    if req.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+    }
+    if req.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+    }
+    if req.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+    }
+    if req.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+    }
+
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    if target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    } else if target == SortTarget::Key && order == SortOrder::Ascend {
+        order = SortOrder::None; // already sorted by key
+    }
+    if order != SortOrder::None {
+        kvs.sort_by(|a, b| {
+            let o = match target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            if order == SortOrder::Descend {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() as i64 > req.limit {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    Ok(RangeResponse { header, kvs, more, count })
+}
+
+/// etcd's `applyCompare`: every key in the compare's range must satisfy it; a missing
+/// key compares as the zero KeyValue, except that a VALUE compare on it always fails.
+pub fn compare(conn: &Connection, c: &Compare, current: i64) -> Result<bool, MvccError> {
+    let range = KeyRange::new(&c.key, &c.range_end);
+    let kvs = kvs_at(conn, &range, current, current, 0, c.target == CompareTarget::Value as i32)?;
+    if kvs.is_empty() {
+        if c.target == CompareTarget::Value as i32 {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let v: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(v)
+        }
+        Ok(CompareTarget::Create) => kv
+            .create_revision
+            .cmp(&int_target(c, |t| matches!(t, TargetUnion::CreateRevision(_)))),
+        Ok(CompareTarget::Mod) => kv.mod_revision.cmp(&int_target(c, |t| matches!(t, TargetUnion::ModRevision(_)))),
+        Ok(CompareTarget::Version) => kv.version.cmp(&int_target(c, |t| matches!(t, TargetUnion::Version(_)))),
+        Ok(CompareTarget::Lease) => kv.lease.cmp(&int_target(c, |t| matches!(t, TargetUnion::Lease(_)))),
+        Err(_) => return true,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
+    }
+}
+
+/// The integer in the compare's target union when it matches the target, else 0 (etcd).
+fn int_target(c: &Compare, is_target: impl Fn(&TargetUnion) -> bool) -> i64 {
+    match &c.target_union {
+        Some(t) if is_target(t) => match t {
+            TargetUnion::Version(v) | TargetUnion::CreateRevision(v) | TargetUnion::ModRevision(v) | TargetUnion::Lease(v) => *v,
+            TargetUnion::Value(_) => 0,
+        },
+        _ => 0,
+    }
+}

@@ -1,0 +1,59 @@
+//! SQLite schema and connection settings.
+
+use rusqlite::Connection;
+
+/// Bumped whenever the schema changes incompatibly.
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The Raft log is the durable record of every acknowledged write; the state machine
+    // may lose its newest transactions on power loss and re-apply them from the log.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -64_000)?;
+    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    if writer {
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    }
+    Ok(())
+}
+
+pub fn create(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "
+        CREATE TABLE IF NOT EXISTS kv (
+            key        BLOB    NOT NULL,
+            mod_rev    INTEGER NOT NULL,
+            sub        INTEGER NOT NULL,
+            create_rev INTEGER NOT NULL,
+            version    INTEGER NOT NULL,
+            lease      INTEGER NOT NULL,
+            value      BLOB    NOT NULL,
+            deleted    INTEGER NOT NULL,
+            PRIMARY KEY (key, mod_rev)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS kv_by_rev ON kv (mod_rev, sub);
+        CREATE TABLE IF NOT EXISTS current (
+            key     BLOB    NOT NULL PRIMARY KEY,
+            mod_rev INTEGER NOT NULL,
+            lease   INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS current_by_lease ON current (lease) WHERE lease != 0;
+        CREATE TABLE IF NOT EXISTS leases (
+            id  INTEGER NOT NULL PRIMARY KEY,
+            ttl INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS meta (
+            name  TEXT NOT NULL PRIMARY KEY,
+            value BLOB
+        );
+        ",
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?1), ('revision', 1), ('compact_revision', 0)",
+        [SCHEMA_VERSION],
+    )?;
+    Ok(())
+}

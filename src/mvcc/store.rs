@@ -1,0 +1,361 @@
+//! `Store` owns the single writer connection (used only by the Raft state machine) and
+//! publishes the commit stream; `Reader` is a small pool of read connections that serve
+//! Range, Txn-free reads, hashes and snapshots concurrently with writes (SQLite WAL).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::broadcast;
+
+use super::read::{self, Revisions};
+use super::write::{self, Command, CommandResult, WriteTxn};
+use super::{schema, MvccError};
+use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
+use crate::proto::mvccpb::Event;
+
+/// The events of one revision, in the order they were made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionEvents {
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// What one applied batch changed; published after the SQLite commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitBatch {
+    /// Store revision after the batch.
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub revisions: Vec<RevisionEvents>,
+}
+
+/// Raft bookkeeping stored atomically with the data it describes (opaque to MVCC).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppliedMeta {
+    pub last_applied: Option<Vec<u8>>,
+    pub membership: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DbSize {
+    pub size: i64,
+    pub in_use: i64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    revs: Revisions,
+    commits: broadcast::Sender<Arc<CommitBatch>>,
+}
+
+fn storage(e: rusqlite::Error) -> MvccError {
+    MvccError::Storage(e.to_string())
+}
+
+impl Store {
+    /// Opens (creating if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<Store, MvccError> {
+        let conn = Connection::open(path).map_err(storage)?;
+        schema::configure(&conn, true).map_err(storage)?;
+        schema::create(&conn).map_err(storage)?;
+        let revs = read::revisions(&conn).map_err(storage)?;
+        let (commits, _) = broadcast::channel(1024);
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            revs,
+            commits,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revs.current
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.revs.compacted
+    }
+
+    /// Subscribe to the commit stream (every applied batch that changed something).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommitBatch>> {
+        self.commits.subscribe()
+    }
+
+    pub fn commit_sender(&self) -> broadcast::Sender<Arc<CommitBatch>> {
+        self.commits.clone()
+    }
+
+    pub fn applied_meta(&self) -> Result<AppliedMeta, MvccError> {
+        let get = |name: &str| -> rusqlite::Result<Option<Vec<u8>>> {
+            self.conn
+                .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map(Option::flatten)
+        };
+        Ok(AppliedMeta {
+            last_applied: get("raft_applied").map_err(storage)?,
+            membership: get("raft_membership").map_err(storage)?,
+        })
+    }
+
+    /// Applies a batch of committed commands in one SQLite transaction. `None` entries are
+    /// Raft entries without a command (blank, membership). Returns one result per entry;
+    /// `Err` only for storage failures.
+    pub fn apply_batch(&mut self, commands: &[Option<Command>], meta: &AppliedMeta) -> Result<Vec<CommandResult>, MvccError> {
+        let tx = self.conn.transaction().map_err(storage)?;
+        let mut revs = self.revs;
+        let mut results = Vec::with_capacity(commands.len());
+        let mut revisions = Vec::new();
+        for cmd in commands {
+            let Some(cmd) = cmd else {
+                results.push(CommandResult::Empty { revision: revs.current });
+                continue;
+            };
+            tx.execute_batch("SAVEPOINT cmd").map_err(storage)?;
+            match apply_one(&tx, cmd, revs) {
+                Ok((result, events)) => {
+                    tx.execute_batch("RELEASE cmd").map_err(storage)?;
+                    if let CommandResult::Compact(_) = result {
+                        if let Command::Compact(c) = cmd {
+                            revs.compacted = c.revision;
+                        }
+                    }
+                    if !events.is_empty() {
+                        revs.current += 1;
+                        revisions.push(RevisionEvents {
+                            revision: revs.current,
+                            events,
+                        });
+                    }
+                    results.push(result);
+                }
+                Err(MvccError::Storage(e)) => return Err(MvccError::Storage(e)),
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd").map_err(storage)?;
+                    results.push(CommandResult::Error(e));
+                }
+            }
+        }
+        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [revs.current])
+            .map_err(storage)?;
+        for (name, value) in [("raft_applied", &meta.last_applied), ("raft_membership", &meta.membership)] {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)",
+                rusqlite::params![name, value],
+            )
+            .map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        let changed = revs != self.revs;
+        self.revs = revs;
+        if changed {
+            // No subscribers is fine: the watch hub subscribes when it starts.
+            let _ = self.commits.send(Arc::new(CommitBatch {
+                revision: revs.current,
+                compact_revision: revs.compacted,
+                revisions,
+            }));
+        }
+        Ok(results)
+    }
+
+    /// Rewrites the database file to reclaim free pages (etcd's Defragment).
+    pub fn defragment(&mut self) -> Result<(), MvccError> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(storage)
+    }
+
+    /// Flushes the WAL into the main file, with fsync (used before snapshots are reported).
+    pub fn checkpoint(&mut self) -> Result<(), MvccError> {
+        self.conn.execute_batch("PRAGMA wal_checkpoint(FULL);").map_err(storage)
+    }
+
+    /// Replaces the whole state with the database file at `src` (snapshot install).
+    pub fn replace_with(&mut self, src: &Path) -> Result<(), MvccError> {
+        let placeholder = Connection::open_in_memory().map_err(storage)?;
+        let old = std::mem::replace(&mut self.conn, placeholder);
+        old.close().map_err(|(_, e)| storage(e))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        std::fs::rename(src, &self.path).map_err(|e| MvccError::Storage(e.to_string()))?;
+        let conn = Connection::open(&self.path).map_err(storage)?;
+        schema::configure(&conn, true).map_err(storage)?;
+        schema::create(&conn).map_err(storage)?;
+        self.revs = read::revisions(&conn).map_err(storage)?;
+        self.conn = conn;
+        Ok(())
+    }
+}
+
+/// Applies one command inside the caller's savepoint.
+fn apply_one(conn: &Connection, cmd: &Command, revs: Revisions) -> Result<(CommandResult, Vec<Event>), MvccError> {
+    let mut w = WriteTxn::new(conn, revs);
+    let result = match cmd {
+        Command::Put(r) => CommandResult::Put(w.put(r)?),
+        Command::DeleteRange(r) => CommandResult::DeleteRange(w.delete_range(r)?),
+        Command::Txn(r) => CommandResult::Txn(w.txn(r)?),
+        Command::LeaseRevoke { id } => CommandResult::LeaseRevoke(w.lease_revoke(*id)?),
+        Command::Compact(c) => CommandResult::Compact(write::compact(conn, c.revision, revs)?),
+        Command::LeaseGrant { id, ttl } => CommandResult::LeaseGrant(write::lease_grant(conn, *id, *ttl, revs.current)?),
+        Command::Alarm { activate, alarm } => CommandResult::Alarm(write::set_alarm(conn, *activate, alarm)?),
+    };
+    Ok((result, w.events))
+}
+
+/// A pool of read-only connections to the state database.
+#[derive(Clone)]
+pub struct Reader {
+    path: PathBuf,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Reader {
+    pub fn new(path: &Path) -> Reader {
+        Reader {
+            path: path.to_path_buf(),
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn take(&self) -> Result<Connection, MvccError> {
+        if let Some(c) = self
+            .pool
+            .lock()
+            .map_err(|_| MvccError::Storage("reader pool poisoned".into()))?
+            .pop()
+        {
+            return Ok(c);
+        }
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(storage)?;
+        schema::configure(&conn, false).map_err(storage)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot of the store).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection, Revisions) -> Result<T, MvccError>) -> Result<T, MvccError> {
+        let mut conn = self.take()?;
+        let out = (|| {
+            let tx = conn.transaction().map_err(storage)?;
+            let revs = read::revisions(&tx).map_err(storage)?;
+            let out = f(&tx, revs);
+            tx.finish().map_err(storage)?;
+            out
+        })();
+        if let Ok(mut pool) = self.pool.lock() {
+            if pool.len() < 16 {
+                pool.push(conn);
+            }
+        }
+        out
+    }
+
+    /// Drops pooled connections (after the database file was replaced).
+    pub fn reset(&self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.clear();
+        }
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.read(|conn, revs| read::range(conn, req, revs))
+    }
+
+    pub fn revisions(&self) -> Result<Revisions, MvccError> {
+        self.read(|_, revs| Ok(revs))
+    }
+
+    pub fn alarms(&self) -> Result<Vec<AlarmMember>, MvccError> {
+        self.read(|conn, _| write::alarms(conn).map_err(storage))
+    }
+
+    pub fn lease_ids(&self) -> Result<Vec<(i64, i64)>, MvccError> {
+        self.read(|conn, _| {
+            let mut stmt = conn.prepare_cached("SELECT id, ttl FROM leases ORDER BY id").map_err(storage)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })
+    }
+
+    pub fn db_size(&self) -> Result<DbSize, MvccError> {
+        self.read(|conn, _| {
+            let get = |p: &str| conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0)).map_err(storage);
+            let (pages, free, page_size) = (get("page_count")?, get("freelist_count")?, get("page_size")?);
+            let wal = {
+                let mut p = self.path.clone().into_os_string();
+                p.push("-wal");
+                std::fs::metadata(PathBuf::from(p)).map(|m| m.len() as i64).unwrap_or(0)
+            };
+            Ok(DbSize {
+                size: pages * page_size + wal,
+                in_use: (pages - free) * page_size,
+            })
+        })
+    }
+
+    /// Writes a consistent, compact copy of the store to `dest` (which must not exist).
+    pub fn backup_to(&self, dest: &Path) -> Result<(), MvccError> {
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| MvccError::Storage("snapshot path is not UTF-8".into()))?
+            .to_string();
+        let conn = self.take()?;
+        let res = conn.execute("VACUUM INTO ?1", [dest]).map(|_| ()).map_err(storage);
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(conn);
+        }
+        res
+    }
+
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), MvccError> {
+        self.read(|conn, revs| super::hash::hash_kv(conn, revision, revs))
+    }
+
+    pub fn hash_all(&self) -> Result<u32, MvccError> {
+        self.read(|conn, _| super::hash::hash_all(conn))
+    }
+}
+
+impl Reader {
+    /// Evaluates a Txn that only reads (no put or delete in any branch) without Raft.
+    pub fn txn_readonly(&self, req: &crate::proto::etcdserverpb::TxnRequest) -> Result<crate::proto::etcdserverpb::TxnResponse, MvccError> {
+        self.read(|conn, revs| WriteTxn::new(conn, revs).txn(req))
+    }
+}
+
+/// Reads the Raft bookkeeping of a database file without opening it for writing.
+pub fn read_applied_meta(path: &Path) -> Result<AppliedMeta, MvccError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(storage)?;
+    let get = |name: &str| -> rusqlite::Result<Option<Vec<u8>>> {
+        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+    };
+    Ok(AppliedMeta {
+        last_applied: get("raft_applied").map_err(storage)?,
+        membership: get("raft_membership").map_err(storage)?,
+    })
+}
+
+impl Reader {
+    /// Keys currently attached to lease `id`.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
+        self.read(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached("SELECT key FROM current WHERE lease = ?1 ORDER BY key")
+                .map_err(storage)?;
+            let rows = stmt.query_map([id], |r| r.get(0)).map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })
+    }
+}

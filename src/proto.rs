@@ -1,0 +1,13 @@
+//! Generated etcd v3 protobuf types and gRPC services (see `proto/etcd`).
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}

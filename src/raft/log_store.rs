@@ -1,0 +1,388 @@
+//! The Raft log and vote in SQLite (`raft.db`, WAL, `synchronous=FULL`).
+//!
+//! Group commit: `append` queues entries to one writer thread and returns at once (the
+//! entries are readable from memory immediately); the writer drains everything queued,
+//! writes it in one transaction (one fsync) and then reports every batch flushed. Vote,
+//! truncate and purge go through the same queue, so nothing is reordered.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, RaftLogReader, StorageIOError, Vote};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{LogId, NodeId, StorageError, TypeConfig};
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+enum Op {
+    Append {
+        entries: Vec<(u64, u64, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    Truncate {
+        from: u64,
+        ack: Ack,
+    },
+    Purge {
+        upto: u64,
+        log_id: Vec<u8>,
+        ack: Ack,
+    },
+    Meta {
+        name: &'static str,
+        value: Vec<u8>,
+        ack: Option<Ack>,
+    },
+}
+
+/// Shared state between the storage handle, its readers and the writer thread.
+struct Shared {
+    /// Entries appended but not yet committed to SQLite: index → (sequence, entry).
+    pending: Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>,
+    seq: AtomicU64,
+    read_conn: Mutex<Connection>,
+    state: Mutex<State>,
+}
+
+#[derive(Default, Clone)]
+struct State {
+    last_purged: Option<LogId>,
+    last_log: Option<LogId>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId>,
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+    ops: mpsc::Sender<Op>,
+}
+
+fn sto(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn sto_read(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn msg_err(m: String) -> StorageError {
+    sto(super::io_error(m))
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS raft_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+    )?;
+    Ok(conn)
+}
+
+fn get_meta<T: serde::de::DeserializeOwned>(conn: &Connection, name: &str) -> Result<Option<T>, StorageError> {
+    let raw: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM raft_meta WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
+        .map_err(sto_read)?;
+    match raw {
+        None => Ok(None),
+        Some(b) => bincode::deserialize(&b).map(Some).map_err(sto_read),
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
+    bincode::serialize(v).map_err(sto)
+}
+
+impl LogStore {
+    pub fn open(path: &Path) -> Result<LogStore, StorageError> {
+        let writer = open(path).map_err(sto)?;
+        let reader = open(path).map_err(sto)?;
+        let last_purged: Option<LogId> = get_meta(&reader, "last_purged")?;
+        let vote = get_meta(&reader, "vote")?;
+        let committed = get_meta(&reader, "committed")?;
+        let last_raw: Option<Vec<u8>> = reader
+            .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(sto_read)?;
+        let last_log = match last_raw {
+            Some(b) => Some(bincode::deserialize::<Entry<TypeConfig>>(&b).map_err(sto_read)?.log_id),
+            None => last_purged,
+        };
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(BTreeMap::new()),
+            seq: AtomicU64::new(0),
+            read_conn: Mutex::new(reader),
+            state: Mutex::new(State {
+                last_purged,
+                last_log,
+                vote,
+                committed,
+            }),
+        });
+        let (tx, rx) = mpsc::channel();
+        let sh = shared.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(writer, rx, sh))
+            .map_err(sto)?;
+        Ok(LogStore { shared, ops: tx })
+    }
+
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StorageError> {
+        self.shared.state.lock().map_err(|_| msg_err("log state lock poisoned".into()))
+    }
+
+    async fn send_and_wait(&self, make: impl FnOnce(Ack) -> Op) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(make(tx)).map_err(|_| msg_err("raft log writer stopped".into()))?;
+        rx.await.map_err(|_| msg_err("raft log writer stopped".into()))?.map_err(msg_err)
+    }
+}
+
+/// The writer thread: drain the queue, apply it in one transaction, fsync, acknowledge.
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, shared: Arc<Shared>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            batch.push(op);
+            if batch.len() >= 4096 {
+                break;
+            }
+        }
+        let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        let mut flushed: Vec<(u64, u64)> = Vec::new();
+        for op in batch {
+            match op {
+                Op::Append { entries, done } => {
+                    flushed.extend(entries.iter().map(|(idx, seq, _)| (*idx, *seq)));
+                    done.log_io_completed(result.clone().map_err(super::io_error));
+                }
+                Op::Truncate { ack, .. } | Op::Purge { ack, .. } => {
+                    let _ = ack.send(result.clone());
+                }
+                Op::Meta { ack, .. } => {
+                    if let Some(ack) = ack {
+                        let _ = ack.send(result.clone());
+                    }
+                }
+            }
+        }
+        if result.is_ok() {
+            if let Ok(mut pending) = shared.pending.lock() {
+                for (idx, seq) in flushed {
+                    if pending.get(&idx).is_some_and(|(s, _)| *s == seq) {
+                        pending.remove(&idx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")?;
+        for op in batch {
+            match op {
+                Op::Append { entries, .. } => {
+                    for (idx, _, bytes) in entries {
+                        insert.execute(params![*idx as i64, bytes])?;
+                    }
+                }
+                Op::Truncate { from, .. } => {
+                    tx.execute("DELETE FROM log WHERE idx >= ?1", [*from as i64])?;
+                }
+                Op::Purge { upto, log_id, .. } => {
+                    tx.execute("DELETE FROM log WHERE idx <= ?1", [*upto as i64])?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO raft_meta (name, value) VALUES ('last_purged', ?1)",
+                        [log_id],
+                    )?;
+                }
+                Op::Meta { name, value, .. } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO raft_meta (name, value) VALUES (?1, ?2)",
+                        params![name, value],
+                    )?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(e + 1),
+            Bound::Excluded(e) => Some(*e),
+            Bound::Unbounded => None,
+        };
+        // Snapshot the pending entries first: an entry leaves `pending` only after it is
+        // committed to SQLite, so it is found in at least one of the two reads.
+        let pending: BTreeMap<u64, Entry<TypeConfig>> = {
+            let p = self.shared.pending.lock().map_err(|_| msg_err("pending lock poisoned".into()))?;
+            p.range(range.clone()).map(|(k, (_, e))| (*k, e.clone())).collect()
+        };
+        let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
+        {
+            let conn = self.shared.read_conn.lock().map_err(|_| msg_err("reader lock poisoned".into()))?;
+            let mut stmt = conn
+                .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")
+                .map_err(sto_read)?;
+            let hi = end.map_or(i64::MAX, |e| e.min(i64::MAX as u64) as i64);
+            let rows = stmt
+                .query_map(params![start as i64, hi], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                .map_err(sto_read)?;
+            for row in rows {
+                let (idx, bytes) = row.map_err(sto_read)?;
+                out.insert(idx as u64, bincode::deserialize(&bytes).map_err(sto_read)?);
+            }
+        }
+        out.extend(pending);
+        // Only a contiguous run is meaningful to openraft.
+        let mut result = Vec::with_capacity(out.len());
+        let mut expect = None;
+        for (idx, e) in out {
+            if expect.is_some_and(|x| x != idx) {
+                break;
+            }
+            expect = Some(idx + 1);
+            result.push(e);
+        }
+        Ok(result)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let s = self.state()?;
+        Ok(LogState {
+            last_purged_log_id: s.last_purged,
+            last_log_id: s.last_log.or(s.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let value = encode(vote)?;
+        self.send_and_wait(|ack| Op::Meta {
+            name: "vote",
+            value,
+            ack: Some(ack),
+        })
+        .await?;
+        self.state()?.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        Ok(self.state()?.vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let value = encode(&committed)?;
+        self.ops
+            .send(Op::Meta {
+                name: "committed",
+                value,
+                ack: None,
+            })
+            .map_err(|_| msg_err("raft log writer stopped".into()))?;
+        self.state()?.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.state()?.committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        let mut last = None;
+        {
+            let mut pending = self.shared.pending.lock().map_err(|_| msg_err("pending lock poisoned".into()))?;
+            for e in entries {
+                let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
+                encoded.push((e.log_id.index, seq, encode(&e)?));
+                last = Some(e.log_id);
+                pending.insert(e.log_id.index, (seq, e));
+            }
+        }
+        if last.is_some() {
+            self.state()?.last_log = last;
+        }
+        self.ops
+            .send(Op::Append {
+                entries: encoded,
+                done: callback,
+            })
+            .map_err(|_| msg_err("raft log writer stopped".into()))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let from = log_id.index;
+        self.send_and_wait(|ack| Op::Truncate { from, ack }).await?;
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.retain(|idx, _| *idx < from);
+        }
+        let prev = if from == 0 {
+            None
+        } else {
+            self.try_get_log_entries(from - 1..from).await?.pop().map(|e| e.log_id)
+        };
+        let mut s = self.state()?;
+        s.last_log = prev.or(s.last_purged);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let encoded = encode(&log_id)?;
+        self.send_and_wait(|ack| Op::Purge {
+            upto: log_id.index,
+            log_id: encoded,
+            ack,
+        })
+        .await?;
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.retain(|idx, _| *idx > log_id.index);
+        }
+        let mut s = self.state()?;
+        s.last_purged = Some(log_id);
+        if s.last_log.is_none_or(|l| l.index < log_id.index) {
+            s.last_log = Some(log_id);
+        }
+        Ok(())
+    }
+}

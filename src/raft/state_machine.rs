@@ -1,0 +1,191 @@
+//! The Raft state machine: applies committed entries, in order and in batches, to the
+//! MVCC store (one SQLite transaction per batch) and builds/installs snapshots, which are
+//! consistent copies of the SQLite database.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembership};
+
+use super::{LogId, NodeId, StorageError, TypeConfig};
+use crate::mvcc::{read_applied_meta, AppliedMeta, Command, CommandResult, MvccError, Reader, Store};
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Arc<Mutex<Store>>,
+    reader: Reader,
+    snapshot_dir: PathBuf,
+}
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(&super::io_error(e)).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(None, &super::io_error(e)).into()
+}
+
+fn decode_meta(meta: &AppliedMeta) -> Result<(Option<LogId>, Membership), StorageError> {
+    let last = match &meta.last_applied {
+        Some(b) => bincode::deserialize(b).map_err(sm_err)?,
+        None => None,
+    };
+    let membership = match &meta.membership {
+        Some(b) => bincode::deserialize(b).map_err(sm_err)?,
+        None => Membership::default(),
+    };
+    Ok((last, membership))
+}
+
+impl StateMachine {
+    pub fn new(store: Arc<Mutex<Store>>, reader: Reader, snapshot_dir: &Path) -> Result<StateMachine, StorageError> {
+        std::fs::create_dir_all(snapshot_dir).map_err(snap_err)?;
+        Ok(StateMachine {
+            store,
+            reader,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+        })
+    }
+
+    fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
+        (self.snapshot_dir.join("current.db"), self.snapshot_dir.join("current.meta"))
+    }
+
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError> + Send + 'static) -> Result<T, StorageError> {
+        tokio::task::spawn_blocking(f).await.map_err(sm_err)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let store = self.store.clone();
+        let meta = Self::blocking(move || store.lock().map_err(sm_err)?.applied_meta().map_err(sm_err)).await?;
+        decode_meta(&meta)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut commands: Vec<Option<Command>> = Vec::new();
+        let mut last: Option<LogId> = None;
+        let mut membership: Option<Membership> = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Normal(cmd) => commands.push(Some(cmd)),
+                EntryPayload::Blank => commands.push(None),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    commands.push(None);
+                }
+            }
+        }
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.store.clone();
+        Self::blocking(move || {
+            let mut store = store.lock().map_err(sm_err)?;
+            let membership = match membership {
+                Some(m) => Some(bincode::serialize(&m).map_err(sm_err)?),
+                None => store.applied_meta().map_err(sm_err)?.membership,
+            };
+            let meta = AppliedMeta {
+                last_applied: Some(bincode::serialize(&last).map_err(sm_err)?),
+                membership,
+            };
+            store.apply_batch(&commands, &meta).map_err(|e: MvccError| sm_err(e))
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let (db_path, meta_path) = self.snapshot_paths();
+        let incoming = self.snapshot_dir.join("incoming.db");
+        let data = snapshot.into_inner();
+        let meta_json = serde_json::to_vec(meta).map_err(snap_err)?;
+        let store = self.store.clone();
+        let reader = self.reader.clone();
+        Self::blocking(move || {
+            std::fs::write(&incoming, &data).map_err(snap_err)?;
+            let installed = incoming.with_extension("install");
+            std::fs::copy(&incoming, &installed).map_err(snap_err)?;
+            let mut store = store.lock().map_err(sm_err)?;
+            store.replace_with(&installed).map_err(sm_err)?;
+            reader.reset();
+            std::fs::rename(&incoming, &db_path).map_err(snap_err)?;
+            std::fs::write(&meta_path, meta_json).map_err(snap_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let (db_path, meta_path) = self.snapshot_paths();
+        Self::blocking(move || {
+            if !meta_path.exists() || !db_path.exists() {
+                return Ok(None);
+            }
+            let meta: SnapshotMeta<NodeId, openraft::BasicNode> =
+                serde_json::from_slice(&std::fs::read(&meta_path).map_err(snap_err)?).map_err(snap_err)?;
+            let data = std::fs::read(&db_path).map_err(snap_err)?;
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
+        })
+        .await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (db_path, meta_path) = self.snapshot_paths();
+        let building = self.snapshot_dir.join("building.db");
+        let store = self.store.clone();
+        let reader = self.reader.clone();
+        Self::blocking(move || {
+            // Everything up to the snapshot must be durable in the state database before
+            // openraft purges the log entries it covers.
+            store.lock().map_err(sm_err)?.checkpoint().map_err(sm_err)?;
+            let _ = std::fs::remove_file(&building);
+            reader.backup_to(&building).map_err(snap_err)?;
+            let (last, membership) = decode_meta(&read_applied_meta(&building).map_err(snap_err)?)?;
+            let snapshot_id = format!("{}-{}", last.map_or(0, |l| l.leader_id.term), last.map_or(0, |l| l.index));
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: membership,
+                snapshot_id,
+            };
+            std::fs::rename(&building, &db_path).map_err(snap_err)?;
+            std::fs::write(&meta_path, serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
+            let data = std::fs::read(&db_path).map_err(snap_err)?;
+            tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built raft snapshot");
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,385 @@
+//! The composition root: opens the data directory, starts Raft over the SQLite stores,
+//! and serves the etcd gRPC API and the health/metrics endpoint.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::errors::ApiError;
+use crate::config::{AutoCompactionPolicy, Config};
+use crate::mvcc::{Command, CommandResult, CommitBatch, MvccError, Reader, Store};
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType, CompactionRequest, ResponseHeader};
+use crate::raft::{self, NetsyRaft};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {msg}")]
+    DataDir { path: PathBuf, msg: String },
+    #[error("another netsy process holds the data directory {0} (lock file LOCK); stop it or use another NETSY_DATA_DIR")]
+    Locked(PathBuf),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Identity of this node, kept in `node.json` in the data directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// etcd member id, stable for the life of the data directory.
+    pub member_id: u64,
+    /// Raft node id of this incarnation.
+    pub raft_id: u64,
+}
+
+/// Everything a request handler needs.
+pub struct Node {
+    pub config: Config,
+    pub identity: NodeIdentity,
+    pub cluster_hash: u64,
+    pub raft: NetsyRaft,
+    pub store: Arc<Mutex<Store>>,
+    pub reader: Reader,
+    pub commits: broadcast::Sender<Arc<CommitBatch>>,
+    pub nospace: AtomicBool,
+    pub db_size: AtomicI64,
+    pub lessor: crate::lease::Lessor,
+    _lock: File,
+}
+
+/// FNV-1a, for a stable numeric cluster id derived from the configured name.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn data_dir_error(path: &Path, msg: impl std::fmt::Display) -> StartError {
+    StartError::DataDir {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Creates the data directory, checks it is writable and takes its lock.
+fn prepare_data_dir(dir: &Path) -> Result<File, StartError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| data_dir_error(dir, format!("cannot create it: {e}; set NETSY_DATA_DIR to a writable directory")))?;
+    let lock_path = dir.join("LOCK");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| data_dir_error(dir, format!("is not writable: {e}; set NETSY_DATA_DIR to a writable directory")))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(data_dir_error(dir, format!("cannot lock LOCK: {e}"))),
+    }
+}
+
+fn load_identity(dir: &Path) -> Result<NodeIdentity, StartError> {
+    let path = dir.join("node.json");
+    if let Ok(raw) = std::fs::read(&path) {
+        return serde_json::from_slice(&raw).map_err(|e| data_dir_error(dir, format!("node.json is corrupt: {e}")));
+    }
+    let identity = NodeIdentity {
+        member_id: rand::random::<u64>() >> 1 | 1,
+        raft_id: 1,
+    };
+    let tmp = dir.join("node.json.tmp");
+    let bytes = serde_json::to_vec_pretty(&identity).map_err(|e| data_dir_error(dir, e))?;
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| File::open(&tmp)?.sync_all())
+        .map_err(|e| data_dir_error(dir, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| data_dir_error(dir, e))?;
+    Ok(identity)
+}
+
+impl Node {
+    /// Opens the stores and starts Raft; returns once this node can serve (has a leader).
+    pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
+        let dir = config.data_dir.clone();
+        let lock = prepare_data_dir(&dir)?;
+        let identity = load_identity(&dir)?;
+        let state_path = dir.join("state.db");
+        let store = Store::open(&state_path).map_err(|e| StartError::Storage(e.to_string()))?;
+        let commits = store.commit_sender();
+        let store = Arc::new(Mutex::new(store));
+        let reader = Reader::new(&state_path);
+        let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(|e| StartError::Storage(e.to_string()))?;
+        let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &dir.join("snapshots"))
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        let raft = raft::start(identity.raft_id, &config.advertise_peer, &config.cluster_id, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !raft::wait_for_leader(&raft, Duration::from_secs(30)).await {
+            return Err(StartError::Raft("no leader elected within 30s".into()));
+        }
+        let nospace = reader
+            .alarms()
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .iter()
+            .any(|a| a.alarm == AlarmType::Nospace as i32);
+        let node = Arc::new(Node {
+            cluster_hash: stable_hash(&config.cluster_id),
+            config,
+            identity,
+            raft,
+            store,
+            reader,
+            commits,
+            nospace: AtomicBool::new(nospace),
+            db_size: AtomicI64::new(0),
+            lessor: crate::lease::Lessor::default(),
+            _lock: lock,
+        });
+        node.refresh_db_size();
+        Ok(node)
+    }
+
+    pub fn refresh_db_size(&self) {
+        if let Ok(s) = self.reader.db_size() {
+            self.db_size.store(s.size, Ordering::Relaxed);
+            crate::metrics::DB_TOTAL_SIZE.set(s.size);
+            crate::metrics::DB_IN_USE_SIZE.set(s.in_use);
+        }
+    }
+
+    /// A response header with this node's ids, the current Raft term and `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let m = self.raft.metrics().borrow().clone();
+        ResponseHeader {
+            cluster_id: self.cluster_hash,
+            member_id: self.identity.member_id,
+            revision,
+            raft_term: m.current_term,
+        }
+    }
+
+    /// Replicates `cmd` through Raft and returns its applied result. Client-caused
+    /// failures come back as `Err` with the etcd error.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        let size = bincode::serialized_size(&cmd).map_err(|e| ApiError::Internal(e.to_string()))? as usize;
+        if size > self.config.limits.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
+        let res = self.raft.client_write(cmd).await;
+        timer.observe_duration();
+        match res {
+            Ok(resp) => {
+                crate::metrics::PROPOSALS_COMMITTED.inc();
+                match resp.data {
+                    CommandResult::Error(e) => Err(ApiError::Mvcc(e)),
+                    CommandResult::Alarm(alarms) => {
+                        self.nospace
+                            .store(alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32), Ordering::Relaxed);
+                        Ok(CommandResult::Alarm(alarms))
+                    }
+                    other => Ok(other),
+                }
+            }
+            Err(e) => {
+                crate::metrics::PROPOSALS_FAILED.inc();
+                Err(raft_error(e))
+            }
+        }
+    }
+
+    /// Waits until a read at this node reflects every write committed before the call.
+    pub async fn linearizable_read(&self) -> Result<(), ApiError> {
+        self.raft.ensure_linearizable().await.map(|_| ()).map_err(raft_error)
+    }
+
+    /// Rejects writes that may grow the database while the NOSPACE alarm is raised, and
+    /// raises it when the database exceeds the quota (etcd's quota behaviour).
+    pub async fn check_quota(&self) -> Result<(), ApiError> {
+        if self.nospace.load(Ordering::Relaxed) {
+            return Err(MvccError::NoSpace.into());
+        }
+        if self.db_size.load(Ordering::Relaxed) as u64 > self.config.limits.quota_backend_bytes {
+            let alarm = AlarmMember {
+                member_id: self.identity.member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
+            self.propose(Command::Alarm { activate: true, alarm }).await?;
+            return Err(MvccError::NoSpace.into());
+        }
+        Ok(())
+    }
+
+    /// Runs a blocking read on the reader pool.
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Reader) -> Result<T, MvccError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(ApiError::from)
+    }
+}
+
+fn raft_error<E>(e: openraft::error::RaftError<u64, E>) -> ApiError
+where
+    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, openraft::BasicNode>>,
+{
+    if let openraft::error::RaftError::Fatal(_) = &e {
+        return ApiError::Stopped;
+    }
+    match e.forward_to_leader::<openraft::BasicNode>() {
+        Some(f) if f.leader_id.is_some() => ApiError::LeaderChanged,
+        Some(_) => ApiError::NoLeader,
+        None => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// Serves until `shutdown` resolves: the etcd gRPC API, the health/metrics endpoint and
+/// the background tasks (database size, auto-compaction).
+pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let cfg = &node.config;
+    let client = tokio::net::TcpListener::bind(cfg.bind_client)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "NETSY_BIND_CLIENT",
+            addr: cfg.bind_client,
+            source,
+        })?;
+    let health = tokio::net::TcpListener::bind(cfg.bind_health)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "NETSY_BIND_HEALTH",
+            addr: cfg.bind_health,
+            source,
+        })?;
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let grpc_stop = stop.clone();
+    let grpc = crate::api::router(node.clone());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(client);
+    tasks.spawn(async move {
+        if let Err(e) = grpc
+            .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let http_stop = stop.clone();
+    let app = crate::http::router(node.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(health, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "health server failed");
+        }
+    });
+
+    let lease_stop = stop.clone();
+    let lease_node = node.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = crate::api::lease::expiry_loop(lease_node) => {}
+            _ = lease_stop.cancelled() => {}
+        }
+    });
+
+    let bg_stop = stop.clone();
+    let bg_node = node.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = background(bg_node) => {}
+            _ = bg_stop.cancelled() => {}
+        }
+    });
+
+    tracing::info!(client = %cfg.bind_client, health = %cfg.bind_health, member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
+    shutdown.await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    let _ = node.raft.shutdown().await;
+    Ok(())
+}
+
+/// Periodic work: database size for quota and metrics; auto-compaction on the leader.
+async fn background(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Revisions observed over time, for periodic compaction: (when, revision).
+    let mut history: std::collections::VecDeque<(tokio::time::Instant, i64)> = Default::default();
+    let mut last_compact_check = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let n = node.clone();
+        let _ = tokio::task::spawn_blocking(move || n.refresh_db_size()).await;
+        let Some(policy) = node.config.auto_compaction.clone() else {
+            continue;
+        };
+        let Ok(revs) = node.reader.revisions() else { continue };
+        let now = tokio::time::Instant::now();
+        history.push_back((now, revs.current));
+        let target = match policy {
+            AutoCompactionPolicy::Periodic(retention) => {
+                // Compact to the newest revision observed at least `retention` ago, checking
+                // every retention/10 (etcd's periodic compactor granularity).
+                if now.duration_since(last_compact_check) < retention / 10 {
+                    continue;
+                }
+                let mut target = None;
+                while let Some(&(at, rev)) = history.front() {
+                    if now.duration_since(at) >= retention {
+                        target = Some(rev);
+                        history.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                target
+            }
+            AutoCompactionPolicy::Revision(keep) => {
+                if now.duration_since(last_compact_check) < Duration::from_secs(300) {
+                    continue;
+                }
+                history.clear();
+                Some(revs.current - keep)
+            }
+        };
+        last_compact_check = now;
+        let Some(target) = target else { continue };
+        if target <= revs.compacted || node.raft.metrics().borrow().current_leader != Some(node.identity.raft_id) {
+            continue;
+        }
+        match node
+            .propose(Command::Compact(CompactionRequest {
+                revision: target,
+                physical: false,
+            }))
+            .await
+        {
+            Ok(_) => tracing::info!(revision = target, "auto-compaction finished"),
+            Err(e) => tracing::warn!(revision = target, error = %e, "auto-compaction failed"),
+        }
+    }
+}
