@@ -319,7 +319,11 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     shutdown.await;
     tracing::info!("shutting down");
     stop.cancel();
-    while tasks.join_next().await.is_some() {}
+    // Give in-flight requests a moment, then close connections that clients keep open.
+    let drained = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tasks.abort_all();
+    }
     let _ = node.raft.shutdown().await;
     Ok(())
 }

@@ -57,7 +57,6 @@ struct State {
     last_purged: Option<LogId>,
     last_log: Option<LogId>,
     vote: Option<Vote<NodeId>>,
-    committed: Option<LogId>,
 }
 
 #[derive(Clone)]
@@ -111,7 +110,6 @@ impl LogStore {
         let reader = open(path).map_err(sto)?;
         let last_purged: Option<LogId> = get_meta(&reader, "last_purged")?;
         let vote = get_meta(&reader, "vote")?;
-        let committed = get_meta(&reader, "committed")?;
         let last_raw: Option<Vec<u8>> = reader
             .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
             .optional()
@@ -124,12 +122,7 @@ impl LogStore {
             pending: Mutex::new(BTreeMap::new()),
             seq: AtomicU64::new(0),
             read_conn: Mutex::new(reader),
-            state: Mutex::new(State {
-                last_purged,
-                last_log,
-                vote,
-                committed,
-            }),
+            state: Mutex::new(State { last_purged, last_log, vote }),
         });
         let (tx, rx) = mpsc::channel();
         let sh = shared.clone();
@@ -305,23 +298,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         Ok(self.state()?.vote)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let value = encode(&committed)?;
-        self.ops
-            .send(Op::Meta {
-                name: "committed",
-                value,
-                ack: None,
-            })
-            .map_err(|_| msg_err("raft log writer stopped".into()))?;
-        self.state()?.committed = committed;
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.state()?.committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
