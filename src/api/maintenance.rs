@@ -66,7 +66,7 @@ impl Maintenance for MaintenanceService {
                     .node
                     .propose(Command::Alarm {
                         activate,
-                        alarm: alarm.clone(),
+                        alarm,
                     })
                     .await?
                 {
@@ -187,7 +187,7 @@ impl Maintenance for MaintenanceService {
                     hasher.update(&buf[..n]);
                     sent += n as u64;
                     let msg = SnapshotResponse {
-                        header: Some(header.clone()),
+                        header: Some(header),
                         remaining_bytes: total - sent,
                         blob: buf[..n].to_vec(),
                         version: version.clone(),
@@ -198,7 +198,7 @@ impl Maintenance for MaintenanceService {
                 }
                 let digest = hasher.finalize().to_vec();
                 let msg = SnapshotResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     remaining_bytes: 0,
                     blob: digest,
                     version: version.clone(),

@@ -304,7 +304,7 @@ pub(super) fn set_alarm(conn: &Connection, activate: bool, alarm: &AlarmMember) 
     let mut all = alarms(conn)?;
     all.retain(|a| !(a.member_id == alarm.member_id && a.alarm == alarm.alarm));
     if activate && alarm.alarm != AlarmType::None as i32 {
-        all.push(alarm.clone());
+        all.push(*alarm);
         all.sort_by_key(|a| (a.member_id, a.alarm));
     }
     let raw = serde_json::to_vec(&all).unwrap_or_default();

@@ -1,6 +1,8 @@
 //! Raft (openraft 0.9): every mutation is a log entry; the state machine applies committed
 //! entries to the MVCC store. See docs/raft.md for why 0.9.25 was chosen.
 
+#![allow(clippy::result_large_err)] // openraft fixes the 224-byte StorageError type
+
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -53,7 +55,7 @@ pub async fn start(
     sm: state_machine::StateMachine,
 ) -> Result<NetsyRaft, Box<dyn std::error::Error + Send + Sync>> {
     let config = Arc::new(raft_config(cluster_id).validate()?);
-    let raft = openraft::Raft::new(raft_id, config, network::Network::default(), log, sm).await?;
+    let raft = openraft::Raft::new(raft_id, config, network::Network, log, sm).await?;
     if !raft.is_initialized().await? {
         let mut members = BTreeMap::new();
         members.insert(
