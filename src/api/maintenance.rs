@@ -62,14 +62,7 @@ impl Maintenance for MaintenanceService {
                 };
                 let activate = action == AlarmAction::Activate;
                 let before = self.node.read(|r| r.alarms()).await?;
-                match self
-                    .node
-                    .propose(Command::Alarm {
-                        activate,
-                        alarm,
-                    })
-                    .await?
-                {
+                match self.node.propose(Command::Alarm { activate, alarm }).await? {
                     // etcd answers with the alarms that this request changed.
                     CommandResult::Alarm(_) if activate => vec![alarm],
                     CommandResult::Alarm(_) => before.into_iter().filter(|a| *a == alarm).collect(),
