@@ -359,3 +359,48 @@ impl Reader {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{request_op::Request, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
+    use crate::proto::mvccpb::event::EventType;
+
+    fn put(k: &str, v: &str) -> Command {
+        Command::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })
+    }
+
+    #[test]
+    fn batch_assigns_revisions_publishes_events_and_rolls_back_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut commits = store.subscribe();
+        assert_eq!(store.revision(), 1);
+        let bad_txn = Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![
+                RequestOp { request: Some(Request::RequestPut(PutRequest { key: b"t".to_vec(), ..Default::default() })) },
+                RequestOp { request: Some(Request::RequestPut(PutRequest { key: b"u".to_vec(), lease: 99, ..Default::default() })) },
+            ],
+            failure: vec![],
+        });
+        let del = Command::DeleteRange(DeleteRangeRequest { key: b"a".to_vec(), ..Default::default() });
+        let results = store.apply_batch(&[Some(put("a", "1")), None, Some(bad_txn), Some(put("b", "2")), Some(del)], &AppliedMeta::default()).unwrap();
+        assert!(matches!(results[0], CommandResult::Put(_)));
+        assert!(matches!(results[1], CommandResult::Empty { revision: 2 }));
+        assert_eq!(results[2], CommandResult::Error(MvccError::LeaseNotFound));
+        assert_eq!(store.revision(), 4, "the failed txn took no revision");
+
+        let batch = commits.try_recv().unwrap();
+        assert_eq!(batch.revision, 4);
+        let revs: Vec<i64> = batch.revisions.iter().map(|r| r.revision).collect();
+        assert_eq!(revs, [2, 3, 4]);
+        let delete = &batch.revisions[2].events[0];
+        assert_eq!(delete.r#type, EventType::Delete as i32);
+        assert_eq!(delete.prev_kv.as_ref().unwrap().value, b"1", "deletes carry prev_kv");
+
+        let reader = Reader::new(store.path());
+        let t = reader.range(&crate::proto::etcdserverpb::RangeRequest { key: b"t".to_vec(), ..Default::default() }).unwrap();
+        assert_eq!(t.count, 0, "the failed txn's first put was rolled back");
+    }
+}
