@@ -367,7 +367,11 @@ mod tests {
     use crate::proto::mvccpb::event::EventType;
 
     fn put(k: &str, v: &str) -> Command {
-        Command::Put(PutRequest { key: k.into(), value: v.into(), ..Default::default() })
+        Command::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -379,13 +383,32 @@ mod tests {
         let bad_txn = Command::Txn(TxnRequest {
             compare: vec![],
             success: vec![
-                RequestOp { request: Some(Request::RequestPut(PutRequest { key: b"t".to_vec(), ..Default::default() })) },
-                RequestOp { request: Some(Request::RequestPut(PutRequest { key: b"u".to_vec(), lease: 99, ..Default::default() })) },
+                RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: b"t".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: b"u".to_vec(),
+                        lease: 99,
+                        ..Default::default()
+                    })),
+                },
             ],
             failure: vec![],
         });
-        let del = Command::DeleteRange(DeleteRangeRequest { key: b"a".to_vec(), ..Default::default() });
-        let results = store.apply_batch(&[Some(put("a", "1")), None, Some(bad_txn), Some(put("b", "2")), Some(del)], &AppliedMeta::default()).unwrap();
+        let del = Command::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        });
+        let results = store
+            .apply_batch(
+                &[Some(put("a", "1")), None, Some(bad_txn), Some(put("b", "2")), Some(del)],
+                &AppliedMeta::default(),
+            )
+            .unwrap();
         assert!(matches!(results[0], CommandResult::Put(_)));
         assert!(matches!(results[1], CommandResult::Empty { revision: 2 }));
         assert_eq!(results[2], CommandResult::Error(MvccError::LeaseNotFound));
@@ -400,7 +423,12 @@ mod tests {
         assert_eq!(delete.prev_kv.as_ref().unwrap().value, b"1", "deletes carry prev_kv");
 
         let reader = Reader::new(store.path());
-        let t = reader.range(&crate::proto::etcdserverpb::RangeRequest { key: b"t".to_vec(), ..Default::default() }).unwrap();
+        let t = reader
+            .range(&crate::proto::etcdserverpb::RangeRequest {
+                key: b"t".to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(t.count, 0, "the failed txn's first put was rolled back");
     }
 }
