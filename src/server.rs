@@ -174,6 +174,18 @@ impl Node {
         }
     }
 
+    /// Replaces a response's revision-only header with the full one (ids, term).
+    pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
+        let rev = header.as_ref().map_or(0, |h| h.revision);
+        *header = Some(self.header(rev));
+    }
+
+    /// A full header at the current store revision.
+    pub fn current_header(&self) -> Option<ResponseHeader> {
+        let rev = self.reader.revisions().map(|r| r.current).unwrap_or(0);
+        Some(self.header(rev))
+    }
+
     /// Replicates `cmd` through Raft and returns its applied result. Client-caused
     /// failures come back as `Err` with the etcd error.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {

@@ -20,8 +20,7 @@ impl AuthService {
     }
 
     fn header(&self) -> Option<ResponseHeader> {
-        let rev = self.node.reader.revisions().map(|r| r.current).unwrap_or(0);
-        Some(self.node.header(rev))
+        self.node.current_header()
     }
 }
 

@@ -63,8 +63,7 @@ impl Kv for KvService {
             self.node.linearizable_read().await?;
         }
         let mut resp = self.node.read(move |r| r.range(&req)).await?;
-        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-        resp.header = Some(self.node.header(rev));
+        self.node.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -74,8 +73,7 @@ impl Kv for KvService {
         self.node.check_quota().await?;
         match self.node.propose(Command::Put(req)).await? {
             CommandResult::Put(mut resp) => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
+                self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(unexpected(other)),
@@ -87,8 +85,7 @@ impl Kv for KvService {
         validate::check_delete(&req).map_err(ApiError::from)?;
         match self.node.propose(Command::DeleteRange(req)).await? {
             CommandResult::DeleteRange(mut resp) => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
+                self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(unexpected(other)),
@@ -112,8 +109,7 @@ impl Kv for KvService {
             }
             self.node.read(move |r| r.txn_readonly(&req)).await?
         };
-        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-        resp.header = Some(self.node.header(rev));
+        self.node.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -121,8 +117,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         match self.node.propose(Command::Compact(req)).await? {
             CommandResult::Compact(mut resp) => {
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
+                self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(unexpected(other)),

@@ -60,8 +60,7 @@ impl Lease for LeaseService {
         match self.node.propose(Command::LeaseGrant { id, ttl: req.ttl }).await? {
             CommandResult::LeaseGrant(mut resp) => {
                 self.node.lessor.renew(resp.id, resp.ttl);
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
+                self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(ApiError::Internal(format!("unexpected apply result {other:?}")).into()),
@@ -73,8 +72,7 @@ impl Lease for LeaseService {
         match self.node.propose(Command::LeaseRevoke { id }).await? {
             CommandResult::LeaseRevoke(mut resp) => {
                 self.node.lessor.forget(id);
-                let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-                resp.header = Some(self.node.header(rev));
+                self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(ApiError::Internal(format!("unexpected apply result {other:?}")).into()),
