@@ -70,6 +70,22 @@ impl Default for Limits {
     }
 }
 
+/// Watch tuning (etcd's `--watch-progress-notify-interval`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchSettings {
+    /// How often an idle watch created with `progress_notify` gets a progress response.
+    pub progress_notify_interval: String,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            progress_notify_interval: "10m".into(),
+        }
+    }
+}
+
 /// etcd's `--auto-compaction-mode` / `--auto-compaction-retention`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +130,8 @@ pub struct ClusterFile {
     pub etcd_version: String,
     #[serde(default)]
     pub auto_compaction: Option<AutoCompaction>,
+    #[serde(default)]
+    pub watch: WatchSettings,
     /// Serve plaintext on non-loopback addresses when no TLS is configured.
     #[serde(default)]
     pub allow_insecure: bool,
@@ -137,6 +155,7 @@ pub struct Config {
     pub limits: Limits,
     pub etcd_version: String,
     pub auto_compaction: Option<AutoCompactionPolicy>,
+    pub watch_progress_notify_interval: Duration,
     pub allow_insecure: bool,
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -181,6 +200,7 @@ impl Config {
             None => None,
             Some(ac) => Some(parse_auto_compaction(ac)?),
         };
+        let watch_progress_notify_interval = parse_progress_interval(&file.watch.progress_notify_interval)?;
 
         let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
             env(var).or_else(|| file_value.clone()).unwrap_or_else(|| default.to_string())
@@ -230,6 +250,7 @@ impl Config {
             limits: file.limits,
             etcd_version: file.etcd_version,
             auto_compaction,
+            watch_progress_notify_interval,
             allow_insecure: file.allow_insecure,
             node_id,
             data_dir,
@@ -359,6 +380,16 @@ fn parse_auto_compaction(ac: &AutoCompaction) -> Result<AutoCompactionPolicy, Co
         other => Err(invalid(
             "auto_compaction.mode",
             format!("{other:?} is not supported; use \"periodic\" or \"revision\""),
+        )),
+    }
+}
+
+fn parse_progress_interval(v: &str) -> Result<Duration, ConfigError> {
+    match parse_duration(v) {
+        Some(d) if d >= Duration::from_millis(100) => Ok(d),
+        _ => Err(invalid(
+            "watch.progress_notify_interval",
+            format!("{v:?} must be a duration of at least 100ms (etcd's default is \"10m\")"),
         )),
     }
 }

@@ -13,6 +13,7 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod watch;
 
 /// The etcd server version netsy reports unless the config overrides it. It must parse as
 /// semver >= 3.5.13 so kube-apiserver enables watch progress requests.

@@ -56,6 +56,17 @@ pub static PROPOSALS_COMMITTED: LazyLock<IntCounter> = LazyLock::new(|| {
         "The total number of consensus proposals committed.",
     )
 });
+pub static WATCH_STREAMS: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams."));
+pub static WATCHERS: LazyLock<IntGauge> = LazyLock::new(|| gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers."));
+pub static WATCH_EVENTS_SENT: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("etcd_debugging_mvcc_events_total", "Total number of events sent by this member."));
+pub static WATCH_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "netsy_watch_history_catchups_total",
+        "Times a watch stream fell behind the commit stream and caught up from history.",
+    )
+});
 pub static PROPOSALS_FAILED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("etcd_server_proposals_failed_total", "The total number of failed proposals seen."));
 pub static PROPOSAL_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
@@ -80,6 +91,7 @@ pub fn render() -> String {
         &*IS_LEADER,
     );
     let _ = (&*PROPOSALS_COMMITTED, &*PROPOSALS_FAILED, &*PROPOSAL_DURATION);
+    let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if encoder.encode_utf8(&REGISTRY.gather(), &mut out).is_err() {

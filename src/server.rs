@@ -163,6 +163,11 @@ impl Node {
         }
     }
 
+    /// Whether this node currently knows a Raft leader.
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
     /// A response header with this node's ids, the current Raft term and `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         let m = self.raft.metrics().borrow().clone();

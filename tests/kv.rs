@@ -382,7 +382,10 @@ async fn compaction_deletes_history_and_guards_reads() {
     let db = n.data_dir().join("state.db");
     let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let rows: i64 = conn.query_row("SELECT COUNT(*) FROM kv", [], |r| r.get(0)).unwrap();
-    assert_eq!(rows, 2, "only k@6 and the tombstone at the compact revision remain");
+    assert_eq!(
+        rows, 3,
+        "only k@6, the tombstone at the compact revision and the value it deleted (its prev_kv) remain"
+    );
 }
 
 #[tokio::test]

@@ -39,11 +39,10 @@ fn new_lease_id() -> i64 {
 /// Renews a lease on this (leader) node; returns its TTL, or 0 if it does not exist.
 async fn keep_alive_once(node: &Arc<Node>, id: i64) -> Result<i64, ApiError> {
     node.linearizable_read().await?;
-    let leases = node.read(|r| r.lease_ids()).await?;
-    match leases.iter().find(|(l, _)| *l == id) {
-        Some((_, ttl)) => {
-            node.lessor.renew(id, *ttl);
-            Ok(*ttl)
+    match node.read(move |r| r.lease_ttl(id)).await? {
+        Some(ttl) => {
+            node.lessor.renew(id, ttl);
+            Ok(ttl)
         }
         None => Ok(0),
     }
@@ -91,14 +90,11 @@ impl Lease for LeaseService {
                     Err(_) => break,
                 };
                 let item = match keep_alive_once(&node, req.id).await {
-                    Ok(ttl) => {
-                        let rev = node.reader.revisions().map(|r| r.current).unwrap_or(0);
-                        Ok(LeaseKeepAliveResponse {
-                            header: Some(node.header(rev)),
-                            id: req.id,
-                            ttl,
-                        })
-                    }
+                    Ok(ttl) => Ok(LeaseKeepAliveResponse {
+                        header: node.current_header(),
+                        id: req.id,
+                        ttl,
+                    }),
                     Err(e) => Err(Status::from(e)),
                 };
                 let failed = item.is_err();
@@ -110,6 +106,7 @@ impl Lease for LeaseService {
         Ok(Response::new(output))
     }
 
+    /// etcd answers an unknown lease with TTL -1 rather than an error.
     async fn lease_time_to_live(&self, request: Request<LeaseTimeToLiveRequest>) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = request.into_inner();
         self.node.linearizable_read().await?;
@@ -118,22 +115,24 @@ impl Lease for LeaseService {
         let (granted, keys, rev) = self
             .node
             .read(move |r| {
-                let leases = r.lease_ids()?;
-                let granted = leases
-                    .iter()
-                    .find(|(l, _)| *l == id)
-                    .map(|(_, t)| *t)
-                    .ok_or(MvccError::LeaseNotFound)?;
-                let keys = if want_keys { r.lease_keys(id)? } else { Vec::new() };
+                let granted = r.lease_ttl(id)?;
+                let keys = if want_keys && granted.is_some() {
+                    r.lease_keys(id)?
+                } else {
+                    Vec::new()
+                };
                 Ok((granted, keys, r.revisions()?.current))
             })
             .await?;
-        let ttl = self.node.lessor.remaining(id).unwrap_or(granted);
+        let (ttl, granted_ttl) = match granted {
+            Some(g) => (self.node.lessor.remaining(id).unwrap_or(g), g),
+            None => (-1, 0),
+        };
         Ok(Response::new(LeaseTimeToLiveResponse {
             header: Some(self.node.header(rev)),
             id,
             ttl,
-            granted_ttl: granted,
+            granted_ttl,
             keys,
         }))
     }
@@ -178,14 +177,26 @@ pub async fn expiry_loop(node: Arc<Node>) {
             node.lessor.sync(&leases);
         }
         was_leader = true;
-        for id in node.lessor.expired() {
-            match node.propose(Command::LeaseRevoke { id }).await {
-                Ok(_) | Err(ApiError::Mvcc(MvccError::LeaseNotFound)) => {
-                    node.lessor.forget(id);
-                    tracing::debug!(lease = id, "lease expired");
+        let mut expired = node.lessor.expired();
+        expired.truncate(REVOKES_PER_TICK);
+        // Revokes are proposed together so Raft batches them; each is its own revision and
+        // other writes interleave with them.
+        let revokes = expired.into_iter().map(|id| {
+            let node = node.clone();
+            async move {
+                match node.propose(Command::LeaseRevoke { id }).await {
+                    Ok(_) | Err(ApiError::Mvcc(MvccError::LeaseNotFound)) => {
+                        node.lessor.forget(id);
+                        tracing::debug!(lease = id, "lease expired");
+                    }
+                    Err(e) => tracing::warn!(lease = id, error = %e, "lease expiry failed; will retry"),
                 }
-                Err(e) => tracing::warn!(lease = id, error = %e, "lease expiry failed; will retry"),
             }
-        }
+        });
+        futures::future::join_all(revokes).await;
     }
 }
+
+/// At most this many expired leases are revoked per 500 ms tick (etcd revokes up to
+/// 1000 leases per second, `leaseRevokeRate`), so a mass expiry cannot starve writes.
+const REVOKES_PER_TICK: usize = 500;

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use tonic::transport::server::Router;
 
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::server::Node;
 
@@ -29,6 +30,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(
             KvServer::new(kv::KvService::new(node.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService::new(node.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         )

@@ -6,14 +6,16 @@
 //! Revisions are assigned here, at apply time, so every replica is byte-identical.
 
 mod hash;
+mod history;
 mod read;
 mod schema;
 mod store;
 pub mod validate;
 mod write;
 
-pub use read::{KeyRange, RangeEnd};
-pub use store::{read_applied_meta, AppliedMeta, CommitBatch, DbSize, Reader, RevisionEvents, Store};
+pub use history::{History, RevisionEvents};
+pub use read::{KeyRange, RangeEnd, Revisions};
+pub use store::{read_applied_meta, AppliedMeta, CommitBatch, DbSize, Reader, Store};
 pub use write::{Command, CommandResult};
 
 use serde::{Deserialize, Serialize};

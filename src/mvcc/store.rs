@@ -8,18 +8,12 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::broadcast;
 
+use super::history::{self, History, RevisionEvents};
 use super::read::{self, Revisions};
 use super::write::{self, Command, CommandResult, WriteTxn};
 use super::{schema, MvccError};
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
 use crate::proto::mvccpb::Event;
-
-/// The events of one revision, in the order they were made.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RevisionEvents {
-    pub revision: i64,
-    pub events: Vec<Event>,
-}
 
 /// What one applied batch changed; published after the SQLite commit.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +189,17 @@ impl Store {
         self.conn = conn;
         Ok(())
     }
+
+    /// Tells the commit stream that the state was replaced (after `replace_with` and
+    /// `Reader::reset`). The batch has no events: watch streams see the revision jump and
+    /// read the revisions they missed from history.
+    pub fn announce_replaced(&self) {
+        let _ = self.commits.send(Arc::new(CommitBatch {
+            revision: self.revs.current,
+            compact_revision: self.revs.compacted,
+            revisions: Vec::new(),
+        }));
+    }
 }
 
 /// Applies one command inside the caller's savepoint.
@@ -216,7 +221,10 @@ fn apply_one(conn: &Connection, cmd: &Command, revs: Revisions) -> Result<(Comma
 #[derive(Clone)]
 pub struct Reader {
     path: PathBuf,
-    pool: Arc<Mutex<Vec<Connection>>>,
+    /// Pooled connections with the generation they were opened in.
+    pool: Arc<Mutex<Vec<(u64, Connection)>>>,
+    /// Bumped by `reset`; connections of older generations are closed, not reused.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Reader {
@@ -224,27 +232,43 @@ impl Reader {
         Reader {
             path: path.to_path_buf(),
             pool: Arc::new(Mutex::new(Vec::new())),
+            generation: Default::default(),
         }
     }
 
-    fn take(&self) -> Result<Connection, MvccError> {
-        if let Some(c) = self
+    fn take(&self) -> Result<(u64, Connection), MvccError> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        let pooled = self
             .pool
             .lock()
             .map_err(|_| MvccError::Storage("reader pool poisoned".into()))?
-            .pop()
-        {
-            return Ok(c);
+            .pop();
+        if let Some((g, c)) = pooled {
+            if g == generation {
+                return Ok((g, c));
+            }
         }
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(storage)?;
         schema::configure(&conn, false).map_err(storage)?;
-        Ok(conn)
+        Ok((generation, conn))
+    }
+
+    /// Returns a connection to the pool unless the database was replaced meanwhile.
+    fn give_back(&self, generation: u64, conn: Connection) {
+        if generation != self.generation.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut pool) = self.pool.lock() {
+            if pool.len() < 16 {
+                pool.push((generation, conn));
+            }
+        }
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot of the store).
     pub fn read<T>(&self, f: impl FnOnce(&Connection, Revisions) -> Result<T, MvccError>) -> Result<T, MvccError> {
-        let mut conn = self.take()?;
+        let (generation, mut conn) = self.take()?;
         let out = (|| {
             let tx = conn.transaction().map_err(storage)?;
             let revs = read::revisions(&tx).map_err(storage)?;
@@ -252,16 +276,14 @@ impl Reader {
             tx.finish().map_err(storage)?;
             out
         })();
-        if let Ok(mut pool) = self.pool.lock() {
-            if pool.len() < 16 {
-                pool.push(conn);
-            }
-        }
+        self.give_back(generation, conn);
         out
     }
 
-    /// Drops pooled connections (after the database file was replaced).
+    /// Closes every pooled connection (after the database file was replaced); connections
+    /// in use are closed when they come back.
     pub fn reset(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut pool) = self.pool.lock() {
             pool.clear();
         }
@@ -309,16 +331,25 @@ impl Reader {
             .to_str()
             .ok_or_else(|| MvccError::Storage("snapshot path is not UTF-8".into()))?
             .to_string();
-        let conn = self.take()?;
+        let (generation, conn) = self.take()?;
         let res = conn.execute("VACUUM INTO ?1", [dest]).map(|_| ()).map_err(storage);
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.push(conn);
-        }
+        self.give_back(generation, conn);
         res
     }
 
     pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), MvccError> {
         self.read(|conn, revs| super::hash::hash_kv(conn, revision, revs))
+    }
+
+    /// Events of revisions `from..=to` (at most about `max_events`, whole revisions) and
+    /// the store's revisions, read in one snapshot. History below the compact revision is
+    /// gone, so the caller must check `Revisions::compacted` first.
+    pub fn history(&self, from: i64, to: i64, max_events: usize) -> Result<(Revisions, History), MvccError> {
+        self.read(|conn, revs| {
+            let from = from.max(revs.compacted).max(1);
+            let to = to.min(revs.current);
+            Ok((revs, history::events(conn, from, to, max_events).map_err(storage)?))
+        })
     }
 
     pub fn hash_all(&self) -> Result<u32, MvccError> {
@@ -348,6 +379,15 @@ pub fn read_applied_meta(path: &Path) -> Result<AppliedMeta, MvccError> {
 }
 
 impl Reader {
+    /// The granted TTL of lease `id`, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, MvccError> {
+        self.read(|conn, _| {
+            conn.prepare_cached("SELECT ttl FROM leases WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+                .map_err(storage)
+        })
+    }
+
     /// Keys currently attached to lease `id`.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, MvccError> {
         self.read(|conn, _| {

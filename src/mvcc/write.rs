@@ -268,9 +268,9 @@ pub(super) fn lease_grant(conn: &Connection, id: i64, ttl: i64, revision: i64) -
     })
 }
 
-/// Compaction at `rev`: history strictly below `rev` that a read at `rev` cannot see is
-/// deleted (rows superseded at or before `rev`, and tombstones). Reads and watches at
-/// exactly `rev` stay exact.
+/// Compaction at `rev`: rows superseded before `rev`, and tombstones below `rev`, are
+/// deleted. Reads at `rev` stay exact, and so do watches from `rev`: the rows that the
+/// events of revision `rev` replaced are kept for their `prev_kv`.
 pub(super) fn compact(conn: &Connection, rev: i64, revs: Revisions) -> Result<CompactionResponse, MvccError> {
     if rev > revs.current {
         return Err(MvccError::FutureRevision);
@@ -280,7 +280,7 @@ pub(super) fn compact(conn: &Connection, rev: i64, revs: Revisions) -> Result<Co
     }
     conn.prepare_cached(
         "DELETE FROM kv WHERE mod_rev < ?1 AND (deleted = 1 OR EXISTS \
-         (SELECT 1 FROM kv AS newer WHERE newer.key = kv.key AND newer.mod_rev > kv.mod_rev AND newer.mod_rev <= ?1))",
+         (SELECT 1 FROM kv AS newer WHERE newer.key = kv.key AND newer.mod_rev > kv.mod_rev AND newer.mod_rev < ?1))",
     )?
     .execute([rev])?;
     conn.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'compact_revision'")?

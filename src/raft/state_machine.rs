@@ -133,6 +133,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut store = store.lock().map_err(sm_err)?;
             store.replace_with(&installed).map_err(sm_err)?;
             reader.reset();
+            store.announce_replaced();
             std::fs::rename(&incoming, &db_path).map_err(snap_err)?;
             std::fs::write(&meta_path, meta_json).map_err(snap_err)?;
             Ok(())
