@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::Netsy;
-use etcd_client::{AlarmAction, AlarmType, PutOptions};
+use etcd_client::{AlarmAction, AlarmType};
 
 #[tokio::test]
 async fn status_reports_version_size_and_raft_state() {
@@ -152,67 +152,6 @@ async fn nospace_alarm_blocks_puts_until_disarmed() {
     assert!(c.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap().alarms().is_empty());
     c.put("x", "y", None).await.unwrap();
     assert_eq!(n.http_get("/health").0, 200);
-}
-
-#[tokio::test]
-async fn leases_grant_attach_revoke_and_expire() {
-    let n = Netsy::start();
-    let mut c = n.client().await;
-    let g = c.lease_grant(60, None).await.unwrap();
-    assert_eq!(g.ttl(), 60);
-    c.put("l1", "a", Some(PutOptions::new().with_lease(g.id()))).await.unwrap();
-    c.put("l2", "b", Some(PutOptions::new().with_lease(g.id()))).await.unwrap();
-    let ttl = c
-        .lease_time_to_live(g.id(), Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()))
-        .await
-        .unwrap();
-    assert_eq!(ttl.granted_ttl(), 60);
-    assert!(ttl.ttl() > 55 && ttl.ttl() <= 60);
-    assert_eq!(ttl.keys().len(), 2);
-    assert_eq!(c.leases().await.unwrap().leases().len(), 1);
-    let rev = c.lease_revoke(g.id()).await.unwrap().header().unwrap().revision();
-    assert_eq!(
-        c.get("l", Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
-            .unwrap()
-            .count(),
-        0
-    );
-    let r = c
-        .get("l1", Some(etcd_client::GetOptions::new().with_revision(rev - 1)))
-        .await
-        .unwrap();
-    assert_eq!(r.kvs().len(), 1, "both keys were deleted in one revision");
-    let err = c.lease_revoke(g.id()).await.unwrap_err();
-    assert!(err.to_string().contains("requested lease not found"), "{err}");
-
-    // duplicate client-chosen id
-    c.lease_grant(5, Some(etcd_client::LeaseGrantOptions::new().with_id(777)))
-        .await
-        .unwrap();
-    let err = c
-        .lease_grant(5, Some(etcd_client::LeaseGrantOptions::new().with_id(777)))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("lease already exists"), "{err}");
-
-    // expiry: a 2s lease (etcd's minimum) removes its key
-    let short = c.lease_grant(1, None).await.unwrap();
-    assert_eq!(short.ttl(), 2, "TTLs are raised to the minimum");
-    c.put("short", "x", Some(PutOptions::new().with_lease(short.id()))).await.unwrap();
-    let (mut keeper, mut responses) = c.lease_keep_alive(short.id()).await.unwrap();
-    keeper.keep_alive().await.unwrap();
-    let ka = responses.message().await.unwrap().unwrap();
-    assert_eq!(ka.ttl(), 2);
-    drop(keeper);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if c.get("short", None).await.unwrap().kvs().is_empty() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "lease did not expire");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

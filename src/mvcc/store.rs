@@ -55,7 +55,8 @@ impl Store {
         schema::configure(&conn, true).map_err(storage)?;
         schema::create(&conn).map_err(storage)?;
         let revs = read::revisions(&conn).map_err(storage)?;
-        let (commits, _) = broadcast::channel(1024);
+        // Bounded: a watch stream that falls this far behind catches up from history instead.
+        let (commits, _) = broadcast::channel(256);
         Ok(Store {
             conn,
             path: path.to_path_buf(),
