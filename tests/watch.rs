@@ -538,3 +538,39 @@ async fn require_leader_streams_work_while_a_leader_exists() {
     c.put("l", "1", Some(PutOptions::new())).await.unwrap();
     assert_eq!(next_events(&mut w).await.events().len(), 1);
 }
+
+/// A stream that fell behind and whose next revision was compacted meanwhile is canceled
+/// with the compact revision (after delivering everything it still could, contiguously).
+#[tokio::test]
+async fn slow_consumer_compacted_meanwhile_is_canceled() {
+    let n = Netsy::start();
+    let mut c = n.client().await;
+    let mut w = c.watch("slow/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let created = next(&mut w).await;
+    let mut expected = revision_of(&created) + 1;
+    let value = vec![b'x'; 4096];
+    let mut puts = Vec::new();
+    for i in 0..3000 {
+        let mut c = c.clone();
+        let value = value.clone();
+        puts.push(async move { c.put(format!("slow/{}", i % 50), value, None).await.map(|_| ()) });
+        if puts.len() == 64 {
+            futures::future::try_join_all(std::mem::take(&mut puts)).await.unwrap();
+        }
+    }
+    futures::future::try_join_all(puts).await.unwrap();
+    let last = put(&mut c, "other", "x").await;
+    c.compact(last, None).await.unwrap();
+    loop {
+        let r = next(&mut w).await;
+        if r.canceled() {
+            assert_eq!(r.compact_revision(), last, "{r:?}");
+            break;
+        }
+        for e in r.events() {
+            assert_eq!(e.kv().unwrap().mod_revision(), expected);
+            expected += 1;
+        }
+    }
+    assert!(expected < last, "the stream was behind when the compaction happened");
+}
