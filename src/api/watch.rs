@@ -1,17 +1,15 @@
-//! etcd Watch service: one task per gRPC stream drives a `watch::WatchStream` from the
-//! client's requests, the commit stream and the progress ticker.
+//! etcd Watch service: one task per gRPC stream runs `watch::run` over the client's
+//! requests, the commit stream, the progress ticker and (with `hasleader`) leader loss.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::StreamExt;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::ApiError;
-use crate::mvcc::CommitBatch;
-use crate::proto::etcdserverpb::{watch_request::RequestUnion, watch_server::Watch, WatchRequest, WatchResponse};
+use crate::proto::etcdserverpb::{watch_server::Watch, WatchRequest, WatchResponse};
 use crate::server::Node;
 use crate::watch::{WatchError, WatchStream};
 
@@ -57,7 +55,15 @@ impl Watch for WatchService {
         let input = request.into_inner();
         tokio::spawn(async move {
             crate::metrics::WATCH_STREAMS.inc();
-            let result = run(node, stream, input, commits, require_leader).await;
+            let interval = node.config.watch_progress_notify_interval;
+            let lost = async move {
+                if require_leader {
+                    leader_lost(node).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let result = crate::watch::run(stream, input, commits, interval, lost).await;
             crate::metrics::WATCH_STREAMS.dec();
             let status = match result {
                 Ok(()) | Err(WatchError::Closed) => return,
@@ -73,46 +79,15 @@ impl Watch for WatchService {
     }
 }
 
-/// Serves one stream until the client leaves or the server ends it with an error.
-async fn run(
-    node: Arc<Node>,
-    mut stream: WatchStream,
-    mut input: Streaming<WatchRequest>,
-    mut commits: broadcast::Receiver<Arc<CommitBatch>>,
-    require_leader: bool,
-) -> Result<(), WatchError> {
-    let interval = node.config.watch_progress_notify_interval;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+/// Resolves when the Raft metrics report no leader (or Raft stops).
+async fn leader_lost(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
     loop {
-        tokio::select! {
-            req = input.next() => {
-                let Some(Ok(req)) = req else { return Ok(()) };
-                match req.request_union {
-                    Some(RequestUnion::CreateRequest(c)) => {
-                        stream.drain(&mut commits).await?;
-                        stream.create(c).await?;
-                    }
-                    Some(RequestUnion::CancelRequest(c)) => stream.cancel(c.watch_id).await?,
-                    Some(RequestUnion::ProgressRequest(_)) => {
-                        stream.drain(&mut commits).await?;
-                        stream.progress().await?;
-                    }
-                    None => {}
-                }
-            }
-            batch = commits.recv() => match batch {
-                Ok(batch) => stream.on_batch(&batch).await?,
-                Err(broadcast::error::RecvError::Lagged(_)) => stream.on_lagged().await?,
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            },
-            _ = ticker.tick() => stream.progress_tick().await?,
-            changed = metrics.changed(), if require_leader => {
-                let leaderless = changed.is_err() || metrics.borrow().current_leader.is_none();
-                if leaderless {
-                    return Err(WatchError::NoLeader);
-                }
-            }
+        if metrics.borrow().current_leader.is_none() {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }

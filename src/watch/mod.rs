@@ -15,13 +15,19 @@
 //! past what it delivered, nothing is sent twice and nothing is skipped.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::Stream;
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
 
 use crate::mvcc::{CommitBatch, KeyRange, MvccError, Reader, RevisionEvents};
-use crate::proto::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchCreateRequest, WatchResponse};
+use crate::proto::etcdserverpb::{
+    watch_create_request::FilterType, watch_request::RequestUnion, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
+};
 use crate::proto::mvccpb::{event::EventType, Event};
 
 /// Most revisions read from history in one chunk.
@@ -402,6 +408,48 @@ impl Drop for WatchStream {
     }
 }
 
+/// Serves one Watch stream until the client leaves (`Ok`), the client is gone
+/// (`Closed`), storage fails, or `leader_lost` resolves (`NoLeader`).
+pub async fn run<S>(
+    mut stream: WatchStream,
+    mut input: S,
+    mut commits: broadcast::Receiver<Arc<CommitBatch>>,
+    progress_interval: Duration,
+    leader_lost: impl Future<Output = ()>,
+) -> Result<(), WatchError>
+where
+    S: Stream<Item = Result<WatchRequest, tonic::Status>> + Unpin,
+{
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + progress_interval, progress_interval);
+    tokio::pin!(leader_lost);
+    loop {
+        tokio::select! {
+            req = input.next() => {
+                let Some(Ok(req)) = req else { return Ok(()) };
+                match req.request_union {
+                    Some(RequestUnion::CreateRequest(c)) => {
+                        stream.drain(&mut commits).await?;
+                        stream.create(c).await?;
+                    }
+                    Some(RequestUnion::CancelRequest(c)) => stream.cancel(c.watch_id).await?,
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        stream.drain(&mut commits).await?;
+                        stream.progress().await?;
+                    }
+                    None => {}
+                }
+            }
+            batch = commits.recv() => match batch {
+                Ok(batch) => stream.on_batch(&batch).await?,
+                Err(broadcast::error::RecvError::Lagged(_)) => stream.on_lagged().await?,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = ticker.tick() => stream.progress_tick().await?,
+            _ = &mut leader_lost => return Err(WatchError::NoLeader),
+        }
+    }
+}
+
 /// etcd's `sendFragments`: a response over `limit` bytes with several events is split
 /// into pieces of at most `limit` bytes (or one event), all but the last marked
 /// `fragment`. Events of one revision are only ever split this way.
@@ -449,6 +497,66 @@ mod tests {
                 ..Default::default()
             }),
             prev_kv: None,
+        }
+    }
+
+    fn put(k: &str) -> crate::mvcc::Command {
+        crate::mvcc::Command::Put(crate::proto::etcdserverpb::PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn create(key: &str) -> Result<WatchRequest, tonic::Status> {
+        Ok(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        })
+    }
+
+    /// `run` delivers committed events, and ends with `NoLeader` when the leader is lost
+    /// (the `hasleader` contract), or quietly when the client closes its side.
+    #[tokio::test]
+    async fn run_delivers_and_stops_on_leader_loss_or_client_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = crate::mvcc::Store::open(&dir.path().join("s.db")).unwrap();
+        let reader = Reader::new(store.path());
+        let header: HeaderFn = Arc::new(|revision| ResponseHeader {
+            revision,
+            ..Default::default()
+        });
+        for leader_goes in [true, false] {
+            let commits = store.subscribe();
+            let (out_tx, mut out) = mpsc::channel(16);
+            let stream = WatchStream::new(reader.clone(), out_tx, header.clone(), 1 << 20).await.unwrap();
+            let (req_tx, req_rx) = mpsc::channel(4);
+            let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+            let lost = async move {
+                let _ = lost_rx.await;
+            };
+            let task = tokio::spawn(run(
+                stream,
+                tokio_stream::wrappers::ReceiverStream::new(req_rx),
+                commits,
+                Duration::from_secs(600),
+                lost,
+            ));
+            req_tx.send(create("k")).await.unwrap();
+            assert!(out.recv().await.unwrap().unwrap().created);
+            store.apply_batch(&[Some(put("k"))], &Default::default()).unwrap();
+            let ev = out.recv().await.unwrap().unwrap();
+            assert_eq!(ev.events.len(), 1);
+            if leader_goes {
+                lost_tx.send(()).unwrap();
+                assert!(matches!(task.await.unwrap(), Err(WatchError::NoLeader)));
+            } else {
+                drop(req_tx);
+                assert!(task.await.unwrap().is_ok());
+                drop(lost_tx);
+            }
         }
     }
 
