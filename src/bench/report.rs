@@ -1,0 +1,225 @@
+//! The suite's report: a Markdown table of netsy/etcd ratios and an SVG bar chart.
+
+use std::fmt::Write;
+
+use super::suite::{Comparison, Metric, Results};
+
+fn value(s: &super::Summary, m: Metric) -> f64 {
+    match m {
+        Metric::Throughput => s.per_second,
+        Metric::P50 => s.p50,
+        Metric::P99 => s.p99,
+    }
+}
+
+fn metric_name(m: Metric) -> &'static str {
+    match m {
+        Metric::Throughput => "throughput",
+        Metric::P50 => "p50",
+        Metric::P99 => "p99",
+    }
+}
+
+/// netsy/etcd for one metric (0 when etcd measured nothing).
+pub fn ratio(c: &Comparison, m: Metric) -> f64 {
+    let e = value(&c.etcd, m);
+    if e > 0.0 {
+        value(&c.netsy, m) / e
+    } else {
+        0.0
+    }
+}
+
+/// Whether `ratio` meets the target: throughput must reach it, latency must stay under it.
+pub fn meets(m: Metric, ratio: f64, target: f64) -> bool {
+    match m {
+        Metric::Throughput => ratio >= target,
+        Metric::P50 | Metric::P99 => ratio <= target,
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# netsy vs etcd 3.5.1 — `make bench`\n");
+    let _ = writeln!(
+        md,
+        "Same machine, same run, {} CPUs, loopback, fresh data directories; each workload ran against both servers \
+         with identical parameters, in alternating order, and the table shows the mean of the rounds.{}\n",
+        r.cpus,
+        if r.quick {
+            " **Quick mode: small totals, not for judging targets.**"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| workload | etcd req/s | netsy req/s | etcd p50 / p99 ms | netsy p50 / p99 ms | errors e/n | target | ratio | met |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|:---:|");
+    for c in &r.comparisons {
+        let targets: Vec<_> = if c.targets.is_empty() {
+            vec![None]
+        } else {
+            c.targets.iter().map(Some).collect()
+        };
+        for (i, t) in targets.into_iter().enumerate() {
+            let (target, ratio_s, met) = match t {
+                Some(t) => {
+                    let ratio = ratio(c, t.metric);
+                    let op = if t.metric == Metric::Throughput { "≥" } else { "≤" };
+                    (
+                        format!("{} {op} {:.1}×", metric_name(t.metric), t.ratio),
+                        format!("{ratio:.2}×"),
+                        if meets(t.metric, ratio, t.ratio) { "yes" } else { "**no**" }.to_string(),
+                    )
+                }
+                None => (
+                    "p50 (reported)".to_string(),
+                    format!("{:.2}×", ratio(c, Metric::P50)),
+                    "—".to_string(),
+                ),
+            };
+            let name = if i == 0 { c.name.as_str() } else { "″" };
+            let _ = writeln!(
+                md,
+                "| {name} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {}/{} | {target} | {ratio_s} | {met} |",
+                c.etcd.per_second, c.netsy.per_second, c.etcd.p50, c.etcd.p99, c.netsy.p50, c.netsy.p99, c.etcd.errors, c.netsy.errors
+            );
+        }
+    }
+    let (e, n) = (&r.etcd_footprint, &r.netsy_footprint);
+    let rss_ratio = if e.rss_bytes > 0 {
+        n.rss_bytes as f64 / e.rss_bytes as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(md, "\n## Footprint after loading {} keys × 256 B\n", e.keys);
+    let _ = writeln!(md, "| | etcd | netsy | ratio |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| RSS (MiB) | {:.1} | {:.1} | {:.2}× (target ≤ 0.5×: {}) |",
+        mib(e.rss_bytes),
+        mib(n.rss_bytes),
+        rss_ratio,
+        if rss_ratio > 0.0 && rss_ratio <= 0.5 {
+            "met"
+        } else {
+            "**not met**"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| peak RSS over the whole run (MiB) | {:.1} | {:.1} | {:.2}× |",
+        mib(e.peak_rss_bytes),
+        mib(n.peak_rss_bytes),
+        n.peak_rss_bytes as f64 / e.peak_rss_bytes.max(1) as f64
+    );
+    let _ = writeln!(
+        md,
+        "| data on disk (MiB) | {:.1} | {:.1} | {:.2}× |",
+        mib(e.disk_bytes),
+        mib(n.disk_bytes),
+        n.disk_bytes as f64 / e.disk_bytes.max(1) as f64
+    );
+    let _ = writeln!(
+        md,
+        "| load time (s, 100 clients) | {:.1} | {:.1} | {:.2}× |",
+        e.load_seconds,
+        n.load_seconds,
+        n.load_seconds / e.load_seconds.max(1e-9)
+    );
+    let _ = writeln!(
+        md,
+        "| RSS with 10,000 watchers open (MiB) | {:.1} | {:.1} | {:.2}× |",
+        mib(r.watchers_rss.0),
+        mib(r.watchers_rss.1),
+        r.watchers_rss.1 as f64 / r.watchers_rss.0.max(1) as f64
+    );
+    let _ = writeln!(md, "\nChart: `results.svg`; raw numbers: `results.json`.");
+    md
+}
+
+/// A horizontal bar per target: the netsy/etcd ratio on a log scale, with the target
+/// marked; green when met.
+pub fn svg(r: &Results) -> String {
+    let mut rows: Vec<(String, f64, f64, bool)> = Vec::new();
+    for c in &r.comparisons {
+        for t in &c.targets {
+            let ratio = ratio(c, t.metric);
+            rows.push((
+                format!("{} — {}", c.name, metric_name(t.metric)),
+                ratio,
+                t.ratio,
+                meets(t.metric, ratio, t.ratio),
+            ));
+        }
+    }
+    let e = &r.etcd_footprint;
+    if e.rss_bytes > 0 {
+        let ratio = r.netsy_footprint.rss_bytes as f64 / e.rss_bytes as f64;
+        rows.push((format!("RSS with {} keys", e.keys), ratio, 0.5, ratio <= 0.5));
+    }
+    let (label_w, plot_w, row_h, top) = (430.0, 420.0, 28.0, 50.0);
+    let height = top + row_h * rows.len() as f64 + 40.0;
+    // Log scale from 1/8x to 8x.
+    let x = |v: f64| -> f64 {
+        let v = v.clamp(0.125, 8.0);
+        label_w + (v.log2() + 3.0) / 6.0 * plot_w
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        label_w + plot_w + 80.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">netsy / etcd 3.5.1 (log scale; | = target; green = met)</text>"#
+    );
+    for tick in [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0] {
+        let tx = x(tick);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{tx}" y1="{}" x2="{tx}" y2="{}" stroke="#ddd"/><text x="{tx}" y="{}" text-anchor="middle">{tick}×</text>"##,
+            top - 8.0,
+            height - 30.0,
+            height - 14.0
+        );
+    }
+    for (i, (label, ratio, target, met)) in rows.iter().enumerate() {
+        let y = top + i as f64 * row_h;
+        let color = if *met { "#3a9d5d" } else { "#d0583c" };
+        let (x0, x1) = (x(1.0), x(*ratio));
+        let (left, width) = if x1 >= x0 { (x0, x1 - x0) } else { (x1, x0 - x1) };
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{}">{}</text><rect x="{left}" y="{}" width="{}" height="{}" fill="{color}"/>"#,
+            y + 16.0,
+            xml_escape(label),
+            y + 4.0,
+            width.max(1.0),
+            row_h - 10.0
+        );
+        let tx = x(*target);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{tx}" y1="{}" x2="{tx}" y2="{}" stroke="black" stroke-width="2"/><text x="{}" y="{}">{ratio:.2}×</text>"#,
+            y + 1.0,
+            y + row_h - 3.0,
+            label_w + plot_w + 8.0,
+            y + 16.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn xml_escape(t: &str) -> String {
+    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
