@@ -69,14 +69,62 @@ pub static WATCH_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 pub static PROPOSALS_FAILED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("etcd_server_proposals_failed_total", "The total number of failed proposals seen."));
-pub static PROPOSAL_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    let h = Histogram::with_opts(
-        HistogramOpts::new("netsy_proposal_duration_seconds", "Time from proposal to applied result.")
-            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
-    )
-    .expect("valid metric");
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
     let _ = REGISTRY.register(Box::new(h.clone()));
     h
+}
+
+fn seconds_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+}
+
+fn count_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets")
+}
+
+pub static PROPOSAL_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "netsy_proposal_duration_seconds",
+        "Time from proposal to applied result.",
+        seconds_buckets(),
+    )
+});
+/// etcd's name for the WAL fsync latency; here one group commit of the Raft log.
+pub static WAL_FSYNC_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        seconds_buckets(),
+    )
+});
+pub static LOG_BATCH_ENTRIES: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "netsy_raft_log_batch_entries",
+        "Raft log entries written per group commit.",
+        count_buckets(),
+    )
+});
+pub static APPLY_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+        seconds_buckets(),
+    )
+});
+pub static PROPOSAL_BATCH_COMMANDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "netsy_proposal_batch_commands",
+        "Commands carried by one Raft log entry.",
+        count_buckets(),
+    )
+});
+pub static APPLY_BATCH_ENTRIES: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "netsy_apply_batch_commands",
+        "Commands applied per state-machine transaction.",
+        count_buckets(),
+    )
 });
 
 /// Renders every metric in the Prometheus text format.
@@ -91,6 +139,13 @@ pub fn render() -> String {
         &*IS_LEADER,
     );
     let _ = (&*PROPOSALS_COMMITTED, &*PROPOSALS_FAILED, &*PROPOSAL_DURATION);
+    let _ = (
+        &*WAL_FSYNC_DURATION,
+        &*LOG_BATCH_ENTRIES,
+        &*APPLY_DURATION,
+        &*APPLY_BATCH_ENTRIES,
+        &*PROPOSAL_BATCH_COMMANDS,
+    );
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();

@@ -16,6 +16,7 @@ use crate::api::errors::ApiError;
 use crate::config::{AutoCompactionPolicy, Config};
 use crate::mvcc::{Command, CommandResult, CommitBatch, MvccError, Reader, Store};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType, CompactionRequest, ResponseHeader};
+use crate::raft::proposer::{Proposer, ReadBarrier};
 use crate::raft::{self, NetsyRaft};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,8 @@ pub struct Node {
     pub identity: NodeIdentity,
     pub cluster_hash: u64,
     pub raft: NetsyRaft,
+    pub proposer: Proposer,
+    pub reads: ReadBarrier,
     pub store: Arc<Mutex<Store>>,
     pub reader: Reader,
     pub commits: broadcast::Sender<Arc<CommitBatch>>,
@@ -142,6 +145,8 @@ impl Node {
             cluster_hash: stable_hash(&config.cluster_id),
             config,
             identity,
+            proposer: Proposer::start(raft.clone()),
+            reads: ReadBarrier::start(raft.clone()),
             raft,
             store,
             reader,
@@ -199,12 +204,12 @@ impl Node {
             return Err(ApiError::RequestTooLarge);
         }
         let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
-        let res = self.raft.client_write(cmd).await;
+        let res = self.proposer.propose(cmd, size).await;
         timer.observe_duration();
         match res {
-            Ok(resp) => {
+            Ok(data) => {
                 crate::metrics::PROPOSALS_COMMITTED.inc();
-                match resp.data {
+                match data {
                     CommandResult::Error(e) => Err(ApiError::Mvcc(e)),
                     CommandResult::Alarm(alarms) => {
                         self.nospace
@@ -216,14 +221,14 @@ impl Node {
             }
             Err(e) => {
                 crate::metrics::PROPOSALS_FAILED.inc();
-                Err(raft_error(e))
+                Err(e.into())
             }
         }
     }
 
     /// Waits until a read at this node reflects every write committed before the call.
     pub async fn linearizable_read(&self) -> Result<(), ApiError> {
-        self.raft.ensure_linearizable().await.map(|_| ()).map_err(raft_error)
+        self.reads.wait().await.map_err(ApiError::from)
     }
 
     /// Rejects writes that may grow the database while the NOSPACE alarm is raised, and
@@ -256,20 +261,6 @@ impl Node {
     }
 }
 
-fn raft_error<E>(e: openraft::error::RaftError<u64, E>) -> ApiError
-where
-    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, openraft::BasicNode>>,
-{
-    if let openraft::error::RaftError::Fatal(_) = &e {
-        return ApiError::Stopped;
-    }
-    match e.forward_to_leader::<openraft::BasicNode>() {
-        Some(f) if f.leader_id.is_some() => ApiError::LeaderChanged,
-        Some(_) => ApiError::NoLeader,
-        None => ApiError::Internal(e.to_string()),
-    }
-}
-
 /// Serves until `shutdown` resolves: the etcd gRPC API, the health/metrics endpoint and
 /// the background tasks (database size, auto-compaction).
 pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
@@ -293,7 +284,10 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
 
     let grpc_stop = stop.clone();
     let grpc = crate::api::router(node.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(client);
+    // TCP_NODELAY: without it a small response can wait for the client's delayed ACK.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(client), |conn| {
+        conn.and_then(|c| c.set_nodelay(true).map(|_| c))
+    });
     tasks.spawn(async move {
         if let Err(e) = grpc
             .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await })

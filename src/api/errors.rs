@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::mvcc::validate::InvalidRequest;
 use crate::mvcc::MvccError;
+use crate::raft::proposer::ProposeError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -34,6 +35,17 @@ pub enum ApiError {
     LeaseNotFound,
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NoLeader => ApiError::NoLeader,
+            ProposeError::LeaderChanged => ApiError::LeaderChanged,
+            ProposeError::Stopped => ApiError::Stopped,
+            ProposeError::Internal(m) => ApiError::Internal(m),
+        }
+    }
 }
 
 impl From<InvalidRequest> for ApiError {

@@ -158,7 +158,14 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, shared: Arc<Shared>
                 break;
             }
         }
+        let timer = crate::metrics::WAL_FSYNC_DURATION.start_timer();
         let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        timer.observe_duration();
+        let entries: usize = batch
+            .iter()
+            .map(|op| if let Op::Append { entries, .. } = op { entries.len() } else { 0 })
+            .sum();
+        crate::metrics::LOG_BATCH_ENTRIES.observe(entries as f64);
         let mut flushed: Vec<(u64, u64)> = Vec::new();
         for op in batch {
             match op {

@@ -5,6 +5,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod state_machine;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,9 @@ use crate::mvcc::{Command, CommandResult};
 openraft::declare_raft_types!(
     /// netsy's Raft type configuration.
     pub TypeConfig:
-        D = Command,
-        R = CommandResult,
+        // One log entry carries a batch of commands (see `proposer`).
+        D = Vec<Command>,
+        R = Vec<CommandResult>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -69,26 +69,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         decode_meta(&meta)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    /// Applies every command of every entry in one SQLite transaction and returns, per
+    /// entry, the results of its commands (none for blank and membership entries).
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResult>>, StorageError>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let mut commands: Vec<Option<Command>> = Vec::new();
+        // Per entry: how many of `commands` are its own; `None` for blank and membership
+        // entries, which have one `None` placeholder.
+        let mut shape: Vec<Option<usize>> = Vec::new();
         let mut last: Option<LogId> = None;
         let mut membership: Option<Membership> = None;
         for entry in entries {
             last = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Normal(cmd) => commands.push(Some(cmd)),
-                EntryPayload::Blank => commands.push(None),
+                EntryPayload::Normal(cmds) => {
+                    shape.push(Some(cmds.len()));
+                    commands.extend(cmds.into_iter().map(Some));
+                }
+                EntryPayload::Blank => {
+                    shape.push(None);
+                    commands.push(None);
+                }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    shape.push(None);
                     commands.push(None);
                 }
             }
         }
-        if commands.is_empty() {
+        if last.is_none() {
             return Ok(Vec::new());
         }
         let store = self.store.clone();
@@ -102,7 +114,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_applied: Some(bincode::serialize(&last).map_err(sm_err)?),
                 membership,
             };
-            store.apply_batch(&commands, &meta).map_err(|e: MvccError| sm_err(e))
+            crate::metrics::APPLY_BATCH_ENTRIES.observe(commands.len() as f64);
+            let timer = crate::metrics::APPLY_DURATION.start_timer();
+            let results = store.apply_batch(&commands, &meta).map_err(|e: MvccError| sm_err(e))?;
+            timer.observe_duration();
+            // Regroup per entry; blank and membership entries had one `None` placeholder.
+            let mut results = results.into_iter();
+            Ok(shape
+                .iter()
+                .map(|&n| match n {
+                    Some(n) => results.by_ref().take(n).collect(),
+                    None => {
+                        results.next();
+                        Vec::new()
+                    }
+                })
+                .collect())
         })
         .await
     }

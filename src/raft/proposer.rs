@@ -1,0 +1,163 @@
+//! Batching in front of openraft.
+//!
+//! openraft 0.9 writes each `client_write` as its own log append and waits for that
+//! append's fsync inside its core loop, so concurrent writes would pay one fsync each,
+//! one after another. The `Proposer` instead gathers every command that arrives while
+//! earlier batches are in flight into one log entry (`Vec<Command>`): one fsync and one
+//! SQLite apply transaction per batch, one revision per command as before.
+//!
+//! Likewise `ReadBarrier` serves every linearizable read that arrived while no ReadIndex
+//! round was running with one `ensure_linearizable` call started after all of them
+//! arrived, which is what makes each of them linearizable.
+
+use std::sync::Arc;
+
+use openraft::error::{ForwardToLeader, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::NetsyRaft;
+use crate::mvcc::{Command, CommandResult};
+
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 1024;
+/// Stop adding commands to a batch beyond this many (encoded) bytes.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Batches handed to openraft at once; more requests queue and form the next batch.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Why a proposal or a linearizable read did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no leader")]
+    NoLeader,
+    /// Another node leads; the client should retry there.
+    #[error("leader changed")]
+    LeaderChanged,
+    #[error("raft stopped")]
+    Stopped,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Maps an openraft error to what a client can act on.
+pub fn classify<E>(e: RaftError<u64, E>) -> ProposeError
+where
+    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<ForwardToLeader<u64, openraft::BasicNode>>,
+{
+    if let RaftError::Fatal(_) = &e {
+        return ProposeError::Stopped;
+    }
+    match e.forward_to_leader::<openraft::BasicNode>() {
+        Some(f) if f.leader_id.is_some() => ProposeError::LeaderChanged,
+        Some(_) => ProposeError::NoLeader,
+        None => ProposeError::Internal(e.to_string()),
+    }
+}
+
+type Reply = oneshot::Sender<Result<CommandResult, ProposeError>>;
+
+struct Pending {
+    cmd: Command,
+    size: usize,
+    reply: Reply,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(raft: NetsyRaft) -> Proposer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(propose_loop(raft, rx));
+        Proposer { tx }
+    }
+
+    /// Replicates `cmd` (of `size` encoded bytes) and returns its applied result.
+    pub async fn propose(&self, cmd: Command, size: usize) -> Result<CommandResult, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Pending { cmd, size, reply }).map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+}
+
+async fn propose_loop(raft: NetsyRaft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        // Everything that queued while we waited for a slot joins this batch.
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.size;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (cmds, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            crate::metrics::PROPOSAL_BATCH_COMMANDS.observe(cmds.len() as f64);
+            match raft.client_write(cmds).await {
+                Ok(resp) if resp.data.len() == replies.len() => {
+                    for (result, reply) in resp.data.into_iter().zip(replies) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Ok(resp) => {
+                    let e = ProposeError::Internal(format!("{} results for {} commands", resp.data.len(), replies.len()));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    let e = classify(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+type ReadReply = oneshot::Sender<Result<(), ProposeError>>;
+
+#[derive(Clone)]
+pub struct ReadBarrier {
+    tx: mpsc::UnboundedSender<ReadReply>,
+}
+
+impl ReadBarrier {
+    pub fn start(raft: NetsyRaft) -> ReadBarrier {
+        let (tx, mut rx) = mpsc::unbounded_channel::<ReadReply>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut waiting = vec![first];
+                while let Ok(r) = rx.try_recv() {
+                    waiting.push(r);
+                }
+                // This round starts after every waiting read arrived.
+                let result = raft.ensure_linearizable().await.map(|_| ()).map_err(classify);
+                for r in waiting {
+                    let _ = r.send(result.clone());
+                }
+            }
+        });
+        ReadBarrier { tx }
+    }
+
+    /// Returns once this node's state reflects every write committed before the call.
+    pub async fn wait(&self) -> Result<(), ProposeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+}
