@@ -175,12 +175,12 @@ impl Node {
 
     /// A response header with this node's ids, the current Raft term and `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        let m = self.raft.metrics().borrow().clone();
         ResponseHeader {
             cluster_id: self.cluster_hash,
             member_id: self.identity.member_id,
             revision,
-            raft_term: m.current_term,
+            // Read without cloning the metrics struct: this runs for every response.
+            raft_term: self.raft.metrics().borrow().current_term,
         }
     }
 

@@ -48,9 +48,15 @@ impl KeyRange {
     }
 
     /// SQL condition on `column` plus its parameters. Always a key range, never LIKE.
+    ///
+    /// A single key is written `>= ? AND <= ?`: the bundled SQLite (built with STAT4)
+    /// re-plans a join with `= ?` on every execution, which costs more than the lookup.
     fn sql(&self, column: &str) -> (String, Vec<Vec<u8>>) {
         match &self.end {
-            RangeEnd::Single => (format!("{column} = ?"), vec![self.start.clone()]),
+            RangeEnd::Single => (
+                format!("{column} >= ? AND {column} <= ?"),
+                vec![self.start.clone(), self.start.clone()],
+            ),
             RangeEnd::Open => (format!("{column} >= ?"), vec![self.start.clone()]),
             RangeEnd::Until(e) => (format!("{column} >= ? AND {column} < ?"), vec![self.start.clone(), e.clone()]),
         }
@@ -78,7 +84,10 @@ pub struct Revisions {
 }
 
 pub fn revisions(conn: &Connection) -> rusqlite::Result<Revisions> {
-    let get = |name: &str| conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get::<_, i64>(0));
+    let get = |name: &str| {
+        conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+            .query_row([name], |r| r.get::<_, i64>(0))
+    };
     Ok(Revisions {
         current: get("revision")?,
         compacted: get("compact_revision")?,
@@ -148,7 +157,7 @@ pub fn count_at(conn: &Connection, range: &KeyRange, rev: i64, current: i64) -> 
 /// The live value of one key, if any.
 pub fn get_current(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<KeyValue>> {
     conn.prepare_cached(&format!(
-        "SELECT {KV_COLUMNS}, k.value FROM current c JOIN kv k ON k.key = c.key AND k.mod_rev = c.mod_rev WHERE c.key = ?1"
+        "SELECT {KV_COLUMNS}, k.value FROM current c JOIN kv k ON k.key = c.key AND k.mod_rev = c.mod_rev WHERE c.key >= ?1 AND c.key <= ?1"
     ))?
     .query_row([key], |r| row_to_kv(r, true))
     .optional()
