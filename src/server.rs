@@ -57,6 +57,8 @@ pub struct Node {
     pub store: Arc<Mutex<Store>>,
     pub reader: Reader,
     pub commits: broadcast::Sender<Arc<CommitBatch>>,
+    /// The committed store revision (see `Store::revision_handle`).
+    pub revision: Arc<AtomicI64>,
     pub nospace: AtomicBool,
     pub db_size: AtomicI64,
     pub lessor: crate::lease::Lessor,
@@ -125,6 +127,7 @@ impl Node {
         let state_path = dir.join("state.db");
         let store = Store::open(&state_path).map_err(|e| StartError::Storage(e.to_string()))?;
         let commits = store.commit_sender();
+        let revision = store.revision_handle();
         let store = Arc::new(Mutex::new(store));
         let reader = Reader::new(&state_path);
         let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(|e| StartError::Storage(e.to_string()))?;
@@ -151,6 +154,7 @@ impl Node {
             store,
             reader,
             commits,
+            revision,
             nospace: AtomicBool::new(nospace),
             db_size: AtomicI64::new(0),
             lessor: crate::lease::Lessor::default(),
@@ -166,6 +170,11 @@ impl Node {
             crate::metrics::DB_TOTAL_SIZE.set(s.size);
             crate::metrics::DB_IN_USE_SIZE.set(s.in_use);
         }
+    }
+
+    /// Whether this node is the Raft leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.identity.raft_id)
     }
 
     /// Whether this node currently knows a Raft leader.
@@ -192,8 +201,7 @@ impl Node {
 
     /// A full header at the current store revision.
     pub fn current_header(&self) -> Option<ResponseHeader> {
-        let rev = self.reader.revisions().map(|r| r.current).unwrap_or(0);
-        Some(self.header(rev))
+        Some(self.header(self.revision.load(Ordering::Acquire)))
     }
 
     /// Replicates `cmd` through Raft and returns its applied result. Client-caused
@@ -383,7 +391,7 @@ async fn background(node: Arc<Node>) {
         };
         last_compact_check = now;
         let Some(target) = target else { continue };
-        if target <= revs.compacted || node.raft.metrics().borrow().current_leader != Some(node.identity.raft_id) {
+        if target <= revs.compacted || !node.is_leader() {
             continue;
         }
         match node

@@ -61,9 +61,8 @@ impl Cluster for ClusterService {
         if request.into_inner().linearizable {
             self.node.linearizable_read().await?;
         }
-        let rev = self.node.reader.revisions().map(|r| r.current).unwrap_or(0);
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.header(rev)),
+            header: self.node.current_header(),
             members: self.members(),
         }))
     }

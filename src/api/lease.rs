@@ -36,10 +36,15 @@ fn new_lease_id() -> i64 {
     }
 }
 
-/// Renews a lease on this (leader) node; returns its TTL, or 0 if it does not exist.
+/// Renews a lease on this node, which must lead (keep-alives are leader-local, as in
+/// etcd: every grant and revoke this leader committed is already applied, so no ReadIndex
+/// round is needed); returns its TTL, or 0 if it does not exist.
 async fn keep_alive_once(node: &Arc<Node>, id: i64) -> Result<i64, ApiError> {
-    node.linearizable_read().await?;
-    match node.read(move |r| r.lease_ttl(id)).await? {
+    if !node.is_leader() {
+        return Err(ApiError::NoLeader);
+    }
+    // A point lookup: cheaper inline than a hand-off to the blocking pool.
+    match node.reader.lease_ttl(id)? {
         Some(ttl) => {
             node.lessor.renew(id, ttl);
             Ok(ttl)
@@ -165,7 +170,7 @@ pub async fn expiry_loop(node: Arc<Node>) {
     let mut was_leader = false;
     loop {
         tick.tick().await;
-        let is_leader = node.raft.metrics().borrow().current_leader == Some(node.identity.raft_id);
+        let is_leader = node.is_leader();
         if !is_leader {
             if was_leader {
                 node.lessor.clear();

@@ -71,9 +71,8 @@ impl Maintenance for MaintenanceService {
             }
             Err(_) => return Err(Status::invalid_argument("etcdserver: invalid alarm action")),
         };
-        let rev = self.node.reader.revisions().map(|r| r.current).unwrap_or(0);
         Ok(Response::new(AlarmResponse {
-            header: Some(self.node.header(rev)),
+            header: self.node.current_header(),
             alarms,
         }))
     }
@@ -122,9 +121,8 @@ impl Maintenance for MaintenanceService {
         .map_err(|e| ApiError::Internal(e.to_string()))??;
         self.node.refresh_db_size();
         tracing::info!("defragment finished");
-        let rev = self.node.reader.revisions().map(|r| r.current).unwrap_or(0);
         Ok(Response::new(DefragmentResponse {
-            header: Some(self.node.header(rev)),
+            header: self.node.current_header(),
         }))
     }
 
@@ -214,9 +212,8 @@ impl Maintenance for MaintenanceService {
             return Err(ApiError::BadLeaderTransferee.into());
         }
         // Single member: it already leads.
-        let rev = self.node.reader.revisions().map(|r| r.current).unwrap_or(0);
         Ok(Response::new(MoveLeaderResponse {
-            header: Some(self.node.header(rev)),
+            header: self.node.current_header(),
         }))
     }
 

@@ -96,7 +96,7 @@ pub async fn run(opts: &Options, workload: &Workload) -> Result<Summary, BenchEr
                 let key = make_key(seq, key_size, key_space, order);
                 let value = value.clone();
                 Box::pin(async move {
-                    KvClient::new(ch)
+                    kv_client(ch)
                         .put(PutRequest {
                             key,
                             value,
@@ -121,7 +121,7 @@ pub async fn run(opts: &Options, workload: &Workload) -> Result<Summary, BenchEr
                     ..Default::default()
                 };
                 Box::pin(async move {
-                    KvClient::new(ch)
+                    kv_client(ch)
                         .txn(TxnRequest {
                             success: vec![op(Request::RequestPut(put))],
                             ..Default::default()
@@ -153,7 +153,7 @@ pub async fn run(opts: &Options, workload: &Workload) -> Result<Summary, BenchEr
             };
             closed_loop(opts, "range", &channels, move |ch, _| {
                 let req = req.clone();
-                Box::pin(async move { KvClient::new(ch).range(req).await.map(|_| ()) })
+                Box::pin(async move { kv_client(ch).range(req).await.map(|_| ()) })
             })
             .await
         }
@@ -166,6 +166,11 @@ pub async fn run(opts: &Options, workload: &Workload) -> Result<Summary, BenchEr
         } => watch_latency(opts, &channels, *streams, *watchers, *rate, *value_size).await,
         Workload::LeaseKeepalive => lease_keepalive(opts, &channels).await,
     }
+}
+
+/// A KV client that accepts responses of any size, like etcd's Go client (MaxInt32).
+fn kv_client(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(usize::MAX)
 }
 
 fn op(r: Request) -> RequestOp {
@@ -292,6 +297,8 @@ fn get(key: &[u8]) -> RequestOp {
 async fn txn_mixed(opts: &Options, channels: &[Channel], value_size: usize) -> Result<Summary, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let total = opts.total;
+    // Objects of an earlier run may still exist mid-life; this run uses its own names.
+    let run: u32 = rand::random();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..opts.clients.max(1) {
@@ -306,7 +313,7 @@ async fn txn_mixed(opts: &Options, channels: &[Channel], value_size: usize) -> R
                 if seq >= total {
                     return (lat, errors);
                 }
-                let key = format!("/registry/bench/c{c}/o{object}").into_bytes();
+                let key = format!("/registry/bench/{run:08x}/c{c}/o{object}").into_bytes();
                 let compacting = seq % 10 == 9;
                 let req = if compacting {
                     let ck = b"compact_rev_key".to_vec();

@@ -11,8 +11,11 @@ pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     // may lose its newest transactions on power loss and re-apply them from the log.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    conn.pragma_update(None, "cache_size", -64_000)?;
-    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+    // Page cache per connection (KiB). The writer keeps the hot part of the indexes; the
+    // readers (up to 16) share the OS page cache, so theirs is small. No mmap: mapped
+    // pages would count towards the RSS of every reader.
+    conn.pragma_update(None, "cache_size", if writer { -32_000 } else { -16_000 })?;
+    conn.pragma_update(None, "mmap_size", 0)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     if writer {
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;

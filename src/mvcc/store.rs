@@ -41,6 +41,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     revs: Revisions,
+    /// The committed store revision, readable without a transaction (response headers).
+    published: Arc<std::sync::atomic::AtomicI64>,
     commits: broadcast::Sender<Arc<CommitBatch>>,
 }
 
@@ -60,6 +62,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            published: Arc::new(std::sync::atomic::AtomicI64::new(revs.current)),
             revs,
             commits,
         })
@@ -80,6 +83,11 @@ impl Store {
     /// Subscribe to the commit stream (every applied batch that changed something).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommitBatch>> {
         self.commits.subscribe()
+    }
+
+    /// The committed revision, updated after every commit (and snapshot install).
+    pub fn revision_handle(&self) -> Arc<std::sync::atomic::AtomicI64> {
+        self.published.clone()
     }
 
     pub fn commit_sender(&self) -> broadcast::Sender<Arc<CommitBatch>> {
@@ -149,6 +157,7 @@ impl Store {
         tx.commit().map_err(storage)?;
         let changed = revs != self.revs;
         self.revs = revs;
+        self.published.store(revs.current, std::sync::atomic::Ordering::Release);
         if changed {
             // No subscribers is fine: the watch hub subscribes when it starts.
             let _ = self.commits.send(Arc::new(CommitBatch {
@@ -195,6 +204,7 @@ impl Store {
     /// `Reader::reset`). The batch has no events: watch streams see the revision jump and
     /// read the revisions they missed from history.
     pub fn announce_replaced(&self) {
+        self.published.store(self.revs.current, std::sync::atomic::Ordering::Release);
         let _ = self.commits.send(Arc::new(CommitBatch {
             revision: self.revs.current,
             compact_revision: self.revs.compacted,
