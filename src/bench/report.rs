@@ -113,34 +113,13 @@ pub fn markdown(r: &Results) -> String {
             "**not met**"
         }
     );
-    let _ = writeln!(
-        md,
-        "| peak RSS over the whole run (MiB) | {:.1} | {:.1} | {:.2}× |",
-        mib(e.peak_rss_bytes),
-        mib(n.peak_rss_bytes),
-        n.peak_rss_bytes as f64 / e.peak_rss_bytes.max(1) as f64
-    );
-    let _ = writeln!(
-        md,
-        "| data on disk (MiB) | {:.1} | {:.1} | {:.2}× |",
-        mib(e.disk_bytes),
-        mib(n.disk_bytes),
-        n.disk_bytes as f64 / e.disk_bytes.max(1) as f64
-    );
-    let _ = writeln!(
-        md,
-        "| load time (s, 100 clients) | {:.1} | {:.1} | {:.2}× |",
-        e.load_seconds,
-        n.load_seconds,
-        n.load_seconds / e.load_seconds.max(1e-9)
-    );
-    let _ = writeln!(
-        md,
-        "| RSS with 10,000 watchers open (MiB) | {:.1} | {:.1} | {:.2}× |",
-        mib(r.watchers_rss.0),
-        mib(r.watchers_rss.1),
-        r.watchers_rss.1 as f64 / r.watchers_rss.0.max(1) as f64
-    );
+    let mut row = |label: &str, etcd: f64, netsy: f64| {
+        let _ = writeln!(md, "| {label} | {etcd:.1} | {netsy:.1} | {:.2}× |", netsy / etcd.max(1e-9));
+    };
+    row("peak RSS over the whole run (MiB)", mib(e.peak_rss_bytes), mib(n.peak_rss_bytes));
+    row("data on disk (MiB)", mib(e.disk_bytes), mib(n.disk_bytes));
+    row("load time (s, 100 clients)", e.load_seconds, n.load_seconds);
+    row("RSS with 10,000 watchers open (MiB)", mib(r.watchers_rss.0), mib(r.watchers_rss.1));
     let _ = writeln!(md, "\nChart: `results.svg`; raw numbers: `results.json`.");
     md
 }

@@ -280,25 +280,7 @@ impl WatchStream {
             self.position = self.position.max(gap_end);
         }
         let last = batch.revision;
-        let ids: Vec<i64> = self
-            .watchers
-            .iter()
-            .filter(|(_, w)| w.next_rev <= last)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let events = match self.watchers.get_mut(&id) {
-                Some(w) => {
-                    let events = w.select(&batch.revisions);
-                    w.next_rev = last + 1;
-                    events
-                }
-                None => continue,
-            };
-            if !events.is_empty() {
-                self.send_events(id, events, last).await?;
-            }
-        }
+        self.dispatch(&batch.revisions, last).await?;
         self.position = last;
         Ok(())
     }
@@ -346,27 +328,33 @@ impl WatchStream {
                 }
                 continue;
             }
-            let covered = history.covered_to;
-            let ids: Vec<i64> = self
-                .watchers
-                .iter()
-                .filter(|(_, w)| w.next_rev <= covered)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                let events = match self.watchers.get_mut(&id) {
-                    Some(w) => {
-                        let events = w.select(&history.revisions);
-                        w.next_rev = covered + 1;
-                        events
-                    }
-                    None => continue,
-                };
-                if !events.is_empty() {
-                    self.send_events(id, events, covered).await?;
+            self.dispatch(&history.revisions, history.covered_to).await?;
+        }
+    }
+
+    /// Gives every watcher whose `next_rev <= upto` its events among `revisions` (which
+    /// hold every event of the revisions it still needs up to `upto`) and moves it past.
+    async fn dispatch(&mut self, revisions: &[RevisionEvents], upto: i64) -> Result<(), WatchError> {
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.next_rev <= upto)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let events = match self.watchers.get_mut(&id) {
+                Some(w) => {
+                    let events = w.select(revisions);
+                    w.next_rev = upto + 1;
+                    events
                 }
+                None => continue,
+            };
+            if !events.is_empty() {
+                self.send_events(id, events, upto).await?;
             }
         }
+        Ok(())
     }
 
     async fn send_events(&mut self, id: i64, events: Vec<Event>, revision: i64) -> Result<(), WatchError> {
