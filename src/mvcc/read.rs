@@ -64,6 +64,8 @@ impl KeyRange {
 }
 
 const KV_COLUMNS: &str = "k.key, k.create_rev, k.mod_rev, k.version, k.lease";
+/// The live row of a key is also complete in `current` (schema v2): no join with `kv`.
+const CURRENT_COLUMNS: &str = "c.key, c.create_rev, c.mod_rev, c.version, c.lease";
 
 fn row_to_kv(row: &Row, with_value: bool) -> rusqlite::Result<KeyValue> {
     Ok(KeyValue {
@@ -104,11 +106,12 @@ pub fn kvs_at(
     with_value: bool,
 ) -> rusqlite::Result<Vec<KeyValue>> {
     let value_col = if with_value { ", k.value" } else { "" };
+    let current_value = if with_value { ", c.value" } else { "" };
     let limit_sql = if limit > 0 { format!(" LIMIT {limit}") } else { String::new() };
     let (cond, mut params) = if rev >= current {
         let (cond, params) = range.sql("c.key");
         (
-            format!("SELECT {KV_COLUMNS}{value_col} FROM current c JOIN kv k ON k.key = c.key AND k.mod_rev = c.mod_rev WHERE {cond} ORDER BY c.key{limit_sql}"),
+            format!("SELECT {CURRENT_COLUMNS}{current_value} FROM current c WHERE {cond} ORDER BY c.key{limit_sql}"),
             params,
         )
     } else {
@@ -157,7 +160,7 @@ pub fn count_at(conn: &Connection, range: &KeyRange, rev: i64, current: i64) -> 
 /// The live value of one key, if any.
 pub fn get_current(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<KeyValue>> {
     conn.prepare_cached(&format!(
-        "SELECT {KV_COLUMNS}, k.value FROM current c JOIN kv k ON k.key = c.key AND k.mod_rev = c.mod_rev WHERE c.key >= ?1 AND c.key <= ?1"
+        "SELECT {CURRENT_COLUMNS}, c.value FROM current c WHERE c.key >= ?1 AND c.key <= ?1"
     ))?
     .query_row([key], |r| row_to_kv(r, true))
     .optional()

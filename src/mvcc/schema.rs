@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Bumped whenever the schema changes incompatibly.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -39,9 +39,12 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS kv_by_rev ON kv (mod_rev, sub);
         CREATE TABLE IF NOT EXISTS current (
-            key     BLOB    NOT NULL PRIMARY KEY,
-            mod_rev INTEGER NOT NULL,
-            lease   INTEGER NOT NULL
+            key        BLOB    NOT NULL PRIMARY KEY,
+            mod_rev    INTEGER NOT NULL,
+            lease      INTEGER NOT NULL,
+            create_rev INTEGER NOT NULL DEFAULT 0,
+            version    INTEGER NOT NULL DEFAULT 0,
+            value      BLOB    NOT NULL DEFAULT x''
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS current_by_lease ON current (lease) WHERE lease != 0;
         CREATE TABLE IF NOT EXISTS leases (
@@ -58,5 +61,25 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
         "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?1), ('revision', 1), ('compact_revision', 0)",
         [SCHEMA_VERSION],
     )?;
+    migrate(conn)
+}
+
+/// Upgrades a database written by an older netsy (including a Raft snapshot from one).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("SELECT value FROM meta WHERE name = 'schema_version'", [], |r| r.get(0))?;
+    if version < 2 {
+        // v2: `current` holds the whole live row, so latest-state reads need no join.
+        tracing::info!("upgrading the state database schema from v{version} to v2");
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE current ADD COLUMN create_rev INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE current ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE current ADD COLUMN value BLOB NOT NULL DEFAULT x'';
+             UPDATE current SET (create_rev, version, value) =
+               (SELECT k.create_rev, k.version, k.value FROM kv k WHERE k.key = current.key AND k.mod_rev = current.mod_rev);
+             UPDATE meta SET value = 2 WHERE name = 'schema_version';
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }

@@ -425,6 +425,44 @@ mod tests {
         })
     }
 
+    /// A v1 database (`current` without the live row) is upgraded in place on open.
+    #[test]
+    fn schema_v1_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE kv (key BLOB NOT NULL, mod_rev INTEGER NOT NULL, sub INTEGER NOT NULL, create_rev INTEGER NOT NULL,
+                   version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL,
+                   PRIMARY KEY (key, mod_rev)) WITHOUT ROWID;
+                 CREATE TABLE current (key BLOB NOT NULL PRIMARY KEY, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE meta (name TEXT NOT NULL PRIMARY KEY, value BLOB);
+                 INSERT INTO meta VALUES ('schema_version', 1), ('revision', 3), ('compact_revision', 0);
+                 INSERT INTO kv VALUES (x'61', 2, 0, 2, 1, 0, x'31', 0), (x'61', 3, 0, 2, 2, 0, x'32', 0);
+                 INSERT INTO current VALUES (x'61', 3, 0);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let reader = Reader::new(store.path());
+        let r = reader
+            .range(&crate::proto::etcdserverpb::RangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+        let kv = &r.kvs[0];
+        assert_eq!(
+            (kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version),
+            (&b"2"[..], 2, 3, 2)
+        );
+        let version: i64 = reader
+            .read(|c, _| Ok(c.query_row("SELECT value FROM meta WHERE name = 'schema_version'", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(version, 2);
+    }
+
     #[test]
     fn batch_assigns_revisions_publishes_events_and_rolls_back_failures() {
         let dir = tempfile::tempdir().unwrap();

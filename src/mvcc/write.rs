@@ -121,8 +121,10 @@ impl<'c> WriteTxn<'c> {
             .prepare_cached("INSERT OR REPLACE INTO kv (key, mod_rev, sub, create_rev, version, lease, value, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)")?
             .execute(params![kv.key, kv.mod_revision, self.sub, kv.create_revision, kv.version, kv.lease, kv.value])?;
         self.conn
-            .prepare_cached("INSERT OR REPLACE INTO current (key, mod_rev, lease) VALUES (?1, ?2, ?3)")?
-            .execute(params![kv.key, rev, lease])?;
+            .prepare_cached(
+                "INSERT OR REPLACE INTO current (key, mod_rev, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![kv.key, rev, lease, kv.create_revision, kv.version, kv.value])?;
         self.sub += 1;
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
         self.events.push(Event {
