@@ -40,7 +40,8 @@ pub fn raft_config(cluster_id: &str) -> openraft::Config {
         election_timeout_min: 1000,
         election_timeout_max: 2000,
         // Snapshots let the log be purged; the object-storage archive makes them durable.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(50_000),
+        // An entry is a batch of up to 1024 commands, so 10,000 entries bound raft.db.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
         max_in_snapshot_log_to_keep: 1_000,
         max_payload_entries: 512,
         ..Default::default()
