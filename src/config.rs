@@ -38,6 +38,15 @@ pub struct StorageConfig {
     /// Directory for the `file` provider; relative paths resolve against the working dir.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// `s3`: the bucket's region (else `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `s3`: a custom endpoint (S3-compatible stores); `http://` endpoints are allowed.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `s3`: path-style requests (`endpoint/bucket/key`), as most S3-compatible stores need.
+    #[serde(default)]
+    pub force_path_style: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -312,6 +321,14 @@ fn validate_storage(s: &StorageConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(ep) = &s.endpoint {
+        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+            return Err(invalid(
+                "storage.endpoint",
+                format!("{ep:?} must be a URL such as \"https://s3.example.com\" or \"http://127.0.0.1:9000\""),
+            ));
+        }
+    }
     if s.key_prefix.starts_with('/') {
         return Err(invalid(
             "storage.key_prefix",
@@ -491,6 +508,14 @@ mod tests {
                     "\"auto_compaction\": {\"mode\": \"periodic\", \"retention\": \"1x\"}, \"node\"",
                 ),
                 "auto_compaction.retention",
+            ),
+            (
+                DEV.replace("\"path\": \"./objects\"", "\"path\": \"./objects\", \"endpoint\": \"minio:9000\""),
+                "storage.endpoint",
+            ),
+            (
+                DEV.replace("\"node\"", "\"watch\": {\"progress_notify_interval\": \"10ms\"}, \"node\""),
+                "watch.progress_notify_interval",
             ),
             ("{ not json".to_string(), "not valid JSONC"),
         ];

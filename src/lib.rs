@@ -4,6 +4,7 @@
 //! `mvcc` (SQLite state machine, applied in order) → commit stream (watchers) → archive.
 
 pub mod api;
+pub mod archive;
 pub mod bench;
 pub mod config;
 pub mod http;

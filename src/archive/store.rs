@@ -1,0 +1,412 @@
+//! Building the object store from the config, and the wrapper layers around it.
+//!
+//! - `s3` / `gcs`: object_store's clients, credentials from the standard chains (AWS env
+//!   keys, IRSA web-identity token file, instance metadata; `GOOGLE_APPLICATION_CREDENTIALS`
+//!   or the metadata server for Workload Identity). Transient HTTP failures are retried
+//!   with exponential backoff by the client (`RetryConfig`).
+//! - `file`: a local directory, fsynced; `memory`: in-process, for tests.
+//! - `key_prefix` applies to every backend (`PrefixStore`).
+//! - `MeteredStore` counts requests, bytes, errors and latency per operation;
+//!   `FaultyStore` injects failures, latency, outages and lost put responses in tests.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RetryConfig,
+};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+
+use crate::config::StorageConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object storage ({provider}): {msg}")]
+    Build { provider: String, msg: String },
+}
+
+/// Builds the configured object store, metered, under `key_prefix`.
+pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let err = |e: &dyn fmt::Display| StoreError::Build {
+        provider: cfg.provider.clone(),
+        msg: e.to_string(),
+    };
+    let retry = RetryConfig {
+        max_retries: 10,
+        retry_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let inner: Arc<dyn ObjectStore> = match cfg.provider.as_str() {
+        "s3" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&cfg.bucket_name)
+                .with_retry(retry);
+            if let Some(region) = &cfg.region {
+                b = b.with_region(region);
+            }
+            if let Some(endpoint) = &cfg.endpoint {
+                b = b.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+            }
+            if cfg.force_path_style {
+                b = b.with_virtual_hosted_style_request(false);
+            }
+            Arc::new(b.build().map_err(|e| err(&e))?)
+        }
+        "gcs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&cfg.bucket_name)
+                .with_retry(retry)
+                .build()
+                .map_err(|e| err(&e))?,
+        ),
+        "file" => {
+            let dir = cfg.path.clone().unwrap_or_default();
+            std::fs::create_dir_all(&dir).map_err(|e| err(&format!("cannot create {}: {e}", dir.display())))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| err(&e))?
+                    .with_fsync(true),
+            )
+        }
+        "memory" => Arc::new(object_store::memory::InMemory::new()),
+        other => return Err(err(&format!("unknown provider {other:?}"))),
+    };
+    let prefixed: Arc<dyn ObjectStore> = if cfg.key_prefix.is_empty() {
+        inner
+    } else {
+        Arc::new(PrefixStore::new(inner, cfg.key_prefix.as_str()))
+    };
+    Ok(Arc::new(MeteredStore::new(prefixed)))
+}
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "netsy_object_store_requests_total",
+            "Object storage requests by operation and outcome.",
+        ),
+        &["op", "outcome"],
+    )
+    .expect("valid metric");
+    let _ = crate::metrics::REGISTRY.register(Box::new(c.clone()));
+    c
+});
+static BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new("netsy_object_store_bytes_total", "Bytes written to or read from object storage."),
+        &["direction"],
+    )
+    .expect("valid metric");
+    let _ = crate::metrics::REGISTRY.register(Box::new(c.clone()));
+    c
+});
+static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let h = HistogramVec::new(
+        HistogramOpts::new("netsy_object_store_request_duration_seconds", "Object storage request latency.")
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
+        &["op"],
+    )
+    .expect("valid metric");
+    let _ = crate::metrics::REGISTRY.register(Box::new(h.clone()));
+    h
+});
+
+fn observe<T>(op: &str, started: Instant, result: &object_store::Result<T>) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    REQUESTS.with_label_values(&[op, outcome]).inc();
+    LATENCY.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+}
+
+/// Counts requests, bytes, errors and latency per operation.
+#[derive(Debug)]
+pub struct MeteredStore {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        MeteredStore { inner }
+    }
+}
+
+impl fmt::Display for MeteredStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Metered({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MeteredStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+        let started = Instant::now();
+        let len = payload.content_length() as u64;
+        let r = self.inner.put_opts(location, payload, opts).await;
+        if r.is_ok() {
+            BYTES.with_label_values(&["out"]).inc_by(len);
+        }
+        observe("put", started, &r);
+        r
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let started = Instant::now();
+        let r = self.inner.put_multipart_opts(location, opts).await;
+        observe("put_multipart", started, &r);
+        r
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        let started = Instant::now();
+        let r = self.inner.get_opts(location, options).await;
+        if let Ok(g) = &r {
+            BYTES.with_label_values(&["in"]).inc_by(g.range.end - g.range.start);
+        }
+        observe("get", started, &r);
+        r
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        let started = Instant::now();
+        let r = self.inner.get_ranges(location, ranges).await;
+        observe("get_ranges", started, &r);
+        r
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner
+            .delete_stream(locations)
+            .map(|r| {
+                REQUESTS
+                    .with_label_values(&["delete", if r.is_ok() { "ok" } else { "error" }])
+                    .inc();
+                r
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        REQUESTS.with_label_values(&["list", "ok"]).inc();
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        REQUESTS.with_label_values(&["list", "ok"]).inc();
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let started = Instant::now();
+        let r = self.inner.list_with_delimiter(prefix).await;
+        observe("list", started, &r);
+        r
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        let started = Instant::now();
+        let r = self.inner.copy_opts(from, to, options).await;
+        observe("copy", started, &r);
+        r
+    }
+}
+
+/// Switches for `FaultyStore`, shared with the test that drives it.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next N puts fail without writing.
+    pub fail_puts: AtomicUsize,
+    /// The next N puts are written but report a failure (a lost response).
+    pub lose_put_responses: AtomicUsize,
+    /// Every put waits this long first (milliseconds).
+    pub put_delay_ms: AtomicU64,
+    /// Every operation fails while set.
+    pub outage: AtomicBool,
+    /// Successful puts so far.
+    pub puts: AtomicUsize,
+}
+
+impl Faults {
+    fn take(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+fn injected(what: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "faulty",
+        source: format!("injected fault: {what}").into(),
+    }
+}
+
+/// An object store that fails on command (tests only; see `Faults`).
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    pub faults: Arc<Faults>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        FaultyStore {
+            inner,
+            faults: Arc::new(Faults::default()),
+        }
+    }
+
+    fn check_outage(&self) -> object_store::Result<()> {
+        if self.faults.outage.load(Ordering::Acquire) {
+            return Err(injected("outage"));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Faulty({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+        let delay = self.faults.put_delay_ms.load(Ordering::Acquire);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        self.check_outage()?;
+        if Faults::take(&self.faults.fail_puts) {
+            return Err(injected("put failed"));
+        }
+        let r = self.inner.put_opts(location, payload, opts).await?;
+        self.faults.puts.fetch_add(1, Ordering::AcqRel);
+        if Faults::take(&self.faults.lose_put_responses) {
+            return Err(injected("put response lost after the write"));
+        }
+        Ok(r)
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.check_outage()?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.check_outage()?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        self.check_outage()?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
+        if self.faults.outage.load(Ordering::Acquire) {
+            return locations.map(|_| Err(injected("outage"))).boxed();
+        }
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        if self.faults.outage.load(Ordering::Acquire) {
+            return futures::stream::once(async { Err(injected("outage")) }).boxed();
+        }
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.check_outage()?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.check_outage()?;
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{ObjectStoreExt, PutMode, UpdateVersion};
+
+    fn cfg(provider: &str, path: Option<std::path::PathBuf>, prefix: &str) -> StorageConfig {
+        StorageConfig {
+            provider: provider.into(),
+            bucket_name: String::new(),
+            key_prefix: prefix.into(),
+            path,
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+        }
+    }
+
+    /// Create-only puts fence a second writer; updates need the current version.
+    #[tokio::test]
+    async fn conditional_puts_on_memory() {
+        let store = build(&cfg("memory", None, "")).unwrap();
+        let p = Path::from("cluster.json");
+        let first = store.put_opts(&p, "v1".into(), PutMode::Create.into()).await.unwrap();
+        let again = store.put_opts(&p, "other".into(), PutMode::Create.into()).await;
+        assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "{again:?}");
+        let v1 = UpdateVersion {
+            e_tag: first.e_tag.clone(),
+            version: first.version.clone(),
+        };
+        store.put_opts(&p, "v2".into(), PutMode::Update(v1.clone()).into()).await.unwrap();
+        let stale = store.put_opts(&p, "v3".into(), PutMode::Update(v1).into()).await;
+        assert!(matches!(stale, Err(object_store::Error::Precondition { .. })), "{stale:?}");
+        assert_eq!(store.get(&p).await.unwrap().bytes().await.unwrap(), "v2");
+    }
+
+    #[tokio::test]
+    async fn file_provider_applies_the_key_prefix_and_fences_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = build(&cfg("file", Some(dir.path().join("objects")), "clusters/prod")).unwrap();
+        let p = Path::from("epochs/1/wal/a.seg");
+        store.put_opts(&p, "data".into(), PutMode::Create.into()).await.unwrap();
+        assert!(dir.path().join("objects/clusters/prod/epochs/1/wal/a.seg").exists());
+        let again = store.put_opts(&p, "x".into(), PutMode::Create.into()).await;
+        assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "{again:?}");
+        let listed: Vec<_> = store.list(Some(&Path::from("epochs"))).collect().await;
+        assert_eq!(listed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_settings_are_clear_errors() {
+        let e = build(&cfg("nope", None, "")).unwrap_err().to_string();
+        assert_eq!(e, "object storage (nope): unknown provider \"nope\"");
+    }
+
+    #[tokio::test]
+    async fn faulty_store_injects_failures_lost_responses_and_outages() {
+        let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+        let faults = faulty.faults.clone();
+        let p = Path::from("seg");
+        faults.fail_puts.store(1, Ordering::Release);
+        assert!(faulty.put(&p, "a".into()).await.is_err());
+        assert!(faulty.get(&p).await.is_err(), "a failed put writes nothing");
+        faults.lose_put_responses.store(1, Ordering::Release);
+        assert!(faulty.put(&p, "b".into()).await.is_err());
+        assert_eq!(faulty.get(&p).await.unwrap().bytes().await.unwrap(), "b", "the write happened");
+        faults.outage.store(true, Ordering::Release);
+        assert!(faulty.get(&p).await.is_err());
+        assert!(faulty.list(None).next().await.unwrap().is_err());
+        faults.outage.store(false, Ordering::Release);
+        faulty.put(&p, "c".into()).await.unwrap();
+        assert_eq!(faults.puts.load(Ordering::Acquire), 2);
+    }
+}
