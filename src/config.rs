@@ -79,6 +79,25 @@ impl Default for Limits {
     }
 }
 
+/// How committed log entries are grouped into segment uploads.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSettings {
+    /// Upload a segment once this many bytes of entries are pending...
+    pub segment_max_bytes: usize,
+    /// ...or this long after the last upload, whichever comes first.
+    pub segment_max_delay: String,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        ArchiveSettings {
+            segment_max_bytes: 4 << 20,
+            segment_max_delay: "100ms".into(),
+        }
+    }
+}
+
 /// Watch tuning (etcd's `--watch-progress-notify-interval`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +160,8 @@ pub struct ClusterFile {
     pub auto_compaction: Option<AutoCompaction>,
     #[serde(default)]
     pub watch: WatchSettings,
+    #[serde(default)]
+    pub archive: ArchiveSettings,
     /// Serve plaintext on non-loopback addresses when no TLS is configured.
     #[serde(default)]
     pub allow_insecure: bool,
@@ -165,6 +186,8 @@ pub struct Config {
     pub etcd_version: String,
     pub auto_compaction: Option<AutoCompactionPolicy>,
     pub watch_progress_notify_interval: Duration,
+    pub segment_max_bytes: usize,
+    pub segment_max_delay: Duration,
     pub allow_insecure: bool,
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -210,6 +233,18 @@ impl Config {
             Some(ac) => Some(parse_auto_compaction(ac)?),
         };
         let watch_progress_notify_interval = parse_progress_interval(&file.watch.progress_notify_interval)?;
+        let segment_max_delay = match parse_duration(&file.archive.segment_max_delay) {
+            Some(d) if d >= Duration::from_millis(1) => d,
+            _ => {
+                return Err(invalid(
+                    "archive.segment_max_delay",
+                    format!("{:?} must be a positive duration such as \"100ms\"", file.archive.segment_max_delay),
+                ))
+            }
+        };
+        if file.archive.segment_max_bytes < 1024 {
+            return Err(invalid("archive.segment_max_bytes", "must be at least 1024 (default 4194304)"));
+        }
 
         let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
             env(var).or_else(|| file_value.clone()).unwrap_or_else(|| default.to_string())
@@ -260,6 +295,8 @@ impl Config {
             etcd_version: file.etcd_version,
             auto_compaction,
             watch_progress_notify_interval,
+            segment_max_bytes: file.archive.segment_max_bytes,
+            segment_max_delay,
             allow_insecure: file.allow_insecure,
             node_id,
             data_dir,

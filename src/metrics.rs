@@ -67,6 +67,12 @@ pub static WATCH_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Times a watch stream fell behind the commit stream and caught up from history.",
     )
 });
+pub static ARCHIVED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_archive_uploaded_index",
+        "The last Raft log index uploaded to object storage by this node.",
+    )
+});
 pub static PROPOSALS_FAILED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("etcd_server_proposals_failed_total", "The total number of failed proposals seen."));
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -146,6 +152,7 @@ pub fn render() -> String {
         &*APPLY_BATCH_ENTRIES,
         &*PROPOSAL_BATCH_COMMANDS,
     );
+    let _ = &*ARCHIVED_INDEX;
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();

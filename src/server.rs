@@ -62,6 +62,10 @@ pub struct Node {
     pub nospace: AtomicBool,
     pub db_size: AtomicI64,
     pub lessor: crate::lease::Lessor,
+    /// Object storage (the archive's permanent store).
+    pub objects: Arc<dyn object_store::ObjectStore>,
+    /// The Raft log, read by the archive uploader.
+    pub log: raft::log_store::LogStore,
     _lock: File,
 }
 
@@ -133,6 +137,8 @@ impl Node {
         let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(|e| StartError::Storage(e.to_string()))?;
         let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &dir.join("snapshots"))
             .map_err(|e| StartError::Storage(e.to_string()))?;
+        let objects = crate::archive::build(&config.storage).map_err(|e| StartError::Storage(e.to_string()))?;
+        let log_reader = log.clone();
         let raft = raft::start(identity.raft_id, &config.advertise_peer, &config.cluster_id, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -158,6 +164,8 @@ impl Node {
             nospace: AtomicBool::new(nospace),
             db_size: AtomicI64::new(0),
             lessor: crate::lease::Lessor::default(),
+            objects,
+            log: log_reader,
             _lock: lock,
         });
         node.refresh_db_size();
@@ -322,6 +330,25 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
         tokio::select! {
             _ = crate::api::lease::expiry_loop(lease_node) => {}
             _ = lease_stop.cancelled() => {}
+        }
+    });
+
+    let archive_stop = stop.clone();
+    let uploader = crate::archive::uploader::Uploader::new(
+        node.objects.clone(),
+        node.log.clone(),
+        node.raft.clone(),
+        node.identity.raft_id,
+        crate::archive::uploader::UploaderConfig {
+            epoch: 1,
+            segment_max_bytes: cfg.segment_max_bytes,
+            segment_max_delay: cfg.segment_max_delay,
+        },
+    );
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = uploader.run() => {}
+            _ = archive_stop.cancelled() => {}
         }
     });
 

@@ -5,6 +5,7 @@
 
 pub mod segment;
 pub mod store;
+pub mod uploader;
 
 pub use segment::{SegmentError, SegmentName};
 pub use store::{build, Faults, FaultyStore, MeteredStore, StoreError};

@@ -1,0 +1,220 @@
+//! The leader ships committed log entries to object storage as segments.
+//!
+//! Every `segment_max_delay` the leader takes every applied entry after its watermark
+//! (the last index already in object storage) and uploads it in segments of at most
+//! `segment_max_bytes`, each created with `PutMode::Create`: a stale leader can never
+//! overwrite a segment, and a retry after a lost response finds its own segment already
+//! there (verified byte for byte) and moves on. Failures are retried with backoff; the
+//! backlog stays in the local Raft log meanwhile. The watermark is published for
+//! `object-storage` durability and for metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode};
+use openraft::RaftLogReader;
+use tokio::sync::watch;
+
+use super::segment::{self, SegmentName};
+use crate::raft::log_store::LogStore;
+use crate::raft::NetsyRaft;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("object storage: {0}")]
+    Store(#[from] object_store::Error),
+    #[error(transparent)]
+    Segment(#[from] segment::SegmentError),
+    #[error("raft log: {0}")]
+    Log(String),
+    #[error("{0} already exists with different content (another leader wrote this range)")]
+    Conflict(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct UploaderConfig {
+    pub epoch: u64,
+    pub segment_max_bytes: usize,
+    pub segment_max_delay: Duration,
+}
+
+/// Creates `name` with `bytes`; if it already exists with the same bytes (our earlier
+/// attempt whose response was lost) that is success too.
+pub async fn put_segment(store: &dyn ObjectStore, name: &SegmentName, bytes: Vec<u8>) -> Result<(), UploadError> {
+    let path = name.path();
+    match store.put_opts(&path, bytes.clone().into(), PutMode::Create.into()).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let existing = store.get(&path).await?.bytes().await?;
+            if existing.as_ref() == bytes.as_slice() {
+                Ok(())
+            } else {
+                Err(UploadError::Conflict(path.to_string()))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The highest index stored in `epoch`'s segments (0 when there are none).
+pub async fn stored_watermark(store: &dyn ObjectStore, epoch: u64) -> Result<u64, UploadError> {
+    let prefix = Path::from(format!("epochs/{epoch}/wal"));
+    let mut listing = store.list(Some(&prefix));
+    let mut last = 0;
+    while let Some(meta) = listing.next().await {
+        if let Some(name) = SegmentName::parse(&meta?.location) {
+            last = last.max(name.last);
+        }
+    }
+    Ok(last)
+}
+
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    log: LogStore,
+    raft: NetsyRaft,
+    raft_id: u64,
+    cfg: UploaderConfig,
+    uploaded: watch::Sender<u64>,
+}
+
+impl Uploader {
+    pub fn new(store: Arc<dyn ObjectStore>, log: LogStore, raft: NetsyRaft, raft_id: u64, cfg: UploaderConfig) -> Uploader {
+        let (uploaded, _) = watch::channel(0);
+        Uploader {
+            store,
+            log,
+            raft,
+            raft_id,
+            cfg,
+            uploaded,
+        }
+    }
+
+    /// The last index known to be in object storage.
+    pub fn watermark(&self) -> watch::Receiver<u64> {
+        self.uploaded.subscribe()
+    }
+
+    /// Runs until dropped (the caller selects it against shutdown).
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        let mut watermark: Option<u64> = None;
+        loop {
+            tokio::time::sleep(self.cfg.segment_max_delay).await;
+            let (leader, applied) = {
+                let m = self.raft.metrics().borrow().clone();
+                (m.current_leader == Some(self.raft_id), m.last_applied.map_or(0, |l| l.index))
+            };
+            if !leader {
+                watermark = None; // re-read it if leadership comes back
+                continue;
+            }
+            let result = async {
+                let mark = match watermark {
+                    Some(w) => w,
+                    None => stored_watermark(self.store.as_ref(), self.cfg.epoch).await?,
+                };
+                watermark = Some(mark);
+                self.upload_through(mark, applied).await
+            }
+            .await;
+            match result {
+                Ok(mark) => {
+                    watermark = Some(mark);
+                    self.uploaded.send_replace(mark);
+                    crate::metrics::ARCHIVED_INDEX.set(mark as i64);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "segment upload failed; the backlog stays in the local log");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Uploads entries `mark+1..=applied`; returns the new watermark.
+    async fn upload_through(&mut self, mut mark: u64, applied: u64) -> Result<u64, UploadError> {
+        while mark < applied {
+            let entries = self
+                .log
+                .try_get_log_entries(mark + 1..=applied)
+                .await
+                .map_err(|e| UploadError::Log(e.to_string()))?;
+            match entries.first() {
+                Some(e) if e.log_id.index == mark + 1 => {}
+                _ => {
+                    return Err(UploadError::Log(format!(
+                        "entries after {mark} are no longer in the local log (purged before upload); a snapshot upload must cover them"
+                    )))
+                }
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for e in entries {
+                let raw = bincode::serialize(&e).map_err(|e| UploadError::Log(e.to_string()))?;
+                bytes += raw.len();
+                batch.push((e.log_id.index, raw));
+                if bytes >= self.cfg.segment_max_bytes {
+                    break;
+                }
+            }
+            let name = SegmentName {
+                epoch: self.cfg.epoch,
+                first: batch[0].0,
+                last: batch[batch.len() - 1].0,
+            };
+            put_segment(self.store.as_ref(), &name, segment::encode(&batch)?).await?;
+            tracing::debug!(segment = %name.path(), entries = batch.len(), bytes, "uploaded segment");
+            mark = name.last;
+        }
+        Ok(mark)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::FaultyStore;
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn lost_put_response_is_recognised_and_conflicts_are_reported() {
+        let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
+        let faults = faulty.faults.clone();
+        let name = SegmentName {
+            epoch: 1,
+            first: 1,
+            last: 2,
+        };
+        let bytes = segment::encode(&[(1, b"a".to_vec()), (2, b"b".to_vec())]).unwrap();
+        faults.lose_put_responses.store(1, Ordering::Release);
+        assert!(
+            put_segment(&faulty, &name, bytes.clone()).await.is_err(),
+            "the lost response surfaces"
+        );
+        put_segment(&faulty, &name, bytes.clone())
+            .await
+            .expect("the retry finds its own segment");
+        let other = segment::encode(&[(1, b"x".to_vec()), (2, b"y".to_vec())]).unwrap();
+        assert!(matches!(put_segment(&faulty, &name, other).await, Err(UploadError::Conflict(_))));
+        let next = SegmentName {
+            epoch: 1,
+            first: 3,
+            last: 7,
+        };
+        put_segment(
+            &faulty,
+            &next,
+            segment::encode(&[(3, vec![]), (4, vec![]), (5, vec![]), (6, vec![]), (7, vec![])]).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored_watermark(&faulty, 1).await.unwrap(), 7);
+        assert_eq!(stored_watermark(&faulty, 2).await.unwrap(), 0);
+    }
+}
