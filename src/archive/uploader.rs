@@ -5,7 +5,8 @@
 //! `segment_max_bytes`, each created with `PutMode::Create`: a stale leader can never
 //! overwrite a segment, and a retry after a lost response finds its own segment already
 //! there (verified byte for byte) and moves on. Failures are retried with backoff; the
-//! backlog stays in the local Raft log meanwhile. The watermark is published for
+//! backlog stays in the local Raft log meanwhile: the log is never purged past the
+//! watermark (`LogStore::set_purge_floor`). The watermark is published for
 //! `object-storage` durability and for metrics.
 
 use std::sync::Arc;
@@ -83,6 +84,8 @@ pub struct Uploader {
 impl Uploader {
     pub fn new(store: Arc<dyn ObjectStore>, log: LogStore, raft: NetsyRaft, raft_id: u64, cfg: UploaderConfig) -> Uploader {
         let (uploaded, _) = watch::channel(0);
+        // Nothing is known to be uploaded yet: keep the whole log until it is.
+        log.set_purge_floor(0);
         Uploader {
             store,
             log,
@@ -124,6 +127,7 @@ impl Uploader {
             match result {
                 Ok(mark) => {
                     watermark = Some(mark);
+                    self.log.set_purge_floor(mark);
                     self.uploaded.send_replace(mark);
                     crate::metrics::ARCHIVED_INDEX.set(mark as i64);
                     backoff = Duration::from_millis(100);

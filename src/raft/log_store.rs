@@ -45,6 +45,9 @@ enum Op {
 
 /// Shared state between the storage handle, its readers and the writer thread.
 struct Shared {
+    /// The log is never purged past this index: entries the archive has not uploaded yet
+    /// must stay (set by the archive uploader; `u64::MAX` when nothing guards the log).
+    purge_floor: AtomicU64,
     /// Entries appended but not yet committed to SQLite: index → (sequence, entry).
     pending: Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>,
     seq: AtomicU64,
@@ -119,6 +122,7 @@ impl LogStore {
             None => last_purged,
         };
         let shared = Arc::new(Shared {
+            purge_floor: AtomicU64::new(u64::MAX),
             pending: Mutex::new(BTreeMap::new()),
             seq: AtomicU64::new(0),
             read_conn: Mutex::new(reader),
@@ -137,6 +141,11 @@ impl LogStore {
         Ok(LogStore { shared, ops: tx })
     }
 
+    /// Guards entries after `index` from purging (the archive's upload watermark).
+    pub fn set_purge_floor(&self, index: u64) {
+        self.shared.purge_floor.store(index, Ordering::Release);
+    }
+
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StorageError> {
         self.shared.state.lock().map_err(|_| msg_err("log state lock poisoned".into()))
     }
@@ -149,6 +158,28 @@ impl LogStore {
 }
 
 /// The writer thread: drain the queue, apply it in one transaction, fsync, acknowledge.
+#[derive(Debug, PartialEq, Eq)]
+enum PurgeTarget {
+    /// Purge what Raft asked for.
+    Requested,
+    /// Purge only through this index (the archive has nothing after it yet).
+    Through(u64),
+    /// Purge nothing now.
+    Nothing,
+}
+
+/// How far a purge requested through `requested` may go, given the archive's `floor`
+/// and what is `already` purged.
+fn purge_target(requested: u64, floor: u64, already: u64) -> PurgeTarget {
+    if requested <= floor {
+        PurgeTarget::Requested
+    } else if floor <= already {
+        PurgeTarget::Nothing
+    } else {
+        PurgeTarget::Through(floor)
+    }
+}
+
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, shared: Arc<Shared>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -355,6 +386,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Keep what the archive does not have yet; a later purge takes the rest.
+        let floor = self.shared.purge_floor.load(Ordering::Acquire);
+        let already = self.state()?.last_purged.map_or(0, |l| l.index);
+        let log_id = match purge_target(log_id.index, floor, already) {
+            PurgeTarget::Requested => log_id,
+            PurgeTarget::Nothing => return Ok(()),
+            PurgeTarget::Through(index) => match self.try_get_log_entries(index..=index).await?.pop() {
+                Some(e) => e.log_id,
+                None => return Ok(()),
+            },
+        };
         let encoded = encode(&log_id)?;
         self.send_and_wait(|ack| Op::Purge {
             upto: log_id.index,
@@ -371,5 +413,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             s.last_log = Some(log_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purges_never_pass_the_archive_floor() {
+        assert_eq!(purge_target(100, u64::MAX, 0), PurgeTarget::Requested, "no archive: purge freely");
+        assert_eq!(purge_target(100, 100, 0), PurgeTarget::Requested);
+        assert_eq!(purge_target(100, 40, 0), PurgeTarget::Through(40));
+        assert_eq!(purge_target(100, 40, 40), PurgeTarget::Nothing);
+        assert_eq!(
+            purge_target(100, 0, 0),
+            PurgeTarget::Nothing,
+            "nothing uploaded yet: keep everything"
+        );
     }
 }
