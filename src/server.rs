@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::errors::ApiError;
-use crate::config::{AutoCompactionPolicy, Config};
+use crate::config::{AutoCompactionPolicy, Config, Durability};
 use crate::mvcc::{Command, CommandResult, CommitBatch, MvccError, Reader, Store};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType, CompactionRequest, ResponseHeader};
 use crate::raft::proposer::{Proposer, ReadBarrier};
@@ -46,6 +46,9 @@ pub struct NodeIdentity {
     pub raft_id: u64,
 }
 
+/// How long a write waits for its segment upload in `object-storage` durability.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
+
 /// Everything a request handler needs.
 pub struct Node {
     pub config: Config,
@@ -64,8 +67,10 @@ pub struct Node {
     pub lessor: crate::lease::Lessor,
     /// Object storage (the archive's permanent store).
     pub objects: Arc<dyn object_store::ObjectStore>,
-    /// The Raft log, read by the archive uploader.
-    pub log: raft::log_store::LogStore,
+    /// Ships committed entries to object storage; taken by `serve`.
+    pub uploader: Mutex<Option<crate::archive::uploader::Uploader>>,
+    /// The last log index in object storage.
+    pub archived: tokio::sync::watch::Receiver<u64>,
     _lock: File,
 }
 
@@ -145,6 +150,19 @@ impl Node {
         if !raft::wait_for_leader(&raft, Duration::from_secs(30)).await {
             return Err(StartError::Raft("no leader elected within 30s".into()));
         }
+        let uploader = crate::archive::uploader::Uploader::new(
+            objects.clone(),
+            log_reader,
+            raft.clone(),
+            identity.raft_id,
+            crate::archive::uploader::UploaderConfig {
+                epoch: 1,
+                segment_max_bytes: config.segment_max_bytes,
+                segment_max_delay: config.segment_max_delay,
+                eager: config.durability == Durability::ObjectStorage,
+            },
+        );
+        let archived = uploader.watermark();
         let nospace = reader
             .alarms()
             .map_err(|e| StartError::Storage(e.to_string()))?
@@ -165,7 +183,8 @@ impl Node {
             db_size: AtomicI64::new(0),
             lessor: crate::lease::Lessor::default(),
             objects,
-            log: log_reader,
+            uploader: Mutex::new(Some(uploader)),
+            archived,
             _lock: lock,
         });
         node.refresh_db_size();
@@ -223,8 +242,11 @@ impl Node {
         let res = self.proposer.propose(cmd, size).await;
         timer.observe_duration();
         match res {
-            Ok(data) => {
+            Ok((data, index)) => {
                 crate::metrics::PROPOSALS_COMMITTED.inc();
+                if self.config.durability == Durability::ObjectStorage {
+                    self.wait_archived(index).await?;
+                }
                 match data {
                     CommandResult::Error(e) => Err(ApiError::Mvcc(e)),
                     CommandResult::Alarm(alarms) => {
@@ -239,6 +261,19 @@ impl Node {
                 crate::metrics::PROPOSALS_FAILED.inc();
                 Err(e.into())
             }
+        }
+    }
+
+    /// `object-storage` durability: returns once log entry `index` is in object storage.
+    /// Gives up after `ARCHIVE_WAIT` with etcd's timeout error; the write itself stays
+    /// committed (as with an etcd timeout, the client cannot tell whether it applied).
+    async fn wait_archived(&self, index: u64) -> Result<(), ApiError> {
+        let mut archived = self.archived.clone();
+        let reached = tokio::time::timeout(ARCHIVE_WAIT, archived.wait_for(|w| *w >= index)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
         }
     }
 
@@ -334,23 +369,15 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     });
 
     let archive_stop = stop.clone();
-    let uploader = crate::archive::uploader::Uploader::new(
-        node.objects.clone(),
-        node.log.clone(),
-        node.raft.clone(),
-        node.identity.raft_id,
-        crate::archive::uploader::UploaderConfig {
-            epoch: 1,
-            segment_max_bytes: cfg.segment_max_bytes,
-            segment_max_delay: cfg.segment_max_delay,
-        },
-    );
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = uploader.run() => {}
-            _ = archive_stop.cancelled() => {}
-        }
-    });
+    let uploader = node.uploader.lock().ok().and_then(|mut u| u.take());
+    if let Some(uploader) = uploader {
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = uploader.run() => {}
+                _ = archive_stop.cancelled() => {}
+            }
+        });
+    }
 
     let bg_stop = stop.clone();
     let bg_node = node.clone();

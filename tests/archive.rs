@@ -65,3 +65,28 @@ async fn committed_entries_are_uploaded_as_contiguous_segments() {
         "{metrics}"
     );
 }
+
+/// `durability: object-storage`: a write is acknowledged only once the segment holding
+/// it is in object storage.
+#[tokio::test]
+async fn object_storage_durability_acks_after_upload() {
+    let n = Netsy::start_with(r#""durability": "object-storage","#);
+    let mut c = n.client().await;
+    let objects = n.dir.path().join("objects");
+    for i in 0..20 {
+        c.put(format!("d{i}"), format!("v{i}"), None).await.unwrap();
+        // Right after the ack, the archive already holds this write.
+        let mut found = false;
+        for (name, bytes) in segments(&objects) {
+            for (_, raw) in netsy::archive::segment::decode(&bytes, &name).unwrap() {
+                let entry: openraft::Entry<netsy::raft::TypeConfig> = bincode::deserialize(&raw).unwrap();
+                if let openraft::EntryPayload::Normal(cmds) = entry.payload {
+                    found |= cmds
+                        .iter()
+                        .any(|cmd| matches!(cmd, netsy::mvcc::Command::Put(p) if p.key == format!("d{i}").as_bytes()));
+                }
+            }
+        }
+        assert!(found, "write d{i} was acknowledged before it was archived");
+    }
+}

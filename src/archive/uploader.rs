@@ -39,6 +39,9 @@ pub struct UploaderConfig {
     pub epoch: u64,
     pub segment_max_bytes: usize,
     pub segment_max_delay: Duration,
+    /// Upload as soon as entries are applied instead of on the `segment_max_delay` tick
+    /// (`object-storage` durability, where every write waits for its upload).
+    pub eager: bool,
 }
 
 /// Creates `name` with `bytes`; if it already exists with the same bytes (our earlier
@@ -105,8 +108,18 @@ impl Uploader {
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         let mut watermark: Option<u64> = None;
+        let mut metrics = self.raft.metrics();
         loop {
-            tokio::time::sleep(self.cfg.segment_max_delay).await;
+            if self.cfg.eager {
+                // Whatever was applied meanwhile, and what a pending upload let queue up,
+                // goes out together; wait only when there is nothing to send.
+                let behind = metrics.borrow().last_applied.map_or(0, |l| l.index) > watermark.unwrap_or(0);
+                if !behind {
+                    let _ = tokio::time::timeout(self.cfg.segment_max_delay, metrics.changed()).await;
+                }
+            } else {
+                tokio::time::sleep(self.cfg.segment_max_delay).await;
+            }
             let (leader, applied) = {
                 let m = self.raft.metrics().borrow().clone();
                 (m.current_leader == Some(self.raft_id), m.last_applied.map_or(0, |l| l.index))

@@ -54,7 +54,8 @@ where
     }
 }
 
-type Reply = oneshot::Sender<Result<CommandResult, ProposeError>>;
+/// A command's result and the index of the log entry that carried it.
+type Reply = oneshot::Sender<Result<(CommandResult, u64), ProposeError>>;
 
 struct Pending {
     cmd: Command,
@@ -74,8 +75,9 @@ impl Proposer {
         Proposer { tx }
     }
 
-    /// Replicates `cmd` (of `size` encoded bytes) and returns its applied result.
-    pub async fn propose(&self, cmd: Command, size: usize) -> Result<CommandResult, ProposeError> {
+    /// Replicates `cmd` (of `size` encoded bytes) and returns its applied result and the
+    /// index of the log entry that carried it.
+    pub async fn propose(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Pending { cmd, size, reply }).map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?
@@ -106,8 +108,9 @@ async fn propose_loop(raft: NetsyRaft, mut rx: mpsc::UnboundedReceiver<Pending>)
             crate::metrics::PROPOSAL_BATCH_COMMANDS.observe(cmds.len() as f64);
             match raft.client_write(cmds).await {
                 Ok(resp) if resp.data.len() == replies.len() => {
+                    let index = resp.log_id.index;
                     for (result, reply) in resp.data.into_iter().zip(replies) {
-                        let _ = reply.send(Ok(result));
+                        let _ = reply.send(Ok((result, index)));
                     }
                 }
                 Ok(resp) => {
