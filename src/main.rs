@@ -61,27 +61,30 @@ struct BenchArgs {
     workload: BenchCmd,
 }
 
+/// Key and value shape of the write workloads.
+#[derive(clap::Args)]
+struct KeyValueArgs {
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    #[arg(long, default_value_t = 1)]
+    key_space_size: usize,
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Puts of `--val-size` bytes to keys of `--key-size` bytes.
     Put {
-        #[arg(long, default_value_t = 8)]
-        key_size: usize,
-        #[arg(long, default_value_t = 8)]
-        val_size: usize,
-        #[arg(long, default_value_t = 1)]
-        key_space_size: usize,
+        #[command(flatten)]
+        kv: KeyValueArgs,
         #[arg(long)]
         sequential_keys: bool,
     },
     /// One Put per Txn.
     TxnPut {
-        #[arg(long, default_value_t = 8)]
-        key_size: usize,
-        #[arg(long, default_value_t = 8)]
-        val_size: usize,
-        #[arg(long, default_value_t = 1)]
-        key_space_size: usize,
+        #[command(flatten)]
+        kv: KeyValueArgs,
     },
     /// Range over one key, or a prefix (optionally populated first).
     Range {
@@ -241,25 +244,16 @@ fn bench(args: BenchArgs) -> ExitCode {
                 }
             };
         }
-        BenchCmd::Put {
-            key_size,
-            val_size,
-            key_space_size,
-            sequential_keys,
-        } => Workload::Put {
-            key_size,
-            value_size: val_size,
-            key_space: key_space_size,
+        BenchCmd::Put { kv, sequential_keys } => Workload::Put {
+            key_size: kv.key_size,
+            value_size: kv.val_size,
+            key_space: kv.key_space_size,
             order: if sequential_keys { KeyOrder::Sequential } else { KeyOrder::Random },
         },
-        BenchCmd::TxnPut {
-            key_size,
-            val_size,
-            key_space_size,
-        } => Workload::TxnPut {
-            key_size,
-            value_size: val_size,
-            key_space: key_space_size,
+        BenchCmd::TxnPut { kv } => Workload::TxnPut {
+            key_size: kv.key_size,
+            value_size: kv.val_size,
+            key_space: kv.key_space_size,
         },
         BenchCmd::Range {
             key,

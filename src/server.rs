@@ -65,8 +65,6 @@ pub struct Node {
     pub nospace: AtomicBool,
     pub db_size: AtomicI64,
     pub lessor: crate::lease::Lessor,
-    /// Object storage (the archive's permanent store).
-    pub objects: Arc<dyn object_store::ObjectStore>,
     /// Ships committed entries to object storage; taken by `serve`.
     pub uploader: Mutex<Option<crate::archive::uploader::Uploader>>,
     /// The last log index in object storage.
@@ -151,7 +149,7 @@ impl Node {
             return Err(StartError::Raft("no leader elected within 30s".into()));
         }
         let uploader = crate::archive::uploader::Uploader::new(
-            objects.clone(),
+            objects,
             log_reader,
             raft.clone(),
             identity.raft_id,
@@ -182,7 +180,6 @@ impl Node {
             nospace: AtomicBool::new(nospace),
             db_size: AtomicI64::new(0),
             lessor: crate::lease::Lessor::default(),
-            objects,
             uploader: Mutex::new(Some(uploader)),
             archived,
             _lock: lock,

@@ -121,7 +121,8 @@ impl Uploader {
                 tokio::time::sleep(self.cfg.segment_max_delay).await;
             }
             let (leader, applied) = {
-                let m = self.raft.metrics().borrow().clone();
+                let m = self.raft.metrics();
+                let m = m.borrow();
                 (m.current_leader == Some(self.raft_id), m.last_applied.map_or(0, |l| l.index))
             };
             if !leader {

@@ -79,11 +79,10 @@ fn row_to_event(r: &Row) -> rusqlite::Result<(i64, Event)> {
 /// boundary (a revision is never split, however many events it has).
 pub fn events(conn: &Connection, from: i64, to: i64, max_events: usize) -> rusqlite::Result<History> {
     let mut stmt = conn.prepare_cached(&format!("{SQL} LIMIT ?3"))?;
-    let rows = stmt
+    let mut rows = stmt
         .query_map(rusqlite::params![from, to, (max_events + 1) as i64], row_to_event)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut covered_to = to;
-    let mut rows = rows;
     if rows.len() > max_events {
         // The last revision may be cut short: drop it, or read it whole if it is the only one.
         let last = rows[rows.len() - 1].0;

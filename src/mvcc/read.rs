@@ -2,7 +2,7 @@
 //! Every function takes a `&Connection` so the same code serves read-only requests and
 //! reads inside a write transaction (which see that transaction's earlier writes, as etcd).
 
-use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params_from_iter, Connection, Row};
 
 use super::MvccError;
 use crate::proto::etcdserverpb::{
@@ -159,11 +159,7 @@ pub fn count_at(conn: &Connection, range: &KeyRange, rev: i64, current: i64) -> 
 
 /// The live value of one key, if any.
 pub fn get_current(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<KeyValue>> {
-    conn.prepare_cached(&format!(
-        "SELECT {CURRENT_COLUMNS}, c.value FROM current c WHERE c.key >= ?1 AND c.key <= ?1"
-    ))?
-    .query_row([key], |r| row_to_kv(r, true))
-    .optional()
+    Ok(kvs_at(conn, &KeyRange::new(key, &[]), 0, 0, 1, true)?.pop())
 }
 
 /// etcd's Range, exactly: see `applierV3backend.Range` (limit+1 fetch for `more`, count

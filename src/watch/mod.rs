@@ -157,10 +157,6 @@ impl WatchStream {
         })
     }
 
-    pub fn watcher_count(&self) -> usize {
-        self.watchers.len()
-    }
-
     /// Applies every batch already waiting, so `position` is the newest published revision.
     pub async fn drain(&mut self, commits: &mut broadcast::Receiver<Arc<CommitBatch>>) -> Result<(), WatchError> {
         loop {
