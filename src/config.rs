@@ -47,6 +47,17 @@ pub struct StorageConfig {
     /// `s3`: path-style requests (`endpoint/bucket/key`), as most S3-compatible stores need.
     #[serde(default)]
     pub force_path_style: bool,
+    /// `s3` / `gcs`: storage class of every object written (e.g. "STANDARD_IA"); unset
+    /// means the bucket's default.
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    /// `s3`: server-side encryption, "AES256" (S3-managed keys) or "aws:kms" (KMS; with
+    /// `sse_kms_key_id` for a customer-managed key). Unset means the bucket's default.
+    #[serde(default)]
+    pub sse: Option<String>,
+    /// `s3` with `sse: "aws:kms"`: the KMS key id or ARN (else the AWS-managed key).
+    #[serde(default)]
+    pub sse_kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -79,7 +90,8 @@ impl Default for Limits {
     }
 }
 
-/// How committed log entries are grouped into segment uploads.
+/// The object-storage archive: how committed log entries are grouped into segment
+/// uploads, when snapshots are taken and kept, and how much may wait locally.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveSettings {
@@ -87,6 +99,18 @@ pub struct ArchiveSettings {
     pub segment_max_bytes: usize,
     /// ...or this long after the last upload, whichever comes first.
     pub segment_max_delay: String,
+    /// Upload a snapshot after this many log entries since the last one...
+    pub snapshot_entries: u64,
+    /// ...or this many bytes of segments since the last one...
+    pub snapshot_bytes: u64,
+    /// ...or when the last one is this old and entries have been written since.
+    pub snapshot_max_age: String,
+    /// Snapshots kept in object storage; older ones, and the segments only they need,
+    /// are deleted.
+    pub snapshots_to_keep: usize,
+    /// `quorum` durability: the most log bytes that may wait locally for object storage.
+    /// Beyond it writes fail with etcd's "database space exceeded" until uploads resume.
+    pub max_backlog_bytes: u64,
 }
 
 impl Default for ArchiveSettings {
@@ -94,7 +118,60 @@ impl Default for ArchiveSettings {
         ArchiveSettings {
             segment_max_bytes: 4 << 20,
             segment_max_delay: "100ms".into(),
+            snapshot_entries: 10_000,
+            snapshot_bytes: 256 << 20,
+            snapshot_max_age: "1h".into(),
+            snapshots_to_keep: 3,
+            max_backlog_bytes: 1 << 30,
         }
+    }
+}
+
+/// The validated archive settings.
+#[derive(Debug, Clone)]
+pub struct ArchivePolicy {
+    pub segment_max_bytes: usize,
+    pub segment_max_delay: Duration,
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
+    pub snapshot_max_age: Duration,
+    pub snapshots_to_keep: usize,
+    pub max_backlog_bytes: u64,
+}
+
+impl ArchiveSettings {
+    fn resolve(&self) -> Result<ArchivePolicy, ConfigError> {
+        let positive = |key: &str, v: &str, example: &str| match parse_duration(v) {
+            Some(d) if d >= Duration::from_millis(1) => Ok(d),
+            _ => Err(invalid(key, format!("{v:?} must be a positive duration such as \"{example}\""))),
+        };
+        if self.segment_max_bytes < 1024 {
+            return Err(invalid("archive.segment_max_bytes", "must be at least 1024 (default 4194304)"));
+        }
+        if self.snapshot_entries == 0 {
+            return Err(invalid("archive.snapshot_entries", "must be at least 1 (default 10000)"));
+        }
+        if self.snapshot_bytes < 1 << 20 {
+            return Err(invalid("archive.snapshot_bytes", "must be at least 1048576 (default 268435456)"));
+        }
+        if self.snapshots_to_keep == 0 {
+            return Err(invalid("archive.snapshots_to_keep", "must be at least 1 (default 3)"));
+        }
+        if self.max_backlog_bytes < 1 << 20 {
+            return Err(invalid(
+                "archive.max_backlog_bytes",
+                "must be at least 1048576 (default 1073741824)",
+            ));
+        }
+        Ok(ArchivePolicy {
+            segment_max_bytes: self.segment_max_bytes,
+            segment_max_delay: positive("archive.segment_max_delay", &self.segment_max_delay, "100ms")?,
+            snapshot_entries: self.snapshot_entries,
+            snapshot_bytes: self.snapshot_bytes,
+            snapshot_max_age: positive("archive.snapshot_max_age", &self.snapshot_max_age, "1h")?,
+            snapshots_to_keep: self.snapshots_to_keep,
+            max_backlog_bytes: self.max_backlog_bytes,
+        })
     }
 }
 
@@ -136,6 +213,8 @@ pub enum AutoCompactionPolicy {
 pub struct NodeDefaults {
     pub node_id: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// The data directory does not survive a restart (e.g. an emptyDir volume).
+    pub data_ephemeral: Option<bool>,
     pub bind_client: Option<String>,
     pub advertise_client: Option<String>,
     pub bind_peer: Option<String>,
@@ -149,8 +228,10 @@ pub struct NodeDefaults {
 pub struct ClusterFile {
     pub cluster_id: String,
     pub storage: StorageConfig,
-    #[serde(default = "default_durability")]
-    pub durability: Durability,
+    /// Unset: `object-storage` when the node's data directory is ephemeral
+    /// (`NETSY_DATA_EPHEMERAL=true`), else `quorum`.
+    #[serde(default)]
+    pub durability: Option<Durability>,
     #[serde(default)]
     pub limits: Limits,
     /// The version string reported by Status and /version.
@@ -169,9 +250,6 @@ pub struct ClusterFile {
     pub node: NodeDefaults,
 }
 
-fn default_durability() -> Durability {
-    Durability::Quorum
-}
 fn default_etcd_version() -> String {
     crate::DEFAULT_ETCD_VERSION.to_string()
 }
@@ -186,8 +264,7 @@ pub struct Config {
     pub etcd_version: String,
     pub auto_compaction: Option<AutoCompactionPolicy>,
     pub watch_progress_notify_interval: Duration,
-    pub segment_max_bytes: usize,
-    pub segment_max_delay: Duration,
+    pub archive: ArchivePolicy,
     pub allow_insecure: bool,
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -233,18 +310,7 @@ impl Config {
             Some(ac) => Some(parse_auto_compaction(ac)?),
         };
         let watch_progress_notify_interval = parse_progress_interval(&file.watch.progress_notify_interval)?;
-        let segment_max_delay = match parse_duration(&file.archive.segment_max_delay) {
-            Some(d) if d >= Duration::from_millis(1) => d,
-            _ => {
-                return Err(invalid(
-                    "archive.segment_max_delay",
-                    format!("{:?} must be a positive duration such as \"100ms\"", file.archive.segment_max_delay),
-                ))
-            }
-        };
-        if file.archive.segment_max_bytes < 1024 {
-            return Err(invalid("archive.segment_max_bytes", "must be at least 1024 (default 4194304)"));
-        }
+        let archive = file.archive.resolve()?;
 
         let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
             env(var).or_else(|| file_value.clone()).unwrap_or_else(|| default.to_string())
@@ -256,6 +322,17 @@ impl Config {
             .map(PathBuf::from)
             .or_else(|| n.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("/var/lib/netsy"));
+        let data_ephemeral = match env("NETSY_DATA_EPHEMERAL").as_deref() {
+            None => n.data_ephemeral.unwrap_or(false),
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => return Err(invalid("NETSY_DATA_EPHEMERAL", format!("{other:?} must be \"true\" or \"false\""))),
+        };
+        let durability = file.durability.unwrap_or(if data_ephemeral {
+            Durability::ObjectStorage
+        } else {
+            Durability::Quorum
+        });
         let bind_client = parse_bind(
             "NETSY_BIND_CLIENT (node.bind_client)",
             &pick("NETSY_BIND_CLIENT", &n.bind_client, ":2378"),
@@ -290,13 +367,12 @@ impl Config {
         Ok(Config {
             cluster_id: file.cluster_id,
             storage: file.storage,
-            durability: file.durability,
+            durability,
             limits: file.limits,
             etcd_version: file.etcd_version,
             auto_compaction,
             watch_progress_notify_interval,
-            segment_max_bytes: file.archive.segment_max_bytes,
-            segment_max_delay,
+            archive,
             allow_insecure: file.allow_insecure,
             node_id,
             data_dir,
@@ -365,6 +441,25 @@ fn validate_storage(s: &StorageConfig) -> Result<(), ConfigError> {
                 format!("{ep:?} must be a URL such as \"https://s3.example.com\" or \"http://127.0.0.1:9000\""),
             ));
         }
+    }
+    match s.sse.as_deref() {
+        None | Some("AES256") => {}
+        Some("aws:kms") if s.provider == "s3" => {}
+        Some(other) => {
+            return Err(invalid(
+                "storage.sse",
+                format!("{other:?} is not supported; use \"AES256\" (S3-managed keys) or \"aws:kms\" (with `sse_kms_key_id` for a customer-managed key), or leave it unset"),
+            ))
+        }
+    }
+    if s.sse_kms_key_id.is_some() && s.sse.as_deref() != Some("aws:kms") {
+        return Err(invalid("storage.sse_kms_key_id", "needs `sse: \"aws:kms\"`"));
+    }
+    if s.sse.is_some() && s.provider != "s3" {
+        return Err(invalid(
+            "storage.sse",
+            "applies to provider \"s3\" only; GCS encrypts every object (set a default CMEK on the bucket)",
+        ));
     }
     if s.key_prefix.starts_with('/') {
         return Err(invalid(

@@ -336,7 +336,33 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let node = match netsy::server::Node::start(config).await {
+        // Answer health probes (alive, not ready) while starting, which includes any
+        // restore from object storage; the full endpoint replaces this one afterwards.
+        let starting = match tokio::net::TcpListener::bind(config.bind_health).await {
+            Ok(listener) => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let stopped = stop.clone();
+                let task = tokio::spawn(async move {
+                    let _ = axum::serve(listener, netsy::http::starting_router())
+                        .with_graceful_shutdown(async move { stopped.cancelled().await })
+                        .await;
+                });
+                Some((stop, task))
+            }
+            Err(e) => {
+                eprintln!("cannot listen on {} (NETSY_BIND_HEALTH): {e}", config.bind_health);
+                return ExitCode::FAILURE;
+            }
+        };
+        let started = netsy::server::Node::start(config).await;
+        if let Some((stop, mut task)) = starting {
+            stop.cancel();
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        let node = match started {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("netsy failed to start: {e}");

@@ -50,6 +50,7 @@ pub static IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
         "Whether or not this member is a leader. 1 if is, 0 otherwise.",
     )
 });
+pub static APPLIED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| gauge("etcd_server_applied_index", "The current applied index of raft."));
 pub static PROPOSALS_COMMITTED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "etcd_server_proposals_committed_total",
@@ -71,6 +72,34 @@ pub static ARCHIVED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "netsy_archive_uploaded_index",
         "The last Raft log index uploaded to object storage by this node.",
+    )
+});
+pub static ARCHIVE_SNAPSHOT_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_archive_snapshot_index",
+        "The Raft log index of the newest snapshot this node uploaded to object storage.",
+    )
+});
+pub static ARCHIVE_SNAPSHOTS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("netsy_archive_snapshots_total", "Snapshots uploaded to object storage."));
+pub static ARCHIVE_BACKLOG_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_archive_backlog_bytes",
+        "Bytes of committed log entries waiting for upload to object storage.",
+    )
+});
+pub static RESTORE_IN_PROGRESS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_restore_in_progress",
+        "1 while the state is being rebuilt from object storage.",
+    )
+});
+pub static RESTORE_ENTRIES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("netsy_restore_entries_total", "Log entries replayed from object storage."));
+pub static RESTORE_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "netsy_restore_bytes_total",
+        "Bytes of snapshots and segments downloaded while restoring.",
     )
 });
 pub static PROPOSALS_FAILED: LazyLock<IntCounter> =
@@ -152,7 +181,13 @@ pub fn render() -> String {
         &*APPLY_BATCH_ENTRIES,
         &*PROPOSAL_BATCH_COMMANDS,
     );
-    let _ = &*ARCHIVED_INDEX;
+    let _ = (
+        &*ARCHIVED_INDEX,
+        &*ARCHIVE_SNAPSHOT_INDEX,
+        &*ARCHIVE_SNAPSHOTS,
+        &*ARCHIVE_BACKLOG_BYTES,
+    );
+    let _ = (&*RESTORE_IN_PROGRESS, &*RESTORE_ENTRIES, &*RESTORE_BYTES);
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();

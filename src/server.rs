@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use object_store::ObjectStore;
+
 use crate::api::errors::ApiError;
+use crate::archive::bootstrap::Local;
+use crate::archive::manifest::Member;
 use crate::config::{AutoCompactionPolicy, Config, Durability};
 use crate::mvcc::{Command, CommandResult, CommitBatch, MvccError, Reader, Store};
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType, CompactionRequest, ResponseHeader};
@@ -29,6 +33,8 @@ pub enum StartError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("object storage: {0}")]
+    Archive(String),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -40,10 +46,17 @@ pub enum StartError {
 /// Identity of this node, kept in `node.json` in the data directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeIdentity {
-    /// etcd member id, stable for the life of the data directory.
+    /// etcd member id, stable for the node's name (see `archive::manifest`).
     pub member_id: u64,
     /// Raft node id of this incarnation.
     pub raft_id: u64,
+    /// The archive epoch the data directory's Raft log belongs to.
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
+}
+
+fn first_epoch() -> u64 {
+    1
 }
 
 /// How long a write waits for its segment upload in `object-storage` durability.
@@ -67,8 +80,14 @@ pub struct Node {
     pub lessor: crate::lease::Lessor,
     /// Ships committed entries to object storage; taken by `serve`.
     pub uploader: Mutex<Option<crate::archive::uploader::Uploader>>,
+    /// Uploads snapshots and collects garbage in the archive; taken by `serve`.
+    pub snapshotter: Mutex<Option<crate::archive::snapshotter::Snapshotter>>,
     /// The last log index in object storage.
     pub archived: tokio::sync::watch::Receiver<u64>,
+    /// The Raft log, for the archive backlog check.
+    log: raft::log_store::LogStore,
+    /// `quorum` durability: set while the upload backlog exceeds `max_backlog_bytes`.
+    pub backlog_full: AtomicBool,
     _lock: File,
 }
 
@@ -107,40 +126,90 @@ fn prepare_data_dir(dir: &Path) -> Result<File, StartError> {
     }
 }
 
-fn load_identity(dir: &Path) -> Result<NodeIdentity, StartError> {
-    let path = dir.join("node.json");
-    if let Ok(raw) = std::fs::read(&path) {
-        return serde_json::from_slice(&raw).map_err(|e| data_dir_error(dir, format!("node.json is corrupt: {e}")));
+fn load_identity(dir: &Path) -> Result<Option<NodeIdentity>, StartError> {
+    match std::fs::read(dir.join("node.json")) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| data_dir_error(dir, format!("node.json is corrupt: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(data_dir_error(dir, format!("cannot read node.json: {e}"))),
     }
-    let identity = NodeIdentity {
-        member_id: rand::random::<u64>() >> 1 | 1,
-        raft_id: 1,
-    };
+}
+
+fn save_identity(dir: &Path, identity: &NodeIdentity) -> Result<(), StartError> {
     let tmp = dir.join("node.json.tmp");
-    let bytes = serde_json::to_vec_pretty(&identity).map_err(|e| data_dir_error(dir, e))?;
+    let bytes = serde_json::to_vec_pretty(identity).map_err(|e| data_dir_error(dir, e))?;
     std::fs::write(&tmp, bytes)
         .and_then(|_| File::open(&tmp)?.sync_all())
         .map_err(|e| data_dir_error(dir, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| data_dir_error(dir, e))?;
-    Ok(identity)
+    std::fs::rename(&tmp, dir.join("node.json")).map_err(|e| data_dir_error(dir, e))?;
+    Ok(())
+}
+
+/// What the data directory holds (see `archive::bootstrap`).
+fn local_state(dir: &Path, identity: Option<&NodeIdentity>) -> Result<Local, StartError> {
+    let state = dir.join("state.db").exists();
+    let log = dir.join("raft.db").exists();
+    match (state, log, identity) {
+        (false, false, _) => Ok(Local::Empty),
+        (true, false, _) => Ok(Local::Seeded),
+        (true, true, Some(id)) => Ok(Local::Full {
+            epoch: id.epoch,
+            member: Member {
+                member_id: id.member_id,
+                raft_id: id.raft_id,
+            },
+        }),
+        _ => Err(data_dir_error(
+            dir,
+            "is incomplete (a Raft log without its state database or node.json); empty it to rebuild this node from object storage",
+        )),
+    }
 }
 
 impl Node {
-    /// Opens the stores and starts Raft; returns once this node can serve (has a leader).
+    /// Opens the stores (rebuilding them from object storage when the data directory is
+    /// empty) and starts Raft; returns once this node can serve (has a leader).
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
+        let objects = crate::archive::build(&config.storage).map_err(|e| StartError::Storage(e.to_string()))?;
+        Self::start_with_store(config, objects).await
+    }
+
+    /// `start` over a given object store (tests wrap one in `FaultyStore`).
+    pub async fn start_with_store(config: Config, objects: Arc<dyn ObjectStore>) -> Result<Arc<Node>, StartError> {
         let dir = config.data_dir.clone();
         let lock = prepare_data_dir(&dir)?;
-        let identity = load_identity(&dir)?;
+        let local = local_state(&dir, load_identity(&dir)?.as_ref())?;
         let state_path = dir.join("state.db");
+        let scratch = dir.join("snapshots");
+        let startup = crate::archive::bootstrap::prepare(&objects, &config, local, &state_path, &scratch)
+            .await
+            .map_err(|e| StartError::Archive(e.to_string()))?;
+        let identity = NodeIdentity {
+            member_id: startup.member.member_id,
+            raft_id: startup.member.raft_id,
+            epoch: startup.epoch,
+        };
+        save_identity(&dir, &identity)?;
+        if let Some((report, restored)) = &startup.restored {
+            std::fs::rename(restored, &state_path)
+                .map_err(|e| data_dir_error(&dir, format!("cannot move the restored state into place: {e}")))?;
+            tracing::info!(
+                revision = report.revision,
+                entries = report.entries,
+                elapsed_ms = report.elapsed_ms,
+                epoch = identity.epoch,
+                "rebuilt from object storage"
+            );
+        }
         let store = Store::open(&state_path).map_err(|e| StartError::Storage(e.to_string()))?;
         let commits = store.commit_sender();
         let revision = store.revision_handle();
         let store = Arc::new(Mutex::new(store));
         let reader = Reader::new(&state_path);
         let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(|e| StartError::Storage(e.to_string()))?;
-        let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &dir.join("snapshots"))
+        let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &scratch)
             .map_err(|e| StartError::Storage(e.to_string()))?;
-        let objects = crate::archive::build(&config.storage).map_err(|e| StartError::Storage(e.to_string()))?;
         let log_reader = log.clone();
         let raft = raft::start(identity.raft_id, &config.advertise_peer, &config.cluster_id, log, sm)
             .await
@@ -149,18 +218,29 @@ impl Node {
             return Err(StartError::Raft("no leader elected within 30s".into()));
         }
         let uploader = crate::archive::uploader::Uploader::new(
-            objects,
-            log_reader,
+            objects.clone(),
+            log_reader.clone(),
             raft.clone(),
             identity.raft_id,
             crate::archive::uploader::UploaderConfig {
-                epoch: 1,
-                segment_max_bytes: config.segment_max_bytes,
-                segment_max_delay: config.segment_max_delay,
+                epoch: identity.epoch,
+                segment_max_bytes: config.archive.segment_max_bytes,
+                segment_max_delay: config.archive.segment_max_delay,
                 eager: config.durability == Durability::ObjectStorage,
             },
         );
         let archived = uploader.watermark();
+        let snapshotter = crate::archive::snapshotter::Snapshotter {
+            store: objects,
+            reader: reader.clone(),
+            raft: raft.clone(),
+            raft_id: identity.raft_id,
+            cluster_id: config.cluster_id.clone(),
+            epoch: identity.epoch,
+            policy: config.archive.clone(),
+            scratch,
+            uploaded_bytes: uploader.uploaded_bytes(),
+        };
         let nospace = reader
             .alarms()
             .map_err(|e| StartError::Storage(e.to_string()))?
@@ -181,7 +261,10 @@ impl Node {
             db_size: AtomicI64::new(0),
             lessor: crate::lease::Lessor::default(),
             uploader: Mutex::new(Some(uploader)),
+            snapshotter: Mutex::new(Some(snapshotter)),
             archived,
+            log: log_reader,
+            backlog_full: AtomicBool::new(false),
             _lock: lock,
         });
         node.refresh_db_size();
@@ -193,6 +276,31 @@ impl Node {
             self.db_size.store(s.size, Ordering::Relaxed);
             crate::metrics::DB_TOTAL_SIZE.set(s.size);
             crate::metrics::DB_IN_USE_SIZE.set(s.in_use);
+        }
+    }
+
+    /// Measures the archive upload backlog; in `quorum` durability, writes stop while it
+    /// exceeds `archive.max_backlog_bytes` (nothing acknowledged is ever dropped).
+    pub fn refresh_backlog(&self) {
+        if !self.is_leader() {
+            self.backlog_full.store(false, Ordering::Relaxed);
+            return;
+        }
+        let Ok(bytes) = self.log.bytes_after(*self.archived.borrow()) else {
+            return;
+        };
+        crate::metrics::ARCHIVE_BACKLOG_BYTES.set(bytes as i64);
+        let full = self.config.durability == Durability::Quorum && bytes > self.config.archive.max_backlog_bytes;
+        if full != self.backlog_full.swap(full, Ordering::Relaxed) {
+            if full {
+                tracing::error!(
+                    bytes,
+                    limit = self.config.archive.max_backlog_bytes,
+                    "object storage backlog is full: rejecting writes until uploads catch up"
+                );
+            } else {
+                tracing::info!(bytes, "object storage backlog drained below the limit: accepting writes again");
+            }
         }
     }
 
@@ -279,10 +387,11 @@ impl Node {
         self.reads.wait().await.map_err(ApiError::from)
     }
 
-    /// Rejects writes that may grow the database while the NOSPACE alarm is raised, and
-    /// raises it when the database exceeds the quota (etcd's quota behaviour).
+    /// Rejects writes that may grow the database while the NOSPACE alarm is raised or the
+    /// archive backlog is full, and raises the alarm when the database exceeds the quota
+    /// (etcd's quota behaviour).
     pub async fn check_quota(&self) -> Result<(), ApiError> {
-        if self.nospace.load(Ordering::Relaxed) {
+        if self.nospace.load(Ordering::Relaxed) || self.backlog_full.load(Ordering::Relaxed) {
             return Err(MvccError::NoSpace.into());
         }
         if self.db_size.load(Ordering::Relaxed) as u64 > self.config.limits.quota_backend_bytes {
@@ -376,6 +485,17 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
         });
     }
 
+    let snap_stop = stop.clone();
+    let snapshotter = node.snapshotter.lock().ok().and_then(|mut s| s.take());
+    if let Some(snapshotter) = snapshotter {
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = snapshotter.run() => {}
+                _ = snap_stop.cancelled() => {}
+            }
+        });
+    }
+
     let bg_stop = stop.clone();
     let bg_node = node.clone();
     tasks.spawn(async move {
@@ -407,7 +527,11 @@ async fn background(node: Arc<Node>) {
     loop {
         tick.tick().await;
         let n = node.clone();
-        let _ = tokio::task::spawn_blocking(move || n.refresh_db_size()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            n.refresh_db_size();
+            n.refresh_backlog();
+        })
+        .await;
         let Some(policy) = node.config.auto_compaction.clone() else {
             continue;
         };

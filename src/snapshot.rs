@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +42,9 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
     }
     let dest = data_dir.join("state.db");
     std::fs::write(&dest, db).map_err(|e| RestoreError::DataDir(dir.clone(), e))?;
-    let conn = Connection::open(&dest).map_err(|e| RestoreError::Database(e.to_string()))?;
-    let revision: i64 = conn
-        .query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))
-        .map_err(|e| RestoreError::Database(e.to_string()))?;
-    conn.execute("DELETE FROM meta WHERE name IN ('raft_applied', 'raft_membership', 'alarms')", [])
-        .map_err(|e| RestoreError::Database(e.to_string()))?;
+    let revision = crate::mvcc::read_revisions(&dest)
+        .map_err(|e| RestoreError::Database(e.to_string()))?
+        .current;
+    crate::mvcc::clear_raft_meta(&dest, true).map_err(|e| RestoreError::Database(e.to_string()))?;
     Ok(revision)
 }

@@ -1,9 +1,20 @@
-//! Object storage, the permanent store (issue: archive). This module so far holds the
-//! seam every later piece uses: one `Arc<dyn ObjectStore>` built from the `storage`
-//! config, wrapped in layers (metrics; fault injection for tests), and the segment
-//! format for committed log entries. The uploader, snapshots and restore build on them.
+//! Object storage, the permanent store.
+//!
+//! - `store`: one `Arc<dyn ObjectStore>` built from the `storage` config, wrapped in
+//!   layers (retries, metrics, storage class; fault injection for tests).
+//! - `manifest`: `cluster.json` (current epoch), `members.json`, `nodes/`.
+//! - `segment` + `uploader`: the leader ships committed log entries as segments.
+//! - `snapshot` + `snapshotter` + `gc`: snapshots of the applied state, and cleanup.
+//! - `restore` + `bootstrap`: an empty node rebuilds from the newest snapshot and the
+//!   segments after it, then opens a new epoch.
 
+pub mod bootstrap;
+pub mod gc;
+pub mod manifest;
+pub mod restore;
 pub mod segment;
+pub mod snapshot;
+pub mod snapshotter;
 pub mod store;
 pub mod uploader;
 

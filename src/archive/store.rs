@@ -22,8 +22,8 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult, RetryConfig,
+    Attribute, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig,
 };
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
@@ -60,6 +60,14 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
             if cfg.force_path_style {
                 b = b.with_virtual_hosted_style_request(false);
             }
+            match cfg.sse.as_deref() {
+                Some("aws:kms") => b = b.with_sse_kms_encryption(cfg.sse_kms_key_id.clone().unwrap_or_default()),
+                Some(other) => {
+                    let key = "aws_server_side_encryption".parse().map_err(|e| err(&e))?;
+                    b = b.with_config(key, other)
+                }
+                None => {}
+            }
             Arc::new(b.build().map_err(|e| err(&e))?)
         }
         "gcs" => Arc::new(
@@ -72,14 +80,20 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
         "file" => {
             let dir = cfg.path.clone().unwrap_or_default();
             std::fs::create_dir_all(&dir).map_err(|e| err(&format!("cannot create {}: {e}", dir.display())))?;
-            Arc::new(
-                object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| err(&e))?
-                    .with_fsync(true),
-            )
+            let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| err(&e))?
+                .with_fsync(true);
+            Arc::new(LocalCasStore::new(Arc::new(local), &dir))
         }
         "memory" => Arc::new(object_store::memory::InMemory::new()),
         other => return Err(err(&format!("unknown provider {other:?}"))),
+    };
+    let inner: Arc<dyn ObjectStore> = match &cfg.storage_class {
+        Some(class) => Arc::new(StorageClassStore {
+            inner,
+            class: class.clone(),
+        }),
+        None => inner,
     };
     let prefixed: Arc<dyn ObjectStore> = if cfg.key_prefix.is_empty() {
         inner
@@ -219,6 +233,158 @@ impl ObjectStore for MeteredStore {
     }
 }
 
+/// Sets the configured storage class on every object written.
+#[derive(Debug)]
+struct StorageClassStore {
+    inner: Arc<dyn ObjectStore>,
+    class: String,
+}
+
+impl fmt::Display for StorageClassStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StorageClass({}, {})", self.class, self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for StorageClassStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> object_store::Result<PutResult> {
+        opts.attributes.insert(Attribute::StorageClass, self.class.clone().into());
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, mut opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+        opts.attributes.insert(Attribute::StorageClass, self.class.clone().into());
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The local directory backend with `PutMode::Update`, which `LocalFileSystem` lacks:
+/// compare-and-swap under an exclusive `flock` on `.netsy-cas.lock` in the directory, so
+/// processes sharing the directory on one host cannot both win. The version compared is
+/// the e-tag (inode, mtime and size of the file), which every replacing write changes.
+#[derive(Debug)]
+struct LocalCasStore {
+    inner: Arc<dyn ObjectStore>,
+    lock_path: std::path::PathBuf,
+}
+
+impl LocalCasStore {
+    fn new(inner: Arc<dyn ObjectStore>, dir: &std::path::Path) -> Self {
+        LocalCasStore {
+            inner,
+            lock_path: dir.join(".netsy-cas.lock"),
+        }
+    }
+
+    async fn lock(&self) -> object_store::Result<std::fs::File> {
+        let path = self.lock_path.clone();
+        let generic = |e: std::io::Error| object_store::Error::Generic {
+            store: "LocalCas",
+            source: Box::new(e),
+        };
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::options().create(true).truncate(false).write(true).open(&path)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| generic(std::io::Error::other(e)))?
+        .map_err(generic)
+    }
+}
+
+impl fmt::Display for LocalCasStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LocalCas({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalCasStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> object_store::Result<PutResult> {
+        let PutMode::Update(expected) = &opts.mode else {
+            return self.inner.put_opts(location, payload, opts).await;
+        };
+        let _guard = self.lock().await?;
+        let current = match self.inner.head(location).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { path, source }) => {
+                return Err(object_store::Error::Precondition { path, source });
+            }
+            Err(e) => return Err(e),
+        };
+        if current.e_tag != expected.e_tag {
+            return Err(object_store::Error::Precondition {
+                path: location.to_string(),
+                source: format!("e-tag {:?} is not the expected {:?}", current.e_tag, expected.e_tag).into(),
+            });
+        }
+        opts.mode = PutMode::Overwrite;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
 /// Switches for `FaultyStore`, shared with the test that drives it.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -340,7 +506,7 @@ impl ObjectStore for FaultyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::{ObjectStoreExt, PutMode, UpdateVersion};
+    use object_store::UpdateVersion;
 
     fn cfg(provider: &str, path: Option<std::path::PathBuf>, prefix: &str) -> StorageConfig {
         StorageConfig {
@@ -351,6 +517,9 @@ mod tests {
             region: None,
             endpoint: None,
             force_path_style: false,
+            storage_class: None,
+            sse: None,
+            sse_kms_key_id: None,
         }
     }
 
@@ -383,6 +552,34 @@ mod tests {
         assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })), "{again:?}");
         let listed: Vec<_> = store.list(Some(&Path::from("epochs"))).collect().await;
         assert_eq!(listed.len(), 1);
+    }
+
+    /// The local directory backend supports compare-and-swap updates.
+    #[tokio::test]
+    async fn file_provider_supports_conditional_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = build(&cfg("file", Some(dir.path().to_path_buf()), "")).unwrap();
+        let p = Path::from("cluster.json");
+        let first = store.put_opts(&p, "v1".into(), PutMode::Create.into()).await.unwrap();
+        let v1 = UpdateVersion {
+            e_tag: first.e_tag.clone(),
+            version: first.version.clone(),
+        };
+        store
+            .put_opts(&p, "v2 longer".into(), PutMode::Update(v1.clone()).into())
+            .await
+            .unwrap();
+        let stale = store.put_opts(&p, "v3".into(), PutMode::Update(v1).into()).await;
+        assert!(matches!(stale, Err(object_store::Error::Precondition { .. })), "{stale:?}");
+        assert_eq!(store.get(&p).await.unwrap().bytes().await.unwrap(), "v2 longer");
+        let missing = UpdateVersion {
+            e_tag: Some("x".into()),
+            version: None,
+        };
+        let absent = store
+            .put_opts(&Path::from("nope.json"), "v".into(), PutMode::Update(missing).into())
+            .await;
+        assert!(matches!(absent, Err(object_store::Error::Precondition { .. })), "{absent:?}");
     }
 
     #[tokio::test]

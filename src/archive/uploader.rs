@@ -9,6 +9,7 @@
 //! watermark (`LogStore::set_purge_floor`). The watermark is published for
 //! `object-storage` durability and for metrics.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,17 +63,19 @@ pub async fn put_segment(store: &dyn ObjectStore, name: &SegmentName, bytes: Vec
     }
 }
 
-/// The highest index stored in `epoch`'s segments (0 when there are none).
+/// The highest index `epoch` holds in object storage, in a segment or covered by a
+/// snapshot (0 when there is neither).
 pub async fn stored_watermark(store: &dyn ObjectStore, epoch: u64) -> Result<u64, UploadError> {
-    let prefix = Path::from(format!("epochs/{epoch}/wal"));
+    let segments = segment::list(store, epoch).await?.last().map_or(0, |(n, _)| n.last);
+    let prefix = Path::from(format!("epochs/{epoch}/snapshots"));
     let mut listing = store.list(Some(&prefix));
-    let mut last = 0;
+    let mut snapshot = 0;
     while let Some(meta) = listing.next().await {
-        if let Some(name) = SegmentName::parse(&meta?.location) {
-            last = last.max(name.last);
+        if let Some(name) = super::snapshot::SnapshotName::parse(&meta?.location) {
+            snapshot = snapshot.max(name.index);
         }
     }
-    Ok(last)
+    Ok(segments.max(snapshot))
 }
 
 pub struct Uploader {
@@ -82,6 +85,7 @@ pub struct Uploader {
     raft_id: u64,
     cfg: UploaderConfig,
     uploaded: watch::Sender<u64>,
+    uploaded_bytes: Arc<AtomicU64>,
 }
 
 impl Uploader {
@@ -96,7 +100,13 @@ impl Uploader {
             raft_id,
             cfg,
             uploaded,
+            uploaded_bytes: Arc::default(),
         }
+    }
+
+    /// Bytes of segments uploaded so far (the snapshotter's `snapshot_bytes` threshold).
+    pub fn uploaded_bytes(&self) -> Arc<AtomicU64> {
+        self.uploaded_bytes.clone()
     }
 
     /// The last index known to be in object storage.
@@ -147,6 +157,8 @@ impl Uploader {
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
+                    // Look again next time: a snapshot may have covered what is missing.
+                    watermark = None;
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "segment upload failed; the backlog stays in the local log");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -186,7 +198,10 @@ impl Uploader {
                 first: batch[0].0,
                 last: batch[batch.len() - 1].0,
             };
-            put_segment(self.store.as_ref(), &name, segment::encode(&batch)?).await?;
+            let encoded = segment::encode(&batch)?;
+            let size = encoded.len() as u64;
+            put_segment(self.store.as_ref(), &name, encoded).await?;
+            self.uploaded_bytes.fetch_add(size, Ordering::AcqRel);
             tracing::debug!(segment = %name.path(), entries = batch.len(), bytes, "uploaded segment");
             mark = name.last;
         }
@@ -198,7 +213,6 @@ impl Uploader {
 mod tests {
     use super::*;
     use crate::archive::FaultyStore;
-    use std::sync::atomic::Ordering;
 
     #[tokio::test]
     async fn lost_put_response_is_recognised_and_conflicts_are_reported() {

@@ -24,6 +24,31 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// The health port while the node is starting (rebuilding from object storage can take
+/// minutes): alive, not ready, with metrics (restore progress included).
+pub fn starting_router() -> Router {
+    async fn not_ready() -> impl IntoResponse {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting (restoring from object storage when the data directory was empty)",
+        )
+    }
+    async fn not_healthy() -> impl IntoResponse {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"health": "false", "reason": "starting"})),
+        )
+    }
+    async fn plain_metrics() -> impl IntoResponse {
+        ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render())
+    }
+    Router::new()
+        .route("/health", get(not_healthy))
+        .route("/readyz", get(not_ready))
+        .route("/livez", get(livez))
+        .route("/metrics", get(plain_metrics))
+}
+
 /// Healthy when a linearizable read succeeds and no NOSPACE/CORRUPT alarm is raised.
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let alarms = node.read(|r| r.alarms()).await.unwrap_or_default();
@@ -69,6 +94,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let m = node.raft.metrics().borrow().clone();
     crate::metrics::HAS_LEADER.set(m.current_leader.is_some() as i64);
     crate::metrics::IS_LEADER.set((m.current_leader == Some(node.identity.raft_id)) as i64);
+    crate::metrics::APPLIED_INDEX.set(m.last_applied.map_or(0, |l| l.index) as i64);
     if let Ok(revs) = node.reader.revisions() {
         crate::metrics::CURRENT_REVISION.set(revs.current);
         crate::metrics::COMPACT_REVISION.set(revs.compacted);

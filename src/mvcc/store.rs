@@ -389,6 +389,26 @@ pub fn read_applied_meta(path: &Path) -> Result<AppliedMeta, MvccError> {
     })
 }
 
+/// The revisions of a database file, read without opening it for writing.
+pub fn read_revisions(path: &Path) -> Result<Revisions, MvccError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(storage)?;
+    super::read::revisions(&conn).map_err(storage)
+}
+
+/// Forgets the Raft bookkeeping of a database file, so it can seed a new Raft group
+/// (a new epoch, or a restore into a new cluster). Alarms go too when `alarms`.
+pub fn clear_raft_meta(path: &Path, alarms: bool) -> Result<(), MvccError> {
+    let conn = Connection::open(path).map_err(storage)?;
+    let names = if alarms {
+        "('raft_applied', 'raft_membership', 'alarms')"
+    } else {
+        "('raft_applied', 'raft_membership')"
+    };
+    conn.execute(&format!("DELETE FROM meta WHERE name IN {names}"), [])
+        .map_err(storage)?;
+    Ok(())
+}
+
 impl Reader {
     /// The granted TTL of lease `id`, if it exists.
     pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, MvccError> {

@@ -146,6 +146,20 @@ impl LogStore {
         self.shared.purge_floor.store(index, Ordering::Release);
     }
 
+    /// Bytes of the entries after `index` stored in SQLite (the archive's upload
+    /// backlog; the few entries still in the writer's queue are not counted).
+    pub fn bytes_after(&self, index: u64) -> Result<u64, StorageError> {
+        let conn = self.shared.read_conn.lock().map_err(|_| msg_err("reader lock poisoned".into()))?;
+        let stored: i64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(length(entry)), 0) FROM log WHERE idx > ?1",
+                [index.min(i64::MAX as u64) as i64],
+                |r| r.get(0),
+            )
+            .map_err(sto_read)?;
+        Ok(stored as u64)
+    }
+
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StorageError> {
         self.shared.state.lock().map_err(|_| msg_err("log state lock poisoned".into()))
     }

@@ -60,6 +60,71 @@ impl StateMachine {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error("cannot encode Raft bookkeeping: {0}")]
+    Encode(#[from] bincode::Error),
+}
+
+/// Applies committed entries to the store in one SQLite transaction, recording the last
+/// entry (and any membership change) with the data. This is the one apply path: the
+/// Raft state machine and restore from object storage both use it.
+pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>>) -> Result<Vec<Vec<CommandResult>>, ApplyError> {
+    let mut commands: Vec<Option<Command>> = Vec::new();
+    // Per entry: how many of `commands` are its own; `None` for blank and membership
+    // entries, which have one `None` placeholder.
+    let mut shape: Vec<Option<usize>> = Vec::new();
+    let mut last: Option<LogId> = None;
+    let mut membership: Option<Membership> = None;
+    for entry in entries {
+        last = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Normal(cmds) => {
+                shape.push(Some(cmds.len()));
+                commands.extend(cmds.into_iter().map(Some));
+            }
+            EntryPayload::Blank => {
+                shape.push(None);
+                commands.push(None);
+            }
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                shape.push(None);
+                commands.push(None);
+            }
+        }
+    }
+    if last.is_none() {
+        return Ok(Vec::new());
+    }
+    let membership = match membership {
+        Some(m) => Some(bincode::serialize(&m)?),
+        None => store.applied_meta()?.membership,
+    };
+    let meta = AppliedMeta {
+        last_applied: Some(bincode::serialize(&last)?),
+        membership,
+    };
+    crate::metrics::APPLY_BATCH_ENTRIES.observe(commands.len() as f64);
+    let timer = crate::metrics::APPLY_DURATION.start_timer();
+    let results = store.apply_batch(&commands, &meta)?;
+    timer.observe_duration();
+    // Regroup per entry; blank and membership entries had one `None` placeholder.
+    let mut results = results.into_iter();
+    Ok(shape
+        .iter()
+        .map(|&n| match n {
+            Some(n) => results.by_ref().take(n).collect(),
+            None => {
+                results.next();
+                Vec::new()
+            }
+        })
+        .collect())
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
@@ -76,60 +141,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut commands: Vec<Option<Command>> = Vec::new();
-        // Per entry: how many of `commands` are its own; `None` for blank and membership
-        // entries, which have one `None` placeholder.
-        let mut shape: Vec<Option<usize>> = Vec::new();
-        let mut last: Option<LogId> = None;
-        let mut membership: Option<Membership> = None;
-        for entry in entries {
-            last = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Normal(cmds) => {
-                    shape.push(Some(cmds.len()));
-                    commands.extend(cmds.into_iter().map(Some));
-                }
-                EntryPayload::Blank => {
-                    shape.push(None);
-                    commands.push(None);
-                }
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                    shape.push(None);
-                    commands.push(None);
-                }
-            }
-        }
-        if last.is_none() {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if entries.is_empty() {
             return Ok(Vec::new());
         }
         let store = self.store.clone();
         Self::blocking(move || {
             let mut store = store.lock().map_err(sm_err)?;
-            let membership = match membership {
-                Some(m) => Some(bincode::serialize(&m).map_err(sm_err)?),
-                None => store.applied_meta().map_err(sm_err)?.membership,
-            };
-            let meta = AppliedMeta {
-                last_applied: Some(bincode::serialize(&last).map_err(sm_err)?),
-                membership,
-            };
-            crate::metrics::APPLY_BATCH_ENTRIES.observe(commands.len() as f64);
-            let timer = crate::metrics::APPLY_DURATION.start_timer();
-            let results = store.apply_batch(&commands, &meta).map_err(|e: MvccError| sm_err(e))?;
-            timer.observe_duration();
-            // Regroup per entry; blank and membership entries had one `None` placeholder.
-            let mut results = results.into_iter();
-            Ok(shape
-                .iter()
-                .map(|&n| match n {
-                    Some(n) => results.by_ref().take(n).collect(),
-                    None => {
-                        results.next();
-                        Vec::new()
-                    }
-                })
-                .collect())
+            apply_entries(&mut store, entries).map_err(sm_err)
         })
         .await
     }

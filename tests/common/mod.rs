@@ -48,6 +48,8 @@ pub struct Netsy {
     pub health_port: u16,
     pub child: Option<Child>,
     extra_config: String,
+    /// The `storage` object of the cluster file (default: `file` under the temp dir).
+    storage: Option<String>,
 }
 
 impl Netsy {
@@ -57,6 +59,11 @@ impl Netsy {
 
     /// `extra` is inserted into the cluster file's top-level object (e.g. `"limits": {...},`).
     pub fn start_with(extra: &str) -> Netsy {
+        Self::start_with_storage(None, extra)
+    }
+
+    /// `storage` replaces the cluster file's `storage` object.
+    pub fn start_with_storage(storage: Option<&str>, extra: &str) -> Netsy {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut n = Netsy {
             dir,
@@ -64,6 +71,7 @@ impl Netsy {
             health_port: 0,
             child: None,
             extra_config: extra.to_string(),
+            storage: storage.map(str::to_string),
         };
         n.spawn();
         n
@@ -78,16 +86,25 @@ impl Netsy {
     }
 
     pub fn write_config(&self) {
-        let text = format!(
-            "{{ \"cluster_id\": \"test\", \"storage\": {{ \"provider\": \"file\", \"path\": \"{}\" }}, {} }}",
-            self.dir.path().join("objects").display(),
-            self.extra_config
-        );
+        let storage = self.storage.clone().unwrap_or_else(|| {
+            format!(
+                "{{ \"provider\": \"file\", \"path\": \"{}\" }}",
+                self.dir.path().join("objects").display()
+            )
+        });
+        let text = format!("{{ \"cluster_id\": \"test\", \"storage\": {storage}, {} }}", self.extra_config);
         std::fs::write(self.config_path(), text).expect("write config");
     }
 
     /// Starts (or restarts) the process on fresh ports over the same data directory.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("netsy exited early; log: {log}");
+        }
+    }
+
+    /// Like `spawn`, but a process that exits before listening is `Err(its log)`.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         self.client_port = free_port();
         self.health_port = free_port();
         self.write_config();
@@ -104,14 +121,42 @@ impl Netsy {
             .spawn()
             .expect("spawn netsy");
         self.child = Some(child);
-        let port = self.client_port;
-        let health = self.health_port;
-        wait_until(Duration::from_secs(60), "netsy to listen", || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("netsy exited early with {status}; log: {}", self.log());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(self.log());
             }
-            port_open(port) && port_open(health)
-        });
+            if port_open(self.client_port) && port_open(self.health_port) {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for netsy to listen; log: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The local-directory object store this node uses.
+    pub fn objects(&self) -> PathBuf {
+        self.dir.path().join("objects")
+    }
+
+    /// Deletes the data directory (the node must be stopped).
+    pub fn wipe(&self) {
+        std::fs::remove_dir_all(self.data_dir()).expect("wipe the data directory");
+    }
+
+    /// A metric's value from `/metrics` (the first sample of that name), 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn log(&self) -> String {
