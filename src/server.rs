@@ -304,6 +304,28 @@ impl Node {
         }
     }
 
+    /// On shutdown, gives the uploader a moment to ship what was applied, so a clean stop
+    /// leaves nothing that only the local disk holds (`quorum` uploads asynchronously).
+    pub async fn flush_archive(&self, timeout: Duration) {
+        if !self.is_leader() {
+            return;
+        }
+        let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let mut archived = self.archived.clone();
+        let reached = tokio::time::timeout(timeout, archived.wait_for(|w| *w >= applied))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            tracing::info!(index = applied, "everything applied is in object storage");
+        } else {
+            tracing::warn!(
+                applied,
+                uploaded = *self.archived.borrow(),
+                "stopping before object storage has every entry; the rest stays in the local Raft log"
+            );
+        }
+    }
+
     /// Whether this node is the Raft leader.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.identity.raft_id)
@@ -508,6 +530,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     tracing::info!(client = %cfg.bind_client, health = %cfg.bind_health, member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
     shutdown.await;
     tracing::info!("shutting down");
+    node.flush_archive(Duration::from_secs(10)).await;
     stop.cancel();
     // Give in-flight requests a moment, then close connections that clients keep open.
     let drained = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
