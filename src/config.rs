@@ -292,6 +292,22 @@ impl Config {
         Self::from_str(&text, path, env)
     }
 
+    /// Only the cluster-wide part (cluster id and object storage), validated: for
+    /// commands that work on the archive rather than run a node.
+    pub fn load_cluster(path: &Path) -> Result<ClusterFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: ClusterFile = json5::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        validate_name("cluster_id", &file.cluster_id)?;
+        validate_storage(&file.storage)?;
+        Ok(file)
+    }
+
     pub fn from_str(text: &str, path: &Path, env: EnvFn) -> Result<Config, ConfigError> {
         let file: ClusterFile = json5::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),

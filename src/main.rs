@@ -140,13 +140,55 @@ enum BenchCmd {
     },
 }
 
+/// Which archived state a snapshot command works on.
+#[derive(clap::Args)]
+struct ArchivePoint {
+    /// The cluster file naming the object storage (or NETSY_CONFIG).
+    #[arg(long, env = "NETSY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The epoch (default: the current one in cluster.json).
+    #[arg(long)]
+    epoch: Option<u64>,
+    /// Stop at this Raft log index (default: everything archived).
+    #[arg(long)]
+    index: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum SnapshotCmd {
-    /// Create a new single-member data directory from a snapshot file.
+    /// List the archive: epochs, snapshots (index, revision, size) and segments.
+    List {
+        #[arg(long, env = "NETSY_CONFIG")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one archived snapshot's header (default: the newest of the current epoch).
+    Inspect {
+        #[command(flatten)]
+        point: ArchivePoint,
+        /// Download it and verify its checksum end to end, and count its keys.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Build a data directory: from a snapshot file written by `etcdctl snapshot save`
+    /// (FILE), or from the archive (--config; newest snapshot plus later segments, up to
+    /// --index). `netsy serve` over it starts the cluster's next epoch from that state.
     Restore {
-        file: PathBuf,
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        point: ArchivePoint,
         #[arg(long)]
         data_dir: PathBuf,
+    },
+    /// Write the archived state (up to --index) as a snapshot file, in the format
+    /// `etcdctl snapshot save` gets from netsy.
+    Export {
+        #[command(flatten)]
+        point: ArchivePoint,
+        #[arg(long)]
+        output: PathBuf,
     },
 }
 
@@ -181,7 +223,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Cmd::Serve { config }) => serve(config),
         Some(Cmd::Snapshot {
-            command: SnapshotCmd::Restore { file, data_dir },
+            command: SnapshotCmd::Restore {
+                file: Some(file),
+                data_dir,
+                ..
+            },
         }) => match netsy::snapshot::restore(&file, &data_dir) {
             Ok(rev) => {
                 println!("restored {} into {} (revision {rev})", file.display(), data_dir.display());
@@ -192,6 +238,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Cmd::Snapshot { command }) => archive_command(command),
         Some(Cmd::Bench(args)) => bench(args),
         None => {
             eprintln!("nothing to do: try `netsy serve --config FILE` or `netsy --help`");
@@ -315,6 +362,106 @@ fn bench(args: BenchArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("bench {} failed: {e}", workload.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `netsy snapshot list | inspect | restore --config | export`.
+fn archive_command(command: SnapshotCmd) -> ExitCode {
+    use netsy::archive::admin;
+    let config_path = match &command {
+        SnapshotCmd::List { config, .. } => Some(config.clone()),
+        SnapshotCmd::Inspect { point, .. } | SnapshotCmd::Restore { point, .. } | SnapshotCmd::Export { point, .. } => point.config.clone(),
+    };
+    let Some(config_path) = config_path else {
+        eprintln!("give a snapshot FILE, or --config FILE (or NETSY_CONFIG) to work on the archive");
+        return ExitCode::FAILURE;
+    };
+    let config = match Config::load_cluster(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match netsy::archive::build(&config.storage) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scratch = std::env::temp_dir();
+    let cluster = config.cluster_id.clone();
+    let result: Result<String, admin::AdminError> = runtime.block_on(async {
+        let store = store.as_ref();
+        match command {
+            SnapshotCmd::List { json, .. } => {
+                let listing = admin::list(store, &cluster).await?;
+                if json {
+                    return Ok(serde_json::to_string_pretty(&listing).unwrap_or_default());
+                }
+                let mut out = match &listing.cluster {
+                    Some(c) => format!("cluster {} at epoch {}\n", c.cluster_id, c.epoch),
+                    None => format!("no cluster.json for cluster {cluster}\n"),
+                };
+                for e in &listing.epochs {
+                    let range = e.segment_range.map_or("none".to_string(), |(a, b)| format!("{a}..={b}"));
+                    out += &format!(
+                        "epoch {}: {} segments ({} bytes, entries {range})\n",
+                        e.epoch, e.segments, e.segment_bytes
+                    );
+                    for s in &e.snapshots {
+                        out += &format!(
+                            "  snapshot index {:>10}  revision {:>10}  compacted {:>10}  db {:>12} bytes  created {}\n",
+                            s.index, s.revision, s.compact_revision, s.db_bytes, s.created_unix
+                        );
+                    }
+                }
+                Ok(out)
+            }
+            SnapshotCmd::Inspect { point, verify } => {
+                let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
+                let inspection = admin::inspect(store, epoch, point.index, verify, &scratch).await?;
+                Ok(serde_json::to_string_pretty(&inspection).unwrap_or_default())
+            }
+            SnapshotCmd::Restore { point, data_dir, .. } => {
+                let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
+                let r = admin::restore_into(store, epoch, point.index, &data_dir).await?;
+                Ok(format!(
+                    "restored epoch {epoch} through index {} (revision {}) into {}",
+                    r.last_index,
+                    r.revision,
+                    data_dir.display()
+                ))
+            }
+            SnapshotCmd::Export { point, output } => {
+                let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
+                let r = admin::export(store, epoch, point.index, &output, &scratch).await?;
+                Ok(format!(
+                    "exported epoch {epoch} through index {} (revision {}) to {}",
+                    r.last_index,
+                    r.revision,
+                    output.display()
+                ))
+            }
+        }
+    });
+    match result {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@
 //! - `restore` + `bootstrap`: an empty node rebuilds from the newest snapshot and the
 //!   segments after it, then opens a new epoch.
 
+pub mod admin;
 pub mod bootstrap;
 pub mod gc;
 pub mod manifest;

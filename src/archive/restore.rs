@@ -13,7 +13,7 @@ use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::segment::{self, SegmentError, SegmentName};
-use super::snapshot::{self, SnapshotError, SnapshotName};
+use super::snapshot::{self, SnapshotError};
 use crate::metrics::{RESTORE_BYTES, RESTORE_ENTRIES, RESTORE_IN_PROGRESS};
 use crate::mvcc::Store;
 use crate::raft::state_machine::{apply_entries, ApplyError};
@@ -244,14 +244,4 @@ fn replay(mut db: Store, name: &SegmentName, data: &[u8], applied: u64, limit: u
         })?;
     }
     Ok((db, n))
-}
-
-/// The newest snapshot of `epoch` at or below `upto`.
-pub async fn newest_snapshot(store: &dyn ObjectStore, epoch: u64, upto: u64) -> Result<Option<SnapshotName>, RestoreError> {
-    Ok(snapshot::list(store, epoch)
-        .await?
-        .into_iter()
-        .rev()
-        .map(|(n, _)| n)
-        .find(|n| n.index <= upto))
 }

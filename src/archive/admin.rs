@@ -1,0 +1,181 @@
+//! Operator commands over the archive (`netsy snapshot list | inspect | restore |
+//! export`): they read object storage only, never a running node.
+
+use std::io::Write;
+use std::path::Path;
+
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::manifest::{self, ClusterManifest, ManifestError};
+use super::restore::{self, RestoreError, RestoreReport};
+use super::segment;
+use super::snapshot::{self, SnapshotError, SnapshotHeader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("object storage: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("object storage holds no cluster.json for cluster {0:?}: nothing was archived yet (or check `storage` and `cluster_id`)")]
+    NoCluster(String),
+    #[error("{0}")]
+    Target(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct EpochListing {
+    pub epoch: u64,
+    pub snapshots: Vec<SnapshotHeader>,
+    pub segments: usize,
+    pub segment_bytes: u64,
+    /// First and last entry held in segments.
+    pub segment_range: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub cluster: Option<ClusterManifest>,
+    pub epochs: Vec<EpochListing>,
+}
+
+/// Every epoch in the archive with its snapshots (headers) and segments.
+pub async fn list(store: &dyn ObjectStore, cluster_id: &str) -> Result<Listing, AdminError> {
+    let cluster = manifest::read_cluster(store, cluster_id).await?.map(|v| v.value);
+    let dirs = store.list_with_delimiter(Some(&ObjectPath::from("epochs"))).await?;
+    let mut numbers: Vec<u64> = dirs
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().and_then(|f| f.parse().ok()))
+        .collect();
+    numbers.sort();
+    let mut epochs = Vec::new();
+    for epoch in numbers {
+        let mut snapshots = Vec::new();
+        for (name, _) in snapshot::list(store, epoch).await? {
+            snapshots.push(snapshot::fetch_header(store, &name).await?);
+        }
+        let segs = segment::list(store, epoch).await?;
+        epochs.push(EpochListing {
+            epoch,
+            snapshots,
+            segments: segs.len(),
+            segment_bytes: segs.iter().map(|(_, s)| s).sum(),
+            segment_range: segs.first().zip(segs.last()).map(|(a, b)| (a.0.first, b.0.last)),
+        });
+    }
+    Ok(Listing { cluster, epochs })
+}
+
+/// The epoch to work on: the given one, else the current one from `cluster.json`.
+pub async fn current_epoch(store: &dyn ObjectStore, cluster_id: &str, epoch: Option<u64>) -> Result<u64, AdminError> {
+    match epoch {
+        Some(e) => Ok(e),
+        None => Ok(manifest::read_cluster(store, cluster_id)
+            .await?
+            .ok_or_else(|| AdminError::NoCluster(cluster_id.into()))?
+            .value
+            .epoch),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub object: String,
+    pub bytes: u64,
+    pub header: SnapshotHeader,
+    /// With `verify`: the live keys in the downloaded, checksum-verified database.
+    pub keys: Option<i64>,
+}
+
+/// Describes snapshot `index` of `epoch` (default: the newest); with `verify`, downloads
+/// it into `scratch` and checks it end to end.
+pub async fn inspect(
+    store: &dyn ObjectStore,
+    epoch: u64,
+    index: Option<u64>,
+    verify: bool,
+    scratch: &Path,
+) -> Result<Inspection, AdminError> {
+    let all = snapshot::list(store, epoch).await?;
+    let (name, meta) = match index {
+        Some(i) => all.into_iter().find(|(n, _)| n.index == i),
+        None => all.into_iter().last(),
+    }
+    .ok_or_else(|| AdminError::Target(format!("epoch {epoch} has no such snapshot (try `netsy snapshot list`)")))?;
+    let header = snapshot::fetch_header(store, &name).await?;
+    let keys = if verify {
+        let db = scratch.join(format!("inspect-{}-{}.db", name.epoch, name.index));
+        let _ = std::fs::remove_file(&db);
+        snapshot::download(store, &name, &db).await?;
+        let counted = rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM current", [], |r| r.get(0)))
+            .map_err(|e| AdminError::Target(format!("{}: {e}", name.path())));
+        let _ = std::fs::remove_file(&db);
+        Some(counted?)
+    } else {
+        None
+    };
+    Ok(Inspection {
+        object: name.path().to_string(),
+        bytes: meta.size,
+        header,
+        keys,
+    })
+}
+
+/// Rebuilds `epoch` (up to entry `upto`) into `data_dir/state.db`, an empty data
+/// directory; `netsy serve` over it opens the cluster's next epoch from that state.
+pub async fn restore_into(store: &dyn ObjectStore, epoch: u64, upto: Option<u64>, data_dir: &Path) -> Result<RestoreReport, AdminError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| AdminError::Target(format!("{}: {e}", data_dir.display())))?;
+    for existing in ["state.db", "raft.db", "node.json"] {
+        if data_dir.join(existing).exists() {
+            return Err(AdminError::Target(format!(
+                "{} already holds {existing}; restore into an empty directory",
+                data_dir.display()
+            )));
+        }
+    }
+    Ok(restore::restore(store, epoch, &data_dir.join("state.db"), upto).await?)
+}
+
+/// Rebuilds `epoch` (up to entry `upto`) and writes it to `output` as a snapshot file in
+/// the format `etcdctl snapshot save` gets from netsy (the database and its SHA-256),
+/// which `netsy snapshot restore FILE` reads.
+pub async fn export(
+    store: &dyn ObjectStore,
+    epoch: u64,
+    upto: Option<u64>,
+    output: &Path,
+    scratch: &Path,
+) -> Result<RestoreReport, AdminError> {
+    std::fs::create_dir_all(scratch).map_err(|e| AdminError::Target(format!("{}: {e}", scratch.display())))?;
+    let db = scratch.join(format!("export-{}.db", rand::random::<u32>()));
+    let report = restore::restore(store, epoch, &db, upto).await?;
+    let written = (|| -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
+        let mut hasher = Sha256::new();
+        let mut src = std::io::BufReader::new(std::fs::File::open(&db)?);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut src, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+        out.write_all(&hasher.finalize())?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })();
+    let _ = std::fs::remove_file(&db);
+    written.map_err(|e| AdminError::Target(format!("{}: {e}", output.display())))?;
+    Ok(report)
+}
