@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod migrate;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;

@@ -36,6 +36,16 @@ enum Cmd {
         #[command(subcommand)]
         command: SnapshotCmd,
     },
+    /// Copy every key of a live etcd (at one revision) into a new, empty netsy cluster's
+    /// object storage; then start the netsy nodes with empty data directories.
+    Migrate {
+        /// The etcd client URL, e.g. http://127.0.0.1:2379.
+        #[arg(long)]
+        from_etcd: String,
+        /// The new cluster's file (or NETSY_CONFIG).
+        #[arg(long, env = "NETSY_CONFIG")]
+        config: PathBuf,
+    },
     /// Load-test any etcd v3 endpoint (etcd or netsy), like etcd's `benchmark` tool.
     Bench(BenchArgs),
 }
@@ -239,6 +249,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Cmd::Snapshot { command }) => archive_command(command),
+        Some(Cmd::Migrate { from_etcd, config }) => migrate(&from_etcd, &config),
         Some(Cmd::Bench(args)) => bench(args),
         None => {
             eprintln!("nothing to do: try `netsy serve --config FILE` or `netsy --help`");
@@ -462,6 +473,43 @@ fn archive_command(command: SnapshotCmd) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn migrate(url: &str, config_path: &std::path::Path) -> ExitCode {
+    let config = match Config::load_cluster(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let store = netsy::archive::build(&config.storage).map_err(|e| e.to_string())?;
+        let channel = netsy::migrate::connect(url).await.map_err(|e| e.to_string())?;
+        netsy::migrate::from_etcd(channel, &store, &config.cluster_id, &std::env::temp_dir())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(r) => {
+            println!(
+                "migrated {} keys and {} leases at revision {} into cluster {} (epoch {}); start its nodes with empty data directories",
+                r.keys, r.leases, r.revision, config.cluster_id, r.epoch
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migrate failed: {e}");
             ExitCode::FAILURE
         }
     }

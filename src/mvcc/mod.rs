@@ -7,6 +7,7 @@
 
 mod hash;
 mod history;
+pub mod import;
 mod read;
 mod schema;
 mod store;
