@@ -174,7 +174,7 @@ async fn copy_keys(kv: &mut KvClient<Channel>, db: &Path, revision: i64, leases:
         }
         crate::mvcc::import::keys(&mut conn, &kvs, revision)?;
         copied += kvs.len() as u64;
-        if copied % (100 * PAGE as u64) == 0 {
+        if copied.is_multiple_of(100 * PAGE as u64) {
             tracing::info!(keys = copied, "migrate: progress");
         }
         match kvs.last() {
