@@ -260,10 +260,10 @@ fn main() -> ExitCode {
 
 fn bench(args: BenchArgs) -> ExitCode {
     use netsy::bench::{KeyOrder, Options, Workload};
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -378,41 +378,45 @@ fn bench(args: BenchArgs) -> ExitCode {
     }
 }
 
+/// A multi-threaded runtime for a command, or the error to print.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Prints a command's output, or its error, and turns that into the exit code.
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `netsy snapshot list | inspect | restore --config | export`.
 fn archive_command(command: SnapshotCmd) -> ExitCode {
+    report(run_archive_command(command))
+}
+
+fn run_archive_command(command: SnapshotCmd) -> Result<String, String> {
     use netsy::archive::admin;
     let config_path = match &command {
         SnapshotCmd::List { config, .. } => Some(config.clone()),
         SnapshotCmd::Inspect { point, .. } | SnapshotCmd::Restore { point, .. } | SnapshotCmd::Export { point, .. } => point.config.clone(),
     };
-    let Some(config_path) = config_path else {
-        eprintln!("give a snapshot FILE, or --config FILE (or NETSY_CONFIG) to work on the archive");
-        return ExitCode::FAILURE;
-    };
-    let config = match Config::load_cluster(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let store = match netsy::archive::build(&config.storage) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let config_path = config_path.ok_or("give a snapshot FILE, or --config FILE (or NETSY_CONFIG) to work on the archive")?;
+    let config = Config::load_cluster(&config_path).map_err(|e| e.to_string())?;
+    let store = netsy::archive::build(&config.storage).map_err(|e| e.to_string())?;
     let scratch = std::env::temp_dir();
     let cluster = config.cluster_id.clone();
-    let result: Result<String, admin::AdminError> = runtime.block_on(async {
+    let result: Result<String, admin::AdminError> = runtime()?.block_on(async {
         let store = store.as_ref();
         match command {
             SnapshotCmd::List { json, .. } => {
@@ -466,53 +470,25 @@ fn archive_command(command: SnapshotCmd) -> ExitCode {
             }
         }
     });
-    match result {
-        Ok(out) => {
-            println!("{}", out.trim_end());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    result.map_err(|e| e.to_string())
 }
 
+/// `netsy migrate --from-etcd URL --config FILE`.
 fn migrate(url: &str, config_path: &std::path::Path) -> ExitCode {
-    let config = match Config::load_cluster(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let store = netsy::archive::build(&config.storage).map_err(|e| e.to_string())?;
-        let channel = netsy::migrate::connect(url).await.map_err(|e| e.to_string())?;
-        netsy::migrate::from_etcd(channel, &store, &config.cluster_id, &std::env::temp_dir())
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(r) => {
-            println!(
-                "migrated {} keys and {} leases at revision {} into cluster {} (epoch {}); start its nodes with empty data directories",
-                r.keys, r.leases, r.revision, config.cluster_id, r.epoch
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("migrate failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    report((|| {
+        let config = Config::load_cluster(config_path).map_err(|e| e.to_string())?;
+        let r = runtime()?.block_on(async {
+            let store = netsy::archive::build(&config.storage).map_err(|e| e.to_string())?;
+            let channel = netsy::migrate::connect(url).await.map_err(|e| e.to_string())?;
+            netsy::migrate::from_etcd(channel, &store, &config.cluster_id, &std::env::temp_dir())
+                .await
+                .map_err(|e| format!("migrate failed: {e}"))
+        })?;
+        Ok(format!(
+            "migrated {} keys and {} leases at revision {} into cluster {} (epoch {}); start its nodes with empty data directories",
+            r.keys, r.leases, r.revision, config.cluster_id, r.epoch
+        ))
+    })())
 }
 
 fn serve(path: PathBuf) -> ExitCode {
@@ -523,10 +499,10 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };

@@ -157,3 +157,65 @@ async fn node_on_s3_restores_from_the_bucket() {
     assert_eq!(cluster["storage_class"], "STANDARD_IA", "{cluster}");
     assert_eq!(cluster["sse"], "AES256", "{cluster}");
 }
+
+/// The fencing race in its deterministic form on real S3 conditional puts: two nodes read
+/// `cluster.json` at epoch 1 and both try to open epoch 2 with that version; exactly the
+/// first wins. (moto does not make check-and-write atomic across its threads, so truly
+/// concurrent puts would test moto, not netsy.) Member registration read-modify-writes
+/// with If-Match and keeps ids stable.
+#[tokio::test]
+async fn s3_stale_writers_lose_the_epoch_race() {
+    use netsy::archive::manifest::{self, ClusterManifest};
+    let moto = Moto::start();
+    moto.create_bucket("netsy-race");
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let store = netsy::archive::build(&StorageConfig {
+        provider: "s3".into(),
+        bucket_name: "netsy-race".into(),
+        key_prefix: String::new(),
+        path: None,
+        region: Some("us-east-1".into()),
+        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
+        force_path_style: true,
+        storage_class: None,
+        sse: None,
+        sse_kms_key_id: None,
+    })
+    .unwrap();
+
+    let a = manifest::register_member(store.as_ref(), "race", "netsy-0", None).await.unwrap();
+    let b = manifest::register_member(store.as_ref(), "race", "netsy-1", None).await.unwrap();
+    assert_eq!((a.raft_id, b.raft_id), (1, 2));
+    let a2 = manifest::register_member(store.as_ref(), "race", "netsy-0", None).await.unwrap();
+    assert_eq!((a2.member_id, a2.raft_id), (a.member_id, 3), "new incarnation, same member");
+
+    let path = Path::from(manifest::CLUSTER);
+    assert!(manifest::write(store.as_ref(), &path, &ClusterManifest::new("race", 1), None)
+        .await
+        .unwrap());
+    assert!(
+        !manifest::write(store.as_ref(), &path, &ClusterManifest::new("race", 1), None)
+            .await
+            .unwrap(),
+        "create-only"
+    );
+    let seen_by_first = manifest::read_cluster(store.as_ref(), "race").await.unwrap().unwrap();
+    let seen_by_second = manifest::read_cluster(store.as_ref(), "race").await.unwrap().unwrap();
+    let first = ClusterManifest::new("race", 2);
+    assert!(manifest::write(store.as_ref(), &path, &first, Some(&seen_by_first.version))
+        .await
+        .unwrap());
+    assert!(
+        !manifest::write(
+            store.as_ref(),
+            &path,
+            &ClusterManifest::new("race", 2),
+            Some(&seen_by_second.version)
+        )
+        .await
+        .unwrap(),
+        "the second node's version is stale"
+    );
+    assert_eq!(manifest::read_cluster(store.as_ref(), "race").await.unwrap().unwrap().value, first);
+}

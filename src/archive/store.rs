@@ -46,6 +46,7 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
         retry_timeout: Duration::from_secs(120),
         ..Default::default()
     };
+    let mut cas_lock = None;
     let inner: Arc<dyn ObjectStore> = match cfg.provider.as_str() {
         "s3" => {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
@@ -83,17 +84,20 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
             let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| err(&e))?
                 .with_fsync(true);
-            Arc::new(LocalCasStore::new(Arc::new(local), &dir))
+            cas_lock = Some(dir.join(".netsy-cas.lock"));
+            Arc::new(local)
         }
         "memory" => Arc::new(object_store::memory::InMemory::new()),
         other => return Err(err(&format!("unknown provider {other:?}"))),
     };
-    let inner: Arc<dyn ObjectStore> = match &cfg.storage_class {
-        Some(class) => Arc::new(StorageClassStore {
+    let inner: Arc<dyn ObjectStore> = if cfg.storage_class.is_some() || cas_lock.is_some() {
+        Arc::new(WritePolicyStore {
             inner,
-            class: class.clone(),
-        }),
-        None => inner,
+            storage_class: cfg.storage_class.clone(),
+            cas_lock,
+        })
+    } else {
+        inner
     };
     let prefixed: Arc<dyn ObjectStore> = if cfg.key_prefix.is_empty() {
         inner
@@ -233,80 +237,21 @@ impl ObjectStore for MeteredStore {
     }
 }
 
-/// Sets the configured storage class on every object written.
+/// How writes are adjusted on the way to the backend: the configured storage class on
+/// every object, and, for the local directory backend, `PutMode::Update`, which
+/// `LocalFileSystem` lacks: compare-and-swap of the e-tag (inode, mtime and size, which
+/// every replacing write changes) under an exclusive `flock` on `.netsy-cas.lock` in the
+/// directory, so processes sharing the directory on one host cannot both win.
 #[derive(Debug)]
-struct StorageClassStore {
+struct WritePolicyStore {
     inner: Arc<dyn ObjectStore>,
-    class: String,
+    storage_class: Option<String>,
+    /// `Some(lock file)`: emulate `PutMode::Update` (local directory backend).
+    cas_lock: Option<std::path::PathBuf>,
 }
 
-impl fmt::Display for StorageClassStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StorageClass({}, {})", self.class, self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for StorageClassStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> object_store::Result<PutResult> {
-        opts.attributes.insert(Attribute::StorageClass, self.class.clone().into());
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(&self, location: &Path, mut opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
-        opts.attributes.insert(Attribute::StorageClass, self.class.clone().into());
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
-        self.inner.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
-/// The local directory backend with `PutMode::Update`, which `LocalFileSystem` lacks:
-/// compare-and-swap under an exclusive `flock` on `.netsy-cas.lock` in the directory, so
-/// processes sharing the directory on one host cannot both win. The version compared is
-/// the e-tag (inode, mtime and size of the file), which every replacing write changes.
-#[derive(Debug)]
-struct LocalCasStore {
-    inner: Arc<dyn ObjectStore>,
-    lock_path: std::path::PathBuf,
-}
-
-impl LocalCasStore {
-    fn new(inner: Arc<dyn ObjectStore>, dir: &std::path::Path) -> Self {
-        LocalCasStore {
-            inner,
-            lock_path: dir.join(".netsy-cas.lock"),
-        }
-    }
-
-    async fn lock(&self) -> object_store::Result<std::fs::File> {
-        let path = self.lock_path.clone();
+impl WritePolicyStore {
+    async fn lock(path: std::path::PathBuf) -> object_store::Result<std::fs::File> {
         let generic = |e: std::io::Error| object_store::Error::Generic {
             store: "LocalCas",
             source: Box::new(e),
@@ -320,21 +265,19 @@ impl LocalCasStore {
         .map_err(|e| generic(std::io::Error::other(e)))?
         .map_err(generic)
     }
-}
 
-impl fmt::Display for LocalCasStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LocalCas({})", self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for LocalCasStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> object_store::Result<PutResult> {
+    /// `PutMode::Update` as compare-and-swap under the lock file.
+    async fn compare_and_swap(
+        &self,
+        lock: std::path::PathBuf,
+        location: &Path,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         let PutMode::Update(expected) = &opts.mode else {
             return self.inner.put_opts(location, payload, opts).await;
         };
-        let _guard = self.lock().await?;
+        let _guard = Self::lock(lock).await?;
         let current = match self.inner.head(location).await {
             Ok(meta) => meta,
             Err(object_store::Error::NotFound { path, source }) => {
@@ -351,8 +294,30 @@ impl ObjectStore for LocalCasStore {
         opts.mode = PutMode::Overwrite;
         self.inner.put_opts(location, payload, opts).await
     }
+}
 
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+impl fmt::Display for WritePolicyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WritePolicy({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for WritePolicyStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> object_store::Result<PutResult> {
+        if let Some(class) = &self.storage_class {
+            opts.attributes.insert(Attribute::StorageClass, class.clone().into());
+        }
+        match &self.cas_lock {
+            Some(lock) => self.compare_and_swap(lock.clone(), location, payload, opts).await,
+            None => self.inner.put_opts(location, payload, opts).await,
+        }
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, mut opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+        if let Some(class) = &self.storage_class {
+            opts.attributes.insert(Attribute::StorageClass, class.clone().into());
+        }
         self.inner.put_multipart_opts(location, opts).await
     }
 
