@@ -39,6 +39,27 @@ impl Moto {
         s.read_to_string(&mut out).unwrap();
         assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
     }
+
+    /// A fresh bucket and an object store on it, with static test credentials through
+    /// the standard AWS environment chain.
+    fn store(&self, bucket: &str, key_prefix: &str) -> std::sync::Arc<dyn object_store::ObjectStore> {
+        self.create_bucket(bucket);
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        netsy::archive::build(&StorageConfig {
+            provider: "s3".into(),
+            bucket_name: bucket.into(),
+            key_prefix: key_prefix.into(),
+            path: None,
+            region: Some("us-east-1".into()),
+            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            force_path_style: true,
+            storage_class: None,
+            sse: None,
+            sse_kms_key_id: None,
+        })
+        .unwrap()
+    }
 }
 
 impl Drop for Moto {
@@ -51,23 +72,7 @@ impl Drop for Moto {
 #[tokio::test]
 async fn s3_conditional_puts_fence_writers() {
     let moto = Moto::start();
-    moto.create_bucket("netsy-test");
-    // Static test credentials through the standard AWS environment chain.
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let store = netsy::archive::build(&StorageConfig {
-        provider: "s3".into(),
-        bucket_name: "netsy-test".into(),
-        key_prefix: "clusters/prod".into(),
-        path: None,
-        region: Some("us-east-1".into()),
-        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
-        force_path_style: true,
-        storage_class: None,
-        sse: None,
-        sse_kms_key_id: None,
-    })
-    .unwrap();
+    let store = moto.store("netsy-test", "clusters/prod");
 
     let seg = Path::from("epochs/1/wal/00000000000000000001-00000000000000000010.seg");
     store.put_opts(&seg, "frames".into(), PutMode::Create.into()).await.unwrap();
@@ -167,22 +172,7 @@ async fn node_on_s3_restores_from_the_bucket() {
 async fn s3_stale_writers_lose_the_epoch_race() {
     use netsy::archive::manifest::{self, ClusterManifest};
     let moto = Moto::start();
-    moto.create_bucket("netsy-race");
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let store = netsy::archive::build(&StorageConfig {
-        provider: "s3".into(),
-        bucket_name: "netsy-race".into(),
-        key_prefix: String::new(),
-        path: None,
-        region: Some("us-east-1".into()),
-        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
-        force_path_style: true,
-        storage_class: None,
-        sse: None,
-        sse_kms_key_id: None,
-    })
-    .unwrap();
+    let store = moto.store("netsy-race", "");
 
     let a = manifest::register_member(store.as_ref(), "race", "netsy-0", None).await.unwrap();
     let b = manifest::register_member(store.as_ref(), "race", "netsy-1", None).await.unwrap();
