@@ -18,7 +18,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 
 use super::manifest::{self, ClusterManifest, ManifestError, Member, NodeRecord, Versioned};
@@ -78,14 +77,7 @@ pub async fn prepare(
             match &found {
                 None => {
                     tracing::warn!(epoch, "object storage has no cluster.json; registering this data directory's epoch");
-                    if !manifest::write(
-                        store.as_ref(),
-                        &ObjectPath::from(manifest::CLUSTER),
-                        &ClusterManifest::new(cluster_id, epoch),
-                        None,
-                    )
-                    .await?
-                    {
+                    if !manifest::write_cluster(store.as_ref(), &ClusterManifest::new(cluster_id, epoch), None).await? {
                         return Err(BootstrapError::LostRace { epoch });
                     }
                 }
@@ -119,13 +111,7 @@ pub async fn prepare(
             let current = match found {
                 Some(m) => Some(m),
                 None => {
-                    let created = manifest::write(
-                        store.as_ref(),
-                        &ObjectPath::from(manifest::CLUSTER),
-                        &ClusterManifest::new(cluster_id, 1),
-                        None,
-                    )
-                    .await?;
+                    let created = manifest::write_cluster(store.as_ref(), &ClusterManifest::new(cluster_id, 1), None).await?;
                     if created {
                         tracing::info!(cluster_id, "new cluster: created cluster.json at epoch 1");
                         None
@@ -189,9 +175,8 @@ pub async fn open_epoch(
         .map_err(|e| BootstrapError::Database(e.to_string()))?;
     std::fs::create_dir_all(scratch).map_err(|e| BootstrapError::Database(format!("{}: {e}", scratch.display())))?;
     let header = snapshot::publish(store, db, cluster_id, epoch, scratch).await?;
-    let moved = manifest::write(
+    let moved = manifest::write_cluster(
         store.as_ref(),
-        &ObjectPath::from(manifest::CLUSTER),
         &ClusterManifest::new(cluster_id, epoch),
         current.map(|m| &m.version),
     )

@@ -167,6 +167,16 @@ pub async fn read_cluster(store: &dyn ObjectStore, cluster_id: &str) -> Result<O
     Ok(found)
 }
 
+/// Writes `cluster.json` if `expected` still holds (`None`: only if absent); `Ok(false)`
+/// when another node changed it first.
+pub async fn write_cluster(
+    store: &dyn ObjectStore,
+    value: &ClusterManifest,
+    expected: Option<&UpdateVersion>,
+) -> Result<bool, ManifestError> {
+    write(store, &Path::from(CLUSTER), value, expected).await
+}
+
 /// Registers this node in `members.json` and returns its member id and Raft id.
 ///
 /// `current` is what the node's data directory says (`None` for an empty directory). An

@@ -82,26 +82,15 @@ async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u6
         return Err(RestoreError::NoSnapshot { epoch, index: limit });
     }
     let mut bytes = 0u64;
+    // Without a snapshot the epoch's history starts at entry 1 on an empty store.
     let mut applied = 0u64;
-    let mut revision = 0;
-    match base {
-        Some((name, size)) => {
-            tracing::info!(object = %name.path(), bytes = size, "restore: downloading snapshot");
-            let header = snapshot::download(store, &name, dest).await?;
-            bytes += size;
-            RESTORE_BYTES.inc_by(size);
-            applied = header.index;
-            revision = header.revision;
-            tracing::info!(index = header.index, revision, "restore: snapshot in place");
-        }
-        None => {
-            // No snapshot: the epoch's history starts at entry 1 on an empty store.
-            let dest = dest.to_path_buf();
-            tokio::task::spawn_blocking(move || Store::open(&dest).map(drop))
-                .await
-                .map_err(|e| RestoreError::Target(String::new(), e.to_string()))?
-                .map_err(|e| RestoreError::Target(String::new(), e.to_string()))?;
-        }
+    if let Some((name, size)) = base {
+        tracing::info!(object = %name.path(), bytes = size, "restore: downloading snapshot");
+        let header = snapshot::download(store, &name, dest).await?;
+        bytes += size;
+        RESTORE_BYTES.inc_by(size);
+        applied = header.index;
+        tracing::info!(index = header.index, revision = header.revision, "restore: snapshot in place");
     }
     let base_label = base.map_or_else(|| format!("the start of epoch {epoch}"), |(n, _)| n.path().to_string());
 
@@ -189,10 +178,7 @@ async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u6
             );
         }
     }
-    if entries > 0 || base.is_some() {
-        revision = db.revision();
-    }
-    let mut db = db;
+    let revision = db.revision();
     tokio::task::spawn_blocking(move || db.checkpoint())
         .await
         .map_err(|e| RestoreError::Target(String::new(), e.to_string()))?

@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode};
 use openraft::RaftLogReader;
 use tokio::sync::watch;
@@ -29,6 +27,8 @@ pub enum UploadError {
     Store(#[from] object_store::Error),
     #[error(transparent)]
     Segment(#[from] segment::SegmentError),
+    #[error(transparent)]
+    Snapshot(#[from] super::snapshot::SnapshotError),
     #[error("raft log: {0}")]
     Log(String),
     #[error("{0} already exists with different content (another leader wrote this range)")]
@@ -67,14 +67,7 @@ pub async fn put_segment(store: &dyn ObjectStore, name: &SegmentName, bytes: Vec
 /// snapshot (0 when there is neither).
 pub async fn stored_watermark(store: &dyn ObjectStore, epoch: u64) -> Result<u64, UploadError> {
     let segments = segment::list(store, epoch).await?.last().map_or(0, |(n, _)| n.last);
-    let prefix = Path::from(format!("epochs/{epoch}/snapshots"));
-    let mut listing = store.list(Some(&prefix));
-    let mut snapshot = 0;
-    while let Some(meta) = listing.next().await {
-        if let Some(name) = super::snapshot::SnapshotName::parse(&meta?.location) {
-            snapshot = snapshot.max(name.index);
-        }
-    }
+    let snapshot = super::snapshot::list(store, epoch).await?.last().map_or(0, |(n, _)| n.index);
     Ok(segments.max(snapshot))
 }
 
