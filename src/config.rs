@@ -175,6 +175,110 @@ impl ArchiveSettings {
     }
 }
 
+/// TLS settings shared by the cluster (the files themselves are per node: `NETSY_TLS_*`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// "1.3" (default) or "1.2" to also accept TLS 1.2 clients.
+    pub min_version: String,
+    /// Serve the health/metrics port over TLS too (server authentication only; probes
+    /// then need `scheme: HTTPS`).
+    pub health: bool,
+    /// How often the certificate files are checked for rotation.
+    pub reload_interval: String,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            min_version: "1.3".into(),
+            health: false,
+            reload_interval: "5s".into(),
+        }
+    }
+}
+
+/// The validated TLS settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPolicy {
+    pub allow_tls12: bool,
+    pub health: bool,
+    pub reload_interval: Duration,
+}
+
+/// This node's certificate files (`NETSY_TLS_*`, as the cert-manager CSI driver mounts
+/// them): all five, or none for plaintext on loopback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub const TLS_ENV: [&str; 5] = [
+    "NETSY_TLS_CA_CERT",
+    "NETSY_TLS_SERVER_CERT",
+    "NETSY_TLS_SERVER_KEY",
+    "NETSY_TLS_CLIENT_CERT",
+    "NETSY_TLS_CLIENT_KEY",
+];
+
+fn resolve_tls(settings: &TlsSettings, env: EnvFn) -> Result<(Option<TlsFiles>, TlsPolicy), ConfigError> {
+    let allow_tls12 = match settings.min_version.as_str() {
+        "1.3" => false,
+        "1.2" => true,
+        other => {
+            return Err(invalid(
+                "tls.min_version",
+                format!("{other:?} must be \"1.3\" (default) or \"1.2\""),
+            ))
+        }
+    };
+    let reload_interval = match parse_duration(&settings.reload_interval) {
+        Some(d) if d >= Duration::from_millis(100) => d,
+        _ => {
+            return Err(invalid(
+                "tls.reload_interval",
+                format!("{:?} must be a duration of at least 100ms such as \"5s\"", settings.reload_interval),
+            ))
+        }
+    };
+    let values: Vec<Option<String>> = TLS_ENV.iter().map(|k| env(k)).collect();
+    let files = if values.iter().all(Option::is_none) {
+        None
+    } else if let Some(missing) = TLS_ENV.iter().zip(&values).find(|(_, v)| v.is_none()).map(|(k, _)| *k) {
+        return Err(invalid(
+            missing,
+            format!("is not set, but other NETSY_TLS_* variables are; set all of {}", TLS_ENV.join(", ")),
+        ));
+    } else {
+        let path = |i: usize| PathBuf::from(values[i].clone().unwrap_or_default());
+        Some(TlsFiles {
+            ca_cert: path(0),
+            server_cert: path(1),
+            server_key: path(2),
+            client_cert: path(3),
+            client_key: path(4),
+        })
+    };
+    if settings.health && files.is_none() {
+        return Err(invalid(
+            "tls.health",
+            "is true but no certificates are configured; set the NETSY_TLS_* variables or remove it",
+        ));
+    }
+    Ok((
+        files,
+        TlsPolicy {
+            allow_tls12,
+            health: settings.health,
+            reload_interval,
+        },
+    ))
+}
+
 /// Watch tuning (etcd's `--watch-progress-notify-interval`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -243,6 +347,8 @@ pub struct ClusterFile {
     pub watch: WatchSettings,
     #[serde(default)]
     pub archive: ArchiveSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
     /// Serve plaintext on non-loopback addresses when no TLS is configured.
     #[serde(default)]
     pub allow_insecure: bool,
@@ -265,6 +371,9 @@ pub struct Config {
     pub auto_compaction: Option<AutoCompactionPolicy>,
     pub watch_progress_notify_interval: Duration,
     pub archive: ArchivePolicy,
+    /// This node's certificates; `None` serves plaintext (loopback or `allow_insecure`).
+    pub tls: Option<TlsFiles>,
+    pub tls_policy: TlsPolicy,
     pub allow_insecure: bool,
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -327,6 +436,8 @@ impl Config {
         };
         let watch_progress_notify_interval = parse_progress_interval(&file.watch.progress_notify_interval)?;
         let archive = file.archive.resolve()?;
+        let (tls, tls_policy) = resolve_tls(&file.tls, env)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
 
         let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
             env(var).or_else(|| file_value.clone()).unwrap_or_else(|| default.to_string())
@@ -360,13 +471,13 @@ impl Config {
         )?;
         let advertise_client = env("NETSY_ADVERTISE_CLIENT")
             .or_else(|| n.advertise_client.clone())
-            .unwrap_or_else(|| format!("http://{}", advertise_of(bind_client)));
+            .unwrap_or_else(|| format!("{scheme}://{}", advertise_of(bind_client)));
         let advertise_peer = env("NETSY_ADVERTISE_PEER")
             .or_else(|| n.advertise_peer.clone())
-            .unwrap_or_else(|| format!("http://{}", advertise_of(bind_peer)));
+            .unwrap_or_else(|| format!("{scheme}://{}", advertise_of(bind_peer)));
 
-        // TLS arrives with the mTLS issue; until configured, plaintext is loopback-only.
-        if !file.allow_insecure {
+        // Without certificates, plaintext is loopback-only unless explicitly allowed.
+        if tls.is_none() && !file.allow_insecure {
             for (key, addr) in [
                 ("NETSY_BIND_CLIENT (node.bind_client)", bind_client),
                 ("NETSY_BIND_PEER (node.bind_peer)", bind_peer),
@@ -374,7 +485,7 @@ impl Config {
                 if !addr.ip().is_loopback() {
                     return Err(invalid(
                         key,
-                        format!("{addr} is not a loopback address and no TLS is configured; bind to 127.0.0.1 or set `allow_insecure: true` in the cluster file"),
+                        format!("{addr} is not a loopback address and no TLS is configured; set the NETSY_TLS_* certificate variables, bind to 127.0.0.1, or set `allow_insecure: true` in the cluster file"),
                     ));
                 }
             }
@@ -389,6 +500,8 @@ impl Config {
             auto_compaction,
             watch_progress_notify_interval,
             archive,
+            tls,
+            tls_policy,
             allow_insecure: file.allow_insecure,
             node_id,
             data_dir,
@@ -411,13 +524,7 @@ fn advertise_of(addr: SocketAddr) -> String {
 
 /// Lowercase alphanumerics and single hyphens, at most 32 characters (Netsy's rule).
 fn validate_name(key: &str, value: &str) -> Result<(), ConfigError> {
-    let ok = !value.is_empty()
-        && value.len() <= 32
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-')
-        && !value.contains("--");
-    if ok {
+    if crate::tls::identity::is_identifier(value) {
         Ok(())
     } else {
         Err(invalid(key, format!("{value:?} must be 1-32 lowercase letters, digits and single hyphens, not starting or ending with a hyphen (e.g. \"prod-1\")")))

@@ -1,6 +1,6 @@
 //! netsy: an etcd-compatible, Raft-replicated key-value store for Kubernetes control planes.
 //!
-//! Data flow: `api` (etcd gRPC services) → `raft` (openraft log, one write path) →
+//! Data flow: `tls` (authenticated connections) → `api` (etcd gRPC services) → `raft` (openraft log, one write path) →
 //! `mvcc` (SQLite state machine, applied in order) → commit stream (watchers) → archive.
 
 pub mod api;
@@ -12,10 +12,12 @@ pub mod lease;
 pub mod metrics;
 pub mod migrate;
 pub mod mvcc;
+pub mod peer;
 pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod watch;
 
 /// The etcd server version netsy reports unless the config overrides it. It must parse as

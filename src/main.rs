@@ -48,6 +48,37 @@ enum Cmd {
     },
     /// Load-test any etcd v3 endpoint (etcd or netsy), like etcd's `benchmark` tool.
     Bench(BenchArgs),
+    /// Certificates for local clusters and tests.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// A CA plus per-node server/peer and client certificates, named as the Helm chart
+    /// mounts them: DIR/ca.crt, DIR/<node>/{server,peer}.{crt,key},
+    /// DIR/clients/<name>.{crt,key}. An existing DIR/ca.crt + ca.key is reused.
+    Dev {
+        #[arg(long)]
+        cluster_id: String,
+        /// Node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "netsy-0")]
+        nodes: Vec<String>,
+        /// Client names, comma-separated (identity netsy://CLUSTER/client/NAME).
+        #[arg(long, value_delimiter = ',', default_value = "etcdctl")]
+        clients: Vec<String>,
+        /// Extra DNS names or IPs for every server certificate (localhost, the node id,
+        /// 127.0.0.1 and ::1 are always included).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Validity of the leaf certificates, in days.
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -219,7 +250,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     if let Some(path) = cli.validate {
-        return match Config::load(&path, &process_env) {
+        let checked = Config::load(&path, &process_env)
+            .map_err(|e| e.to_string())
+            .and_then(|c| netsy::tls::Tls::from_config(&c).map_err(|e| format!("TLS: {e}")));
+        return match checked {
             Ok(_) => {
                 println!("{}: valid", path.display());
                 ExitCode::SUCCESS
@@ -232,6 +266,28 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Cmd::Serve { config }) => serve(config),
+        Some(Cmd::Certs {
+            command:
+                CertsCmd::Dev {
+                    cluster_id,
+                    nodes,
+                    clients,
+                    hosts,
+                    days,
+                    out,
+                },
+        }) => report(
+            netsy::tls::dev::write_dev_certs(&netsy::tls::dev::DevCerts {
+                cluster_id,
+                nodes,
+                clients,
+                hosts,
+                days,
+                out: out.clone(),
+            })
+            .map(|written| format!("wrote {} files under {}", written.len(), out.display()))
+            .map_err(|e| e.to_string()),
+        ),
         Some(Cmd::Snapshot {
             command: SnapshotCmd::Restore {
                 file: Some(file),
@@ -509,7 +565,17 @@ fn serve(path: PathBuf) -> ExitCode {
     runtime.block_on(async move {
         // Answer health probes (alive, not ready) while starting, which includes any
         // restore from object storage; the full endpoint replaces this one afterwards.
-        let starting = match tokio::net::TcpListener::bind(config.bind_health).await {
+        let health_tls = match netsy::tls::Tls::from_config(&config) {
+            Ok(tls) => tls.filter(|_| config.tls_policy.health),
+            Err(e) => {
+                eprintln!("netsy failed to start: TLS: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let starting = match tokio::net::TcpListener::bind(config.bind_health)
+            .await
+            .and_then(|l| netsy::tls::listen::Incoming::new(l, health_tls, netsy::tls::Listener::Health))
+        {
             Ok(listener) => {
                 let stop = tokio_util::sync::CancellationToken::new();
                 let stopped = stop.clone();

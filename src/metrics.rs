@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
@@ -16,6 +16,50 @@ fn counter(name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     let _ = REGISTRY.register(Box::new(c.clone()));
     c
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
+}
+
+pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "netsy_tls_handshake_failures_total",
+        "TLS handshakes refused, by listener and reason (no_certificate, expired, unknown_ca, wrong_cluster, wrong_role, ...).",
+        &["listener", "reason"],
+    )
+});
+pub static TLS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "netsy_tls_reloads_total",
+        "Reloads of rotated certificate files, by result (ok, error).",
+        &["result"],
+    )
+});
+pub static TLS_CERT_NOT_AFTER: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "netsy_tls_certificate_not_after_seconds",
+        "Expiry (Unix seconds) of this node's certificates in use, by certificate (server, client).",
+        &["certificate"],
+    )
+});
+
+/// Records the expiry of the certificates now in use.
+pub fn set_tls_expiry(material: &crate::tls::material::Material) {
+    TLS_CERT_NOT_AFTER
+        .with_label_values(&["server"])
+        .set(material.server_info.not_after);
+    TLS_CERT_NOT_AFTER
+        .with_label_values(&["client"])
+        .set(material.client_info.not_after);
 }
 
 pub static DB_TOTAL_SIZE: LazyLock<IntGauge> = LazyLock::new(|| {

@@ -11,3 +11,7 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+/// netsy's node-to-node services (`proto/netsy/peer.proto`).
+pub mod peer {
+    tonic::include_proto!("netsy.peer.v1");
+}

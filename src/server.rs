@@ -35,6 +35,8 @@ pub enum StartError {
     Raft(String),
     #[error("object storage: {0}")]
     Archive(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -88,6 +90,8 @@ pub struct Node {
     log: raft::log_store::LogStore,
     /// `quorum` durability: set while the upload backlog exceeds `max_backlog_bytes`.
     pub backlog_full: AtomicBool,
+    /// This node's certificates; `None` serves plaintext.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     _lock: File,
 }
 
@@ -177,6 +181,8 @@ impl Node {
 
     /// `start` over a given object store (tests wrap one in `FaultyStore`).
     pub async fn start_with_store(config: Config, objects: Arc<dyn ObjectStore>) -> Result<Arc<Node>, StartError> {
+        // Wrong certificates fail the start before any slow work (such as a restore).
+        let tls = crate::tls::Tls::from_config(&config)?;
         let dir = config.data_dir.clone();
         let lock = prepare_data_dir(&dir)?;
         let local = local_state(&dir, load_identity(&dir)?.as_ref())?;
@@ -265,6 +271,7 @@ impl Node {
             archived,
             log: log_reader,
             backlog_full: AtomicBool::new(false),
+            tls,
             _lock: lock,
         });
         node.refresh_db_size();
@@ -443,30 +450,26 @@ impl Node {
 /// Serves until `shutdown` resolves: the etcd gRPC API, the health/metrics endpoint and
 /// the background tasks (database size, auto-compaction).
 pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    use crate::tls::{listen, Listener};
     let cfg = &node.config;
-    let client = tokio::net::TcpListener::bind(cfg.bind_client)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "NETSY_BIND_CLIENT",
-            addr: cfg.bind_client,
-            source,
-        })?;
-    let health = tokio::net::TcpListener::bind(cfg.bind_health)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "NETSY_BIND_HEALTH",
-            addr: cfg.bind_health,
-            source,
-        })?;
+    let bind = |key: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { key, addr, source })
+    };
+    let client = bind("NETSY_BIND_CLIENT", cfg.bind_client).await?;
+    let peer = bind("NETSY_BIND_PEER", cfg.bind_peer).await?;
+    let health = bind("NETSY_BIND_HEALTH", cfg.bind_health).await?;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
     let grpc_stop = stop.clone();
     let grpc = crate::api::router(node.clone());
-    // TCP_NODELAY: without it a small response can wait for the client's delayed ACK.
-    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(client), |conn| {
-        conn.and_then(|c| c.set_nodelay(true).map(|_| c))
-    });
+    let incoming = listen::Incoming::new(client, node.tls.clone(), Listener::Client).map_err(|source| StartError::Bind {
+        key: "NETSY_BIND_CLIENT",
+        addr: cfg.bind_client,
+        source,
+    })?;
     tasks.spawn(async move {
         if let Err(e) = grpc
             .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await })
@@ -476,8 +479,30 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
         }
     });
 
+    let peer_stop = stop.clone();
+    let peer_grpc = crate::peer::router(node.clone());
+    let incoming = listen::Incoming::new(peer, node.tls.clone(), Listener::Peer).map_err(|source| StartError::Bind {
+        key: "NETSY_BIND_PEER",
+        addr: cfg.bind_peer,
+        source,
+    })?;
+    tasks.spawn(async move {
+        if let Err(e) = peer_grpc
+            .serve_with_incoming_shutdown(incoming, async move { peer_stop.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "peer gRPC server failed");
+        }
+    });
+
     let http_stop = stop.clone();
     let app = crate::http::router(node.clone());
+    let health_tls = node.tls.clone().filter(|_| cfg.tls_policy.health);
+    let health = listen::Incoming::new(health, health_tls, Listener::Health).map_err(|source| StartError::Bind {
+        key: "NETSY_BIND_HEALTH",
+        addr: cfg.bind_health,
+        source,
+    })?;
     tasks.spawn(async move {
         if let Err(e) = axum::serve(health, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
@@ -486,6 +511,16 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
             tracing::error!(error = %e, "health server failed");
         }
     });
+
+    if let Some(tls) = node.tls.clone() {
+        let tls_stop = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = tls.watch() => {}
+                _ = tls_stop.cancelled() => {}
+            }
+        });
+    }
 
     let lease_stop = stop.clone();
     let lease_node = node.clone();
@@ -527,7 +562,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
         }
     });
 
-    tracing::info!(client = %cfg.bind_client, health = %cfg.bind_health, member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
+    tracing::info!(client = %cfg.bind_client, peer = %cfg.bind_peer, health = %cfg.bind_health, tls = node.tls.is_some(), member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
     shutdown.await;
     tracing::info!("shutting down");
     node.flush_archive(Duration::from_secs(10)).await;

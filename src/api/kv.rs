@@ -120,7 +120,9 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let caller = crate::tls::ConnInfo::describe(&request);
         let req = request.into_inner();
+        tracing::debug!(%caller, revision = req.revision, "compaction requested");
         match self.node.propose(Command::Compact(req)).await? {
             CommandResult::Compact(mut resp) => {
                 self.node.fill_header(&mut resp.header);

@@ -18,6 +18,7 @@ use crate::proto::etcdserverpb::{
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::server::Node;
+use crate::tls::ConnInfo;
 
 /// Snapshot stream chunk size (etcd uses 32 KiB).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
@@ -43,6 +44,7 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let caller = ConnInfo::describe(&request);
         let req = request.into_inner();
         let alarms = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => {
@@ -56,6 +58,7 @@ impl Maintenance for MaintenanceService {
                 all
             }
             Ok(action) => {
+                tracing::info!(%caller, action = action.as_str_name(), member_id = req.member_id, alarm = req.alarm, "alarm change requested");
                 let alarm = AlarmMember {
                     member_id: req.member_id,
                     alarm: req.alarm,
@@ -107,9 +110,9 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         let store = self.node.store.clone();
-        tracing::info!("defragment started");
+        tracing::info!(caller = %ConnInfo::describe(&request), "defragment started");
         tokio::task::spawn_blocking(move || {
             store
                 .lock()
@@ -149,7 +152,8 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     /// Streams a consistent copy of the database followed by its SHA-256 (as etcd does).
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        tracing::info!(caller = %ConnInfo::describe(&request), "snapshot requested");
         let node = self.node.clone();
         let tmp_dir = node.config.data_dir.join("tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(|e| ApiError::Internal(e.to_string()))?;
