@@ -21,6 +21,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 const CLUSTER: &str = "test";
 const NODE: &str = "netsy-0";
 
+/// A certificate and its key, as files.
+type CertFiles = (PathBuf, PathBuf);
+
 /// A CA and the files issued from it, in a temp dir.
 struct Pki {
     dir: tempfile::TempDir,
@@ -40,11 +43,11 @@ impl Pki {
     }
 
     /// Issues `spec` as `<stem>.crt` / `<stem>.key`.
-    fn issue(&self, stem: &str, spec: &LeafSpec) -> (PathBuf, PathBuf) {
+    fn issue(&self, stem: &str, spec: &LeafSpec) -> CertFiles {
         self.issue_by(&self.ca, stem, spec)
     }
 
-    fn issue_by(&self, ca: &Ca, stem: &str, spec: &LeafSpec) -> (PathBuf, PathBuf) {
+    fn issue_by(&self, ca: &Ca, stem: &str, spec: &LeafSpec) -> CertFiles {
         let leaf = ca.issue(spec).expect("issue");
         let (crt, key) = (self.path(&format!("{stem}.crt")), self.path(&format!("{stem}.key")));
         std::fs::write(&crt, leaf.cert_pem).expect("write crt");
@@ -52,7 +55,7 @@ impl Pki {
         (crt, key)
     }
 
-    fn client(&self, name: &str) -> (PathBuf, PathBuf) {
+    fn client(&self, name: &str) -> CertFiles {
         self.issue(name, &LeafSpec::identity(CLUSTER, Role::Client, name, false, 1))
     }
 
@@ -88,7 +91,7 @@ fn start_tls(pki: &Pki, extra: &str) -> Netsy {
 }
 
 /// etcdctl over TLS with `cert`/`key` (none: no client certificate).
-fn etcdctl_tls(n: &Netsy, pki: &Pki, cert: Option<&(PathBuf, PathBuf)>, args: &[&str]) -> (bool, String, String) {
+fn etcdctl_tls(n: &Netsy, pki: &Pki, cert: Option<&CertFiles>, args: &[&str]) -> (bool, String, String) {
     let mut all = vec![
         format!("--cacert={}", pki.path("ca.crt").display()),
         "--dial-timeout=3s".to_string(),
@@ -104,7 +107,9 @@ fn etcdctl_tls(n: &Netsy, pki: &Pki, cert: Option<&(PathBuf, PathBuf)>, args: &[
 }
 
 fn handshake_failures(n: &Netsy, listener: &str, reason: &str) -> f64 {
-    n.metric(&format!("netsy_tls_handshake_failures_total{{listener=\"{listener}\",reason=\"{reason}\"}}"))
+    n.metric(&format!(
+        "netsy_tls_handshake_failures_total{{listener=\"{listener}\",reason=\"{reason}\"}}"
+    ))
 }
 
 fn client_config(ca_pem: &[u8], cert: &Path, key: &Path) -> Arc<rustls::ClientConfig> {
@@ -129,7 +134,7 @@ fn client_config(ca_pem: &[u8], cert: &Path, key: &Path) -> Arc<rustls::ClientCo
 }
 
 /// A TLS 1.3 gRPC channel to `port` presenting `cert`.
-async fn channel(port: u16, ca_pem: Vec<u8>, cert: &(PathBuf, PathBuf)) -> Result<tonic::transport::Channel, String> {
+async fn channel(port: u16, ca_pem: Vec<u8>, cert: &CertFiles) -> Result<tonic::transport::Channel, String> {
     let config = client_config(&ca_pem, &cert.0, &cert.1);
     netsy::tls::connect::tls_channel(&format!("127.0.0.1:{port}"), Duration::from_secs(5), move || Ok(config.clone()))
         .await
@@ -164,12 +169,16 @@ fn etcdctl_with_a_client_certificate_is_served_and_every_wrong_identity_is_refus
     expired_spec.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     let expired = pki.issue("expired", &expired_spec);
     let rogue_ca = Ca::new("rogue-ca").expect("ca");
-    let untrusted = pki.issue_by(&rogue_ca, "untrusted", &LeafSpec::identity(CLUSTER, Role::Client, "etcdctl", false, 1));
+    let untrusted = pki.issue_by(
+        &rogue_ca,
+        "untrusted",
+        &LeafSpec::identity(CLUSTER, Role::Client, "etcdctl", false, 1),
+    );
     let mut no_uri_spec = LeafSpec::identity(CLUSTER, Role::Client, "etcdctl", false, 1);
     no_uri_spec.uri = Some("spiffe://test/client/etcdctl".into());
     let no_identity = pki.issue("no-identity", &no_uri_spec);
 
-    let cases: Vec<(&str, Option<&(PathBuf, PathBuf)>, &str)> = vec![
+    let cases: Vec<(&str, Option<&CertFiles>, &str)> = vec![
         ("peer-role certificate", Some(&peer_role), "wrong_role"),
         ("another cluster's certificate", Some(&other_cluster), "wrong_cluster"),
         ("expired certificate", Some(&expired), "expired"),
@@ -192,18 +201,27 @@ fn etcdctl_with_a_client_certificate_is_served_and_every_wrong_identity_is_refus
         }
     });
     for (what, _, reason) in &cases {
-        assert!(handshake_failures(&n, "client", reason) >= 1.0, "{what}: no {reason} refusal counted");
+        assert!(
+            handshake_failures(&n, "client", reason) >= 1.0,
+            "{what}: no {reason} refusal counted"
+        );
     }
     let log = n.log();
     for (_, _, reason) in &cases {
         assert!(log.contains(&format!("reason=\"{reason}\"")), "log lacks {reason}: {log}");
     }
-    assert!(log.contains("has role \"peer\"; the client port accepts only \"client\" certificates"), "{log}");
+    assert!(
+        log.contains("has role \"peer\"; the client port accepts only \"client\" certificates"),
+        "{log}"
+    );
     // Nothing was served: none of the refused writes exists.
     let (ok, out, _) = etcdctl_tls(&n, &pki, Some(&good), &["get", "written-with", "--prefix", "--keys-only"]);
     assert!(ok && out.trim().is_empty(), "{out}");
     // Plaintext on the TLS port is refused too.
-    let (ok, _, _) = etcdctl(&format!("http://127.0.0.1:{}", n.client_port), &["--dial-timeout=2s", "--command-timeout=2s", "get", "k"]);
+    let (ok, _, _) = etcdctl(
+        &format!("http://127.0.0.1:{}", n.client_port),
+        &["--dial-timeout=2s", "--command-timeout=2s", "get", "k"],
+    );
     assert!(!ok);
 }
 
@@ -217,7 +235,9 @@ async fn tls13_by_default_refuses_tls12_clients_with_a_clear_reason() {
     assert!(handshake_failures(&n, "client", "protocol_version") >= 1.0);
     assert!(n.log().contains("set tls.min_version to \"1.2\""), "{}", n.log());
     // A TLS 1.3 client with the same certificate is served.
-    let ch = channel(n.client_port, pki.ca.cert_pem().as_bytes().to_vec(), &good).await.expect("connect");
+    let ch = channel(n.client_port, pki.ca.cert_pem().as_bytes().to_vec(), &good)
+        .await
+        .expect("connect");
     let mut kv = KvClient::new(ch);
     put(&mut kv, "k", "v").await.expect("put over TLS 1.3");
     let got = kv
@@ -257,7 +277,10 @@ async fn peer_port_admits_only_peers_and_outbound_connections_pin_the_expected_n
     let hello = PeerClient::new(ch).hello(HelloRequest {}).await.expect("hello").into_inner();
     assert_eq!(hello.node_id, NODE);
     assert_eq!(hello.cluster_id, CLUSTER);
-    assert_eq!(hello.caller, "netsy://test/peer/netsy-1", "the handler sees the authenticated identity");
+    assert_eq!(
+        hello.caller, "netsy://test/peer/netsy-1",
+        "the handler sees the authenticated identity"
+    );
 
     // Dialling netsy-0 while expecting netsy-2 fails: the server is not the node meant.
     let wrong = netsy::tls::connect::peer_channel(Some(tls.clone()), &addr, "netsy-2", Duration::from_secs(5)).await;
@@ -303,11 +326,24 @@ fn startup_self_check_names_the_problem() {
     let mut env = pki.node_env("netsy-1");
     env.retain(|(k, _)| *k != "NETSY_NODE_ID");
     env.push(("NETSY_NODE_ID", NODE.into()));
-    fails(env, &["NETSY_TLS_SERVER_CERT", "netsy://test/peer/netsy-1", "needs netsy://test/peer/netsy-0"]);
+    fails(
+        env,
+        &[
+            "NETSY_TLS_SERVER_CERT",
+            "netsy://test/peer/netsy-1",
+            "needs netsy://test/peer/netsy-0",
+        ],
+    );
     // The server certificate does not cover the advertised host.
     let mut env = pki.node_env(NODE);
-    env.push(("NETSY_ADVERTISE_PEER", "https://netsy-0.netsy.default.svc.cluster.local:2381".into()));
-    fails(env, &["does not cover the advertised host \"netsy-0.netsy.default.svc.cluster.local\""]);
+    env.push((
+        "NETSY_ADVERTISE_PEER",
+        "https://netsy-0.netsy.default.svc.cluster.local:2381".into(),
+    ));
+    fails(
+        env,
+        &["does not cover the advertised host \"netsy-0.netsy.default.svc.cluster.local\""],
+    );
     // A key that belongs to another certificate.
     let mut env = pki.node_env(NODE);
     let other_key = env_of(&env, "NETSY_TLS_CLIENT_KEY").to_string();
@@ -362,7 +398,9 @@ async fn rotation_under_load_keeps_connections_and_new_connections_use_the_new_f
     let progressed = |at_least: u64| {
         let ok = ok.clone();
         tokio::task::spawn_blocking(move || {
-            wait_until(Duration::from_secs(20), "puts on the long-lived connection", || ok.load(Ordering::Relaxed) >= at_least)
+            wait_until(Duration::from_secs(20), "puts on the long-lived connection", || {
+                ok.load(Ordering::Relaxed) >= at_least
+            })
         })
     };
     progressed(50).await.expect("load running");
@@ -371,7 +409,7 @@ async fn rotation_under_load_keeps_connections_and_new_connections_use_the_new_f
     let ca_b = Ca::new("test-ca-b").expect("ca b");
     let client_b = pki.issue_by(&ca_b, "client-b", &LeafSpec::identity(CLUSTER, Role::Client, "new", false, 1));
     let both = format!("{ca_a}{}", ca_b.cert_pem());
-    let put_as = |ca_pem: String, cert: (PathBuf, PathBuf)| async move {
+    let put_as = |ca_pem: String, cert: CertFiles| async move {
         let ch = channel(n.client_port, ca_pem.into_bytes(), &cert).await?;
         put(&mut KvClient::new(ch), "from-b", "1").await.map_err(|e| e.to_string())
     };

@@ -31,7 +31,10 @@ pub async fn peer_channel(tls: Option<Arc<Tls>>, addr: &str, expected: &str, tim
         // Fetched per connection, so a reconnect after a reload uses the new files.
         Some(tls) => {
             let expected = expected.to_string();
-            tls_channel(addr, timeout, move || tls.peer_client_config(&expected).map_err(std::io::Error::other)).await
+            tls_channel(addr, timeout, move || {
+                tls.peer_client_config(&expected).map_err(std::io::Error::other)
+            })
+            .await
         }
         None => endpoint(addr, timeout)?.connect().await.map_err(|source| ConnectError::Transport {
             addr: addr.to_string(),
