@@ -238,6 +238,31 @@ mod tests {
         }
     }
 
+    /// Corrupted certificates never panic the parser (it runs on every handshake).
+    #[test]
+    fn mutated_certificates_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let ca = crate::tls::dev::Ca::new("c-ca").unwrap();
+        let leaf = ca
+            .issue(&crate::tls::dev::LeafSpec::identity("c", Role::Client, "x", false, 1))
+            .unwrap();
+        let der =
+            <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        assert_eq!(from_der(&der).unwrap().identity.to_string(), "netsy://c/client/x");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..5_000 {
+            let mut bytes = der.to_vec();
+            for _ in 0..rng.random_range(1..8) {
+                let i = rng.random_range(0..bytes.len());
+                bytes[i] = rng.random();
+            }
+            if rng.random_bool(0.1) {
+                bytes.truncate(rng.random_range(0..bytes.len()));
+            }
+            let _ = from_der(&bytes);
+        }
+    }
+
     #[test]
     fn garbage_der_is_an_error() {
         assert!(matches!(from_der(b"not a certificate"), Err(IdentityError::Unparsable(_))));
