@@ -349,11 +349,19 @@ pub struct ClusterFile {
     pub archive: ArchiveSettings,
     #[serde(default)]
     pub tls: TlsSettings,
+    /// How long a node with an empty data directory looks for the running cluster
+    /// before concluding every member is down and rebuilding it from object storage.
+    #[serde(default = "default_discovery_timeout")]
+    pub discovery_timeout: String,
     /// Serve plaintext on non-loopback addresses when no TLS is configured.
     #[serde(default)]
     pub allow_insecure: bool,
     #[serde(default)]
     pub node: NodeDefaults,
+}
+
+fn default_discovery_timeout() -> String {
+    "15s".into()
 }
 
 fn default_etcd_version() -> String {
@@ -374,6 +382,7 @@ pub struct Config {
     /// This node's certificates; `None` serves plaintext (loopback or `allow_insecure`).
     pub tls: Option<TlsFiles>,
     pub tls_policy: TlsPolicy,
+    pub discovery_timeout: Duration,
     pub allow_insecure: bool,
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -437,6 +446,15 @@ impl Config {
         let watch_progress_notify_interval = parse_progress_interval(&file.watch.progress_notify_interval)?;
         let archive = file.archive.resolve()?;
         let (tls, tls_policy) = resolve_tls(&file.tls, env)?;
+        let discovery_timeout = match parse_duration(&file.discovery_timeout) {
+            Some(d) if d >= Duration::from_millis(100) => d,
+            _ => {
+                return Err(invalid(
+                    "discovery_timeout",
+                    format!("{:?} must be a duration of at least 100ms such as \"15s\"", file.discovery_timeout),
+                ))
+            }
+        };
         let scheme = if tls.is_some() { "https" } else { "http" };
 
         let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
@@ -502,6 +520,7 @@ impl Config {
             archive,
             tls,
             tls_policy,
+            discovery_timeout,
             allow_insecure: file.allow_insecure,
             node_id,
             data_dir,

@@ -126,7 +126,7 @@ pub async fn from_etcd(
     let db = scratch.join(format!("migrate-{}.db", rand::random::<u32>()));
     let result = copy_keys(&mut kv, &db, revision, &leases).await;
     let outcome = match result {
-        Ok(keys) => bootstrap::open_epoch(store, cluster_id, &db, None, scratch)
+        Ok(keys) => bootstrap::open_epoch(store, cluster_id, None, &db, None, scratch)
             .await
             .map(|epoch| MigrateReport {
                 revision,

@@ -1,16 +1,35 @@
-//! The peer port (2381): node-to-node gRPC services, behind `peer` role mTLS.
+//! The peer port (2381): node-to-node gRPC services, behind `peer` role mTLS. Raft RPCs
+//! go straight to openraft; proposals, ReadIndex rounds, lease keep-alives and
+//! membership changes are served by the leader for the other members.
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::mvcc::Command;
 use crate::proto::peer::peer_server::{Peer, PeerServer};
-use crate::proto::peer::{HelloRequest, HelloResponse};
+use crate::proto::peer::{
+    Blob, HelloRequest, HelloResponse, JoinRequest, JoinResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, ReadIndexRequest,
+    ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse,
+};
+use crate::raft::PeerNode;
 use crate::server::Node;
 use crate::tls::ConnInfo;
 
 pub struct PeerService {
     node: Arc<Node>,
+}
+
+fn decode<T: DeserializeOwned>(req: Request<Blob>) -> Result<T, Status> {
+    bincode::deserialize(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable peer request: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<Blob>, Status> {
+    bincode::serialize(value)
+        .map(|data| Response::new(Blob { data }))
+        .map_err(|e| Status::internal(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -30,14 +49,76 @@ impl Peer for PeerService {
             advertise_client: node.config.advertise_client.clone(),
             advertise_peer: node.config.advertise_peer.clone(),
             caller,
+            leader_raft_id: node.raft.metrics().borrow().current_leader.unwrap_or(0),
         }))
+    }
+
+    async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = decode(request)?;
+        encode(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = decode(request)?;
+        encode(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let rpc = decode(request)?;
+        encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let cmd: Command = decode(request)?;
+        let size = bincode::serialized_size(&cmd).map_err(|e| Status::internal(e.to_string()))? as usize;
+        let result = self.node.propose_as_leader(cmd, size).await?;
+        encode(&result)
+    }
+
+    async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        let index = self.node.read_index_as_leader().await?;
+        Ok(Response::new(ReadIndexResponse { index }))
+    }
+
+    async fn lease_keep_alive(&self, request: Request<LeaseKeepAliveRequest>) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let req = request.into_inner();
+        let (ttl, remaining) = self.node.lease_deadline_as_leader(req.id, req.renew)?;
+        Ok(Response::new(LeaseKeepAliveResponse { ttl, remaining }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let caller = ConnInfo::of(&request).and_then(|c| c.identity.clone());
+        let req = request.into_inner();
+        // With TLS, a node can only join as itself.
+        if let Some(id) = &caller {
+            if id.name != req.name {
+                return Err(Status::permission_denied(format!("{id} cannot join as {:?}", req.name)));
+            }
+        }
+        let node = PeerNode {
+            name: req.name,
+            member_id: req.member_id,
+            peer_url: req.peer_url,
+            client_url: req.client_url,
+        };
+        self.node.join(req.raft_id, node).await?;
+        Ok(Response::new(JoinResponse {}))
+    }
+
+    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
+        self.node.remove_member(request.into_inner().member_id).await?;
+        Ok(Response::new(RemoveMemberResponse {}))
     }
 }
 
 /// Builds the gRPC server of the peer port.
 pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(PeerServer::new(PeerService { node }))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .add_service(
+            PeerServer::new(PeerService { node })
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
 }

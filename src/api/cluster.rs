@@ -1,5 +1,6 @@
-//! etcd Cluster service. A single-member netsy lists itself; membership changes arrive
-//! with the multi-node cluster and answer etcd's errors until then.
+//! etcd Cluster service over netsy's membership (see `server::membership`): pods join by
+//! themselves when they start, so MemberAdd is not offered (scale the StatefulSet);
+//! MemberRemove, MemberPromote and MemberList act on the Raft membership.
 
 use std::sync::Arc;
 
@@ -21,19 +22,26 @@ impl ClusterService {
         ClusterService { node }
     }
 
+    /// Every member, one per pod name (its current incarnation), with its stable id.
     fn members(&self) -> Vec<Member> {
-        let c = &self.node.config;
-        vec![Member {
-            id: self.node.identity.member_id,
-            name: c.node_id.clone(),
-            peer_urls: vec![c.advertise_peer.clone()],
-            client_urls: vec![c.advertise_client.clone()],
-            is_learner: false,
-        }]
+        let mut out: Vec<Member> = Vec::new();
+        for m in self.node.members() {
+            if out.iter().any(|o| o.id == m.node.member_id) {
+                continue; // an old incarnation being replaced
+            }
+            out.push(Member {
+                id: m.node.member_id,
+                name: m.node.name.clone(),
+                peer_urls: vec![m.node.peer_url.clone()],
+                client_urls: vec![m.node.client_url.clone()],
+                is_learner: !m.voter,
+            });
+        }
+        out
     }
 
     fn check_known(&self, id: u64) -> Result<(), ApiError> {
-        if id == self.node.identity.member_id {
+        if self.node.members().iter().any(|m| m.node.member_id == id) {
             Ok(())
         } else {
             Err(ApiError::MemberNotFound)
@@ -47,9 +55,15 @@ impl Cluster for ClusterService {
         Err(ApiError::NotCapable.into())
     }
 
+    /// Removes a member (scale-down). A pod that comes back later joins again by itself.
     async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.check_known(request.into_inner().id)?;
-        Err(ApiError::NotCapable.into())
+        let id = request.into_inner().id;
+        self.check_known(id)?;
+        self.node.remove_member(id).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.node.current_header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(&self, request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
@@ -67,8 +81,19 @@ impl Cluster for ClusterService {
         }))
     }
 
+    /// Learners are promoted automatically once caught up; promoting one finishes its
+    /// join now (waiting for it to catch up).
     async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.check_known(request.into_inner().id)?;
-        Err(ApiError::MemberNotLearner.into())
+        let id = request.into_inner().id;
+        self.check_known(id)?;
+        let members = self.node.members();
+        let Some(learner) = members.iter().find(|m| m.node.member_id == id && !m.voter) else {
+            return Err(ApiError::MemberNotLearner.into());
+        };
+        self.node.join(learner.raft_id, learner.node.clone()).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.node.current_header(),
+            members: self.members(),
+        }))
     }
 }

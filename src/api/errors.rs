@@ -35,6 +35,29 @@ pub enum ApiError {
     LeaseNotFound,
     #[error("internal: {0}")]
     Internal(String),
+    /// An error the leader answered a forwarded request with, passed on as it came.
+    #[error("{message}")]
+    Forwarded { code: i32, message: String },
+}
+
+impl ApiError {
+    /// The error a forwarded request came back with: etcd's retryable errors by name,
+    /// anything else verbatim. Transport failures (the leader went away mid-request)
+    /// become etcd's "request timed out": the write may or may not have applied.
+    pub fn from_peer(status: &Status) -> ApiError {
+        let (m, code) = (status.message(), status.code());
+        match m {
+            "etcdserver: no leader" => ApiError::NoLeader,
+            "etcdserver: leader changed" => ApiError::LeaderChanged,
+            "etcdserver: request timed out" => ApiError::Timeout,
+            "etcdserver: server stopped" => ApiError::Stopped,
+            _ if !m.starts_with("etcdserver: ") => ApiError::Timeout,
+            _ => ApiError::Forwarded {
+                code: code as i32,
+                message: m.to_string(),
+            },
+        }
+    }
 }
 
 impl From<ProposeError> for ApiError {
@@ -81,6 +104,7 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
         ApiError::NotCapable => (Code::FailedPrecondition, m("not capable")),
         ApiError::LeaseNotFound => (Code::NotFound, m("requested lease not found")),
         ApiError::Internal(s) => (Code::Internal, m(s)),
+        ApiError::Forwarded { code, message } => (Code::from_i32(*code), message.clone()),
     }
 }
 

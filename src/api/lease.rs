@@ -36,21 +36,10 @@ fn new_lease_id() -> i64 {
     }
 }
 
-/// Renews a lease on this node, which must lead (keep-alives are leader-local, as in
-/// etcd: every grant and revoke this leader committed is already applied, so no ReadIndex
-/// round is needed); returns its TTL, or 0 if it does not exist.
+/// Renews a lease at the leader (keep-alives are leader-local, as in etcd; a follower
+/// forwards them); returns its TTL, or 0 if it does not exist.
 async fn keep_alive_once(node: &Arc<Node>, id: i64) -> Result<i64, ApiError> {
-    if !node.is_leader() {
-        return Err(ApiError::NoLeader);
-    }
-    // A point lookup: cheaper inline than a hand-off to the blocking pool.
-    match node.reader.lease_ttl(id)? {
-        Some(ttl) => {
-            node.lessor.renew(id, ttl);
-            Ok(ttl)
-        }
-        None => Ok(0),
-    }
+    node.lease_deadline(id, true).await.map(|(ttl, _)| ttl)
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
@@ -130,7 +119,7 @@ impl Lease for LeaseService {
             })
             .await?;
         let (ttl, granted_ttl) = match granted {
-            Some(g) => (self.node.lessor.remaining(id).unwrap_or(g), g),
+            Some(g) => (self.node.lease_deadline(id, false).await?.1, g),
             None => (-1, 0),
         };
         Ok(Response::new(LeaseTimeToLiveResponse {

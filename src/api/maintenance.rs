@@ -84,10 +84,8 @@ impl Maintenance for MaintenanceService {
         let node = &self.node;
         let (size, alarms, rev) = node.read(|r| Ok((r.db_size()?, r.alarms()?, r.revisions()?.current))).await?;
         let m = node.raft.metrics().borrow().clone();
-        let leader = match m.current_leader {
-            Some(id) if id == node.identity.raft_id => node.identity.member_id,
-            _ => 0,
-        };
+        let leader = node.leader().map_or(0, |(_, l)| l.member_id);
+        let is_learner = node.members().iter().any(|m| m.raft_id == node.identity.raft_id && !m.voter);
         let mut errors: Vec<String> = Vec::new();
         if m.current_leader.is_none() {
             errors.push("etcdserver: no leader".to_string());
@@ -103,7 +101,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             errors,
             db_size_in_use: size.in_use,
-            is_learner: false,
+            is_learner,
             storage_version: String::new(),
             db_size_quota: node.config.limits.quota_backend_bytes as i64,
             downgrade_info: None,

@@ -7,13 +7,20 @@
 //! | state + Raft log (epoch L)     | epoch L        | resume                                |
 //! | state + Raft log (epoch L)     | absent         | resume; create it with epoch L        |
 //! | state + Raft log (epoch L)     | epoch E ≠ L    | refuse: the cluster moved on          |
-//! | empty                          | absent         | new cluster, epoch 1                  |
-//! | empty                          | epoch E        | restore E, then open epoch E+1        |
+//! | empty                          | absent         | new cluster, epoch 1 (this node opens it) |
+//! | empty                          | epoch E, a member answers | join the running cluster   |
+//! | empty                          | epoch E, nobody answers   | restore E, then open epoch E+1 |
 //! | seeded state, no Raft log      | any            | open the next epoch from the state    |
 //!
 //! Opening an epoch uploads the state as the epoch's base snapshot (index 0) and only
 //! then moves `cluster.json` to it with a conditional put, so the epoch named there is
-//! always restorable, and of two nodes racing to open one, exactly one wins.
+//! always restorable, and of two nodes racing to open one, exactly one wins; it forms the
+//! epoch's Raft cluster alone (`Mode::Found`) and the others join it (`Mode::Join`).
+//!
+//! "Nobody answers" means: no node named in `cluster.json` (the epoch's opener) or in a
+//! `nodes/` record of that epoch reports a Raft leader within `cluster.discovery_timeout`.
+//! That is a full restart (every pod lost its disk): the archive alone brings the
+//! cluster back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,12 +62,60 @@ pub enum Local {
     },
 }
 
+/// How this node's Raft starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The Raft log holds the membership already.
+    Resume,
+    /// This node opened the epoch: it forms the Raft cluster alone; others join.
+    Found,
+    /// Join the running cluster through one of these (peer URL, node id).
+    Join { via: Vec<(String, String)> },
+}
+
 #[derive(Debug)]
 pub struct Startup {
     pub epoch: u64,
     pub member: Member,
     /// A restore's report and the database it built (to be moved into place).
     pub restored: Option<(RestoreReport, PathBuf)>,
+    pub mode: Mode,
+}
+
+/// Asks a node whether it is a live member of `epoch` (it knows a Raft leader).
+#[async_trait::async_trait]
+pub trait Probe: Send + Sync {
+    async fn is_live(&self, peer_url: &str, node_id: &str, epoch: u64) -> bool;
+}
+
+/// The nodes that may be running `epoch`: its opener and every node record of it.
+async fn candidates(store: &dyn ObjectStore, m: &ClusterManifest, me: &str) -> Result<Vec<(String, String)>, BootstrapError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if let Some(o) = &m.opener {
+        out.push((o.peer_url.clone(), o.node_id.clone()));
+    }
+    for r in manifest::list_nodes(store).await? {
+        if r.epoch == m.epoch && !out.iter().any(|(_, n)| *n == r.node_id) {
+            out.push((r.peer_url, r.node_id));
+        }
+    }
+    out.retain(|(_, n)| n != me);
+    Ok(out)
+}
+
+/// Polls `candidates` until one is live or `timeout` passes.
+async fn find_live(probe: &dyn Probe, candidates: &[(String, String)], epoch: u64, timeout: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let checks = candidates.iter().map(|(url, name)| probe.is_live(url, name, epoch));
+        if futures::future::join_all(checks).await.into_iter().any(|live| live) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 pub async fn prepare(
@@ -69,6 +124,7 @@ pub async fn prepare(
     local: Local,
     state_db: &Path,
     scratch: &Path,
+    probe: &dyn Probe,
 ) -> Result<Startup, BootstrapError> {
     let cluster_id = cfg.cluster_id.as_str();
     let found = manifest::read_cluster(store.as_ref(), cluster_id).await?;
@@ -94,51 +150,73 @@ pub async fn prepare(
                 epoch,
                 member,
                 restored: None,
+                mode: Mode::Resume,
             }
         }
         Local::Seeded => {
             tracing::warn!("the data directory holds a seeded state without a Raft log; it becomes the next epoch of the cluster");
-            let epoch = open_epoch(store, cluster_id, state_db, found.as_ref(), scratch).await?;
+            let epoch = open_epoch(store, cluster_id, Some(cfg), state_db, found.as_ref(), scratch).await?;
             let member = manifest::register_member(store.as_ref(), cluster_id, &cfg.node_id, None).await?;
             Startup {
                 epoch,
                 member,
                 restored: None,
+                mode: Mode::Found,
             }
         }
         Local::Empty => {
             let member = manifest::register_member(store.as_ref(), cluster_id, &cfg.node_id, None).await?;
-            let current = match found {
-                Some(m) => Some(m),
-                None => {
-                    let created = manifest::write_cluster(store.as_ref(), &ClusterManifest::new(cluster_id, 1), None).await?;
-                    if created {
+            let mut found = found;
+            loop {
+                let Some(m) = found else {
+                    let fresh = ClusterManifest::new(cluster_id, 1).opened_by(&cfg.node_id, &cfg.advertise_peer);
+                    if manifest::write_cluster(store.as_ref(), &fresh, None).await? {
                         tracing::info!(cluster_id, "new cluster: created cluster.json at epoch 1");
-                        None
-                    } else {
-                        manifest::read_cluster(store.as_ref(), cluster_id).await?
+                        break Startup {
+                            epoch: 1,
+                            member,
+                            restored: None,
+                            mode: Mode::Found,
+                        };
                     }
+                    found = manifest::read_cluster(store.as_ref(), cluster_id).await?;
+                    continue;
+                };
+                let epoch = m.value.epoch;
+                let via = candidates(store.as_ref(), &m.value, &cfg.node_id).await?;
+                if !via.is_empty() {
+                    tracing::info!(epoch, candidates = ?via, "empty data directory: looking for the running cluster");
+                    if find_live(probe, &via, epoch, cfg.discovery_timeout).await {
+                        tracing::info!(epoch, "found the running cluster: joining it");
+                        break Startup {
+                            epoch,
+                            member,
+                            restored: None,
+                            mode: Mode::Join { via },
+                        };
+                    }
+                    tracing::warn!(epoch, "no member of the cluster answers: rebuilding it from object storage");
                 }
-            };
-            match current {
-                None => Startup {
-                    epoch: 1,
-                    member,
-                    restored: None,
-                },
-                Some(m) => {
-                    tracing::info!(epoch = m.value.epoch, "empty data directory: restoring from object storage");
-                    let target = state_db.with_extension("restoring");
-                    for suffix in ["", "-wal", "-shm"] {
-                        let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+                tracing::info!(epoch, "empty data directory: restoring from object storage");
+                let target = state_db.with_extension("restoring");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+                }
+                let report = super::restore::restore(store.as_ref(), epoch, &target, None).await?;
+                match open_epoch(store, cluster_id, Some(cfg), &target, Some(&m), scratch).await {
+                    Ok(epoch) => {
+                        break Startup {
+                            epoch,
+                            member,
+                            restored: Some((report, target)),
+                            mode: Mode::Found,
+                        }
                     }
-                    let report = super::restore::restore(store.as_ref(), m.value.epoch, &target, None).await?;
-                    let epoch = open_epoch(store, cluster_id, &target, Some(&m), scratch).await?;
-                    Startup {
-                        epoch,
-                        member,
-                        restored: Some((report, target)),
+                    Err(BootstrapError::LostRace { epoch }) => {
+                        tracing::info!(epoch, "another node opened the epoch first: joining it");
+                        found = manifest::read_cluster(store.as_ref(), cluster_id).await?;
                     }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -157,12 +235,14 @@ pub async fn prepare(
     Ok(startup)
 }
 
-/// Makes the state database `db` the base of a new epoch (after `current`, or epoch 1):
+/// Makes the state database `db` the base of a new epoch (after `current`, or epoch 1),
+/// opened by the node `opener` configures (none: an offline tool such as `migrate`):
 /// forgets its Raft bookkeeping, uploads it as the epoch's snapshot 0, then moves
 /// `cluster.json` to the new epoch. Returns the new epoch.
 pub async fn open_epoch(
     store: &Arc<dyn ObjectStore>,
     cluster_id: &str,
+    opener: Option<&Config>,
     db: &Path,
     current: Option<&Versioned<ClusterManifest>>,
     scratch: &Path,
@@ -177,7 +257,10 @@ pub async fn open_epoch(
     let header = snapshot::publish(store, db, cluster_id, epoch, scratch).await?;
     let moved = manifest::write_cluster(
         store.as_ref(),
-        &ClusterManifest::new(cluster_id, epoch),
+        &match opener {
+            Some(cfg) => ClusterManifest::new(cluster_id, epoch).opened_by(&cfg.node_id, &cfg.advertise_peer),
+            None => ClusterManifest::new(cluster_id, epoch),
+        },
         current.map(|m| &m.version),
     )
     .await?;

@@ -53,6 +53,15 @@ pub struct ClusterManifest {
     pub cluster_id: String,
     pub epoch: u64,
     pub updated_unix: u64,
+    /// The node that opened this epoch (and formed its Raft cluster); the others join it.
+    #[serde(default)]
+    pub opener: Option<Opener>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opener {
+    pub node_id: String,
+    pub peer_url: String,
 }
 
 impl ClusterManifest {
@@ -62,7 +71,16 @@ impl ClusterManifest {
             cluster_id: cluster_id.to_string(),
             epoch,
             updated_unix: now_unix(),
+            opener: None,
         }
+    }
+
+    pub fn opened_by(mut self, node_id: &str, peer_url: &str) -> Self {
+        self.opener = Some(Opener {
+            node_id: node_id.to_string(),
+            peer_url: peer_url.to_string(),
+        });
+        self
     }
 
     fn check(&self, cluster_id: &str) -> Result<(), ManifestError> {
@@ -231,6 +249,22 @@ pub async fn register_member(
         }
     }
     Err(ManifestError::Contended { path: MEMBERS.into() })
+}
+
+/// Every `nodes/*.json` record (unreadable ones are skipped with a warning).
+pub async fn list_nodes(store: &dyn ObjectStore) -> Result<Vec<NodeRecord>, ManifestError> {
+    use futures::TryStreamExt;
+    let prefix = Path::from("nodes");
+    let listed: Vec<_> = store.list(Some(&prefix)).try_collect().await.map_err(|e| store_err(&prefix, e))?;
+    let mut out = Vec::new();
+    for meta in listed {
+        match read::<NodeRecord>(store, &meta.location).await {
+            Ok(Some(r)) => out.push(r.value),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(path = %meta.location, error = %e, "skipping an unreadable node record"),
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `nodes/{node_id}.json` (plain put: only the node itself writes it).

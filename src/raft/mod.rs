@@ -5,6 +5,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod peers;
 pub mod proposer;
 pub mod state_machine;
 
@@ -22,11 +23,31 @@ openraft::declare_raft_types!(
         D = Vec<Command>,
         R = Vec<CommandResult>,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// A Raft member: which pod it is and where to reach it (kept in the membership config,
+/// so every node can list members and dial peers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PeerNode {
+    /// The node id (pod name); also the name in its `netsy://…/peer/{name}` certificate.
+    pub name: String,
+    /// Its stable etcd member id.
+    pub member_id: u64,
+    #[serde(alias = "addr")]
+    pub peer_url: String,
+    pub client_url: String,
+}
+
+impl std::fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_url)
+    }
+}
 
 pub type NetsyRaft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
@@ -44,32 +65,35 @@ pub fn raft_config(cluster_id: &str) -> openraft::Config {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
         max_in_snapshot_log_to_keep: 1_000,
         max_payload_entries: 512,
+        // Snapshot chunks travel over gRPC; each chunk gets this long (ms).
+        install_snapshot_timeout: 5_000,
         ..Default::default()
     }
 }
 
-/// Starts Raft for this node and, on a pristine single-member deployment, initialises
-/// the one-member cluster.
+/// Starts Raft for this node over its stores; talking to other members goes through
+/// `peers`. Whether to initialise a cluster or join one is the caller's decision.
 pub async fn start(
     raft_id: NodeId,
-    advertise_peer: &str,
     cluster_id: &str,
+    peers: Arc<peers::Peers>,
     log: log_store::LogStore,
     sm: state_machine::StateMachine,
 ) -> Result<NetsyRaft, Box<dyn std::error::Error + Send + Sync>> {
     let config = Arc::new(raft_config(cluster_id).validate()?);
-    let raft = openraft::Raft::new(raft_id, config, network::Network, log, sm).await?;
+    let network = network::Network { peers, self_id: raft_id };
+    Ok(openraft::Raft::new(raft_id, config, network, log, sm).await?)
+}
+
+/// Forms a new one-member cluster of this node (which then admits the others through
+/// `Join`), unless the log already holds a membership.
+pub async fn initialize_alone(raft: &NetsyRaft, raft_id: NodeId, me: PeerNode) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if !raft.is_initialized().await? {
         let mut members = BTreeMap::new();
-        members.insert(
-            raft_id,
-            openraft::BasicNode {
-                addr: advertise_peer.to_string(),
-            },
-        );
+        members.insert(raft_id, me);
         raft.initialize(members).await?;
     }
-    Ok(raft)
+    Ok(())
 }
 
 /// Waits until this node sees a leader (itself, in a single-member cluster).

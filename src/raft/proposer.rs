@@ -42,12 +42,12 @@ pub enum ProposeError {
 /// Maps an openraft error to what a client can act on.
 pub fn classify<E>(e: RaftError<u64, E>) -> ProposeError
 where
-    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<ForwardToLeader<u64, openraft::BasicNode>>,
+    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<ForwardToLeader<u64, super::PeerNode>>,
 {
     if let RaftError::Fatal(_) = &e {
         return ProposeError::Stopped;
     }
-    match e.forward_to_leader::<openraft::BasicNode>() {
+    match e.forward_to_leader::<super::PeerNode>() {
         Some(f) if f.leader_id.is_some() => ProposeError::LeaderChanged,
         Some(_) => ProposeError::NoLeader,
         None => ProposeError::Internal(e.to_string()),

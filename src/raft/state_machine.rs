@@ -12,7 +12,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembersh
 use super::{LogId, NodeId, StorageError, TypeConfig};
 use crate::mvcc::{read_applied_meta, AppliedMeta, Command, CommandResult, MvccError, Reader, Store};
 
-type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type Membership = StoredMembership<NodeId, super::PeerNode>;
 
 #[derive(Clone)]
 pub struct StateMachine {
@@ -163,7 +163,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &SnapshotMeta<NodeId, super::PeerNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let (db_path, meta_path) = self.snapshot_paths();
@@ -193,7 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if !meta_path.exists() || !db_path.exists() {
                 return Ok(None);
             }
-            let meta: SnapshotMeta<NodeId, openraft::BasicNode> =
+            let meta: SnapshotMeta<NodeId, super::PeerNode> =
                 serde_json::from_slice(&std::fs::read(&meta_path).map_err(snap_err)?).map_err(snap_err)?;
             let data = std::fs::read(&db_path).map_err(snap_err)?;
             Ok(Some(Snapshot {

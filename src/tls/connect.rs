@@ -43,6 +43,18 @@ pub async fn peer_channel(tls: Option<Arc<Tls>>, addr: &str, expected: &str, tim
     }
 }
 
+/// Like `peer_channel`, but connects on first use (and reconnects after failures).
+pub fn peer_channel_lazy(tls: Option<Arc<Tls>>, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
+    let endpoint = endpoint(addr, timeout)?;
+    Ok(match tls {
+        Some(tls) => {
+            let expected = expected.to_string();
+            endpoint.connect_with_connector_lazy(connector(move || tls.peer_client_config(&expected).map_err(std::io::Error::other)))
+        }
+        None => endpoint.connect_lazy(),
+    })
+}
+
 fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
     Ok(Endpoint::from_shared(endpoint_uri(addr))
         .map_err(|e| ConnectError::Address {
@@ -59,8 +71,33 @@ pub async fn tls_channel<F>(addr: &str, timeout: Duration, config: F) -> Result<
 where
     F: Fn() -> std::io::Result<Arc<rustls::ClientConfig>> + Send + Sync + 'static,
 {
+    endpoint(addr, timeout)?
+        .connect_with_connector(connector(config))
+        .await
+        .map_err(|source| ConnectError::Transport {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+type BoxedIo = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Dials TCP, then TLS with the configuration `config` returns at that moment.
+fn connector<F>(
+    config: F,
+) -> impl tower::Service<
+    Uri,
+    Response = BoxedIo,
+    Error = std::io::Error,
+    Future = impl std::future::Future<Output = std::io::Result<BoxedIo>> + Send,
+> + Clone
+       + Send
+       + 'static
+where
+    F: Fn() -> std::io::Result<Arc<rustls::ClientConfig>> + Send + Sync + 'static,
+{
     let config = Arc::new(config);
-    let connector = tower::service_fn(move |uri: Uri| {
+    tower::service_fn(move |uri: Uri| {
         let config = config.clone();
         async move {
             let host = uri
@@ -74,16 +111,9 @@ where
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let stream = tokio_rustls::TlsConnector::from(config()?).connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
+            Ok(TokioIo::new(stream))
         }
-    });
-    endpoint(addr, timeout)?
-        .connect_with_connector(connector)
-        .await
-        .map_err(|source| ConnectError::Transport {
-            addr: addr.to_string(),
-            source,
-        })
+    })
 }
 
 #[cfg(test)]

@@ -23,6 +23,17 @@ use crate::proto::etcdserverpb::{AlarmMember, AlarmType, CompactionRequest, Resp
 use crate::raft::proposer::{Proposer, ReadBarrier};
 use crate::raft::{self, NetsyRaft};
 
+pub mod membership;
+mod routing;
+
+pub use routing::REQUEST_TIMEOUT;
+
+use crate::archive::bootstrap::Mode;
+
+/// How long a starting node waits to join and see a leader (a new member catches up,
+/// snapshot included, before it becomes a voter).
+const JOIN_WAIT: Duration = Duration::from_secs(180);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data directory {path}: {msg}")]
@@ -61,9 +72,6 @@ fn first_epoch() -> u64 {
     1
 }
 
-/// How long a write waits for its segment upload in `object-storage` durability.
-const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
-
 /// Everything a request handler needs.
 pub struct Node {
     pub config: Config,
@@ -92,6 +100,13 @@ pub struct Node {
     pub backlog_full: AtomicBool,
     /// This node's certificates; `None` serves plaintext.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Connections to the other members' peer ports.
+    pub peers: Arc<raft::peers::Peers>,
+    /// Membership changes run one at a time (openraft requires it).
+    membership_lock: tokio::sync::Mutex<()>,
+    /// Stops the peer port's server (it runs from `start`, before `serve`: elections and
+    /// joins need it).
+    peer_stop: CancellationToken,
     _lock: File,
 }
 
@@ -183,12 +198,24 @@ impl Node {
     pub async fn start_with_store(config: Config, objects: Arc<dyn ObjectStore>) -> Result<Arc<Node>, StartError> {
         // Wrong certificates fail the start before any slow work (such as a restore).
         let tls = crate::tls::Tls::from_config(&config)?;
+        // Bind the peer port first: a port clash should fail before a restore, too.
+        let peer_listener = tokio::net::TcpListener::bind(config.bind_peer)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "NETSY_BIND_PEER",
+                addr: config.bind_peer,
+                source,
+            })?;
         let dir = config.data_dir.clone();
         let lock = prepare_data_dir(&dir)?;
         let local = local_state(&dir, load_identity(&dir)?.as_ref())?;
         let state_path = dir.join("state.db");
         let scratch = dir.join("snapshots");
-        let startup = crate::archive::bootstrap::prepare(&objects, &config, local, &state_path, &scratch)
+        let probe = raft::peers::HelloProbe {
+            tls: tls.clone(),
+            cluster_id: config.cluster_id.clone(),
+        };
+        let startup = crate::archive::bootstrap::prepare(&objects, &config, local, &state_path, &scratch, &probe)
             .await
             .map_err(|e| StartError::Archive(e.to_string()))?;
         let identity = NodeIdentity {
@@ -217,12 +244,10 @@ impl Node {
         let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &scratch)
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let log_reader = log.clone();
-        let raft = raft::start(identity.raft_id, &config.advertise_peer, &config.cluster_id, log, sm)
+        let peers = raft::peers::Peers::new(tls.clone(), identity.raft_id);
+        let raft = raft::start(identity.raft_id, &config.cluster_id, peers.clone(), log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !raft::wait_for_leader(&raft, Duration::from_secs(30)).await {
-            return Err(StartError::Raft("no leader elected within 30s".into()));
-        }
         let uploader = crate::archive::uploader::Uploader::new(
             objects.clone(),
             log_reader.clone(),
@@ -272,10 +297,95 @@ impl Node {
             log: log_reader,
             backlog_full: AtomicBool::new(false),
             tls,
+            peers,
+            membership_lock: tokio::sync::Mutex::new(()),
+            peer_stop: CancellationToken::new(),
             _lock: lock,
         });
         node.refresh_db_size();
+        node.serve_peers(peer_listener)?;
+        let me = node.self_peer_node();
+        match startup.mode {
+            Mode::Resume => {}
+            Mode::Found => raft::initialize_alone(&node.raft, node.identity.raft_id, me)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?,
+            Mode::Join { via } => node.join_via(&via, me).await?,
+        }
+        if !raft::wait_for_leader(&node.raft, JOIN_WAIT).await {
+            node.stop_peers();
+            return Err(StartError::Raft(format!("no leader elected within {}s", JOIN_WAIT.as_secs())));
+        }
         Ok(node)
+    }
+
+    /// This node as a Raft membership record.
+    pub fn self_peer_node(&self) -> raft::PeerNode {
+        raft::PeerNode {
+            name: self.config.node_id.clone(),
+            member_id: self.identity.member_id,
+            peer_url: self.config.advertise_peer.clone(),
+            client_url: self.config.advertise_client.clone(),
+        }
+    }
+
+    /// Serves the peer port until `stop_peers`.
+    fn serve_peers(self: &Arc<Self>, listener: tokio::net::TcpListener) -> Result<(), StartError> {
+        use crate::tls::{listen, Listener};
+        let addr = self.config.bind_peer;
+        let incoming = listen::Incoming::new(listener, self.tls.clone(), Listener::Peer).map_err(|source| StartError::Bind {
+            key: "NETSY_BIND_PEER",
+            addr,
+            source,
+        })?;
+        let router = crate::peer::router(self.clone());
+        let stop = self.peer_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "peer gRPC server failed");
+            }
+        });
+        Ok(())
+    }
+
+    fn stop_peers(&self) {
+        self.peer_stop.cancel();
+    }
+
+    /// Asks the running cluster (through any of `via`) to admit this node; retries until
+    /// one answers or `JOIN_WAIT` passes.
+    async fn join_via(&self, via: &[(String, String)], me: raft::PeerNode) -> Result<(), StartError> {
+        use crate::proto::peer::JoinRequest;
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        let mut last = String::new();
+        loop {
+            for (url, name) in via {
+                let Ok(mut client) = self.peers.client_at(url, name) else {
+                    continue;
+                };
+                let mut request = tonic::Request::new(JoinRequest {
+                    name: me.name.clone(),
+                    member_id: me.member_id,
+                    raft_id: self.identity.raft_id,
+                    peer_url: me.peer_url.clone(),
+                    client_url: me.client_url.clone(),
+                });
+                request.set_timeout(membership::JOIN_TIMEOUT);
+                match client.join(request).await {
+                    Ok(_) => {
+                        tracing::info!(via = %name, raft_id = self.identity.raft_id, "joined the cluster");
+                        return Ok(());
+                    }
+                    Err(e) => last = format!("{name} ({url}): {}", e.message()),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.stop_peers();
+                return Err(StartError::Raft(format!("could not join the cluster: {last}")));
+            }
+            tracing::info!(error = %last, "join not accepted yet; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     pub fn refresh_db_size(&self) {
@@ -365,55 +475,23 @@ impl Node {
         Some(self.header(self.revision.load(Ordering::Acquire)))
     }
 
-    /// Replicates `cmd` through Raft and returns its applied result. Client-caused
-    /// failures come back as `Err` with the etcd error.
+    /// Replicates `cmd` through Raft (via the leader, from any member) and returns its
+    /// applied result. Client-caused failures come back as `Err` with the etcd error.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
         let size = bincode::serialized_size(&cmd).map_err(|e| ApiError::Internal(e.to_string()))? as usize;
         if size > self.config.limits.max_request_bytes {
             return Err(ApiError::RequestTooLarge);
         }
-        let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
-        let res = self.proposer.propose(cmd, size).await;
-        timer.observe_duration();
-        match res {
-            Ok((data, index)) => {
-                crate::metrics::PROPOSALS_COMMITTED.inc();
-                if self.config.durability == Durability::ObjectStorage {
-                    self.wait_archived(index).await?;
-                }
-                match data {
-                    CommandResult::Error(e) => Err(ApiError::Mvcc(e)),
-                    CommandResult::Alarm(alarms) => {
-                        self.nospace
-                            .store(alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32), Ordering::Relaxed);
-                        Ok(CommandResult::Alarm(alarms))
-                    }
-                    other => Ok(other),
-                }
+        let (data, _index) = self.replicate(cmd, size).await?;
+        match data {
+            CommandResult::Error(e) => Err(ApiError::Mvcc(e)),
+            CommandResult::Alarm(alarms) => {
+                self.nospace
+                    .store(alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32), Ordering::Relaxed);
+                Ok(CommandResult::Alarm(alarms))
             }
-            Err(e) => {
-                crate::metrics::PROPOSALS_FAILED.inc();
-                Err(e.into())
-            }
+            other => Ok(other),
         }
-    }
-
-    /// `object-storage` durability: returns once log entry `index` is in object storage.
-    /// Gives up after `ARCHIVE_WAIT` with etcd's timeout error; the write itself stays
-    /// committed (as with an etcd timeout, the client cannot tell whether it applied).
-    async fn wait_archived(&self, index: u64) -> Result<(), ApiError> {
-        let mut archived = self.archived.clone();
-        let reached = tokio::time::timeout(ARCHIVE_WAIT, archived.wait_for(|w| *w >= index)).await;
-        match reached {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ApiError::Stopped),
-            Err(_) => Err(ApiError::Timeout),
-        }
-    }
-
-    /// Waits until a read at this node reflects every write committed before the call.
-    pub async fn linearizable_read(&self) -> Result<(), ApiError> {
-        self.reads.wait().await.map_err(ApiError::from)
     }
 
     /// Rejects writes that may grow the database while the NOSPACE alarm is raised or the
@@ -458,7 +536,6 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
             .map_err(|source| StartError::Bind { key, addr, source })
     };
     let client = bind("NETSY_BIND_CLIENT", cfg.bind_client).await?;
-    let peer = bind("NETSY_BIND_PEER", cfg.bind_peer).await?;
     let health = bind("NETSY_BIND_HEALTH", cfg.bind_health).await?;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -476,22 +553,6 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
             .await
         {
             tracing::error!(error = %e, "gRPC server failed");
-        }
-    });
-
-    let peer_stop = stop.clone();
-    let peer_grpc = crate::peer::router(node.clone());
-    let incoming = listen::Incoming::new(peer, node.tls.clone(), Listener::Peer).map_err(|source| StartError::Bind {
-        key: "NETSY_BIND_PEER",
-        addr: cfg.bind_peer,
-        source,
-    })?;
-    tasks.spawn(async move {
-        if let Err(e) = peer_grpc
-            .serve_with_incoming_shutdown(incoming, async move { peer_stop.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "peer gRPC server failed");
         }
     });
 
@@ -573,6 +634,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
         tasks.abort_all();
     }
     let _ = node.raft.shutdown().await;
+    node.stop_peers();
     Ok(())
 }
 

@@ -1,0 +1,100 @@
+//! Connections to the other members' peer ports (2381), one lazily connected gRPC
+//! channel per member, shared by Raft replication and request forwarding. With TLS, a
+//! connection presents this node's peer certificate and accepts only the member it meant
+//! to reach (see `tls::connect`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use super::{NodeId, PeerNode};
+use crate::proto::peer::peer_client::PeerClient;
+use crate::tls::connect::ConnectError;
+use crate::tls::Tls;
+
+/// How long dialling a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Peers {
+    tls: Option<Arc<Tls>>,
+    self_id: NodeId,
+    /// Per member: the address the channel was made for, and the channel.
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+}
+
+impl Peers {
+    pub fn new(tls: Option<Arc<Tls>>, self_id: NodeId) -> Arc<Peers> {
+        Arc::new(Peers {
+            tls,
+            self_id,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A client for member `id` at `node`. Never for this node itself (openraft must not
+    /// be connected to itself).
+    pub fn client(&self, id: NodeId, node: &PeerNode) -> Result<PeerClient<Channel>, ConnectError> {
+        if id == self.self_id {
+            return Err(ConnectError::Address {
+                addr: node.peer_url.clone(),
+                msg: "refusing to connect a node to itself".into(),
+            });
+        }
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((url, ch)) = channels.get(&id) {
+            if *url == node.peer_url {
+                return Ok(client(ch.clone()));
+            }
+        }
+        let ch = crate::tls::connect::peer_channel_lazy(self.tls.clone(), &node.peer_url, &node.name, CONNECT_TIMEOUT)?;
+        channels.insert(id, (node.peer_url.clone(), ch.clone()));
+        Ok(client(ch))
+    }
+
+    /// A one-off client for the node named `name` at `url` (discovery, before it is a
+    /// known member).
+    pub fn client_at(&self, url: &str, name: &str) -> Result<PeerClient<Channel>, ConnectError> {
+        Ok(client(crate::tls::connect::peer_channel_lazy(
+            self.tls.clone(),
+            url,
+            name,
+            CONNECT_TIMEOUT,
+        )?))
+    }
+}
+
+fn client(ch: Channel) -> PeerClient<Channel> {
+    PeerClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// Discovery (`archive::bootstrap::Probe`): a node is live when it answers `Hello` for
+/// this cluster and epoch and knows a Raft leader.
+pub struct HelloProbe {
+    pub tls: Option<Arc<Tls>>,
+    pub cluster_id: String,
+}
+
+#[async_trait::async_trait]
+impl crate::archive::bootstrap::Probe for HelloProbe {
+    async fn is_live(&self, peer_url: &str, node_id: &str, epoch: u64) -> bool {
+        let Ok(ch) = crate::tls::connect::peer_channel_lazy(self.tls.clone(), peer_url, node_id, CONNECT_TIMEOUT) else {
+            return false;
+        };
+        let mut request = tonic::Request::new(crate::proto::peer::HelloRequest {});
+        request.set_timeout(Duration::from_secs(2));
+        match client(ch).hello(request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                r.cluster_id == self.cluster_id && r.epoch == epoch && r.leader_raft_id != 0
+            }
+            Err(e) => {
+                tracing::debug!(peer = node_id, error = %e.message(), "not answering yet");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Membership. Each pod is one etcd member (a stable member id per name) and, per
+//! incarnation, one Raft node. A pod that restarts with its disk keeps its Raft id; one
+//! that restarts empty joins under a new id, and the leader admits it as a learner, waits
+//! until it has caught up, then makes it a voter in place of its old incarnation, one
+//! membership change at a time.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+
+use super::Node;
+use crate::api::errors::ApiError;
+use crate::proto::peer::{JoinRequest, RemoveMemberRequest};
+use crate::raft::{NodeId, PeerNode};
+
+/// A join waits this long for the leader (the learner's catch-up included).
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One member as the Raft membership records it.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub raft_id: NodeId,
+    pub node: PeerNode,
+    pub voter: bool,
+}
+
+fn membership_error<E>(e: openraft::error::RaftError<NodeId, E>) -> ApiError
+where
+    E: std::fmt::Display + std::fmt::Debug + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, PeerNode>>,
+{
+    match crate::raft::proposer::classify(e) {
+        crate::raft::proposer::ProposeError::Internal(m) => ApiError::Internal(format!("membership change: {m}")),
+        other => other.into(),
+    }
+}
+
+impl Node {
+    /// Every member in the current membership, voters first.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut out: Vec<MemberInfo> = membership
+            .nodes()
+            .map(|(id, node)| MemberInfo {
+                raft_id: *id,
+                node: node.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        out.sort_by_key(|m| (!m.voter, m.node.name.clone(), m.raft_id));
+        out
+    }
+
+    /// Admits Raft node `raft_id` (`node`) as a voter, replacing any other incarnation
+    /// of the same name. Forwarded to the leader when this node follows.
+    pub async fn join(&self, raft_id: NodeId, node: PeerNode) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            let (leader, leader_node) = self.leader().ok_or(ApiError::NoLeader)?;
+            let mut client = self.peers.client(leader, &leader_node).map_err(|_| ApiError::NoLeader)?;
+            let mut request = tonic::Request::new(JoinRequest {
+                name: node.name.clone(),
+                member_id: node.member_id,
+                raft_id,
+                peer_url: node.peer_url.clone(),
+                client_url: node.client_url.clone(),
+            });
+            request.set_timeout(JOIN_TIMEOUT);
+            client.join(request).await.map_err(|s| ApiError::from_peer(&s))?;
+            return Ok(());
+        }
+        let _one_change_at_a_time = self.membership_lock.lock().await;
+        let current = self.members();
+        if current.iter().any(|m| m.raft_id == raft_id && m.voter) {
+            return Ok(());
+        }
+        tracing::info!(raft_id, node = %node, "adding a learner; it becomes a voter once caught up");
+        self.raft.add_learner(raft_id, node.clone(), true).await.map_err(membership_error)?;
+        let old: BTreeSet<NodeId> = current
+            .iter()
+            .filter(|m| m.node.name == node.name && m.raft_id != raft_id)
+            .map(|m| m.raft_id)
+            .collect();
+        let voters: BTreeSet<NodeId> = current
+            .iter()
+            .filter(|m| m.voter && !old.contains(&m.raft_id))
+            .map(|m| m.raft_id)
+            .chain([raft_id])
+            .collect();
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+            .map_err(membership_error)?;
+        if !old.is_empty() {
+            // Old incarnations that were only learners are not covered by the voter change.
+            let left: BTreeSet<NodeId> = self
+                .members()
+                .iter()
+                .filter(|m| old.contains(&m.raft_id))
+                .map(|m| m.raft_id)
+                .collect();
+            if !left.is_empty() {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(left), false)
+                    .await
+                    .map_err(membership_error)?;
+            }
+        }
+        tracing::info!(raft_id, node = %node, replaced = ?old, "member joined as a voter");
+        Ok(())
+    }
+
+    /// Removes the member with etcd member id `member_id` (every incarnation).
+    pub async fn remove_member(&self, member_id: u64) -> Result<(), ApiError> {
+        let current = self.members();
+        let ids: BTreeSet<NodeId> = current
+            .iter()
+            .filter(|m| m.node.member_id == member_id)
+            .map(|m| m.raft_id)
+            .collect();
+        if ids.is_empty() {
+            return Err(ApiError::MemberNotFound);
+        }
+        if !self.is_leader() {
+            let (leader, leader_node) = self.leader().ok_or(ApiError::NoLeader)?;
+            let mut client = self.peers.client(leader, &leader_node).map_err(|_| ApiError::NoLeader)?;
+            client
+                .remove_member(RemoveMemberRequest { member_id })
+                .await
+                .map_err(|s| ApiError::from_peer(&s))?;
+            return Ok(());
+        }
+        let _one_change_at_a_time = self.membership_lock.lock().await;
+        let voters: BTreeSet<NodeId> = current
+            .iter()
+            .filter(|m| m.voter && !ids.contains(&m.raft_id))
+            .map(|m| m.raft_id)
+            .collect();
+        if voters.is_empty() {
+            return Err(ApiError::Internal("cannot remove the last voter".into()));
+        }
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+            .map_err(membership_error)?;
+        let left: BTreeSet<NodeId> = self
+            .members()
+            .iter()
+            .filter(|m| ids.contains(&m.raft_id))
+            .map(|m| m.raft_id)
+            .collect();
+        if !left.is_empty() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(left), false)
+                .await
+                .map_err(membership_error)?;
+        }
+        tracing::info!(member_id = format!("{member_id:x}"), "member removed");
+        Ok(())
+    }
+}

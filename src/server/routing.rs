@@ -1,0 +1,253 @@
+//! Any member accepts any request. Writes and lease keep-alives go to the leader (over
+//! the peer port when this node follows); linearizable reads take a ReadIndex from the
+//! leader and wait until this member has applied that far; serializable reads and
+//! watches are served from this member's own state.
+//!
+//! A request that reaches a node which turns out not to lead (an election is under way)
+//! is retried with the new leader until `REQUEST_TIMEOUT`; with no leader by then the
+//! client gets etcd's `Unavailable` "etcdserver: no leader" and retries.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Node;
+use crate::api::errors::ApiError;
+use crate::config::Durability;
+use crate::mvcc::{Command, CommandResult};
+use crate::proto::peer::{Blob, LeaseKeepAliveRequest, ReadIndexRequest};
+use crate::raft::{NodeId, PeerNode};
+
+/// How long a request may wait for a leader and for its forwarding.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// How long a write waits for its segment upload in `object-storage` durability.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// The leader this node knows, with its membership record.
+    pub fn leader(&self) -> Option<(NodeId, PeerNode)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Waits until a leader is known, or fails with "no leader" at `deadline`.
+    async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, PeerNode), ApiError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(ApiError::Stopped),
+                Err(_) => return Err(ApiError::NoLeader),
+            }
+        }
+    }
+
+    /// After a "not the leader" answer: gives the election a moment before retrying.
+    async fn await_other_leader(&self, stale: NodeId, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        let until = deadline.min(Instant::now() + Duration::from_millis(300));
+        while metrics.borrow().current_leader == Some(stale) {
+            if tokio::time::timeout_at(until, metrics.changed()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Replicates `cmd` through the leader; returns its result and log index once this
+    /// member has applied it (so the caller's next read here sees it).
+    pub(crate) async fn replicate(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), ApiError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let (leader, node) = self.await_leader(deadline).await?;
+            let result = if leader == self.identity.raft_id {
+                self.propose_as_leader(cmd.clone(), size).await
+            } else {
+                self.forward_propose(leader, &node, &cmd, deadline).await
+            };
+            match result {
+                Err(ApiError::NoLeader | ApiError::LeaderChanged) if Instant::now() < deadline => {
+                    self.await_other_leader(leader, deadline).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward_propose(
+        &self,
+        leader: NodeId,
+        node: &PeerNode,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<(CommandResult, u64), ApiError> {
+        let mut client = self.peers.client(leader, node).map_err(|_| ApiError::NoLeader)?;
+        let data = bincode::serialize(cmd).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut request = tonic::Request::new(Blob { data });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = client.propose(request).await.map_err(|s| ApiError::from_peer(&s))?;
+        let (result, index): (CommandResult, u64) =
+            bincode::deserialize(&reply.into_inner().data).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.wait_applied(index, deadline).await?;
+        Ok((result, index))
+    }
+
+    /// On the leader: replicates `cmd` and returns its applied result and log index (in
+    /// `object-storage` durability, once the entry is in object storage).
+    pub async fn propose_as_leader(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), ApiError> {
+        if !self.is_leader() {
+            return Err(if self.has_leader() {
+                ApiError::LeaderChanged
+            } else {
+                ApiError::NoLeader
+            });
+        }
+        let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
+        let res = self.proposer.propose(cmd, size).await;
+        timer.observe_duration();
+        match res {
+            Ok((data, index)) => {
+                crate::metrics::PROPOSALS_COMMITTED.inc();
+                if self.config.durability == Durability::ObjectStorage {
+                    self.wait_archived(index).await?;
+                }
+                Ok((data, index))
+            }
+            Err(e) => {
+                crate::metrics::PROPOSALS_FAILED.inc();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `object-storage` durability: returns once log entry `index` is in object storage.
+    /// Gives up after `ARCHIVE_WAIT` with etcd's timeout error; the write itself stays
+    /// committed (as with an etcd timeout, the client cannot tell whether it applied).
+    async fn wait_archived(&self, index: u64) -> Result<(), ApiError> {
+        let mut archived = self.archived.clone();
+        let reached = tokio::time::timeout(ARCHIVE_WAIT, archived.wait_for(|w| *w >= index)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
+        }
+    }
+
+    /// Waits until this member has applied log index `index`.
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "apply at this member")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => ApiError::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => ApiError::Stopped,
+            })
+    }
+
+    /// Waits until a read at this member reflects every write committed before the call.
+    pub async fn linearizable_read(&self) -> Result<(), ApiError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let (leader, node) = self.await_leader(deadline).await?;
+            let result = if leader == self.identity.raft_id {
+                self.reads.wait().await.map_err(ApiError::from)
+            } else {
+                match self.forward_read_index(leader, &node, deadline).await {
+                    Ok(index) => self.wait_applied(index, deadline).await,
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Err(ApiError::NoLeader | ApiError::LeaderChanged) if Instant::now() < deadline => {
+                    self.await_other_leader(leader, deadline).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward_read_index(&self, leader: NodeId, node: &PeerNode, deadline: Instant) -> Result<u64, ApiError> {
+        let mut client = self.peers.client(leader, node).map_err(|_| ApiError::NoLeader)?;
+        let mut request = tonic::Request::new(ReadIndexRequest {});
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = client.read_index(request).await.map_err(|s| ApiError::from_peer(&s))?;
+        Ok(reply.into_inner().index)
+    }
+
+    /// On the leader: a ReadIndex round; the index a linearizable read must wait for.
+    pub async fn read_index_as_leader(&self) -> Result<u64, ApiError> {
+        if !self.is_leader() {
+            return Err(if self.has_leader() {
+                ApiError::LeaderChanged
+            } else {
+                ApiError::NoLeader
+            });
+        }
+        let read = self
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| ApiError::from(crate::raft::proposer::classify(e)))?;
+        Ok(read.map_or(0, |l| l.index))
+    }
+
+    /// Renews lease `id` (`renew`) or reports its deadline, at the leader, which alone
+    /// tracks lease deadlines. Returns (granted TTL, seconds left); TTL 0: no such lease.
+    pub async fn lease_deadline(&self, id: i64, renew: bool) -> Result<(i64, i64), ApiError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let (leader, node) = self.await_leader(deadline).await?;
+            let result = if leader == self.identity.raft_id {
+                self.lease_deadline_as_leader(id, renew)
+            } else {
+                let mut client = self.peers.client(leader, &node).map_err(|_| ApiError::NoLeader)?;
+                let mut request = tonic::Request::new(LeaseKeepAliveRequest { id, renew });
+                request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                client
+                    .lease_keep_alive(request)
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        (r.ttl, r.remaining)
+                    })
+                    .map_err(|s| ApiError::from_peer(&s))
+            };
+            match result {
+                Err(ApiError::NoLeader | ApiError::LeaderChanged) if Instant::now() < deadline => {
+                    self.await_other_leader(leader, deadline).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// On the leader: see `lease_deadline`. Every grant and revoke this leader committed
+    /// is already applied here, so no ReadIndex round is needed.
+    pub fn lease_deadline_as_leader(&self, id: i64, renew: bool) -> Result<(i64, i64), ApiError> {
+        if !self.is_leader() {
+            return Err(if self.has_leader() {
+                ApiError::LeaderChanged
+            } else {
+                ApiError::NoLeader
+            });
+        }
+        match self.reader.lease_ttl(id)? {
+            Some(ttl) => {
+                if renew {
+                    self.lessor.renew(id, ttl);
+                }
+                Ok((ttl, self.lessor.remaining(id).unwrap_or(ttl)))
+            }
+            None => Ok((0, 0)),
+        }
+    }
+}
