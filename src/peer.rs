@@ -26,9 +26,23 @@ fn decode<T: DeserializeOwned>(req: Request<Blob>) -> Result<T, Status> {
     bincode::deserialize(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable peer request: {e}")))
 }
 
+impl PeerService {
+    /// A Raft RPC's payload, if it is meant for this Raft node.
+    fn raft_rpc<T: DeserializeOwned>(&self, req: Request<Blob>) -> Result<T, Status> {
+        let target = req.get_ref().target;
+        if target != self.node.identity.raft_id {
+            return Err(Status::failed_precondition(format!(
+                "this is Raft node {} ({}), not {target}",
+                self.node.identity.raft_id, self.node.config.node_id
+            )));
+        }
+        decode(req)
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Response<Blob>, Status> {
     bincode::serialize(value)
-        .map(|data| Response::new(Blob { data }))
+        .map(|data| Response::new(Blob { data, target: 0 }))
         .map_err(|e| Status::internal(e.to_string()))
 }
 
@@ -54,17 +68,17 @@ impl Peer for PeerService {
     }
 
     async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = decode(request)?;
+        let rpc = self.raft_rpc(request)?;
         encode(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = decode(request)?;
+        let rpc = self.raft_rpc(request)?;
         encode(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = decode(request)?;
+        let rpc = self.raft_rpc(request)?;
         encode(&self.node.raft.install_snapshot(rpc).await)
     }
 

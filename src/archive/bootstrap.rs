@@ -191,7 +191,7 @@ pub async fn prepare(
                         break Startup {
                             epoch,
                             member,
-                            restored: None,
+                            restored: joiner_base(store.as_ref(), epoch, state_db).await?,
                             mode: Mode::Join { via },
                         };
                     }
@@ -233,6 +233,27 @@ pub async fn prepare(
     };
     manifest::publish_node(store.as_ref(), &record).await?;
     Ok(startup)
+}
+
+/// The state a member joining `epoch` starts from: the epoch's base snapshot (index 0),
+/// on which the leader's Raft log applies (or which a Raft snapshot replaces). Epoch 1
+/// started empty and has no such snapshot.
+async fn joiner_base(store: &dyn ObjectStore, epoch: u64, state_db: &Path) -> Result<Option<(RestoreReport, PathBuf)>, BootstrapError> {
+    let target = state_db.with_extension("restoring");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+    }
+    match super::restore::restore(store, epoch, &target, Some(0)).await {
+        Ok(report) if report.snapshot_index == Some(0) => Ok(Some((report, target))),
+        Ok(_) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
+            }
+            Ok(None)
+        }
+        Err(RestoreError::NoSnapshot { .. }) if epoch == 1 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Makes the state database `db` the base of a new epoch (after `current`, or epoch 1),

@@ -38,6 +38,11 @@ pub async fn collect(store: &dyn ObjectStore, epoch: u64, keep: usize) -> Result
     }
     let excess = snapshots.len().saturating_sub(keep);
     for (name, _) in &snapshots[..excess] {
+        // The epoch's base (index 0, written when the epoch was opened) stays: a member
+        // joining the epoch starts from it and receives the Raft log after it.
+        if name.index == 0 {
+            continue;
+        }
         delete(store, &name.path()).await?;
         report.snapshots += 1;
     }
@@ -98,7 +103,8 @@ mod tests {
         for (first, last) in [(1, 10), (11, 20), (21, 30), (31, 40)] {
             put(SegmentName { epoch: 2, first, last }.path()).await;
         }
-        for index in [0, 15, 30] {
+        // Index 0 is the epoch's base, which joining members start from: never deleted.
+        for index in [0, 5, 15, 30] {
             put(SnapshotName { epoch: 2, index }.path()).await;
         }
         put(Path::from("cluster.json")).await;
@@ -115,6 +121,7 @@ mod tests {
             names(&store).await,
             vec![
                 "cluster.json".to_string(),
+                SnapshotName { epoch: 2, index: 0 }.path().to_string(),
                 SnapshotName { epoch: 2, index: 15 }.path().to_string(),
                 SnapshotName { epoch: 2, index: 30 }.path().to_string(),
                 SegmentName {

@@ -69,7 +69,7 @@ impl Link {
         }
         let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.peers.client(self.target, &self.node).map_err(|e| unreachable(&e))?;
-        let mut request = tonic::Request::new(Blob { data });
+        let mut request = tonic::Request::new(Blob { data, target: self.target });
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
@@ -90,7 +90,7 @@ impl Link {
                         target: self.target,
                         timeout: option.hard_ttl(),
                     }),
-                    tonic::Code::Unavailable => unreachable(&status.message()),
+                    tonic::Code::Unavailable | tonic::Code::FailedPrecondition => unreachable(&status.message()),
                     _ => RPCError::Network(NetworkError::new(&std::io::Error::other(status.to_string()))),
                 });
             }

@@ -89,7 +89,7 @@ impl Node {
     ) -> Result<(CommandResult, u64), ApiError> {
         let mut client = self.peers.client(leader, node).map_err(|_| ApiError::NoLeader)?;
         let data = bincode::serialize(cmd).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut request = tonic::Request::new(Blob { data });
+        let mut request = tonic::Request::new(Blob { data, target: leader });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = client.propose(request).await.map_err(|s| ApiError::from_peer(&s))?;
         let (result, index): (CommandResult, u64) =

@@ -51,6 +51,8 @@ pub struct Netsy {
     extra_config: String,
     /// Extra environment variables for the process.
     envs: Vec<(String, String)>,
+    /// Keep the ports across restarts (cluster members are known by their addresses).
+    pub keep_ports: bool,
     /// The `storage` object of the cluster file (default: `file` under the temp dir).
     storage: Option<String>,
 }
@@ -84,8 +86,14 @@ impl Netsy {
             child: None,
             extra_config: extra.to_string(),
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            keep_ports: false,
             storage: None,
         }
+    }
+
+    /// Sets the cluster file's `storage` object.
+    pub fn set_storage(&mut self, storage: &str) {
+        self.storage = Some(storage.to_string());
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -116,11 +124,17 @@ impl Netsy {
 
     /// Like `spawn`, but a process that exits before listening is `Err(its log)`.
     pub fn try_spawn(&mut self) -> Result<(), String> {
-        self.client_port = free_port();
-        self.health_port = free_port();
-        self.peer_port = free_port();
+        if !self.keep_ports || self.client_port == 0 {
+            self.client_port = free_port();
+            self.health_port = free_port();
+            self.peer_port = free_port();
+        }
         self.write_config();
-        let log = std::fs::File::create(self.dir.path().join(format!("netsy-{}.log", self.client_port))).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("netsy-{}.log", self.client_port)))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_netsy"))
             .args(["serve", "--config"])
             .arg(self.config_path())
@@ -128,6 +142,8 @@ impl Netsy {
             .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{}", self.client_port))
             .env("NETSY_BIND_PEER", format!("127.0.0.1:{}", self.peer_port))
             .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{}", self.health_port))
+            .env("NETSY_ADVERTISE_CLIENT", format!("http://127.0.0.1:{}", self.client_port))
+            .env("NETSY_ADVERTISE_PEER", format!("http://127.0.0.1:{}", self.peer_port))
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -299,4 +315,79 @@ pub fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: &str) -> (bool, Strin
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// A cluster of real netsy processes on loopback sharing one object store (a local
+/// directory), each with its own data directory and stable ports.
+pub struct Cluster {
+    pub objects: tempfile::TempDir,
+    pub nodes: Vec<Netsy>,
+}
+
+impl Cluster {
+    /// Starts `n` members one after another (the first opens the cluster, the others
+    /// join it). `extra` goes into the shared cluster file.
+    pub fn start(n: usize, extra: &str) -> Cluster {
+        let objects = tempfile::tempdir().expect("tempdir");
+        let storage = format!("{{ \"provider\": \"file\", \"path\": \"{}\" }}", objects.path().display());
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let mut node = Netsy::new(extra, &[("NETSY_NODE_ID", format!("netsy-{i}"))]);
+            node.set_storage(&storage);
+            node.keep_ports = true;
+            node.spawn();
+            nodes.push(node);
+        }
+        let c = Cluster { objects, nodes };
+        c.wait_members(n);
+        c
+    }
+
+    /// Every member's endpoint (for a client that may use any of them).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.endpoint()).collect()
+    }
+
+    /// The index of the member that leads, if a running one reports it.
+    pub fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some() && n.metric("etcd_server_is_leader") == 1.0)
+    }
+
+    pub fn wait_leader(&self) -> usize {
+        let mut leader = None;
+        wait_until(Duration::from_secs(30), "a leader", || {
+            leader = self.leader();
+            leader.is_some()
+        });
+        leader.expect("leader")
+    }
+
+    /// Waits until a running member lists `n` voters.
+    pub fn wait_members(&self, n: usize) {
+        let endpoint = self.endpoints()[0].clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, out, err) = etcdctl(&endpoint, &["member", "list"]);
+            if ok && out.lines().filter(|l| l.contains(", started, ") && l.ends_with("false")).count() == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} voters; member list: {out} {err}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// All logs, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- netsy-{i} ---\n{}", n.log()))
+            .collect()
+    }
 }

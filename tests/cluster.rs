@@ -1,0 +1,332 @@
+//! Multi-node, black-box: real netsy processes on loopback sharing one object store,
+//! killed (-9), restarted with or without their disks, and fully restarted from object
+//! storage alone.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{etcdctl, wait_until, Cluster};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+
+async fn client(endpoint: &str) -> Client {
+    Client::connect([endpoint], None).await.expect("connect")
+}
+
+async fn value(c: &mut Client, key: &str, serializable: bool) -> Option<String> {
+    let opts = serializable.then(|| GetOptions::new().with_serializable());
+    let resp = c.get(key, opts).await.expect("get");
+    resp.kvs().first().map(|kv| kv.value_str().expect("utf8").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_member_serves_writes_reads_leases_and_membership() {
+    let c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let mut f0 = client(&c.nodes[followers[0]].endpoint()).await;
+    let mut f1 = client(&c.nodes[followers[1]].endpoint()).await;
+
+    // A write through a follower is visible to a linearizable read at the other one.
+    let put = f0.put("k", "v1", None).await.expect("put via follower");
+    assert_eq!(value(&mut f1, "k", false).await.as_deref(), Some("v1"));
+    // ...and at the writing follower itself at once, even serializably.
+    assert_eq!(value(&mut f0, "k", true).await.as_deref(), Some("v1"));
+    let rev = put.header().expect("header").revision();
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::mod_revision("k", etcd_client::CompareOp::Equal, rev)])
+        .and_then([etcd_client::TxnOp::put("k", "v2", None)]);
+    assert!(f1.txn(txn).await.expect("txn via follower").succeeded());
+
+    // Leases: granted at one follower, kept alive at the other, TTL from the leader.
+    let lease = f0.lease_grant(5, None).await.expect("grant").id();
+    f1.put("leased", "x", Some(etcd_client::PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put with lease");
+    let (mut keeper, mut responses) = f1.lease_keep_alive(lease).await.expect("keep-alive stream");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        keeper.keep_alive().await.expect("keep alive");
+        let r = responses.message().await.expect("response").expect("keep-alive response");
+        assert_eq!(r.ttl(), 5);
+    }
+    // 8 s after the grant, a 5 s lease is still alive thanks to keep-alives via a follower.
+    let mut l = client(&c.nodes[leader].endpoint()).await;
+    let ttl = l.lease_time_to_live(lease, None).await.expect("ttl");
+    assert!(ttl.ttl() > 0 && ttl.ttl() <= 5, "{}", ttl.ttl());
+    assert_eq!(value(&mut l, "leased", false).await.as_deref(), Some("x"));
+    drop(keeper);
+    // Without keep-alives the leader expires it, and every member sees the key go.
+    wait_until(Duration::from_secs(15), "lease expiry", || {
+        etcdctl(&c.nodes[followers[1]].endpoint(), &["get", "leased", "--consistency=s"])
+            .1
+            .trim()
+            .is_empty()
+    });
+
+    // Membership: three voters with their URLs; every member names the same leader.
+    let members = f0.member_list().await.expect("member list");
+    assert_eq!(members.members().len(), 3);
+    for m in members.members() {
+        assert!(!m.is_learner());
+        assert!(m.name().starts_with("netsy-"));
+        assert_eq!(m.client_urls().len(), 1);
+    }
+    let mut leaders = Vec::new();
+    for n in &c.nodes {
+        let status = client(&n.endpoint()).await.status().await.expect("status");
+        leaders.push(status.leader());
+    }
+    assert!(leaders.iter().all(|l| *l == leaders[0] && *l != 0), "{leaders:?}");
+}
+
+/// When a write was sent and when it was acknowledged.
+type Acked = Arc<Mutex<BTreeMap<String, (Instant, Instant)>>>;
+
+/// Puts keys through every member until stopped; records each acknowledged one.
+fn writers(endpoints: Vec<String>, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+    endpoints
+        .into_iter()
+        .enumerate()
+        .map(|(w, endpoint)| {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut c: Option<Client> = None;
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if c.is_none() {
+                        let opts = etcd_client::ConnectOptions::new()
+                            .with_connect_timeout(Duration::from_millis(500))
+                            .with_timeout(Duration::from_secs(3));
+                        c = Client::connect([endpoint.as_str()], Some(opts)).await.ok();
+                        if c.is_none() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    let key = format!("w{w}/{i:06}");
+                    i += 1;
+                    if let Some(client) = c.as_mut() {
+                        let sent = Instant::now();
+                        match client.put(key.as_str(), "v", None).await {
+                            Ok(_) => {
+                                acked.lock().expect("lock").insert(key, (sent, Instant::now()));
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill_loses_no_acknowledged_write_and_a_new_leader_takes_over() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
+    let tasks = writers(followers.clone(), acked.clone(), stop.clone());
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "writes before the kill", || {
+            acked.lock().expect("lock").len() >= 100
+        })
+    });
+
+    let killed_at = Instant::now();
+    c.nodes[leader].kill9();
+    let before = acked.lock().expect("lock").len();
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(30), "writes after the kill", || {
+            acked.lock().expect("lock").len() >= before + 100
+        })
+    });
+    // The first write sent after the kill that was acknowledged (it needed a new leader).
+    let first_after = acked
+        .lock()
+        .expect("lock")
+        .values()
+        .filter(|(sent, _)| *sent > killed_at)
+        .map(|(_, done)| *done)
+        .min()
+        .expect("a write after the kill");
+    let failover = first_after.duration_since(killed_at);
+    println!("failover: leader kill -> first acknowledged write: {failover:?}");
+    assert!(failover < Duration::from_secs(10), "failover took {failover:?}");
+
+    // The old leader comes back with its disk and catches up as a follower.
+    c.nodes[leader].spawn();
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(30), "more writes with everyone back", || {
+            acked.lock().expect("lock").len() >= before + 200
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    // Every acknowledged write is on every member (serializable: each member's own state).
+    let acked: Vec<String> = acked.lock().expect("lock").keys().cloned().collect();
+    let mut lin = client(&c.nodes[leader].endpoint()).await;
+    lin.get("w", Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .expect("barrier");
+    for n in &c.nodes {
+        let mut cl = client(&n.endpoint()).await;
+        let mut present = Vec::new();
+        // A linearizable read first, so this member has applied everything.
+        cl.get("w", Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .expect("read");
+        let resp = cl
+            .get("w", Some(GetOptions::new().with_prefix().with_keys_only().with_serializable()))
+            .await
+            .expect("get");
+        present.extend(resp.kvs().iter().map(|kv| kv.key_str().expect("utf8").to_string()));
+        let missing: Vec<&String> = acked.iter().filter(|k| !present.contains(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} acknowledged writes missing at {}: {:?}",
+            missing.len(),
+            n.endpoint(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+    assert_eq!(c.nodes.iter().filter(|n| n.child.is_some()).count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_restarted_with_an_empty_disk_rejoins_as_a_new_incarnation() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let victim = (leader + 1) % 3;
+    let mut l = client(&c.nodes[leader].endpoint()).await;
+    for i in 0..50 {
+        l.put(format!("k{i:02}"), "v", None).await.expect("put");
+    }
+    let member_id = client(&c.nodes[victim].endpoint())
+        .await
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("h")
+        .member_id();
+    c.nodes[victim].kill9();
+    c.nodes[victim].wipe();
+    l.put("while-away", "1", None).await.expect("put with one member down");
+    c.nodes[victim].spawn();
+    c.wait_members(3);
+    let mut v = client(&c.nodes[victim].endpoint()).await;
+    let status = v.status().await.expect("status");
+    assert_eq!(status.header().expect("h").member_id(), member_id, "the member id is stable");
+    let resp = v
+        .get("", Some(GetOptions::new().with_from_key().with_serializable().with_count_only()))
+        .await
+        .expect("count");
+    assert_eq!(resp.count(), 51, "{}", c.logs());
+    // The old incarnation is gone: exactly three members, none a learner.
+    let members = v.member_list().await.expect("members");
+    assert_eq!(members.members().len(), 3);
+    // And the cluster still tolerates a failure: stop another member, writes go on.
+    let other = (victim + 1) % 3;
+    c.nodes[other].kill9();
+    let survivor = (0..3).find(|i| *i != other).expect("survivor");
+    let mut s = client(&c.nodes[survivor].endpoint()).await;
+    s.put("after", "1", None)
+        .await
+        .expect("write with the new incarnation counted in the quorum");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_restart_with_every_disk_empty_comes_back_from_object_storage() {
+    let mut c = Cluster::start(3, r#""durability": "object-storage", "discovery_timeout": "2s","#);
+    c.wait_leader();
+    let mut any = client(&c.nodes[1].endpoint()).await;
+    let mut last = 0;
+    for i in 0..100 {
+        last = any
+            .put(format!("k{i:03}"), format!("{i}"), None)
+            .await
+            .expect("put")
+            .header()
+            .expect("h")
+            .revision();
+    }
+    for n in c.nodes.iter_mut() {
+        n.kill9();
+        n.wipe();
+    }
+    // Every pod comes back at once, empty.
+    std::thread::scope(|s| {
+        for n in c.nodes.iter_mut() {
+            s.spawn(move || n.spawn());
+        }
+    });
+    c.wait_members(3);
+    let mut any = client(&c.nodes[2].endpoint()).await;
+    let resp = any.get("k", Some(GetOptions::new().with_prefix())).await.expect("get");
+    assert_eq!(resp.kvs().len(), 100, "every acknowledged write survives");
+    let next = any.put("after", "1", None).await.expect("put").header().expect("h").revision();
+    assert_eq!(next, last + 1, "the revision continues");
+    let cluster: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.objects.path().join("cluster.json")).expect("cluster.json")).expect("json");
+    assert_eq!(cluster["epoch"], 2, "{cluster}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_follower_sees_every_revision_once_across_a_leader_change() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let mut w = client(&c.nodes[follower].endpoint()).await;
+    let start = w.put("w/start", "0", None).await.expect("put").header().expect("h").revision();
+    let mut stream = w
+        .watch("w/", Some(WatchOptions::new().with_prefix().with_start_revision(start)))
+        .await
+        .expect("watch");
+    let mut writer = client(&c.nodes[other].endpoint()).await;
+    let mut written = vec![start];
+    for i in 0..30 {
+        written.push(
+            writer
+                .put(format!("w/{i}"), "v", None)
+                .await
+                .expect("put")
+                .header()
+                .expect("h")
+                .revision(),
+        );
+    }
+    c.nodes[leader].kill9();
+    for i in 30..60 {
+        loop {
+            match writer.put(format!("w/{i}"), "v", None).await {
+                Ok(r) => {
+                    written.push(r.header().expect("h").revision());
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < written.len() {
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("events in time")
+            .expect("watch stream")
+            .expect("watch response");
+        for e in msg.events() {
+            assert_eq!(e.event_type(), EventType::Put);
+            seen.push(e.kv().expect("kv").mod_revision());
+        }
+    }
+    assert_eq!(seen, written, "every revision exactly once, in order");
+}
