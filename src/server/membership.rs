@@ -93,22 +93,26 @@ impl Node {
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             .await
             .map_err(membership_error)?;
-        if !old.is_empty() {
-            // Old incarnations that were only learners are not covered by the voter change.
-            let left: BTreeSet<NodeId> = self
-                .members()
-                .iter()
-                .filter(|m| old.contains(&m.raft_id))
-                .map(|m| m.raft_id)
-                .collect();
-            if !left.is_empty() {
-                self.raft
-                    .change_membership(ChangeMembers::RemoveNodes(left), false)
-                    .await
-                    .map_err(membership_error)?;
-            }
-        }
+        self.drop_learners(&old).await?;
         tracing::info!(raft_id, node = %node, replaced = ?old, "member joined as a voter");
+        Ok(())
+    }
+
+    /// Removes those of `ids` still in the membership (as learners: a voter change does
+    /// not cover nodes that never became voters).
+    async fn drop_learners(&self, ids: &BTreeSet<NodeId>) -> Result<(), ApiError> {
+        let left: BTreeSet<NodeId> = self
+            .members()
+            .iter()
+            .filter(|m| ids.contains(&m.raft_id))
+            .map(|m| m.raft_id)
+            .collect();
+        if !left.is_empty() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(left), false)
+                .await
+                .map_err(membership_error)?;
+        }
         Ok(())
     }
 
@@ -145,18 +149,7 @@ impl Node {
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             .await
             .map_err(membership_error)?;
-        let left: BTreeSet<NodeId> = self
-            .members()
-            .iter()
-            .filter(|m| ids.contains(&m.raft_id))
-            .map(|m| m.raft_id)
-            .collect();
-        if !left.is_empty() {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(left), false)
-                .await
-                .map_err(membership_error)?;
-        }
+        self.drop_learners(&ids).await?;
         tracing::info!(member_id = format!("{member_id:x}"), "member removed");
         Ok(())
     }

@@ -574,54 +574,17 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     });
 
     if let Some(tls) = node.tls.clone() {
-        let tls_stop = stop.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = tls.watch() => {}
-                _ = tls_stop.cancelled() => {}
-            }
-        });
+        spawn_until(&mut tasks, &stop, tls.watch());
     }
 
-    let lease_stop = stop.clone();
-    let lease_node = node.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = crate::api::lease::expiry_loop(lease_node) => {}
-            _ = lease_stop.cancelled() => {}
-        }
-    });
-
-    let archive_stop = stop.clone();
-    let uploader = node.uploader.lock().ok().and_then(|mut u| u.take());
-    if let Some(uploader) = uploader {
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = uploader.run() => {}
-                _ = archive_stop.cancelled() => {}
-            }
-        });
+    spawn_until(&mut tasks, &stop, crate::api::lease::expiry_loop(node.clone()));
+    if let Some(uploader) = node.uploader.lock().ok().and_then(|mut u| u.take()) {
+        spawn_until(&mut tasks, &stop, uploader.run());
     }
-
-    let snap_stop = stop.clone();
-    let snapshotter = node.snapshotter.lock().ok().and_then(|mut s| s.take());
-    if let Some(snapshotter) = snapshotter {
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = snapshotter.run() => {}
-                _ = snap_stop.cancelled() => {}
-            }
-        });
+    if let Some(snapshotter) = node.snapshotter.lock().ok().and_then(|mut s| s.take()) {
+        spawn_until(&mut tasks, &stop, snapshotter.run());
     }
-
-    let bg_stop = stop.clone();
-    let bg_node = node.clone();
-    tasks.spawn(async move {
-        tokio::select! {
-            _ = background(bg_node) => {}
-            _ = bg_stop.cancelled() => {}
-        }
-    });
+    spawn_until(&mut tasks, &stop, background(node.clone()));
 
     tracing::info!(client = %cfg.bind_client, peer = %cfg.bind_peer, health = %cfg.bind_health, tls = node.tls.is_some(), member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
     shutdown.await;
@@ -636,6 +599,21 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     let _ = node.raft.shutdown().await;
     node.stop_peers();
     Ok(())
+}
+
+/// Runs `work` in `tasks` until it ends or `stop` is cancelled.
+fn spawn_until(
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: &CancellationToken,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = stop.cancelled() => {}
+        }
+    });
 }
 
 /// Periodic work: database size for quota and metrics; auto-compaction on the leader.
