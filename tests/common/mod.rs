@@ -8,11 +8,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A port nothing listens on, and that no other test process of this run was handed
+/// (tests run as parallel processes; each port is claimed with a create-only marker
+/// file, so two tests never race for the same port between picking and binding it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    let claims = std::env::temp_dir().join("netsy-test-ports");
+    let _ = std::fs::create_dir_all(&claims);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let marker = claims.join(port.to_string());
+        let stale = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(1800));
+        if stale {
+            let _ = std::fs::remove_file(&marker);
+        }
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
