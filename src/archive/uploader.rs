@@ -81,6 +81,9 @@ pub struct Uploader {
     uploaded_bytes: Arc<AtomicU64>,
 }
 
+/// How often a follower reads the archive's watermark (its log purge floor).
+const FOLLOWER_WATERMARK_EVERY: Duration = Duration::from_secs(10);
+
 impl Uploader {
     pub fn new(store: Arc<dyn ObjectStore>, log: LogStore, raft: NetsyRaft, raft_id: u64, cfg: UploaderConfig) -> Uploader {
         let (uploaded, _) = watch::channel(0);
@@ -112,6 +115,9 @@ impl Uploader {
         let mut backoff = Duration::from_millis(100);
         let mut watermark: Option<u64> = None;
         let mut metrics = self.raft.metrics();
+        // Followers learn the archive's watermark now and then, so that they too purge
+        // their log only up to what object storage has (they need the rest if they lead).
+        let mut follower_check = tokio::time::Instant::now();
         loop {
             if self.cfg.eager {
                 // Whatever was applied meanwhile, and what a pending upload let queue up,
@@ -130,6 +136,13 @@ impl Uploader {
             };
             if !leader {
                 watermark = None; // re-read it if leadership comes back
+                if follower_check.elapsed() >= FOLLOWER_WATERMARK_EVERY {
+                    follower_check = tokio::time::Instant::now();
+                    match stored_watermark(self.store.as_ref(), self.cfg.epoch).await {
+                        Ok(mark) => self.log.set_purge_floor(mark),
+                        Err(e) => tracing::debug!(error = %e, "cannot read the archive watermark"),
+                    }
+                }
                 continue;
             }
             let result = async {

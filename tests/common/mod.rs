@@ -8,17 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on, and that no other test process of this run was handed
-/// (tests run as parallel processes; each port is claimed with a create-only marker
-/// file, so two tests never race for the same port between picking and binding it).
+/// A port nothing listens on, and that no other test process of this run was handed.
+/// Tests run as parallel processes: each port is claimed with a create-only marker file,
+/// so two tests never race for one port between picking and binding it. Ports come from
+/// below Linux's ephemeral range (32768+), so a client connection's source port cannot
+/// take one in that window either.
 pub fn free_port() -> u16 {
     let claims = std::env::temp_dir().join("netsy-test-ports");
     let _ = std::fs::create_dir_all(&claims);
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = 12000 + rand::random::<u16>() % 20000;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
         let marker = claims.join(port.to_string());
         let stale = std::fs::metadata(&marker)
             .and_then(|m| m.modified())
