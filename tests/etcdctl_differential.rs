@@ -220,6 +220,16 @@ impl Session {
                     t.replace_range(i..i + j + 1, "remaining(R)");
                 }
             }
+            // etcd lists a lease's keys in Go map order (random); compare them as a set.
+            if let Some(i) = t.find("attached keys([") {
+                let start = i + "attached keys([".len();
+                if let Some(j) = t[start..].find("])") {
+                    let mut keys: Vec<&str> = t[start..start + j].split(' ').collect();
+                    keys.sort_unstable();
+                    let sorted = keys.join(" ");
+                    t.replace_range(start..start + j, &sorted);
+                }
+            }
             t
         };
         (ok, clean(&out), clean(&err))
