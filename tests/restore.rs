@@ -296,3 +296,60 @@ async fn snapshot_commands_work_on_the_archive() {
     assert_eq!(keys.keys().filter(|k| k.starts_with("late")).count(), 0, "{keys:?}");
     assert_eq!(cluster_epoch(&n), 2, "the seeded state became the next epoch");
 }
+
+/// While a node is starting (restoring, or waiting for object storage), its health port
+/// answers: alive, not ready, with metrics; the client port stays closed.
+#[test]
+fn not_ready_while_starting() {
+    // An "object store" that accepts connections and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = blackhole.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in blackhole.incoming().take(64) {
+            conns.push(c);
+        }
+    });
+    let storage = format!(
+        r#"{{ "provider": "s3", "bucket_name": "b", "region": "us-east-1", "endpoint": "http://127.0.0.1:{port}", "force_path_style": true }}"#
+    );
+    let n = Netsy::new("", &[]);
+    let dir = n.dir.path();
+    std::fs::write(n.config_path(), format!(r#"{{ "cluster_id": "test", "storage": {storage} }}"#)).expect("config");
+    let (client, health) = (common::free_port(), common::free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(["serve", "--config"])
+        .arg(n.config_path())
+        .env("NETSY_DATA_DIR", dir.join("data"))
+        .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{client}"))
+        .env("NETSY_BIND_PEER", format!("127.0.0.1:{}", common::free_port()))
+        .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{health}"))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_until(Duration::from_secs(20), "the health port", || {
+        std::net::TcpStream::connect(("127.0.0.1", health)).is_ok()
+    });
+    let (ready, body) = common::http_get(health, "/readyz");
+    assert_eq!(ready, 503, "{body}");
+    assert!(body.contains("starting"), "{body}");
+    assert_eq!(common::http_get(health, "/livez").0, 200);
+    assert_eq!(common::http_get(health, "/health").0, 503);
+    let (status, metrics) = common::http_get(health, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("netsy_restore_in_progress"), "{metrics}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", client)).is_err(),
+        "the client port must not serve yet"
+    );
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "netsy must still be starting, not have exited"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(held);
+}
