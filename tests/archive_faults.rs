@@ -46,7 +46,8 @@ impl InProcess {
         });
         let endpoint = format!("http://127.0.0.1:{client}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while etcd_client::Client::connect([endpoint.clone()], None).await.is_err() {
+        // etcd-client connects lazily, so wait for the port itself to accept.
+        while tokio::net::TcpStream::connect(("127.0.0.1", client)).await.is_err() {
             assert!(Instant::now() < deadline, "node did not listen");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
