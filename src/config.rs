@@ -236,15 +236,7 @@ fn resolve_tls(settings: &TlsSettings, env: EnvFn) -> Result<(Option<TlsFiles>, 
             ))
         }
     };
-    let reload_interval = match parse_duration(&settings.reload_interval) {
-        Some(d) if d >= Duration::from_millis(100) => d,
-        _ => {
-            return Err(invalid(
-                "tls.reload_interval",
-                format!("{:?} must be a duration of at least 100ms such as \"5s\"", settings.reload_interval),
-            ))
-        }
-    };
+    let reload_interval = duration_at_least_100ms("tls.reload_interval", &settings.reload_interval, "such as \"5s\"")?;
     let values: Vec<Option<String>> = TLS_ENV.iter().map(|k| env(k)).collect();
     let files = if values.iter().all(Option::is_none) {
         None
@@ -443,18 +435,14 @@ impl Config {
             None => None,
             Some(ac) => Some(parse_auto_compaction(ac)?),
         };
-        let watch_progress_notify_interval = parse_progress_interval(&file.watch.progress_notify_interval)?;
+        let watch_progress_notify_interval = duration_at_least_100ms(
+            "watch.progress_notify_interval",
+            &file.watch.progress_notify_interval,
+            "(etcd's default is \"10m\")",
+        )?;
         let archive = file.archive.resolve()?;
         let (tls, tls_policy) = resolve_tls(&file.tls, env)?;
-        let discovery_timeout = match parse_duration(&file.discovery_timeout) {
-            Some(d) if d >= Duration::from_millis(100) => d,
-            _ => {
-                return Err(invalid(
-                    "discovery_timeout",
-                    format!("{:?} must be a duration of at least 100ms such as \"15s\"", file.discovery_timeout),
-                ))
-            }
-        };
+        let discovery_timeout = duration_at_least_100ms("discovery_timeout", &file.discovery_timeout, "such as \"15s\"")?;
         let scheme = if tls.is_some() { "https" } else { "http" };
 
         let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
@@ -675,13 +663,11 @@ fn parse_auto_compaction(ac: &AutoCompaction) -> Result<AutoCompactionPolicy, Co
     }
 }
 
-fn parse_progress_interval(v: &str) -> Result<Duration, ConfigError> {
+/// A duration setting of at least 100ms; the error names `key` and ends with `hint`.
+fn duration_at_least_100ms(key: &str, v: &str, hint: &str) -> Result<Duration, ConfigError> {
     match parse_duration(v) {
         Some(d) if d >= Duration::from_millis(100) => Ok(d),
-        _ => Err(invalid(
-            "watch.progress_notify_interval",
-            format!("{v:?} must be a duration of at least 100ms (etcd's default is \"10m\")"),
-        )),
+        _ => Err(invalid(key, format!("{v:?} must be a duration of at least 100ms {hint}"))),
     }
 }
 

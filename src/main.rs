@@ -567,13 +567,15 @@ fn serve(path: PathBuf) -> ExitCode {
     runtime.block_on(async move {
         // Answer health probes (alive, not ready) while starting, which includes any
         // restore from object storage; the full endpoint replaces this one afterwards.
-        let health_tls = match netsy::tls::Tls::from_config(&config) {
-            Ok(tls) => tls.filter(|_| config.tls_policy.health),
+        // Wrong certificates fail the start before any slow work (such as a restore).
+        let tls = match netsy::tls::Tls::from_config(&config) {
+            Ok(tls) => tls,
             Err(e) => {
                 eprintln!("netsy failed to start: TLS: {e}");
                 return ExitCode::FAILURE;
             }
         };
+        let health_tls = tls.clone().filter(|_| config.tls_policy.health);
         let starting = match tokio::net::TcpListener::bind(config.bind_health)
             .await
             .and_then(|l| netsy::tls::listen::Incoming::new(l, health_tls, netsy::tls::Listener::Health))
@@ -593,7 +595,7 @@ fn serve(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let started = netsy::server::Node::start(config).await;
+        let started = netsy::server::Node::start(config, tls).await;
         if let Some((stop, mut task)) = starting {
             stop.cancel();
             if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task).await.is_err() {

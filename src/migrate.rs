@@ -137,9 +137,7 @@ pub async fn from_etcd(
             .map_err(MigrateError::from),
         Err(e) => Err(e),
     };
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
+    crate::mvcc::remove_database(&db);
     outcome
 }
 

@@ -199,9 +199,7 @@ pub async fn prepare(
                 }
                 tracing::info!(epoch, "empty data directory: restoring from object storage");
                 let target = state_db.with_extension("restoring");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
-                }
+                crate::mvcc::remove_database(&target);
                 let report = super::restore::restore(store.as_ref(), epoch, &target, None).await?;
                 match open_epoch(store, cluster_id, Some(cfg), &target, Some(&m), scratch).await {
                     Ok(epoch) => {
@@ -240,15 +238,11 @@ pub async fn prepare(
 /// started empty and has no such snapshot.
 async fn joiner_base(store: &dyn ObjectStore, epoch: u64, state_db: &Path) -> Result<Option<(RestoreReport, PathBuf)>, BootstrapError> {
     let target = state_db.with_extension("restoring");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
-    }
+    crate::mvcc::remove_database(&target);
     match super::restore::restore(store, epoch, &target, Some(0)).await {
         Ok(report) if report.snapshot_index == Some(0) => Ok(Some((report, target))),
         Ok(_) => {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
-            }
+            crate::mvcc::remove_database(&target);
             Ok(None)
         }
         Err(RestoreError::NoSnapshot { .. }) if epoch == 1 => Ok(None),

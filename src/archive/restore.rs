@@ -66,9 +66,7 @@ pub async fn restore(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: O
     let result = run(store, epoch, dest, upto).await;
     RESTORE_IN_PROGRESS.set(0);
     if result.is_err() {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", dest.display()));
-        }
+        crate::mvcc::remove_database(dest);
     }
     result
 }

@@ -16,7 +16,7 @@ mod write;
 
 pub use history::{History, RevisionEvents};
 pub use read::{KeyRange, RangeEnd, Revisions};
-pub use store::{clear_raft_meta, read_applied_meta, read_revisions, AppliedMeta, CommitBatch, DbSize, Reader, Store};
+pub use store::{clear_raft_meta, read_applied_meta, read_revisions, remove_database, AppliedMeta, CommitBatch, DbSize, Reader, Store};
 pub use write::{Command, CommandResult};
 
 use serde::{Deserialize, Serialize};

@@ -431,6 +431,13 @@ impl Reader {
     }
 }
 
+/// Deletes a SQLite database file and its `-wal` / `-shm` companions, if present.
+pub fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,16 +53,15 @@ impl Peers {
         Ok(client(ch))
     }
 
-    /// A one-off client for the node named `name` at `url` (discovery, before it is a
-    /// known member).
+    /// A one-off client for the node named `name` at `url` (before it is a known member).
     pub fn client_at(&self, url: &str, name: &str) -> Result<PeerClient<Channel>, ConnectError> {
-        Ok(client(crate::tls::connect::peer_channel_lazy(
-            self.tls.clone(),
-            url,
-            name,
-            CONNECT_TIMEOUT,
-        )?))
+        dial(self.tls.clone(), url, name)
     }
+}
+
+/// A one-off client for the node named `name` at `url`.
+fn dial(tls: Option<Arc<Tls>>, url: &str, name: &str) -> Result<PeerClient<Channel>, ConnectError> {
+    Ok(client(crate::tls::connect::peer_channel_lazy(tls, url, name, CONNECT_TIMEOUT)?))
 }
 
 fn client(ch: Channel) -> PeerClient<Channel> {
@@ -81,12 +80,12 @@ pub struct HelloProbe {
 #[async_trait::async_trait]
 impl crate::archive::bootstrap::Probe for HelloProbe {
     async fn is_live(&self, peer_url: &str, node_id: &str, epoch: u64) -> bool {
-        let Ok(ch) = crate::tls::connect::peer_channel_lazy(self.tls.clone(), peer_url, node_id, CONNECT_TIMEOUT) else {
+        let Ok(mut peer) = dial(self.tls.clone(), peer_url, node_id) else {
             return false;
         };
         let mut request = tonic::Request::new(crate::proto::peer::HelloRequest {});
         request.set_timeout(Duration::from_secs(2));
-        match client(ch).hello(request).await {
+        match peer.hello(request).await {
             Ok(r) => {
                 let r = r.into_inner();
                 r.cluster_id == self.cluster_id && r.epoch == epoch && r.leader_raft_id != 0

@@ -59,7 +59,7 @@ impl Node {
     pub async fn join(&self, raft_id: NodeId, node: PeerNode) -> Result<(), ApiError> {
         if !self.is_leader() {
             let (leader, leader_node) = self.leader().ok_or(ApiError::NoLeader)?;
-            let mut client = self.peers.client(leader, &leader_node).map_err(|_| ApiError::NoLeader)?;
+            let mut client = self.peer_client(leader, &leader_node)?;
             let mut request = tonic::Request::new(JoinRequest {
                 name: node.name.clone(),
                 member_id: node.member_id,
@@ -129,7 +129,7 @@ impl Node {
         }
         if !self.is_leader() {
             let (leader, leader_node) = self.leader().ok_or(ApiError::NoLeader)?;
-            let mut client = self.peers.client(leader, &leader_node).map_err(|_| ApiError::NoLeader)?;
+            let mut client = self.peer_client(leader, &leader_node)?;
             client
                 .remove_member(RemoveMemberRequest { member_id })
                 .await

@@ -189,15 +189,20 @@ fn local_state(dir: &Path, identity: Option<&NodeIdentity>) -> Result<Local, Sta
 impl Node {
     /// Opens the stores (rebuilding them from object storage when the data directory is
     /// empty) and starts Raft; returns once this node can serve (has a leader).
-    pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
+    /// `tls`: this node's certificates, already loaded and checked (`Tls::from_config`).
+    pub async fn start(config: Config, tls: Option<Arc<crate::tls::Tls>>) -> Result<Arc<Node>, StartError> {
         let objects = crate::archive::build(&config.storage).map_err(|e| StartError::Storage(e.to_string()))?;
-        Self::start_with_store(config, objects).await
+        Self::start_with(config, objects, tls).await
     }
 
     /// `start` over a given object store (tests wrap one in `FaultyStore`).
     pub async fn start_with_store(config: Config, objects: Arc<dyn ObjectStore>) -> Result<Arc<Node>, StartError> {
         // Wrong certificates fail the start before any slow work (such as a restore).
         let tls = crate::tls::Tls::from_config(&config)?;
+        Self::start_with(config, objects, tls).await
+    }
+
+    async fn start_with(config: Config, objects: Arc<dyn ObjectStore>, tls: Option<Arc<crate::tls::Tls>>) -> Result<Arc<Node>, StartError> {
         // Bind the peer port first: a port clash should fail before a restore, too.
         let peer_listener = tokio::net::TcpListener::bind(config.bind_peer)
             .await

@@ -35,9 +35,14 @@ impl Node {
     }
 
     /// Waits until a leader is known, or fails with "no leader" at `deadline`.
+    /// When this node leads, its record is left empty: it is only needed to dial the
+    /// leader, and copying it would cost every local write a few allocations.
     async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, PeerNode), ApiError> {
         let mut metrics = self.raft.metrics();
         loop {
+            if self.is_leader() {
+                return Ok((self.identity.raft_id, PeerNode::default()));
+            }
             if let Some(l) = self.leader() {
                 return Ok(l);
             }
@@ -64,19 +69,52 @@ impl Node {
     /// member has applied it (so the caller's next read here sees it).
     pub(crate) async fn replicate(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), ApiError> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
+        self.via_leader(deadline, |leader, node| {
+            let cmd = cmd.clone();
+            async move {
+                if leader == self.identity.raft_id {
+                    self.propose_as_leader(cmd, size).await
+                } else {
+                    self.forward_propose(leader, &node, &cmd, deadline).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the current leader; after a "not the leader" answer, waits
+    /// for the election and tries the new leader, until `deadline`.
+    async fn via_leader<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T, ApiError>
+    where
+        F: FnMut(NodeId, PeerNode) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
         loop {
             let (leader, node) = self.await_leader(deadline).await?;
-            let result = if leader == self.identity.raft_id {
-                self.propose_as_leader(cmd.clone(), size).await
-            } else {
-                self.forward_propose(leader, &node, &cmd, deadline).await
-            };
-            match result {
+            match attempt(leader, node).await {
                 Err(ApiError::NoLeader | ApiError::LeaderChanged) if Instant::now() < deadline => {
                     self.await_other_leader(leader, deadline).await;
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// A client for member `id` (the leader): unreachable means "no leader" to a client.
+    pub(super) fn peer_client(
+        &self,
+        id: NodeId,
+        node: &PeerNode,
+    ) -> Result<crate::proto::peer::peer_client::PeerClient<tonic::transport::Channel>, ApiError> {
+        self.peers.client(id, node).map_err(|_| ApiError::NoLeader)
+    }
+
+    /// Fails with etcd's retryable error unless this node leads.
+    fn require_leader(&self) -> Result<(), ApiError> {
+        match self.is_leader() {
+            true => Ok(()),
+            false if self.has_leader() => Err(ApiError::LeaderChanged),
+            false => Err(ApiError::NoLeader),
         }
     }
 
@@ -87,7 +125,7 @@ impl Node {
         cmd: &Command,
         deadline: Instant,
     ) -> Result<(CommandResult, u64), ApiError> {
-        let mut client = self.peers.client(leader, node).map_err(|_| ApiError::NoLeader)?;
+        let mut client = self.peer_client(leader, node)?;
         let data = bincode::serialize(cmd).map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut request = tonic::Request::new(Blob { data, target: leader });
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -101,13 +139,7 @@ impl Node {
     /// On the leader: replicates `cmd` and returns its applied result and log index (in
     /// `object-storage` durability, once the entry is in object storage).
     pub async fn propose_as_leader(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), ApiError> {
-        if !self.is_leader() {
-            return Err(if self.has_leader() {
-                ApiError::LeaderChanged
-            } else {
-                ApiError::NoLeader
-            });
-        }
+        self.require_leader()?;
         let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
         let res = self.proposer.propose(cmd, size).await;
         timer.observe_duration();
@@ -156,27 +188,19 @@ impl Node {
     /// Waits until a read at this member reflects every write committed before the call.
     pub async fn linearizable_read(&self) -> Result<(), ApiError> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let (leader, node) = self.await_leader(deadline).await?;
-            let result = if leader == self.identity.raft_id {
+        self.via_leader(deadline, |leader, node| async move {
+            if leader == self.identity.raft_id {
                 self.reads.wait().await.map_err(ApiError::from)
             } else {
-                match self.forward_read_index(leader, &node, deadline).await {
-                    Ok(index) => self.wait_applied(index, deadline).await,
-                    Err(e) => Err(e),
-                }
-            };
-            match result {
-                Err(ApiError::NoLeader | ApiError::LeaderChanged) if Instant::now() < deadline => {
-                    self.await_other_leader(leader, deadline).await;
-                }
-                other => return other,
+                let index = self.forward_read_index(leader, &node, deadline).await?;
+                self.wait_applied(index, deadline).await
             }
-        }
+        })
+        .await
     }
 
     async fn forward_read_index(&self, leader: NodeId, node: &PeerNode, deadline: Instant) -> Result<u64, ApiError> {
-        let mut client = self.peers.client(leader, node).map_err(|_| ApiError::NoLeader)?;
+        let mut client = self.peer_client(leader, node)?;
         let mut request = tonic::Request::new(ReadIndexRequest {});
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = client.read_index(request).await.map_err(|s| ApiError::from_peer(&s))?;
@@ -185,13 +209,7 @@ impl Node {
 
     /// On the leader: a ReadIndex round; the index a linearizable read must wait for.
     pub async fn read_index_as_leader(&self) -> Result<u64, ApiError> {
-        if !self.is_leader() {
-            return Err(if self.has_leader() {
-                ApiError::LeaderChanged
-            } else {
-                ApiError::NoLeader
-            });
-        }
+        self.require_leader()?;
         let read = self
             .raft
             .ensure_linearizable()
@@ -204,42 +222,24 @@ impl Node {
     /// tracks lease deadlines. Returns (granted TTL, seconds left); TTL 0: no such lease.
     pub async fn lease_deadline(&self, id: i64, renew: bool) -> Result<(i64, i64), ApiError> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            let (leader, node) = self.await_leader(deadline).await?;
-            let result = if leader == self.identity.raft_id {
-                self.lease_deadline_as_leader(id, renew)
-            } else {
-                let mut client = self.peers.client(leader, &node).map_err(|_| ApiError::NoLeader)?;
-                let mut request = tonic::Request::new(LeaseKeepAliveRequest { id, renew });
-                request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                client
-                    .lease_keep_alive(request)
-                    .await
-                    .map(|r| {
-                        let r = r.into_inner();
-                        (r.ttl, r.remaining)
-                    })
-                    .map_err(|s| ApiError::from_peer(&s))
-            };
-            match result {
-                Err(ApiError::NoLeader | ApiError::LeaderChanged) if Instant::now() < deadline => {
-                    self.await_other_leader(leader, deadline).await;
-                }
-                other => return other,
+        self.via_leader(deadline, |leader, node| async move {
+            if leader == self.identity.raft_id {
+                return self.lease_deadline_as_leader(id, renew);
             }
-        }
+            let mut client = self.peer_client(leader, &node)?;
+            let mut request = tonic::Request::new(LeaseKeepAliveRequest { id, renew });
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            let reply = client.lease_keep_alive(request).await.map_err(|s| ApiError::from_peer(&s))?;
+            let r = reply.into_inner();
+            Ok((r.ttl, r.remaining))
+        })
+        .await
     }
 
     /// On the leader: see `lease_deadline`. Every grant and revoke this leader committed
     /// is already applied here, so no ReadIndex round is needed.
     pub fn lease_deadline_as_leader(&self, id: i64, renew: bool) -> Result<(i64, i64), ApiError> {
-        if !self.is_leader() {
-            return Err(if self.has_leader() {
-                ApiError::LeaderChanged
-            } else {
-                ApiError::NoLeader
-            });
-        }
+        self.require_leader()?;
         match self.reader.lease_ttl(id)? {
             Some(ttl) => {
                 if renew {

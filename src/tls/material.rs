@@ -90,15 +90,23 @@ impl Contents {
 }
 
 impl Material {
-    /// A fingerprint of the files' current contents (to notice rotation cheaply).
-    pub fn fingerprint(files: &TlsFiles) -> Result<u64, TlsError> {
-        Ok(Contents::read(files)?.fingerprint())
-    }
-
     /// Reads and parses every file; returns the material and the fingerprint of exactly
     /// the bytes it was built from.
     pub fn load(files: &TlsFiles) -> Result<(Material, u64), TlsError> {
+        Self::parse(files, Contents::read(files)?)
+    }
+
+    /// Like `load`, but `None` when the files' contents still have fingerprint `previous`
+    /// (each file is read once either way).
+    pub fn load_changed(files: &TlsFiles, previous: u64) -> Result<Option<(Material, u64)>, TlsError> {
         let raw = Contents::read(files)?;
+        if raw.fingerprint() == previous {
+            return Ok(None);
+        }
+        Self::parse(files, raw).map(Some)
+    }
+
+    fn parse(files: &TlsFiles, raw: Contents) -> Result<(Material, u64), TlsError> {
         let provider = super::provider();
         let mut roots = RootCertStore::empty();
         for ca in certs("NETSY_TLS_CA_CERT", &files.ca_cert, &raw.ca)? {

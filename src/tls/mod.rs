@@ -158,18 +158,18 @@ impl Tls {
     /// certificate already rewritten but its key not yet) is reported and retried on the
     /// next call while the previous configuration stays in use.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let fingerprint = Material::fingerprint(&self.files)?;
         let mut loaded = match self.loaded.lock() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if *loaded == fingerprint {
-            return Ok(false);
-        }
-        let result = Material::load(&self.files).and_then(|(material, fingerprint)| {
-            material.check(&self.cluster_id, &self.node_id, &self.hosts)?;
-            Ok((build(Arc::new(material), &self.policy, &self.cluster_id)?, fingerprint))
-        });
+        let result = match Material::load_changed(&self.files, *loaded) {
+            Ok(None) => return Ok(false),
+            Ok(Some((material, fingerprint))) => material
+                .check(&self.cluster_id, &self.node_id, &self.hosts)
+                .and_then(|()| build(Arc::new(material), &self.policy, &self.cluster_id))
+                .map(|built| (built, fingerprint)),
+            Err(e) => Err(e),
+        };
         match result {
             Ok((built, fingerprint)) => {
                 crate::metrics::set_tls_expiry(&built.material);
