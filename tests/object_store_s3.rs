@@ -3,71 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use netsy::config::StorageConfig;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, UpdateVersion};
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = common::free_port();
-        let child = Command::new(common::etcd_bin_dir().join("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (make test installs it into .venv)");
-        common::wait_until(Duration::from_secs(30), "moto to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Moto { child, port }
-    }
-
-    /// Creates a bucket with a plain path-style request (moto accepts it unsigned).
-    fn create_bucket(&self, name: &str) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "PUT /{name} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
-    }
-
-    /// A fresh bucket and an object store on it, with static test credentials through
-    /// the standard AWS environment chain.
-    fn store(&self, bucket: &str, key_prefix: &str) -> std::sync::Arc<dyn object_store::ObjectStore> {
-        self.create_bucket(bucket);
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        netsy::archive::build(&StorageConfig {
-            provider: "s3".into(),
-            bucket_name: bucket.into(),
-            key_prefix: key_prefix.into(),
-            path: None,
-            region: Some("us-east-1".into()),
-            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
-            force_path_style: true,
-            storage_class: None,
-            sse: None,
-            sse_kms_key_id: None,
-        })
-        .unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::moto::Moto;
 
 #[tokio::test]
 async fn s3_conditional_puts_fence_writers() {

@@ -271,9 +271,13 @@ async fn peer_port_admits_only_peers_and_outbound_connections_pin_the_expected_n
     };
     let tls = netsy::tls::Tls::load(&files, &policy, CLUSTER, "netsy-1", vec!["127.0.0.1".into()]).expect("load netsy-1 TLS");
     let addr = format!("https://127.0.0.1:{}", n.peer_port);
-    let ch = netsy::tls::connect::peer_channel(Some(tls.clone()), &addr, NODE, Duration::from_secs(5))
-        .await
-        .expect("connect to netsy-0");
+    let ch = netsy::tls::connect::Dialer {
+        tls: Some(tls.clone()),
+        source: None,
+    }
+    .channel(&addr, NODE, Duration::from_secs(5))
+    .await
+    .expect("connect to netsy-0");
     let hello = PeerClient::new(ch).hello(HelloRequest {}).await.expect("hello").into_inner();
     assert_eq!(hello.node_id, NODE);
     assert_eq!(hello.cluster_id, CLUSTER);
@@ -283,7 +287,12 @@ async fn peer_port_admits_only_peers_and_outbound_connections_pin_the_expected_n
     );
 
     // Dialling netsy-0 while expecting netsy-2 fails: the server is not the node meant.
-    let wrong = netsy::tls::connect::peer_channel(Some(tls.clone()), &addr, "netsy-2", Duration::from_secs(5)).await;
+    let wrong = netsy::tls::connect::Dialer {
+        tls: Some(tls.clone()),
+        source: None,
+    }
+    .channel(&addr, "netsy-2", Duration::from_secs(5))
+    .await;
     let err = format!("{:?}", wrong.expect_err("must not accept netsy-0 as netsy-2"));
     assert!(err.contains("UnexpectedPeer") && err.contains("expected: \"netsy-2\""), "{err}");
 

@@ -57,9 +57,12 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub fn raft_config(cluster_id: &str) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_id.to_string(),
+        // A follower of openraft 0.9 starts an election leader_lease (= the maximum
+        // election timeout) plus a random election timeout after the last heartbeat:
+        // 1.5–2 s after a leader dies, comparable to etcd's defaults (100 ms / 1 s).
         heartbeat_interval: 100,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         // Snapshots let the log be purged; the object-storage archive makes them durable.
         // An entry is a batch of up to 1024 commands, so 10,000 entries bound raft.db.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),

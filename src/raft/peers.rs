@@ -11,23 +11,22 @@ use tonic::transport::Channel;
 
 use super::{NodeId, PeerNode};
 use crate::proto::peer::peer_client::PeerClient;
-use crate::tls::connect::ConnectError;
-use crate::tls::Tls;
+use crate::tls::connect::{ConnectError, Dialer};
 
 /// How long dialling a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Peers {
-    tls: Option<Arc<Tls>>,
+    dialer: Dialer,
     self_id: NodeId,
     /// Per member: the address the channel was made for, and the channel.
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
 }
 
 impl Peers {
-    pub fn new(tls: Option<Arc<Tls>>, self_id: NodeId) -> Arc<Peers> {
+    pub fn new(dialer: Dialer, self_id: NodeId) -> Arc<Peers> {
         Arc::new(Peers {
-            tls,
+            dialer,
             self_id,
             channels: Mutex::new(HashMap::new()),
         })
@@ -48,20 +47,20 @@ impl Peers {
                 return Ok(client(ch.clone()));
             }
         }
-        let ch = crate::tls::connect::peer_channel_lazy(self.tls.clone(), &node.peer_url, &node.name, CONNECT_TIMEOUT)?;
+        let ch = self.dialer.lazy(&node.peer_url, &node.name, CONNECT_TIMEOUT)?;
         channels.insert(id, (node.peer_url.clone(), ch.clone()));
         Ok(client(ch))
     }
 
     /// A one-off client for the node named `name` at `url` (before it is a known member).
     pub fn client_at(&self, url: &str, name: &str) -> Result<PeerClient<Channel>, ConnectError> {
-        dial(self.tls.clone(), url, name)
+        dial(&self.dialer, url, name)
     }
 }
 
 /// A one-off client for the node named `name` at `url`.
-fn dial(tls: Option<Arc<Tls>>, url: &str, name: &str) -> Result<PeerClient<Channel>, ConnectError> {
-    Ok(client(crate::tls::connect::peer_channel_lazy(tls, url, name, CONNECT_TIMEOUT)?))
+fn dial(dialer: &Dialer, url: &str, name: &str) -> Result<PeerClient<Channel>, ConnectError> {
+    Ok(client(dialer.lazy(url, name, CONNECT_TIMEOUT)?))
 }
 
 fn client(ch: Channel) -> PeerClient<Channel> {
@@ -73,14 +72,14 @@ fn client(ch: Channel) -> PeerClient<Channel> {
 /// Discovery (`archive::bootstrap::Probe`): a node is live when it answers `Hello` for
 /// this cluster and epoch and knows a Raft leader.
 pub struct HelloProbe {
-    pub tls: Option<Arc<Tls>>,
+    pub dialer: Dialer,
     pub cluster_id: String,
 }
 
 #[async_trait::async_trait]
 impl crate::archive::bootstrap::Probe for HelloProbe {
     async fn is_live(&self, peer_url: &str, node_id: &str, epoch: u64) -> bool {
-        let Ok(mut peer) = dial(self.tls.clone(), peer_url, node_id) else {
+        let Ok(mut peer) = dial(&self.dialer, peer_url, node_id) else {
             return false;
         };
         let mut request = tonic::Request::new(crate::proto::peer::HelloRequest {});

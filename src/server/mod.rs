@@ -216,8 +216,9 @@ impl Node {
         let local = local_state(&dir, load_identity(&dir)?.as_ref())?;
         let state_path = dir.join("state.db");
         let scratch = dir.join("snapshots");
+        let dialer = crate::tls::connect::Dialer::new(tls.clone(), config.bind_peer);
         let probe = raft::peers::HelloProbe {
-            tls: tls.clone(),
+            dialer: dialer.clone(),
             cluster_id: config.cluster_id.clone(),
         };
         let startup = crate::archive::bootstrap::prepare(&objects, &config, local, &state_path, &scratch, &probe)
@@ -249,7 +250,7 @@ impl Node {
         let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &scratch)
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let log_reader = log.clone();
-        let peers = raft::peers::Peers::new(tls.clone(), identity.raft_id);
+        let peers = raft::peers::Peers::new(dialer, identity.raft_id);
         let raft = raft::start(identity.raft_id, &config.cluster_id, peers.clone(), log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;

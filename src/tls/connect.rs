@@ -1,6 +1,7 @@
 //! Outbound peer connections: a tonic channel whose connections present this node's
 //! peer certificate and accept only the server certificate of the node meant.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,35 +25,68 @@ fn endpoint_uri(addr: &str) -> String {
     format!("http://{}", authority.trim_end_matches('/'))
 }
 
-/// A channel to the peer at `addr` (a URL or `host:port`) that must be node `expected`.
-/// Without `tls` the channel is plaintext (loopback development clusters).
-pub async fn peer_channel(tls: Option<Arc<Tls>>, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
-    match tls {
-        // Fetched per connection, so a reconnect after a reload uses the new files.
-        Some(tls) => {
-            let expected = expected.to_string();
-            tls_channel(addr, timeout, move || {
-                tls.peer_client_config(&expected).map_err(std::io::Error::other)
-            })
-            .await
-        }
-        None => endpoint(addr, timeout)?.connect().await.map_err(|source| ConnectError::Transport {
-            addr: addr.to_string(),
-            source,
-        }),
-    }
+/// How this node dials its peers: with its TLS material (or plaintext, for loopback
+/// development clusters) and, when the peer port is bound to one address, from that
+/// address (so peer traffic leaves through the peer interface).
+#[derive(Clone, Default)]
+pub struct Dialer {
+    pub tls: Option<Arc<Tls>>,
+    pub source: Option<IpAddr>,
 }
 
-/// Like `peer_channel`, but connects on first use (and reconnects after failures).
-pub fn peer_channel_lazy(tls: Option<Arc<Tls>>, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
-    let endpoint = endpoint(addr, timeout)?;
-    Ok(match tls {
-        Some(tls) => {
-            let expected = expected.to_string();
-            endpoint.connect_with_connector_lazy(connector(move || tls.peer_client_config(&expected).map_err(std::io::Error::other)))
-        }
-        None => endpoint.connect_lazy(),
-    })
+impl Dialer {
+    /// The source address for a node whose peer listener is bound to `bind`: none for a
+    /// wildcard bind.
+    pub fn new(tls: Option<Arc<Tls>>, bind: std::net::SocketAddr) -> Dialer {
+        let source = Some(bind.ip()).filter(|ip| !ip.is_unspecified());
+        Dialer { tls, source }
+    }
+
+    /// A channel to the peer at `addr` (a URL or `host:port`) that must be node
+    /// `expected`, connected now.
+    pub async fn channel(&self, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
+        let endpoint = self.endpoint(addr, timeout)?;
+        let connected = match &self.tls {
+            // Fetched per connection, so a reconnect after a reload uses the new files.
+            Some(tls) => endpoint.connect_with_connector(self.connector(tls.clone(), expected)).await,
+            None => endpoint.connect().await,
+        };
+        connected.map_err(|source| ConnectError::Transport {
+            addr: addr.to_string(),
+            source,
+        })
+    }
+
+    /// Like `channel`, but connects on first use (and reconnects after failures).
+    pub fn lazy(&self, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
+        let endpoint = self.endpoint(addr, timeout)?;
+        Ok(match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(self.connector(tls.clone(), expected)),
+            None => endpoint.connect_lazy(),
+        })
+    }
+
+    fn endpoint(&self, addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
+        Ok(endpoint(addr, timeout)?.local_address(self.source))
+    }
+
+    fn connector(
+        &self,
+        tls: Arc<Tls>,
+        expected: &str,
+    ) -> impl tower::Service<
+        Uri,
+        Response = BoxedIo,
+        Error = std::io::Error,
+        Future = impl std::future::Future<Output = std::io::Result<BoxedIo>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        let expected = expected.to_string();
+        connector(self.source, move || {
+            tls.peer_client_config(&expected).map_err(std::io::Error::other)
+        })
+    }
 }
 
 fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
@@ -72,7 +106,7 @@ where
     F: Fn() -> std::io::Result<Arc<rustls::ClientConfig>> + Send + Sync + 'static,
 {
     endpoint(addr, timeout)?
-        .connect_with_connector(connector(config))
+        .connect_with_connector(connector(None, config))
         .await
         .map_err(|source| ConnectError::Transport {
             addr: addr.to_string(),
@@ -82,8 +116,33 @@ where
 
 type BoxedIo = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
+/// A TCP connection to `host:port`, from `source` when given.
+async fn connect_tcp(source: Option<IpAddr>, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect((host, port)).await;
+    };
+    let mut last = std::io::Error::other(format!("{host}:{port} resolves to no address"));
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        if addr.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Dials TCP, then TLS with the configuration `config` returns at that moment.
 fn connector<F>(
+    source: Option<IpAddr>,
     config: F,
 ) -> impl tower::Service<
     Uri,
@@ -108,7 +167,7 @@ where
                 .to_string();
             let port = uri.port_u16().unwrap_or(443);
             let name = ServerName::try_from(host.clone()).map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = connect_tcp(source, &host, port).await?;
             tcp.set_nodelay(true)?;
             let stream = tokio_rustls::TlsConnector::from(config()?).connect(name, tcp).await?;
             Ok(TokioIo::new(stream))

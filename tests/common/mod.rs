@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
+pub mod net;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,6 +77,10 @@ pub struct Netsy {
     pub keep_ports: bool,
     /// The `storage` object of the cluster file (default: `file` under the temp dir).
     storage: Option<String>,
+    /// The address the peer port binds to (and peer connections leave from).
+    pub peer_ip: std::net::Ipv4Addr,
+    /// The peer port other members dial (a proxy's), when not the peer port itself.
+    pub advertised_peer_port: Option<u16>,
 }
 
 impl Netsy {
@@ -107,6 +114,8 @@ impl Netsy {
             envs: envs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
             keep_ports: false,
             storage: None,
+            peer_ip: std::net::Ipv4Addr::LOCALHOST,
+            advertised_peer_port: None,
         }
     }
 
@@ -159,10 +168,13 @@ impl Netsy {
             .arg(self.config_path())
             .env("NETSY_DATA_DIR", self.data_dir())
             .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{}", self.client_port))
-            .env("NETSY_BIND_PEER", format!("127.0.0.1:{}", self.peer_port))
+            .env("NETSY_BIND_PEER", format!("{}:{}", self.peer_ip, self.peer_port))
             .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{}", self.health_port))
             .env("NETSY_ADVERTISE_CLIENT", format!("http://127.0.0.1:{}", self.client_port))
-            .env("NETSY_ADVERTISE_PEER", format!("http://127.0.0.1:{}", self.peer_port))
+            .env(
+                "NETSY_ADVERTISE_PEER",
+                format!("http://127.0.0.1:{}", self.advertised_peer_port.unwrap_or(self.peer_port)),
+            )
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -336,28 +348,52 @@ pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// A cluster of real netsy processes on loopback sharing one object store (a local
-/// directory), each with its own data directory and stable ports.
+/// A cluster of real netsy processes on loopback sharing one object store, each with its
+/// own data directory and stable ports, its peer port behind a cuttable proxy (`net`).
 pub struct Cluster {
     pub objects: tempfile::TempDir,
     pub nodes: Vec<Netsy>,
+    pub net: std::sync::Arc<net::Net>,
+    /// Kept alive while the cluster uses it.
+    pub moto: Option<moto::Moto>,
 }
 
 impl Cluster {
-    /// Starts `n` members one after another (the first opens the cluster, the others
-    /// join it). `extra` goes into the shared cluster file.
+    /// Starts `n` members on a local-directory store, one after another (the first opens
+    /// the cluster, the others join it). `extra` goes into the shared cluster file.
     pub fn start(n: usize, extra: &str) -> Cluster {
         let objects = tempfile::tempdir().expect("tempdir");
         let storage = format!("{{ \"provider\": \"file\", \"path\": \"{}\" }}", objects.path().display());
+        Self::start_on(n, extra, &storage, objects, None)
+    }
+
+    /// Like `start`, with moto's S3 server as the object store.
+    pub fn start_s3(n: usize, extra: &str) -> Cluster {
+        let moto = moto::Moto::start();
+        moto.create_bucket("netsy");
+        let storage = moto.storage_json("netsy", "clusters/test");
+        Self::start_on(n, extra, &storage, tempfile::tempdir().expect("tempdir"), Some(moto))
+    }
+
+    fn start_on(n: usize, extra: &str, storage: &str, objects: tempfile::TempDir, moto: Option<moto::Moto>) -> Cluster {
+        let net = net::Net::new();
         let mut nodes = Vec::new();
         for i in 0..n {
-            let mut node = Netsy::new(extra, &[("NETSY_NODE_ID", format!("netsy-{i}"))]);
-            node.set_storage(&storage);
+            let mut envs = vec![("NETSY_NODE_ID", format!("netsy-{i}"))];
+            envs.extend(moto::ENV.iter().map(|(k, v)| (*k, v.to_string())));
+            let mut node = Netsy::new(extra, &envs);
+            node.set_storage(storage);
             node.keep_ports = true;
+            node.peer_ip = net::member_ip(i);
+            node.client_port = free_port();
+            node.health_port = free_port();
+            node.peer_port = free_port();
+            let target = std::net::SocketAddr::from((node.peer_ip, node.peer_port));
+            node.advertised_peer_port = Some(net.front(i, target));
             node.spawn();
             nodes.push(node);
         }
-        let c = Cluster { objects, nodes };
+        let c = Cluster { objects, nodes, net, moto };
         c.wait_members(n);
         c
     }
