@@ -66,6 +66,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::NoLeader => ApiError::NoLeader,
             ProposeError::LeaderChanged => ApiError::LeaderChanged,
             ProposeError::Stopped => ApiError::Stopped,
+            ProposeError::NoQuorum => ApiError::Timeout,
             ProposeError::Internal(m) => ApiError::Internal(m),
         }
     }

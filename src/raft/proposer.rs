@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use openraft::error::{ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::NetsyRaft;
@@ -35,6 +35,9 @@ pub enum ProposeError {
     LeaderChanged,
     #[error("raft stopped")]
     Stopped,
+    /// The leader could not reach a quorum to confirm it still leads.
+    #[error("no quorum")]
+    NoQuorum,
     #[error("{0}")]
     Internal(String),
 }
@@ -51,6 +54,15 @@ where
         Some(f) if f.leader_id.is_some() => ProposeError::LeaderChanged,
         Some(_) => ProposeError::NoLeader,
         None => ProposeError::Internal(e.to_string()),
+    }
+}
+
+/// Maps a failed ReadIndex round: a leader that cannot reach a quorum times out the read
+/// (as etcd's does), rather than failing it as an internal error.
+pub fn classify_read(e: RaftError<u64, CheckIsLeaderError<u64, super::PeerNode>>) -> ProposeError {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => ProposeError::NoQuorum,
+        e => classify(e),
     }
 }
 
@@ -148,7 +160,7 @@ impl ReadBarrier {
                     waiting.push(r);
                 }
                 // This round starts after every waiting read arrived.
-                let result = raft.ensure_linearizable().await.map(|_| ()).map_err(classify);
+                let result = raft.ensure_linearizable().await.map(|_| ()).map_err(classify_read);
                 for r in waiting {
                     let _ = r.send(result.clone());
                 }

@@ -214,7 +214,7 @@ impl Node {
             .raft
             .ensure_linearizable()
             .await
-            .map_err(|e| ApiError::from(crate::raft::proposer::classify(e)))?;
+            .map_err(|e| ApiError::from(crate::raft::proposer::classify_read(e)))?;
         Ok(read.map_or(0, |l| l.index))
     }
 
