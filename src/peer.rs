@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 use crate::mvcc::Command;
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::proto::peer::{
-    Blob, HelloRequest, HelloResponse, JoinRequest, JoinResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, ReadIndexRequest,
-    ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse,
+    Blob, CampaignRequest, CampaignResponse, HelloRequest, HelloResponse, JoinRequest, JoinResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse, TransferLeadershipRequest,
+    TransferLeadershipResponse,
 };
 use crate::raft::PeerNode;
 use crate::server::Node;
@@ -122,6 +123,19 @@ impl Peer for PeerService {
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
         self.node.remove_member(request.into_inner().member_id).await?;
         Ok(Response::new(RemoveMemberResponse {}))
+    }
+
+    async fn transfer_leadership(
+        &self,
+        request: Request<TransferLeadershipRequest>,
+    ) -> Result<Response<TransferLeadershipResponse>, Status> {
+        self.node.move_leader(request.into_inner().member_id).await?;
+        Ok(Response::new(TransferLeadershipResponse {}))
+    }
+
+    async fn campaign(&self, _request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        self.node.campaign().await?;
+        Ok(Response::new(CampaignResponse {}))
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,13 +86,19 @@ async fn any_member_serves_writes_reads_leases_and_membership() {
 /// When a write was sent and when it was acknowledged.
 type Acked = Arc<Mutex<BTreeMap<String, (Instant, Instant)>>>;
 
-/// Puts keys through every member until stopped; records each acknowledged one.
-fn writers(endpoints: Vec<String>, acked: Acked, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<tokio::task::JoinHandle<()>> {
+/// Puts keys through every member until stopped; records each acknowledged one, and
+/// counts failed attempts in `failed`.
+fn writers(
+    endpoints: Vec<String>,
+    acked: Acked,
+    failed: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     endpoints
         .into_iter()
         .enumerate()
         .map(|(w, endpoint)| {
-            let (acked, stop) = (acked.clone(), stop.clone());
+            let (acked, failed, stop) = (acked.clone(), failed.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut c: Option<Client> = None;
                 let mut i = 0u64;
@@ -114,7 +121,10 @@ fn writers(endpoints: Vec<String>, acked: Acked, stop: Arc<std::sync::atomic::At
                             Ok(_) => {
                                 acked.lock().expect("lock").insert(key, (sent, Instant::now()));
                             }
-                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(20)).await
+                            }
                         }
                     }
                 }
@@ -130,7 +140,7 @@ async fn leader_kill_loses_no_acknowledged_write_and_a_new_leader_takes_over() {
     let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
-    let tasks = writers(followers.clone(), acked.clone(), stop.clone());
+    let tasks = writers(followers.clone(), acked.clone(), Arc::default(), stop.clone());
     tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(20), "writes before the kill", || {
             acked.lock().expect("lock").len() >= 100
@@ -329,4 +339,104 @@ async fn a_watch_on_a_follower_sees_every_revision_once_across_a_leader_change()
         }
     }
     assert_eq!(seen, written, "every revision exactly once, in order");
+}
+
+/// The etcd member id of member `i`.
+async fn member_id(c: &Cluster, i: usize) -> u64 {
+    let status = client(&c.nodes[i].endpoint()).await.status().await.expect("status");
+    status.header().expect("header").member_id()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_leader_hands_over_to_the_chosen_member_while_writes_go_on() {
+    let c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let (target, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let target_id = member_id(&c, target).await;
+    let acked: Acked = Arc::default();
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = writers(c.endpoints(), acked.clone(), failed.clone(), stop.clone());
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "writes before the transfer", || {
+            acked.lock().expect("lock").len() >= 100
+        })
+    });
+
+    // Asked of a follower, which forwards it to the leader.
+    let started = Instant::now();
+    let mut via = client(&c.nodes[other].endpoint()).await;
+    via.move_leader(target_id).await.expect("move leader");
+    println!("MoveLeader took {:?}", started.elapsed());
+    let status = client(&c.nodes[target].endpoint()).await.status().await.expect("status");
+    assert_eq!(status.leader(), target_id, "the transferee leads once MoveLeader returns");
+    assert_eq!(c.leader(), Some(target));
+
+    // Unknown members are refused with etcd's error, and nothing changes.
+    let err = via.move_leader(0x1234).await.expect_err("unknown transferee");
+    assert!(err.to_string().contains("etcdserver: bad leader transferee"), "{err}");
+    assert_eq!(c.leader(), Some(target));
+
+    // etcdctl finds the leader among its endpoints and moves leadership back.
+    let back = format!("{:x}", member_id(&c, leader).await);
+    let endpoints = c.endpoints().join(",");
+    let (ok, out, err) = etcdctl(&endpoints, &["move-leader", &back]);
+    assert!(ok && out.contains("Leadership transferred"), "{out} {err}");
+    assert_eq!(c.leader(), Some(leader));
+
+    let before = acked.lock().expect("lock").len();
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "writes after the transfers", || {
+            acked.lock().expect("lock").len() >= before + 100
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "writes failed during the transfers (they should wait and go to the new leader)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_stopped_with_sigterm_hands_over_first() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
+    let acked: Acked = Arc::default();
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = writers(followers, acked.clone(), failed.clone(), stop.clone());
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "writes before the stop", || {
+            acked.lock().expect("lock").len() >= 100
+        })
+    });
+    let stopped_at = Instant::now();
+    tokio::task::block_in_place(|| c.nodes[leader].terminate());
+    let log = c.nodes[leader].log();
+    assert!(log.contains("leadership transferred"), "{log}");
+    let before = acked.lock().expect("lock").len();
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "writes after the stop", || {
+            acked.lock().expect("lock").len() >= before + 100
+        })
+    });
+    let longest_wait = acked
+        .lock()
+        .expect("lock")
+        .values()
+        .filter(|(sent, _)| *sent > stopped_at)
+        .map(|(sent, done)| done.duration_since(*sent))
+        .max();
+    println!("SIGTERM to the leader: slowest write after it took {longest_wait:?}");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "writes through the followers failed");
+    assert!(c.leader().is_some_and(|l| l != leader));
 }

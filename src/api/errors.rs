@@ -29,6 +29,8 @@ pub enum ApiError {
     MemberNotLearner,
     #[error("bad leader transferee")]
     BadLeaderTransferee,
+    #[error("leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("not capable")]
     NotCapable,
     #[error("lease not found")]
@@ -102,6 +104,7 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
         ApiError::MemberNotFound => (Code::NotFound, m("member not found")),
         ApiError::MemberNotLearner => (Code::FailedPrecondition, m("can only promote a learner member")),
         ApiError::BadLeaderTransferee => (Code::FailedPrecondition, m("bad leader transferee")),
+        ApiError::LeaderTransferTimeout => (Code::Unavailable, m("request timed out, leader transfer took too long")),
         ApiError::NotCapable => (Code::FailedPrecondition, m("not capable")),
         ApiError::LeaseNotFound => (Code::NotFound, m("requested lease not found")),
         ApiError::Internal(s) => (Code::Internal, m(s)),

@@ -209,11 +209,10 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        let caller = ConnInfo::describe(&request);
         let target = request.into_inner().target_id;
-        if target != self.node.identity.member_id {
-            return Err(ApiError::BadLeaderTransferee.into());
-        }
-        // Single member: it already leads.
+        tracing::info!(target = format!("{target:x}"), %caller, "move leader");
+        self.node.move_leader(target).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.node.current_header(),
         }))

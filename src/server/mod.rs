@@ -25,6 +25,7 @@ use crate::raft::{self, NetsyRaft};
 
 pub mod membership;
 mod routing;
+mod transfer;
 
 pub use routing::REQUEST_TIMEOUT;
 
@@ -104,6 +105,9 @@ pub struct Node {
     pub peers: Arc<raft::peers::Peers>,
     /// Membership changes run one at a time (openraft requires it).
     membership_lock: tokio::sync::Mutex<()>,
+    /// Proposals share it; a leadership transfer holds it exclusively, so none is
+    /// started while the transferee catches up.
+    handover: tokio::sync::RwLock<()>,
     /// Stops the peer port's server (it runs from `start`, before `serve`: elections and
     /// joins need it).
     peer_stop: CancellationToken,
@@ -305,6 +309,7 @@ impl Node {
             tls,
             peers,
             membership_lock: tokio::sync::Mutex::new(()),
+            handover: tokio::sync::RwLock::new(()),
             peer_stop: CancellationToken::new(),
             _lock: lock,
         });
@@ -595,6 +600,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     tracing::info!(client = %cfg.bind_client, peer = %cfg.bind_peer, health = %cfg.bind_health, tls = node.tls.is_some(), member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
     shutdown.await;
     tracing::info!("shutting down");
+    node.hand_over_before_stopping().await;
     node.flush_archive(Duration::from_secs(10)).await;
     stop.cancel();
     // Give in-flight requests a moment, then close connections that clients keep open.

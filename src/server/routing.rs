@@ -110,7 +110,7 @@ impl Node {
     }
 
     /// Fails with etcd's retryable error unless this node leads.
-    fn require_leader(&self) -> Result<(), ApiError> {
+    pub(super) fn require_leader(&self) -> Result<(), ApiError> {
         match self.is_leader() {
             true => Ok(()),
             false if self.has_leader() => Err(ApiError::LeaderChanged),
@@ -139,10 +139,14 @@ impl Node {
     /// On the leader: replicates `cmd` and returns its applied result and log index (in
     /// `object-storage` durability, once the entry is in object storage).
     pub async fn propose_as_leader(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), ApiError> {
-        self.require_leader()?;
-        let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
-        let res = self.proposer.propose(cmd, size).await;
-        timer.observe_duration();
+        let res = {
+            let _not_during_a_transfer = self.handover.read().await;
+            self.require_leader()?;
+            let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
+            let res = self.proposer.propose(cmd, size).await;
+            timer.observe_duration();
+            res
+        };
         match res {
             Ok((data, index)) => {
                 crate::metrics::PROPOSALS_COMMITTED.inc();
