@@ -95,14 +95,26 @@ fn quick_suite_writes_reports() {
         "watch-latency",
         "lease keep-alive",
         "RSS (MiB)",
+        "3 members: put",
+        "failover: leader kill",
     ] {
         assert!(md.contains(row), "missing {row} in\n{md}");
     }
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
-    for c in json["comparisons"].as_array().unwrap() {
+    let all = json["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(json["cluster"].as_array().unwrap());
+    for c in all {
         assert_eq!(c["etcd"]["errors"], 0, "{c}");
         assert_eq!(c["netsy"]["errors"], 0, "{c}");
         assert!(c["netsy"]["requests"].as_u64().unwrap() > 0);
+    }
+    for side in json["failover_seconds"].as_array().unwrap() {
+        let rounds = side.as_array().unwrap();
+        assert_eq!(rounds.len(), 1);
+        assert!(rounds[0].as_f64().unwrap() > 0.0);
     }
     assert!(std::fs::read_to_string(dir.path().join("results.svg")).unwrap().starts_with("<svg"));
 }

@@ -56,12 +56,74 @@ pub fn markdown(r: &Results) -> String {
             ""
         }
     );
+    table(&mut md, &r.comparisons);
+    let (e, n) = (&r.etcd_footprint, &r.netsy_footprint);
+    let rss_ratio = if e.rss_bytes > 0 {
+        n.rss_bytes as f64 / e.rss_bytes as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(md, "\n## Footprint after loading {} keys × 256 B\n", e.keys);
+    let _ = writeln!(md, "| | etcd | netsy | ratio |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| RSS (MiB) | {:.1} | {:.1} | {:.2}× (target ≤ 0.5×: {}) |",
+        mib(e.rss_bytes),
+        mib(n.rss_bytes),
+        rss_ratio,
+        if rss_ratio > 0.0 && rss_ratio <= 0.5 {
+            "met"
+        } else {
+            "**not met**"
+        }
+    );
+    let mut row = |label: &str, etcd: f64, netsy: f64| {
+        let _ = writeln!(md, "| {label} | {etcd:.1} | {netsy:.1} | {:.2}× |", netsy / etcd.max(1e-9));
+    };
+    row("peak RSS over the whole run (MiB)", mib(e.peak_rss_bytes), mib(n.peak_rss_bytes));
+    row("data on disk (MiB)", mib(e.disk_bytes), mib(n.disk_bytes));
+    row("load time (s, 100 clients)", e.load_seconds, n.load_seconds);
+    row("RSS with 10,000 watchers open (MiB)", mib(r.watchers_rss.0), mib(r.watchers_rss.1));
+    if !r.cluster.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## 3-member clusters\n\nnetsy 3 pods vs etcd 3 members on loopback; connections spread over the members.\n"
+        );
+        table(&mut md, &r.cluster);
+    }
+    let (e, n) = &r.failover_seconds;
+    if !e.is_empty() && !n.is_empty() {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            md,
+            "\n| failover: leader kill -9 → first successful write (s) | etcd | netsy | target |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---|");
+        let _ = writeln!(
+            md,
+            "| mean / max of {} rounds | {:.2} / {:.2} | {:.2} / {:.2} | netsy max < 3 s: {} |",
+            n.len(),
+            mean(e),
+            max(e),
+            mean(n),
+            max(n),
+            if max(n) < 3.0 { "met" } else { "**not met**" }
+        );
+    }
+    let _ = writeln!(md, "\nChart: `results.svg`; raw numbers: `results.json`.");
+    md
+}
+
+/// The workload table: one row per target (or one reported row).
+fn table(md: &mut String, comparisons: &[Comparison]) {
     let _ = writeln!(
         md,
         "| workload | etcd req/s | netsy req/s | etcd p50 / p99 ms | netsy p50 / p99 ms | errors e/n | target | ratio | met |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|:---:|");
-    for c in &r.comparisons {
+    for c in comparisons {
         let targets: Vec<_> = if c.targets.is_empty() {
             vec![None]
         } else {
@@ -92,43 +154,13 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
-    let (e, n) = (&r.etcd_footprint, &r.netsy_footprint);
-    let rss_ratio = if e.rss_bytes > 0 {
-        n.rss_bytes as f64 / e.rss_bytes as f64
-    } else {
-        0.0
-    };
-    let _ = writeln!(md, "\n## Footprint after loading {} keys × 256 B\n", e.keys);
-    let _ = writeln!(md, "| | etcd | netsy | ratio |");
-    let _ = writeln!(md, "|---|---:|---:|---:|");
-    let _ = writeln!(
-        md,
-        "| RSS (MiB) | {:.1} | {:.1} | {:.2}× (target ≤ 0.5×: {}) |",
-        mib(e.rss_bytes),
-        mib(n.rss_bytes),
-        rss_ratio,
-        if rss_ratio > 0.0 && rss_ratio <= 0.5 {
-            "met"
-        } else {
-            "**not met**"
-        }
-    );
-    let mut row = |label: &str, etcd: f64, netsy: f64| {
-        let _ = writeln!(md, "| {label} | {etcd:.1} | {netsy:.1} | {:.2}× |", netsy / etcd.max(1e-9));
-    };
-    row("peak RSS over the whole run (MiB)", mib(e.peak_rss_bytes), mib(n.peak_rss_bytes));
-    row("data on disk (MiB)", mib(e.disk_bytes), mib(n.disk_bytes));
-    row("load time (s, 100 clients)", e.load_seconds, n.load_seconds);
-    row("RSS with 10,000 watchers open (MiB)", mib(r.watchers_rss.0), mib(r.watchers_rss.1));
-    let _ = writeln!(md, "\nChart: `results.svg`; raw numbers: `results.json`.");
-    md
 }
 
 /// A horizontal bar per target: the netsy/etcd ratio on a log scale, with the target
 /// marked; green when met.
 pub fn svg(r: &Results) -> String {
     let mut rows: Vec<(String, f64, f64, bool)> = Vec::new();
-    for c in &r.comparisons {
+    for c in r.comparisons.iter().chain(&r.cluster) {
         for t in &c.targets {
             let ratio = ratio(c, t.metric);
             rows.push((

@@ -64,19 +64,68 @@ pub struct Results {
     pub netsy_footprint: Footprint,
     /// RSS with 10,000 watchers open (bytes), per server.
     pub watchers_rss: (u64, u64),
+    /// The same workloads on 3-member clusters.
+    pub cluster: Vec<Comparison>,
+    /// 3 members: seconds from a leader kill to the first successful write, per round
+    /// (etcd, netsy).
+    pub failover_seconds: (Vec<f64>, Vec<f64>),
 }
 
+/// One server process (a single server, or one member of a cluster), restartable with
+/// the same command.
 struct Server {
     name: &'static str,
+    command: Vec<String>,
+    envs: Vec<(String, String)>,
     child: Child,
     endpoint: String,
     data_dir: PathBuf,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    fn spawn(
+        name: &'static str,
+        command: Vec<String>,
+        envs: Vec<(String, String)>,
+        endpoint: String,
+        data_dir: PathBuf,
+    ) -> Result<Server, BenchError> {
+        let child = spawn_command(name, &command, &envs)?;
+        Ok(Server {
+            name,
+            command,
+            envs,
+            child,
+            endpoint,
+            data_dir,
+        })
+    }
+
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) -> Result<(), BenchError> {
+        self.kill();
+        self.child = spawn_command(self.name, &self.command, &self.envs)?;
+        Ok(())
+    }
+}
+
+fn spawn_command(name: &str, command: &[String], envs: &[(String, String)]) -> Result<Child, BenchError> {
+    Command::new(&command[0])
+        .args(&command[1..])
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::Setup(format!("cannot start {name} {}: {e}; run `make venv`", command[0])))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -85,23 +134,10 @@ fn free_port() -> Result<u16, BenchError> {
 }
 
 async fn wait_ready(server: &Server) -> Result<(), BenchError> {
-    let opts = Options {
-        endpoints: vec![server.endpoint.clone()],
-        clients: 1,
-        conns: 1,
-        total: 1,
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(channels) = super::connect(&opts).await {
-            let mut kv = crate::proto::etcdserverpb::kv_client::KvClient::new(channels[0].clone());
-            let probe = crate::proto::etcdserverpb::RangeRequest {
-                key: b"bench-probe".to_vec(),
-                ..Default::default()
-            };
-            if kv.range(probe).await.is_ok() {
-                return Ok(());
-            }
+        if put_once(&server.endpoint, Duration::from_secs(1), true).await.is_ok() {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(BenchError::Setup(format!("{} did not become ready", server.name)));
@@ -110,60 +146,106 @@ async fn wait_ready(server: &Server) -> Result<(), BenchError> {
     }
 }
 
-fn start_etcd(bin: &Path, dir: &Path) -> Result<Server, BenchError> {
-    let (client, peer) = (free_port()?, free_port()?);
-    let data_dir = dir.join("etcd");
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(bin)
-        .arg("--name=bench")
-        .arg(format!("--data-dir={}", data_dir.display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=bench={peer_url}"))
-        .arg("--log-level=error")
-        .arg("--quota-backend-bytes=8589934592")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Setup(format!("cannot start etcd {}: {e}; run `make venv`", bin.display())))?;
-    Ok(Server {
-        name: "etcd",
-        child,
-        endpoint: format!("127.0.0.1:{client}"),
-        data_dir,
-    })
+/// One request to `endpoint` within `timeout`: a read (`read`) or a put.
+async fn put_once(endpoint: &str, timeout: Duration, read: bool) -> Result<(), BenchError> {
+    let opts = Options {
+        endpoints: vec![endpoint.to_string()],
+        clients: 1,
+        conns: 1,
+        total: 1,
+    };
+    let request = async {
+        let channels = super::connect(&opts).await?;
+        let mut kv = crate::proto::etcdserverpb::kv_client::KvClient::new(channels[0].clone());
+        let failed = |e: tonic::Status| BenchError::Setup(e.message().to_string());
+        if read {
+            let probe = crate::proto::etcdserverpb::RangeRequest {
+                key: b"bench-probe".to_vec(),
+                ..Default::default()
+            };
+            kv.range(probe).await.map_err(failed)?;
+        } else {
+            let put = crate::proto::etcdserverpb::PutRequest {
+                key: b"bench-failover".to_vec(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            };
+            kv.put(put).await.map_err(failed)?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| BenchError::Setup(format!("{endpoint}: no answer within {timeout:?}")))?
 }
 
-fn start_netsy(bin: &Path, dir: &Path) -> Result<Server, BenchError> {
-    let (client, peer, health) = (free_port()?, free_port()?, free_port()?);
-    let data_dir = dir.join("netsy");
+/// A group of `n` etcd members (one for n = 1), started together.
+fn start_etcd(bin: &Path, dir: &Path, n: usize) -> Result<Vec<Server>, BenchError> {
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_, BenchError>>()?;
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("bench{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut members = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let data_dir = dir.join(format!("etcd{i}"));
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let command = vec![
+            bin.display().to_string(),
+            format!("--name=bench{i}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster={}", initial.join(",")),
+            "--log-level=error".into(),
+            "--quota-backend-bytes=8589934592".into(),
+        ];
+        members.push(Server::spawn("etcd", command, vec![], format!("127.0.0.1:{client}"), data_dir)?);
+    }
+    Ok(members)
+}
+
+/// A group of `n` netsy members sharing one object store: the first opens the cluster,
+/// each next one joins once the previous serves.
+async fn start_netsy(bin: &Path, dir: &Path, n: usize) -> Result<Vec<Server>, BenchError> {
     let config = dir.join("netsy.jsonc");
     let text = format!(
         "{{ \"cluster_id\": \"bench\", \"storage\": {{ \"provider\": \"file\", \"path\": \"{}\" }}, \"limits\": {{ \"quota_backend_bytes\": 8589934592 }} }}",
         dir.join("objects").display()
     );
     std::fs::write(&config, text)?;
-    let child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NETSY_DATA_DIR", &data_dir)
-        .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{client}"))
-        .env("NETSY_BIND_PEER", format!("127.0.0.1:{peer}"))
-        .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{health}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::Setup(format!("cannot start netsy {}: {e}", bin.display())))?;
-    Ok(Server {
-        name: "netsy",
-        child,
-        endpoint: format!("127.0.0.1:{client}"),
-        data_dir,
-    })
+    let mut members = Vec::new();
+    for i in 0..n {
+        let (client, peer, health) = (free_port()?, free_port()?, free_port()?);
+        let data_dir = dir.join(format!("netsy{i}"));
+        let command = vec![
+            bin.display().to_string(),
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        let envs = [
+            ("NETSY_NODE_ID", format!("netsy-{i}")),
+            ("NETSY_DATA_DIR", data_dir.display().to_string()),
+            ("NETSY_BIND_CLIENT", format!("127.0.0.1:{client}")),
+            ("NETSY_BIND_PEER", format!("127.0.0.1:{peer}")),
+            ("NETSY_BIND_HEALTH", format!("127.0.0.1:{health}")),
+            ("NETSY_ADVERTISE_CLIENT", format!("http://127.0.0.1:{client}")),
+            ("NETSY_ADVERTISE_PEER", format!("http://127.0.0.1:{peer}")),
+            ("RUST_LOG", "warn".into()),
+        ];
+        let envs = envs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let member = Server::spawn("netsy", command, envs, format!("127.0.0.1:{client}"), data_dir)?;
+        wait_ready(&member).await?;
+        members.push(member);
+    }
+    Ok(members)
 }
 
 /// (current RSS, peak RSS) of a process in bytes, from /proc.
@@ -326,15 +408,22 @@ fn mean(a: &Summary, b: &Summary) -> Summary {
     }
 }
 
-async fn run_on(server: &Server, case: &Case) -> Result<Summary, BenchError> {
+/// Runs `case` against a group; the connections are spread over its members.
+async fn run_on(group: &[Server], case: &Case) -> Result<Summary, BenchError> {
     let opts = Options {
-        endpoints: vec![server.endpoint.clone()],
+        endpoints: group.iter().map(|m| m.endpoint.clone()).collect(),
         clients: case.clients,
         conns: case.conns,
         total: case.total,
     };
     let s = run(&opts, &case.workload).await?;
-    tracing::info!(server = server.name, case = case.name, "{}", s.text().replace('\n', "; "));
+    tracing::info!(
+        server = group[0].name,
+        members = group.len(),
+        case = case.name,
+        "{}",
+        s.text().replace('\n', "; ")
+    );
     Ok(s)
 }
 
@@ -366,7 +455,7 @@ async fn watchers_rss(server: &Server, streams: usize, per_stream: usize) -> Res
             }
         })
     };
-    let result = run_on(server, &case).await;
+    let result = run_on(std::slice::from_ref(server), &case).await;
     sampler.abort();
     result?;
     Ok(max.load(std::sync::atomic::Ordering::Relaxed))
@@ -406,28 +495,19 @@ async fn load_keys(server: &Server, keys: usize) -> Result<Footprint, BenchError
     })
 }
 
-pub async fn run_suite(opts: &SuiteOptions) -> Result<Results, BenchError> {
-    let work = std::env::temp_dir().join(format!("netsy-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let etcd = start_etcd(&opts.etcd_bin, &work)?;
-    let netsy = start_netsy(&opts.netsy_bin, &work)?;
-    wait_ready(&etcd).await?;
-    wait_ready(&netsy).await?;
-    tracing::info!(etcd = %etcd.endpoint, netsy = %netsy.endpoint, "servers ready");
-
+/// Runs every case against both groups, alternating who goes first between rounds.
+async fn compare(etcd: &[Server], netsy: &[Server], cases: Vec<Case>, rounds: usize) -> Result<Vec<Comparison>, BenchError> {
     let mut comparisons = Vec::new();
-    for case in cases(opts.quick) {
+    for case in cases {
         let mut etcd_runs = Vec::new();
         let mut netsy_runs = Vec::new();
-        for round in 0..opts.rounds.max(1) {
-            // Alternate who goes first.
+        for round in 0..rounds.max(1) {
             if round % 2 == 0 {
-                etcd_runs.push(run_on(&etcd, &case).await?);
-                netsy_runs.push(run_on(&netsy, &case).await?);
+                etcd_runs.push(run_on(etcd, &case).await?);
+                netsy_runs.push(run_on(netsy, &case).await?);
             } else {
-                netsy_runs.push(run_on(&netsy, &case).await?);
-                etcd_runs.push(run_on(&etcd, &case).await?);
+                netsy_runs.push(run_on(netsy, &case).await?);
+                etcd_runs.push(run_on(etcd, &case).await?);
             }
         }
         let fold = |runs: Vec<Summary>| runs.iter().skip(1).fold(runs[0].clone(), |a, b| mean(&a, b));
@@ -438,16 +518,156 @@ pub async fn run_suite(opts: &SuiteOptions) -> Result<Results, BenchError> {
             targets: case.targets,
         });
     }
+    Ok(comparisons)
+}
+
+/// The index of the member that leads, by asking each member's Status.
+async fn find_leader(group: &[Server]) -> Result<usize, BenchError> {
+    use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ids = Vec::new();
+        let mut leader = 0;
+        for m in group {
+            let opts = Options {
+                endpoints: vec![m.endpoint.clone()],
+                clients: 1,
+                conns: 1,
+                total: 1,
+            };
+            let status = match super::connect(&opts).await {
+                Ok(ch) => MaintenanceClient::new(ch[0].clone())
+                    .status(crate::proto::etcdserverpb::StatusRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner()),
+                Err(_) => None,
+            };
+            let (id, l) = status.map_or((0, 0), |s| (s.header.map_or(0, |h| h.member_id), s.leader));
+            ids.push(id);
+            leader = leader.max(l);
+        }
+        if let Some(i) = ids.iter().position(|id| *id != 0 && *id == leader) {
+            return Ok(i);
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(format!("{}: no leader", group[0].name)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Failover, `rounds` times: kill -9 the leader, then put through the other members
+/// (each attempt with a short timeout, round robin) until one succeeds; seconds from the
+/// kill to that success. The killed member restarts with its disk before the next round.
+async fn failover(group: &mut [Server], rounds: usize) -> Result<Vec<f64>, BenchError> {
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let leader = find_leader(group).await?;
+        let others: Vec<String> = (0..group.len())
+            .filter(|i| *i != leader)
+            .map(|i| group[i].endpoint.clone())
+            .collect();
+        let killed = Instant::now();
+        group[leader].kill();
+        let mut attempt = 0;
+        while put_once(&others[attempt % others.len()], Duration::from_millis(500), false)
+            .await
+            .is_err()
+        {
+            attempt += 1;
+            if killed.elapsed() > Duration::from_secs(60) {
+                return Err(BenchError::Setup(format!(
+                    "{}: no write succeeded within 60 s of the leader kill",
+                    group[0].name
+                )));
+            }
+        }
+        let took = killed.elapsed().as_secs_f64();
+        tracing::info!(server = group[0].name, seconds = took, "failover");
+        times.push(took);
+        group[leader].restart()?;
+        wait_ready(&group[leader]).await?;
+    }
+    Ok(times)
+}
+
+/// Workloads on 3-member clusters (connections spread over the members, so followers
+/// forward, as kube-apiservers spread over members do).
+fn cluster_cases(quick: bool) -> Vec<Case> {
+    let n = |full: usize, small: usize| if quick { small } else { full };
+    vec![
+        Case {
+            name: "3 members: put, 100 clients / 10 conns, 256 B",
+            clients: 100,
+            conns: 10,
+            total: n(60_000, 2_000),
+            workload: Workload::Put {
+                key_size: 8,
+                value_size: 256,
+                key_space: 100_000,
+                order: KeyOrder::Random,
+            },
+            targets: vec![Target {
+                metric: Metric::Throughput,
+                ratio: 1.2,
+            }],
+        },
+        Case {
+            name: "3 members: range 1 key, linearizable, 100 clients",
+            clients: 100,
+            conns: 10,
+            total: n(60_000, 2_000),
+            workload: Workload::Range {
+                key: "foo".into(),
+                prefix: false,
+                linearizable: true,
+                limit: 0,
+                populate: 0,
+                value_size: 0,
+            },
+            targets: vec![],
+        },
+    ]
+}
+
+pub async fn run_suite(opts: &SuiteOptions) -> Result<Results, BenchError> {
+    let work = std::env::temp_dir().join(format!("netsy-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let (single, three) = (work.join("single"), work.join("three"));
+    std::fs::create_dir_all(&single)?;
+    std::fs::create_dir_all(&three)?;
+    let etcd_group = start_etcd(&opts.etcd_bin, &single, 1)?;
+    wait_ready(&etcd_group[0]).await?;
+    let netsy_group = start_netsy(&opts.netsy_bin, &single, 1).await?;
+    let (etcd, netsy) = (&etcd_group[0], &netsy_group[0]);
+    tracing::info!(etcd = %etcd.endpoint, netsy = %netsy.endpoint, "servers ready");
+    let comparisons = compare(&etcd_group, &netsy_group, cases(opts.quick), opts.rounds).await?;
 
     let (per_stream, streams) = if opts.quick { (10, 10) } else { (100, 100) };
     let watchers_rss = (
-        watchers_rss(&etcd, streams, per_stream).await?,
-        watchers_rss(&netsy, streams, per_stream).await?,
+        watchers_rss(etcd, streams, per_stream).await?,
+        watchers_rss(netsy, streams, per_stream).await?,
     );
-    let etcd_footprint = load_keys(&etcd, opts.load_keys).await?;
-    let netsy_footprint = load_keys(&netsy, opts.load_keys).await?;
-    drop(etcd);
-    drop(netsy);
+    let etcd_footprint = load_keys(etcd, opts.load_keys).await?;
+    let netsy_footprint = load_keys(netsy, opts.load_keys).await?;
+    drop(etcd_group);
+    drop(netsy_group);
+
+    let mut etcd3 = start_etcd(&opts.etcd_bin, &three, 3)?;
+    for m in &etcd3 {
+        wait_ready(m).await?;
+    }
+    let mut netsy3 = start_netsy(&opts.netsy_bin, &three, 3).await?;
+    tracing::info!("3-member clusters ready");
+    let cluster = compare(&etcd3, &netsy3, cluster_cases(opts.quick), opts.rounds).await?;
+    let failover_rounds = if opts.quick { 1 } else { 3 };
+    let failover_seconds = (
+        failover(&mut etcd3, failover_rounds).await?,
+        failover(&mut netsy3, failover_rounds).await?,
+    );
+    drop(etcd3);
+    drop(netsy3);
     let _ = std::fs::remove_dir_all(&work);
 
     let results = Results {
@@ -457,6 +677,8 @@ pub async fn run_suite(opts: &SuiteOptions) -> Result<Results, BenchError> {
         etcd_footprint,
         netsy_footprint,
         watchers_rss,
+        cluster,
+        failover_seconds,
     };
     std::fs::create_dir_all(&opts.out_dir)?;
     std::fs::write(opts.out_dir.join("results.md"), report::markdown(&results))?;
