@@ -440,3 +440,55 @@ async fn a_leader_stopped_with_sigterm_hands_over_first() {
     assert_eq!(failed.load(Ordering::Relaxed), 0, "writes through the followers failed");
     assert!(c.leader().is_some_and(|l| l != leader));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_while_the_cluster_is_rebuilt_stops_and_rejoins_the_new_epoch() {
+    let mut c = Cluster::start(3, r#""durability": "object-storage", "discovery_timeout": "2s","#);
+    c.wait_leader();
+    let mut any = client(&c.nodes[1].endpoint()).await;
+    for i in 0..20 {
+        any.put(format!("k{i:02}"), "v", None).await.expect("put");
+    }
+    // netsy-0 is cut off; the other two lose their disks and rebuild from object storage.
+    c.net.isolate(0, 3);
+    for i in [1, 2] {
+        c.nodes[i].kill9();
+        c.nodes[i].wipe();
+    }
+    tokio::task::block_in_place(|| {
+        c.nodes[1].spawn();
+        c.nodes[2].spawn();
+    });
+    let mut fresh = client(&c.nodes[1].endpoint()).await;
+    fresh.put("after-rebuild", "1", None).await.expect("the new epoch serves");
+    assert!(c.nodes[1].log().contains("rebuilt from object storage"), "{}", c.logs());
+
+    // The old member sees cluster.json move on and stops instead of serving a stale epoch.
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(30), "netsy-0 to stop", || {
+            c.nodes[0].child.as_mut().is_some_and(|ch| ch.try_wait().ok().flatten().is_some())
+        })
+    });
+    assert!(
+        c.nodes[0].log().contains("object storage moved to a newer epoch"),
+        "{}",
+        c.nodes[0].log()
+    );
+
+    // Restarted with its old disk, it sets that aside and joins the new epoch.
+    c.net.heal();
+    tokio::task::block_in_place(|| {
+        c.nodes[0].spawn();
+        c.wait_members(3);
+    });
+    let log = c.nodes[0].log();
+    assert!(log.contains("set it aside"), "{log}");
+    assert!(c.nodes[0].data_dir().join("stale-epoch-1").is_dir());
+    let mut old = client(&c.nodes[0].endpoint()).await;
+    let resp = old
+        .get("", Some(GetOptions::new().with_from_key().with_count_only()))
+        .await
+        .expect("count");
+    assert_eq!(resp.count(), 21, "{}", c.logs());
+    assert_eq!(old.member_list().await.expect("members").members().len(), 3);
+}

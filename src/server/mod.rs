@@ -49,6 +49,8 @@ pub enum StartError {
     Archive(String),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("object storage moved to epoch {current} while this node serves epoch {own}: the cluster was rebuilt from object storage without it; stopping, so that a restart rejoins the new epoch")]
+    Fenced { own: u64, current: u64 },
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
         key: &'static str,
@@ -95,6 +97,8 @@ pub struct Node {
     pub snapshotter: Mutex<Option<crate::archive::snapshotter::Snapshotter>>,
     /// The last log index in object storage.
     pub archived: tokio::sync::watch::Receiver<u64>,
+    /// The object store (for the epoch fence; uploads go through `uploader`).
+    objects: Arc<dyn ObjectStore>,
     /// The Raft log, for the archive backlog check.
     log: raft::log_store::LogStore,
     /// `quorum` durability: set while the upload backlog exceeds `max_backlog_bytes`.
@@ -169,6 +173,27 @@ fn save_identity(dir: &Path, identity: &NodeIdentity) -> Result<(), StartError> 
     Ok(())
 }
 
+/// Moves everything in the data directory but its lock into `stale-epoch-{epoch}` (kept
+/// for inspection; replaced if it exists). Returns that directory.
+fn set_aside(dir: &Path, epoch: u64) -> Result<PathBuf, StartError> {
+    let aside = dir.join(format!("stale-epoch-{epoch}"));
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).map_err(|e| data_dir_error(dir, format!("cannot remove {}: {e}", aside.display())))?;
+    }
+    std::fs::create_dir_all(&aside).map_err(|e| data_dir_error(dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| data_dir_error(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| data_dir_error(dir, e))?;
+        let name = entry.file_name();
+        if name == "LOCK" || name.to_string_lossy().starts_with("stale-epoch-") {
+            continue;
+        }
+        std::fs::rename(entry.path(), aside.join(&name))
+            .map_err(|e| data_dir_error(dir, format!("cannot move {} aside: {e}", entry.path().display())))?;
+    }
+    Ok(aside)
+}
+
 /// What the data directory holds (see `archive::bootstrap`).
 fn local_state(dir: &Path, identity: Option<&NodeIdentity>) -> Result<Local, StartError> {
     let state = dir.join("state.db").exists();
@@ -225,9 +250,25 @@ impl Node {
             dialer: dialer.clone(),
             cluster_id: config.cluster_id.clone(),
         };
-        let startup = crate::archive::bootstrap::prepare(&objects, &config, local, &state_path, &scratch, &probe)
-            .await
-            .map_err(|e| StartError::Archive(e.to_string()))?;
+        use crate::archive::bootstrap::{prepare, BootstrapError};
+        let startup = match prepare(&objects, &config, local, &state_path, &scratch, &probe).await {
+            // The cluster was rebuilt from object storage without this node: what its disk
+            // holds is of an older epoch (anything acknowledged there and not archived was
+            // already given up by that rebuild). Set it aside and rejoin as a new
+            // incarnation.
+            Err(BootstrapError::StaleDataDir { local, current }) if local < current => {
+                let aside = set_aside(&dir, local)?;
+                tracing::warn!(
+                    local,
+                    current,
+                    aside = %aside.display(),
+                    "this data directory holds an older epoch than object storage (the cluster was rebuilt without this node): set it aside, rejoining as a new incarnation"
+                );
+                prepare(&objects, &config, Local::Empty, &state_path, &scratch, &probe).await
+            }
+            other => other,
+        }
+        .map_err(|e| StartError::Archive(e.to_string()))?;
         let identity = NodeIdentity {
             member_id: startup.member.member_id,
             raft_id: startup.member.raft_id,
@@ -272,7 +313,7 @@ impl Node {
         );
         let archived = uploader.watermark();
         let snapshotter = crate::archive::snapshotter::Snapshotter {
-            store: objects,
+            store: objects.clone(),
             reader: reader.clone(),
             raft: raft.clone(),
             raft_id: identity.raft_id,
@@ -288,6 +329,7 @@ impl Node {
             .iter()
             .any(|a| a.alarm == AlarmType::Nospace as i32);
         let node = Arc::new(Node {
+            objects,
             cluster_hash: stable_hash(&config.cluster_id),
             config,
             identity,
@@ -598,7 +640,17 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     spawn_until(&mut tasks, &stop, background(node.clone()));
 
     tracing::info!(client = %cfg.bind_client, peer = %cfg.bind_peer, health = %cfg.bind_health, tls = node.tls.is_some(), member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
-    shutdown.await;
+    let fenced = tokio::select! {
+        _ = shutdown => None,
+        current = node.epoch_moved() => Some(current),
+    };
+    if let Some(current) = fenced {
+        tracing::error!(
+            own = node.identity.epoch,
+            current,
+            "object storage moved to a newer epoch: this node's cluster was replaced; stopping"
+        );
+    }
     tracing::info!("shutting down");
     node.hand_over_before_stopping().await;
     node.flush_archive(Duration::from_secs(10)).await;
@@ -610,7 +662,32 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     }
     let _ = node.raft.shutdown().await;
     node.stop_peers();
-    Ok(())
+    match fenced {
+        Some(current) => Err(StartError::Fenced {
+            own: node.identity.epoch,
+            current,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// How often a node checks that `cluster.json` still names its epoch.
+const EPOCH_CHECK: Duration = Duration::from_secs(5);
+
+impl Node {
+    /// Returns once `cluster.json` names a newer epoch than this node's: the cluster was
+    /// rebuilt from object storage while this node was cut off, so it must stop serving
+    /// (its Raft group is no longer the cluster). Read errors are retried.
+    async fn epoch_moved(&self) -> u64 {
+        loop {
+            tokio::time::sleep(EPOCH_CHECK).await;
+            match crate::archive::manifest::read_cluster(self.objects.as_ref(), &self.config.cluster_id).await {
+                Ok(Some(m)) if m.value.epoch > self.identity.epoch => return m.value.epoch,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot read cluster.json for the epoch check"),
+            }
+        }
+    }
 }
 
 /// Runs `work` in `tasks` until it ends or `stop` is cancelled.
