@@ -195,10 +195,11 @@ async fn corrupt_segment_is_reported_by_name() {
     assert!(log.contains("missing from object storage"), "{log}");
 }
 
-/// A data directory from before a restore belongs to an old epoch and is refused.
+/// A data directory from before a restore belongs to an old epoch: it is set aside and the
+/// node rebuilds from object storage.
 #[tokio::test]
-async fn stale_data_directory_is_refused() {
-    let mut n = Netsy::start();
+async fn stale_data_directory_is_set_aside() {
+    let mut n = Netsy::start_with(r#""discovery_timeout": "1s","#);
     let mut c = n.client().await;
     c.put("a", "1", None).await.unwrap();
     wait_archived(&n);
@@ -209,8 +210,12 @@ async fn stale_data_directory_is_refused() {
     n.terminate();
     n.wipe();
     std::fs::rename(&saved, n.data_dir()).unwrap();
-    let log = n.try_spawn().expect_err("an old epoch's data directory must be refused");
-    assert!(log.contains("holds epoch 1, but object storage is at epoch 2"), "{log}");
+    n.spawn();
+    assert!(n.log().contains("set it aside"), "{}", n.log());
+    assert!(n.data_dir().join("stale-epoch-1").join("state.db").exists());
+    let mut c = n.client().await;
+    let r = c.get("a", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value_str().unwrap(), "1");
 }
 
 fn netsy_cli(args: &[&str]) -> (bool, String) {
