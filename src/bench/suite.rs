@@ -288,6 +288,18 @@ struct Case {
     targets: Vec<Target>,
 }
 
+/// A linearizable get of one (absent) key.
+fn range_one_key() -> Workload {
+    Workload::Range {
+        key: "foo".into(),
+        prefix: false,
+        linearizable: true,
+        limit: 0,
+        populate: 0,
+        value_size: 0,
+    }
+}
+
 fn cases(quick: bool) -> Vec<Case> {
     let n = |full: usize, small: usize| if quick { small } else { full };
     let t = |metric, ratio| Target { metric, ratio };
@@ -327,14 +339,7 @@ fn cases(quick: bool) -> Vec<Case> {
             clients: 100,
             conns: 10,
             total: n(120_000, 3_000),
-            workload: Workload::Range {
-                key: "foo".into(),
-                prefix: false,
-                linearizable: true,
-                limit: 0,
-                populate: 0,
-                value_size: 0,
-            },
+            workload: range_one_key(),
             targets: vec![t(Metric::Throughput, 1.5)],
         },
         Case {
@@ -618,14 +623,7 @@ fn cluster_cases(quick: bool) -> Vec<Case> {
             clients: 100,
             conns: 10,
             total: n(60_000, 2_000),
-            workload: Workload::Range {
-                key: "foo".into(),
-                prefix: false,
-                linearizable: true,
-                limit: 0,
-                populate: 0,
-                value_size: 0,
-            },
+            workload: range_one_key(),
             targets: vec![],
         },
     ]

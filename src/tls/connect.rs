@@ -47,8 +47,11 @@ impl Dialer {
     pub async fn channel(&self, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
         let endpoint = self.endpoint(addr, timeout)?;
         let connected = match &self.tls {
-            // Fetched per connection, so a reconnect after a reload uses the new files.
-            Some(tls) => endpoint.connect_with_connector(self.connector(tls.clone(), expected)).await,
+            Some(tls) => {
+                endpoint
+                    .connect_with_connector(connector(self.source, peer_config(tls.clone(), expected)))
+                    .await
+            }
             None => endpoint.connect().await,
         };
         connected.map_err(|source| ConnectError::Transport {
@@ -61,31 +64,13 @@ impl Dialer {
     pub fn lazy(&self, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
         let endpoint = self.endpoint(addr, timeout)?;
         Ok(match &self.tls {
-            Some(tls) => endpoint.connect_with_connector_lazy(self.connector(tls.clone(), expected)),
+            Some(tls) => endpoint.connect_with_connector_lazy(connector(self.source, peer_config(tls.clone(), expected))),
             None => endpoint.connect_lazy(),
         })
     }
 
     fn endpoint(&self, addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
         Ok(endpoint(addr, timeout)?.local_address(self.source))
-    }
-
-    fn connector(
-        &self,
-        tls: Arc<Tls>,
-        expected: &str,
-    ) -> impl tower::Service<
-        Uri,
-        Response = BoxedIo,
-        Error = std::io::Error,
-        Future = impl std::future::Future<Output = std::io::Result<BoxedIo>> + Send,
-    > + Clone
-           + Send
-           + 'static {
-        let expected = expected.to_string();
-        connector(self.source, move || {
-            tls.peer_client_config(&expected).map_err(std::io::Error::other)
-        })
     }
 }
 
@@ -115,6 +100,13 @@ where
 }
 
 type BoxedIo = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// The client configuration for reaching peer `expected`, fetched per connection so a
+/// reconnect after a reload uses the new files.
+fn peer_config(tls: Arc<Tls>, expected: &str) -> impl Fn() -> std::io::Result<Arc<rustls::ClientConfig>> + Send + Sync + 'static {
+    let expected = expected.to_string();
+    move || tls.peer_client_config(&expected).map_err(std::io::Error::other)
+}
 
 /// A TCP connection to `host:port`, from `source` when given.
 async fn connect_tcp(source: Option<IpAddr>, host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
