@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,85 +83,106 @@ async fn any_member_serves_writes_reads_leases_and_membership() {
     assert!(leaders.iter().all(|l| *l == leaders[0] && *l != 0), "{leaders:?}");
 }
 
-/// When a write was sent and when it was acknowledged.
-type Acked = Arc<Mutex<BTreeMap<String, (Instant, Instant)>>>;
-
-/// Puts keys through every member until stopped; records each acknowledged one, and
-/// counts failed attempts in `failed`.
-fn writers(
-    endpoints: Vec<String>,
-    acked: Acked,
+/// Writers putting keys through chosen members until stopped: when each acknowledged
+/// write was sent and acknowledged, and how many attempts failed.
+struct Writers {
+    acked: Arc<Mutex<BTreeMap<String, (Instant, Instant)>>>,
     failed: Arc<AtomicUsize>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    endpoints
-        .into_iter()
-        .enumerate()
-        .map(|(w, endpoint)| {
-            let (acked, failed, stop) = (acked.clone(), failed.clone(), stop.clone());
-            tokio::spawn(async move {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// One writer per endpoint.
+    fn start(endpoints: Vec<String>) -> Writers {
+        let mut w = Writers {
+            acked: Arc::default(),
+            failed: Arc::default(),
+            stop: Arc::default(),
+            tasks: Vec::new(),
+        };
+        for (n, endpoint) in endpoints.into_iter().enumerate() {
+            let (acked, failed, stop) = (w.acked.clone(), w.failed.clone(), w.stop.clone());
+            w.tasks.push(tokio::spawn(async move {
                 let mut c: Option<Client> = None;
                 let mut i = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if c.is_none() {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(client) = c.as_mut() else {
                         let opts = etcd_client::ConnectOptions::new()
                             .with_connect_timeout(Duration::from_millis(500))
                             .with_timeout(Duration::from_secs(3));
                         c = Client::connect([endpoint.as_str()], Some(opts)).await.ok();
                         if c.is_none() {
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
                         }
-                    }
-                    let key = format!("w{w}/{i:06}");
+                        continue;
+                    };
+                    let key = format!("w{n}/{i:06}");
                     i += 1;
-                    if let Some(client) = c.as_mut() {
-                        let sent = Instant::now();
-                        match client.put(key.as_str(), "v", None).await {
-                            Ok(_) => {
-                                acked.lock().expect("lock").insert(key, (sent, Instant::now()));
-                            }
-                            Err(_) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(20)).await
-                            }
+                    let sent = Instant::now();
+                    match client.put(key.as_str(), "v", None).await {
+                        Ok(_) => {
+                            acked.lock().expect("lock").insert(key, (sent, Instant::now()));
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await
                         }
                     }
                 }
-            })
-        })
-        .collect()
+            }));
+        }
+        w
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+
+    /// Waits (blocking this worker thread) until `n` writes were acknowledged.
+    fn wait_for(&self, n: usize, timeout: Duration, what: &str) {
+        tokio::task::block_in_place(|| wait_until(timeout, what, || self.count() >= n));
+    }
+
+    /// Of the writes sent after `t`: the (sent, acknowledged) times.
+    fn sent_after(&self, t: Instant) -> Vec<(Instant, Instant)> {
+        self.acked
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|(sent, _)| *sent > t)
+            .copied()
+            .collect()
+    }
+
+    /// Stops the writers; returns the acknowledged keys and the failed attempts.
+    async fn finish(self) -> (Vec<String>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("writer");
+        }
+        let keys = self.acked.lock().expect("lock").keys().cloned().collect();
+        (keys, self.failed.load(Ordering::Relaxed))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_loses_no_acknowledged_write_and_a_new_leader_takes_over() {
     let mut c = Cluster::start(3, "");
     let leader = c.wait_leader();
-    let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
-    let tasks = writers(followers.clone(), acked.clone(), Arc::default(), stop.clone());
-    tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(20), "writes before the kill", || {
-            acked.lock().expect("lock").len() >= 100
-        })
-    });
+    let writers = Writers::start(followers);
+    writers.wait_for(100, Duration::from_secs(20), "writes before the kill");
 
     let killed_at = Instant::now();
     c.nodes[leader].kill9();
-    let before = acked.lock().expect("lock").len();
-    tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(30), "writes after the kill", || {
-            acked.lock().expect("lock").len() >= before + 100
-        })
-    });
+    let before = writers.count();
+    writers.wait_for(before + 100, Duration::from_secs(30), "writes after the kill");
     // The first write sent after the kill that was acknowledged (it needed a new leader).
-    let first_after = acked
-        .lock()
-        .expect("lock")
-        .values()
-        .filter(|(sent, _)| *sent > killed_at)
-        .map(|(_, done)| *done)
+    let first_after = writers
+        .sent_after(killed_at)
+        .into_iter()
+        .map(|(_, done)| done)
         .min()
         .expect("a write after the kill");
     let failover = first_after.duration_since(killed_at);
@@ -170,17 +191,9 @@ async fn leader_kill_loses_no_acknowledged_write_and_a_new_leader_takes_over() {
 
     // The old leader comes back with its disk and catches up as a follower.
     c.nodes[leader].spawn();
-    tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(30), "more writes with everyone back", || {
-            acked.lock().expect("lock").len() >= before + 200
-        })
-    });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    writers.wait_for(before + 200, Duration::from_secs(30), "more writes with everyone back");
     // Every acknowledged write is on every member (serializable: each member's own state).
-    let acked: Vec<String> = acked.lock().expect("lock").keys().cloned().collect();
+    let (acked, _) = writers.finish().await;
     let mut lin = client(&c.nodes[leader].endpoint()).await;
     lin.get("w", Some(GetOptions::new().with_prefix().with_keys_only()))
         .await
@@ -353,15 +366,8 @@ async fn move_leader_hands_over_to_the_chosen_member_while_writes_go_on() {
     let leader = c.wait_leader();
     let (target, other) = ((leader + 1) % 3, (leader + 2) % 3);
     let target_id = member_id(&c, target).await;
-    let acked: Acked = Arc::default();
-    let failed = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks = writers(c.endpoints(), acked.clone(), failed.clone(), stop.clone());
-    tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(20), "writes before the transfer", || {
-            acked.lock().expect("lock").len() >= 100
-        })
-    });
+    let writers = Writers::start(c.endpoints());
+    writers.wait_for(100, Duration::from_secs(20), "writes before the transfer");
 
     // Asked of a follower, which forwards it to the leader.
     let started = Instant::now();
@@ -384,19 +390,11 @@ async fn move_leader_hands_over_to_the_chosen_member_while_writes_go_on() {
     assert!(ok && out.contains("Leadership transferred"), "{out} {err}");
     assert_eq!(c.leader(), Some(leader));
 
-    let before = acked.lock().expect("lock").len();
-    tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(20), "writes after the transfers", || {
-            acked.lock().expect("lock").len() >= before + 100
-        })
-    });
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    let before = writers.count();
+    writers.wait_for(before + 100, Duration::from_secs(20), "writes after the transfers");
+    let (_, failed) = writers.finish().await;
     assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
+        failed, 0,
         "writes failed during the transfers (they should wait and go to the new leader)"
     );
 }
@@ -406,38 +404,22 @@ async fn a_leader_stopped_with_sigterm_hands_over_first() {
     let mut c = Cluster::start(3, "");
     let leader = c.wait_leader();
     let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
-    let acked: Acked = Arc::default();
-    let failed = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks = writers(followers, acked.clone(), failed.clone(), stop.clone());
-    tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(20), "writes before the stop", || {
-            acked.lock().expect("lock").len() >= 100
-        })
-    });
+    let writers = Writers::start(followers);
+    writers.wait_for(100, Duration::from_secs(20), "writes before the stop");
     let stopped_at = Instant::now();
     tokio::task::block_in_place(|| c.nodes[leader].terminate());
     let log = c.nodes[leader].log();
     assert!(log.contains("leadership transferred"), "{log}");
-    let before = acked.lock().expect("lock").len();
-    tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(20), "writes after the stop", || {
-            acked.lock().expect("lock").len() >= before + 100
-        })
-    });
-    let longest_wait = acked
-        .lock()
-        .expect("lock")
-        .values()
-        .filter(|(sent, _)| *sent > stopped_at)
-        .map(|(sent, done)| done.duration_since(*sent))
+    let before = writers.count();
+    writers.wait_for(before + 100, Duration::from_secs(20), "writes after the stop");
+    let longest_wait = writers
+        .sent_after(stopped_at)
+        .into_iter()
+        .map(|(sent, done)| done.duration_since(sent))
         .max();
     println!("SIGTERM to the leader: slowest write after it took {longest_wait:?}");
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "writes through the followers failed");
+    let (_, failed) = writers.finish().await;
+    assert_eq!(failed, 0, "writes through the followers failed");
     assert!(c.leader().is_some_and(|l| l != leader));
 }
 

@@ -35,6 +35,18 @@ pub struct Options {
     pub total: usize,
 }
 
+impl Options {
+    /// One request over one connection to `endpoint`.
+    pub fn one(endpoint: &str) -> Options {
+        Options {
+            endpoints: vec![endpoint.to_string()],
+            clients: 1,
+            conns: 1,
+            total: 1,
+        }
+    }
+}
+
 /// Opens `opts.conns` connections, spread over the endpoints.
 pub async fn connect(opts: &Options) -> Result<Vec<Channel>, BenchError> {
     let mut channels = Vec::with_capacity(opts.conns.max(1));

@@ -136,7 +136,7 @@ fn free_port() -> Result<u16, BenchError> {
 async fn wait_ready(server: &Server) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if put_once(&server.endpoint, Duration::from_secs(1), true).await.is_ok() {
+        if request_once(&server.endpoint, Duration::from_secs(1), true).await.is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -147,13 +147,8 @@ async fn wait_ready(server: &Server) -> Result<(), BenchError> {
 }
 
 /// One request to `endpoint` within `timeout`: a read (`read`) or a put.
-async fn put_once(endpoint: &str, timeout: Duration, read: bool) -> Result<(), BenchError> {
-    let opts = Options {
-        endpoints: vec![endpoint.to_string()],
-        clients: 1,
-        conns: 1,
-        total: 1,
-    };
+async fn request_once(endpoint: &str, timeout: Duration, read: bool) -> Result<(), BenchError> {
+    let opts = Options::one(endpoint);
     let request = async {
         let channels = super::connect(&opts).await?;
         let mut kv = crate::proto::etcdserverpb::kv_client::KvClient::new(channels[0].clone());
@@ -534,13 +529,7 @@ async fn find_leader(group: &[Server]) -> Result<usize, BenchError> {
         let mut ids = Vec::new();
         let mut leader = 0;
         for m in group {
-            let opts = Options {
-                endpoints: vec![m.endpoint.clone()],
-                clients: 1,
-                conns: 1,
-                total: 1,
-            };
-            let status = match super::connect(&opts).await {
+            let status = match super::connect(&Options::one(&m.endpoint)).await {
                 Ok(ch) => MaintenanceClient::new(ch[0].clone())
                     .status(crate::proto::etcdserverpb::StatusRequest {})
                     .await
@@ -576,7 +565,7 @@ async fn failover(group: &mut [Server], rounds: usize) -> Result<Vec<f64>, Bench
         let killed = Instant::now();
         group[leader].kill();
         let mut attempt = 0;
-        while put_once(&others[attempt % others.len()], Duration::from_millis(500), false)
+        while request_once(&others[attempt % others.len()], Duration::from_millis(500), false)
             .await
             .is_err()
         {
