@@ -345,6 +345,11 @@ pub struct ClusterFile {
     /// before concluding every member is down and rebuilding it from object storage.
     #[serde(default = "default_discovery_timeout")]
     pub discovery_timeout: String,
+    /// How long a voter may stay unreachable before the leader removes it from the
+    /// membership (a StatefulSet scaled down leaves its surplus pods unreachable for
+    /// good). "0" never removes anyone automatically.
+    #[serde(default = "default_deregistration_timeout")]
+    pub deregistration_timeout: String,
     /// Serve plaintext on non-loopback addresses when no TLS is configured.
     #[serde(default)]
     pub allow_insecure: bool,
@@ -354,6 +359,10 @@ pub struct ClusterFile {
 
 fn default_discovery_timeout() -> String {
     "15s".into()
+}
+
+fn default_deregistration_timeout() -> String {
+    "3m".into()
 }
 
 fn default_etcd_version() -> String {
@@ -375,6 +384,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub tls_policy: TlsPolicy,
     pub discovery_timeout: Duration,
+    /// `None`: never remove an unreachable voter automatically.
+    pub deregistration_timeout: Option<Duration>,
     pub allow_insecure: bool,
     pub node_id: String,
     pub data_dir: PathBuf,
@@ -443,6 +454,14 @@ impl Config {
         let archive = file.archive.resolve()?;
         let (tls, tls_policy) = resolve_tls(&file.tls, env)?;
         let discovery_timeout = duration_at_least_100ms("discovery_timeout", &file.discovery_timeout, "such as \"15s\"")?;
+        let deregistration_timeout = match file.deregistration_timeout.trim() {
+            "0" => None,
+            v => Some(duration_at_least_100ms(
+                "deregistration_timeout",
+                v,
+                "such as \"3m\", or \"0\" to never remove an unreachable member automatically",
+            )?),
+        };
         let scheme = if tls.is_some() { "https" } else { "http" };
 
         let pick = |var: &str, file_value: &Option<String>, default: &str| -> String {
@@ -509,6 +528,7 @@ impl Config {
             tls,
             tls_policy,
             discovery_timeout,
+            deregistration_timeout,
             allow_insecure: file.allow_insecure,
             node_id,
             data_dir,
@@ -777,6 +797,10 @@ mod tests {
                 DEV.replace("\"node\"", "\"watch\": {\"progress_notify_interval\": \"10ms\"}, \"node\""),
                 "watch.progress_notify_interval",
             ),
+            (
+                DEV.replace("\"node\"", "\"deregistration_timeout\": \"soon\", \"node\""),
+                "deregistration_timeout",
+            ),
             ("{ not json".to_string(), "not valid JSONC"),
         ];
         for (text, key) in cases {
@@ -791,6 +815,13 @@ mod tests {
             .replace("127.0.0.1:2378", "0.0.0.0:2378")
             .replace("\"node\"", "\"allow_insecure\": true, \"node\"");
         assert!(load(&text).is_ok());
+    }
+
+    #[test]
+    fn deregistration_timeout_defaults_to_three_minutes_and_zero_disables_it() {
+        assert_eq!(load(DEV).expect("valid").deregistration_timeout, Some(Duration::from_secs(180)));
+        let off = DEV.replace("\"node\"", "\"deregistration_timeout\": \"0\", \"node\"");
+        assert_eq!(load(&off).expect("valid").deregistration_timeout, None);
     }
 
     #[test]

@@ -474,3 +474,45 @@ async fn a_member_cut_off_while_the_cluster_is_rebuilt_stops_and_rejoins_the_new
     assert_eq!(resp.count(), 21, "{}", c.logs());
     assert_eq!(old.member_list().await.expect("members").members().len(), 3);
 }
+
+/// Scaling down: a pod that stays away longer than `deregistration_timeout` is removed
+/// from the membership, so the remaining members form the quorum; if it comes back with
+/// its disk, it asks to be admitted again. Too few reachable voters are never removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_away_longer_than_the_deregistration_timeout_is_removed_and_may_come_back() {
+    let mut c = Cluster::start(3, r#""deregistration_timeout": "2s","#);
+    let leader = c.wait_leader();
+    let gone = (leader + 1) % 3;
+    let gone_id = member_id(&c, gone).await;
+    c.nodes[gone].kill9();
+    tokio::task::block_in_place(|| c.wait_members(2));
+    let mut l = client(&c.nodes[leader].endpoint()).await;
+    let members = l.member_list().await.expect("members");
+    assert!(members.members().iter().all(|m| m.id() != gone_id), "{members:?}");
+    l.put("after-scale-down", "1", None).await.expect("a write with two voters");
+
+    // It comes back with its disk: admitted again under its member id, with the data.
+    c.nodes[gone].spawn();
+    tokio::task::block_in_place(|| c.wait_members(3));
+    assert_eq!(member_id(&c, gone).await, gone_id);
+    let mut g = client(&c.nodes[gone].endpoint()).await;
+    assert_eq!(value(&mut g, "after-scale-down", false).await.as_deref(), Some("1"));
+
+    // Two of three away: the leader keeps both (removing either could not commit).
+    let leader = c.wait_leader();
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for &i in &others {
+        c.nodes[i].kill9();
+    }
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "the leader to refuse an unsafe removal", || {
+            c.nodes[leader].log().contains("too few remain to remove them safely")
+        })
+    });
+    for &i in &others {
+        c.nodes[i].spawn();
+    }
+    tokio::task::block_in_place(|| c.wait_members(3));
+    let mut any = client(&c.nodes[others[0]].endpoint()).await;
+    any.put("all-back", "1", None).await.expect("a write once everyone is back");
+}

@@ -77,7 +77,10 @@ impl Link {
             Rpc::InstallSnapshot => client.install_snapshot(request).await,
         };
         let reply = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                self.peers.answered(self.target);
+                r.into_inner()
+            }
             Err(status) => {
                 return Err(match status.code() {
                     tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {

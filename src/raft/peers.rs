@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
@@ -21,6 +21,8 @@ pub struct Peers {
     self_id: NodeId,
     /// Per member: the address the channel was made for, and the channel.
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    /// Per member: when a Raft RPC to it last got an answer (any answer: it is alive).
+    answered: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
@@ -29,6 +31,7 @@ impl Peers {
             dialer,
             self_id,
             channels: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -50,6 +53,16 @@ impl Peers {
         let ch = self.dialer.lazy(&node.peer_url, &node.name, CONNECT_TIMEOUT)?;
         channels.insert(id, (node.peer_url.clone(), ch.clone()));
         Ok(client(ch))
+    }
+
+    /// Records that member `id` answered a Raft RPC just now.
+    pub fn answered(&self, id: NodeId) {
+        self.answered.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Instant::now());
+    }
+
+    /// When member `id` last answered a Raft RPC from this node.
+    pub fn last_answer(&self, id: NodeId) -> Option<Instant> {
+        self.answered.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
     }
 
     /// A one-off client for the node named `name` at `url` (before it is a known member).

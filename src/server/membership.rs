@@ -5,7 +5,7 @@
 //! membership change at a time.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ChangeMembers;
 
@@ -118,8 +118,8 @@ impl Node {
 
     /// Removes the member with etcd member id `member_id` (every incarnation).
     pub async fn remove_member(&self, member_id: u64) -> Result<(), ApiError> {
-        let current = self.members();
-        let ids: BTreeSet<NodeId> = current
+        let ids: BTreeSet<NodeId> = self
+            .members()
             .iter()
             .filter(|m| m.node.member_id == member_id)
             .map(|m| m.raft_id)
@@ -136,8 +136,17 @@ impl Node {
                 .map_err(|s| ApiError::from_peer(&s))?;
             return Ok(());
         }
+        self.remove_raft_nodes(&ids).await?;
+        tracing::info!(member_id = format!("{member_id:x}"), "member removed");
+        Ok(())
+    }
+
+    /// On the leader: takes the Raft nodes `ids` out of the membership (voters and
+    /// learners), one membership change at a time.
+    async fn remove_raft_nodes(&self, ids: &BTreeSet<NodeId>) -> Result<(), ApiError> {
         let _one_change_at_a_time = self.membership_lock.lock().await;
-        let voters: BTreeSet<NodeId> = current
+        let voters: BTreeSet<NodeId> = self
+            .members()
             .iter()
             .filter(|m| m.voter && !ids.contains(&m.raft_id))
             .map(|m| m.raft_id)
@@ -149,8 +158,53 @@ impl Node {
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
             .await
             .map_err(membership_error)?;
-        self.drop_learners(&ids).await?;
-        tracing::info!(member_id = format!("{member_id:x}"), "member removed");
-        Ok(())
+        self.drop_learners(ids).await
+    }
+
+    /// On the leader, removes members that have not answered a Raft RPC for `after`: a
+    /// StatefulSet scaled down leaves its surplus pods unreachable for good (a pod that
+    /// comes back later asks to join again, see `Node::start`). A voter is removed only
+    /// while the other reachable voters are a majority of the current voters, so the
+    /// removal itself can commit; one member per check.
+    pub async fn deregister_unreachable(self: std::sync::Arc<Self>, after: Duration) {
+        let mut leading_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if !self.is_leader() {
+                leading_since = None;
+                continue;
+            }
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            let members = self.members();
+            let me = self.identity.raft_id;
+            let silent = |m: &MemberInfo| {
+                let heard = self.peers.last_answer(m.raft_id).map_or(since, |t| t.max(since));
+                m.raft_id != me && heard.elapsed() >= after
+            };
+            let Some(gone) = members.iter().find(|m| silent(m)) else {
+                continue;
+            };
+            let voters = members.iter().filter(|m| m.voter).count();
+            let reachable = members.iter().filter(|m| m.voter && !silent(m)).count();
+            if gone.voter && reachable * 2 <= voters {
+                tracing::warn!(
+                    reachable,
+                    voters,
+                    "voters unreachable for longer than deregistration_timeout, but too few remain to remove them safely"
+                );
+                continue;
+            }
+            tracing::warn!(
+                raft_id = gone.raft_id,
+                node = %gone.node,
+                after_secs = after.as_secs_f64(),
+                "member unreachable for longer than deregistration_timeout: removing it from the membership"
+            );
+            match self.remove_raft_nodes(&BTreeSet::from([gone.raft_id])).await {
+                Ok(()) => tracing::info!(raft_id = gone.raft_id, node = %gone.node, "unreachable member removed"),
+                Err(e) => tracing::warn!(raft_id = gone.raft_id, error = %e, "could not remove the unreachable member"),
+            }
+        }
     }
 }

@@ -359,7 +359,20 @@ impl Node {
         node.serve_peers(peer_listener)?;
         let me = node.self_peer_node();
         match startup.mode {
-            Mode::Resume => {}
+            Mode::Resume => {
+                // A member removed while it was away (deregistration_timeout, or etcdctl
+                // member remove) never hears from the leader again, and its own log
+                // still names the old leader: ask to be admitted (a no-op for a voter).
+                let via: Vec<(String, String)> = node
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.raft_id != node.identity.raft_id)
+                    .map(|m| (m.node.peer_url, m.node.name))
+                    .collect();
+                if !via.is_empty() {
+                    node.join_via(&via, me).await?;
+                }
+            }
             Mode::Found => raft::initialize_alone(&node.raft, node.identity.raft_id, me)
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?,
@@ -638,6 +651,9 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
         spawn_until(&mut tasks, &stop, snapshotter.run());
     }
     spawn_until(&mut tasks, &stop, background(node.clone()));
+    if let Some(after) = cfg.deregistration_timeout {
+        spawn_until(&mut tasks, &stop, node.clone().deregister_unreachable(after));
+    }
 
     tracing::info!(client = %cfg.bind_client, peer = %cfg.bind_peer, health = %cfg.bind_health, tls = node.tls.is_some(), member_id = format!("{:x}", node.identity.member_id), "ready to serve client requests");
     let fenced = tokio::select! {
