@@ -15,9 +15,10 @@ use crate::proto::peer::{
     LeaseKeepAliveResponse, ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse, TransferLeadershipRequest,
     TransferLeadershipResponse,
 };
-use crate::raft::PeerNode;
+use crate::raft::{NodeId, PeerNode, TypeConfig};
 use crate::server::Node;
 use crate::tls::ConnInfo;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 pub struct PeerService {
     node: Arc<Node>,
@@ -27,9 +28,35 @@ fn decode<T: DeserializeOwned>(req: Request<Blob>) -> Result<T, Status> {
     bincode::deserialize(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable peer request: {e}")))
 }
 
+/// The Raft node a Raft RPC says it comes from (the leader or the candidate).
+trait RaftSender {
+    fn sender(&self) -> Option<NodeId>;
+}
+
+impl RaftSender for AppendEntriesRequest<TypeConfig> {
+    fn sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
+
+impl RaftSender for VoteRequest<NodeId> {
+    fn sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
+
+impl RaftSender for InstallSnapshotRequest<TypeConfig> {
+    fn sender(&self) -> Option<NodeId> {
+        self.vote.leader_id().voted_for()
+    }
+}
+
 impl PeerService {
-    /// A Raft RPC's payload, if it is meant for this Raft node.
-    fn raft_rpc<T: DeserializeOwned>(&self, req: Request<Blob>) -> Result<T, Status> {
+    /// A Raft RPC's payload, if it is meant for this Raft node and, with TLS, its sender
+    /// is the member the caller's certificate names: one member's certificate cannot
+    /// speak for another member. (A sender this node does not know yet, such as the
+    /// leader seen by a node that is still joining, is taken on the certificate alone.)
+    fn raft_rpc<T: DeserializeOwned + RaftSender>(&self, req: Request<Blob>) -> Result<T, Status> {
         let target = req.get_ref().target;
         if target != self.node.identity.raft_id {
             return Err(Status::failed_precondition(format!(
@@ -37,7 +64,19 @@ impl PeerService {
                 self.node.identity.raft_id, self.node.config.node_id
             )));
         }
-        decode(req)
+        let caller = ConnInfo::of(&req).and_then(|c| c.identity.clone());
+        let rpc: T = decode(req)?;
+        if let (Some(caller), Some(sender)) = (caller, rpc.sender()) {
+            if let Some(name) = self.node.member_name(sender) {
+                if name != caller.name {
+                    tracing::warn!(%caller, sender, member = %name, "refused a Raft RPC sent in another member's name");
+                    return Err(Status::permission_denied(format!(
+                        "{caller} cannot send Raft messages as node {sender} ({name})"
+                    )));
+                }
+            }
+        }
+        Ok(rpc)
     }
 }
 

@@ -12,7 +12,7 @@ use common::{etcdctl, wait_until, Netsy};
 use netsy::proto::etcdserverpb::kv_client::KvClient;
 use netsy::proto::etcdserverpb::{PutRequest, RangeRequest};
 use netsy::proto::peer::peer_client::PeerClient;
-use netsy::proto::peer::HelloRequest;
+use netsy::proto::peer::{Blob, HelloRequest};
 use netsy::tls::dev::{Ca, LeafSpec};
 use netsy::tls::Role;
 use rustls::pki_types::pem::PemObject;
@@ -278,13 +278,33 @@ async fn peer_port_admits_only_peers_and_outbound_connections_pin_the_expected_n
     .channel(&addr, NODE, Duration::from_secs(5))
     .await
     .expect("connect to netsy-0");
-    let hello = PeerClient::new(ch).hello(HelloRequest {}).await.expect("hello").into_inner();
+    let hello = PeerClient::new(ch.clone())
+        .hello(HelloRequest {})
+        .await
+        .expect("hello")
+        .into_inner();
     assert_eq!(hello.node_id, NODE);
     assert_eq!(hello.cluster_id, CLUSTER);
     assert_eq!(
         hello.caller, "netsy://test/peer/netsy-1",
         "the handler sees the authenticated identity"
     );
+
+    // netsy-1's certificate cannot send Raft messages in netsy-0's name: a vote request
+    // claiming to come from netsy-0's Raft id is refused, and the leader keeps its term.
+    let forged = openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, hello.raft_id), None);
+    let data = bincode::serialize(&forged).expect("encode vote");
+    let refused = PeerClient::new(ch.clone())
+        .vote(Blob {
+            data,
+            target: hello.raft_id,
+        })
+        .await
+        .expect_err("a forged vote must be refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("cannot send Raft messages as node"), "{refused:?}");
+    assert_eq!(n.metric("etcd_server_is_leader"), 1.0);
+    assert!(n.log().contains("refused a Raft RPC sent in another member's name"));
 
     // Dialling netsy-0 while expecting netsy-2 fails: the server is not the node meant.
     let wrong = netsy::tls::connect::Dialer {
@@ -499,4 +519,43 @@ fn health_port_is_plaintext_by_default_and_tls_when_asked() {
         out
     });
     assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+}
+
+/// Three members over mutual TLS, as the Helm chart deploys them: Raft, forwarding and
+/// joins all pass the peer-certificate checks (including "a Raft message comes from the
+/// member its certificate names"), and a leader change works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_replicate_and_fail_over_over_mutual_tls() {
+    let pki = Pki::new();
+    let (crt, key) = pki.client("kube-apiserver");
+    let flags = vec![
+        format!("--cacert={}", pki.path("ca.crt").display()),
+        format!("--cert={}", crt.display()),
+        format!("--key={}", key.display()),
+    ];
+    let envs: Vec<_> = (0..3).map(|i| pki.node_env(&format!("netsy-{i}"))).collect();
+    let mut c = tokio::task::block_in_place(|| {
+        common::Cluster::start_with_env(3, r#""tls": { "min_version": "1.2" },"#, |i| envs[i].clone(), &flags)
+    });
+    let leader = c.wait_leader();
+    let follower = (leader + 1) % 3;
+    let (ok, _, err) = c.nodes[follower].etcdctl(&["put", "through-a-follower", "v1"]);
+    assert!(ok, "{err}\n{}", c.logs());
+    for n in &c.nodes {
+        let (ok, out, err) = n.etcdctl(&["get", "through-a-follower", "--print-value-only"]);
+        assert!(ok && out.trim() == "v1", "{out} {err}");
+    }
+    c.nodes[leader].kill9();
+    let survivor = (leader + 2) % 3;
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "a write after the leader's death", || {
+            c.nodes[survivor].etcdctl(&["put", "after-failover", "v2"]).0
+        })
+    });
+    let (ok, out, _) = c.nodes[follower].etcdctl(&["get", "after-failover", "--print-value-only"]);
+    assert!(ok && out.trim() == "v2", "{out}");
+    let logs = c.logs();
+    assert!(!logs.contains("refused a Raft RPC"), "{logs}");
+    // (The harness's port checks show up as "eof" refusals on the client port.)
+    assert!(!logs.contains(r#"TLS handshake refused listener="peer""#), "{logs}");
 }

@@ -54,6 +54,13 @@ impl Node {
         out
     }
 
+    /// The pod name of Raft node `raft_id`, if it is in the membership.
+    pub fn member_name(&self, raft_id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().get_node(&raft_id).map(|n| n.name.clone())
+    }
+
     /// Admits Raft node `raft_id` (`node`) as a voter, replacing any other incarnation
     /// of the same name. Forwarded to the leader when this node follows.
     pub async fn join(&self, raft_id: NodeId, node: PeerNode) -> Result<(), ApiError> {

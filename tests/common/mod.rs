@@ -81,6 +81,8 @@ pub struct Netsy {
     pub peer_ip: std::net::Ipv4Addr,
     /// The peer port other members dial (a proxy's), when not the peer port itself.
     pub advertised_peer_port: Option<u16>,
+    /// Flags `etcdctl` needs for this node (e.g. `--cacert`, `--cert`, `--key` with TLS).
+    pub etcdctl_flags: Vec<String>,
 }
 
 impl Netsy {
@@ -116,6 +118,7 @@ impl Netsy {
             storage: None,
             peer_ip: std::net::Ipv4Addr::LOCALHOST,
             advertised_peer_port: None,
+            etcdctl_flags: Vec::new(),
         }
     }
 
@@ -170,10 +173,14 @@ impl Netsy {
             .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{}", self.client_port))
             .env("NETSY_BIND_PEER", format!("{}:{}", self.peer_ip, self.peer_port))
             .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{}", self.health_port))
-            .env("NETSY_ADVERTISE_CLIENT", format!("http://127.0.0.1:{}", self.client_port))
+            .env("NETSY_ADVERTISE_CLIENT", self.endpoint())
             .env(
                 "NETSY_ADVERTISE_PEER",
-                format!("http://127.0.0.1:{}", self.advertised_peer_port.unwrap_or(self.peer_port)),
+                format!(
+                    "{}://127.0.0.1:{}",
+                    self.scheme(),
+                    self.advertised_peer_port.unwrap_or(self.peer_port)
+                ),
             )
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -224,7 +231,23 @@ impl Netsy {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    /// `https` when the node has certificates (`NETSY_TLS_*`), else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.envs.iter().any(|(k, _)| k == "NETSY_TLS_CA_CERT") {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Runs etcdctl against this node, with its `etcdctl_flags`.
+    pub fn etcdctl(&self, args: &[&str]) -> (bool, String, String) {
+        let mut all: Vec<&str> = self.etcdctl_flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(&self.endpoint(), &all)
     }
 
     pub fn kill9(&mut self) {
@@ -362,9 +385,15 @@ impl Cluster {
     /// Starts `n` members on a local-directory store, one after another (the first opens
     /// the cluster, the others join it). `extra` goes into the shared cluster file.
     pub fn start(n: usize, extra: &str) -> Cluster {
+        Self::start_with_env(n, extra, |i| vec![("NETSY_NODE_ID", format!("netsy-{i}"))], &[])
+    }
+
+    /// Like `start`, with member i's environment from `env(i)` (which must name the node
+    /// in `NETSY_NODE_ID`) and `etcdctl_flags` for every member.
+    pub fn start_with_env(n: usize, extra: &str, env: impl Fn(usize) -> Vec<(&'static str, String)>, etcdctl_flags: &[String]) -> Cluster {
         let objects = tempfile::tempdir().expect("tempdir");
         let storage = format!("{{ \"provider\": \"file\", \"path\": \"{}\" }}", objects.path().display());
-        Self::start_on(n, extra, &storage, objects, None)
+        Self::start_on(n, extra, &storage, objects, None, &env, etcdctl_flags)
     }
 
     /// Like `start`, with moto's S3 server as the object store.
@@ -372,16 +401,28 @@ impl Cluster {
         let moto = moto::Moto::start();
         moto.create_bucket("netsy");
         let storage = moto.storage_json("netsy", "clusters/test");
-        Self::start_on(n, extra, &storage, tempfile::tempdir().expect("tempdir"), Some(moto))
+        let env = |i: usize| {
+            let mut env = vec![("NETSY_NODE_ID", format!("netsy-{i}"))];
+            env.extend(moto::ENV.iter().map(|(k, v)| (*k, v.to_string())));
+            env
+        };
+        Self::start_on(n, extra, &storage, tempfile::tempdir().expect("tempdir"), Some(moto), &env, &[])
     }
 
-    fn start_on(n: usize, extra: &str, storage: &str, objects: tempfile::TempDir, moto: Option<moto::Moto>) -> Cluster {
+    fn start_on(
+        n: usize,
+        extra: &str,
+        storage: &str,
+        objects: tempfile::TempDir,
+        moto: Option<moto::Moto>,
+        env: &dyn Fn(usize) -> Vec<(&'static str, String)>,
+        etcdctl_flags: &[String],
+    ) -> Cluster {
         let net = net::Net::new();
         let mut nodes = Vec::new();
         for i in 0..n {
-            let mut envs = vec![("NETSY_NODE_ID", format!("netsy-{i}"))];
-            envs.extend(moto::ENV.iter().map(|(k, v)| (*k, v.to_string())));
-            let mut node = Netsy::new(extra, &envs);
+            let mut node = Netsy::new(extra, &env(i));
+            node.etcdctl_flags = etcdctl_flags.to_vec();
             node.set_storage(storage);
             node.keep_ports = true;
             node.peer_ip = net::member_ip(i);
@@ -421,10 +462,10 @@ impl Cluster {
 
     /// Waits until a running member lists `n` voters.
     pub fn wait_members(&self, n: usize) {
-        let endpoint = self.endpoints()[0].clone();
+        let first = self.nodes.iter().find(|n| n.child.is_some()).expect("a running member");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (ok, out, err) = etcdctl(&endpoint, &["member", "list"]);
+            let (ok, out, err) = first.etcdctl(&["member", "list"]);
             if ok && out.lines().filter(|l| l.contains(", started, ") && l.ends_with("false")).count() == n {
                 return;
             }
