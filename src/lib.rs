@@ -9,6 +9,7 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod lease;
+pub mod mesh;
 pub mod metrics;
 pub mod migrate;
 pub mod mvcc;
