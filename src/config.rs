@@ -394,6 +394,9 @@ pub struct Config {
     pub bind_peer: SocketAddr,
     pub advertise_peer: String,
     pub bind_health: SocketAddr,
+    /// The mesh authority (port 8443), when `GENESIS_FILE` is set (directly or in the
+    /// env file named by `NETSY_MESH_ENV_FILE`).
+    pub mesh: Option<crate::mesh::config::MeshConfig>,
 }
 
 /// Source of environment variables (a closure so tests need not touch the process env).
@@ -537,8 +540,25 @@ impl Config {
             bind_peer,
             advertise_peer,
             bind_health,
+            mesh: resolve_mesh(env)?,
         })
     }
+}
+
+/// The mesh authority's settings: the Genesis Mesh NA variables, from the environment or
+/// the env file `NETSY_MESH_ENV_FILE` names (the format `genesis-mesh init --env-file`
+/// writes).
+fn resolve_mesh(env: EnvFn) -> Result<Option<crate::mesh::config::MeshConfig>, ConfigError> {
+    use crate::mesh::{config, MeshError};
+    let named = |e: MeshError| match e {
+        MeshError::Config { key, msg } => invalid(&key, msg),
+        other => invalid("NETSY_MESH_ENV_FILE", other.to_string()),
+    };
+    let file = match env("NETSY_MESH_ENV_FILE") {
+        Some(path) => config::read_env_file(Path::new(&path)).map_err(named)?,
+        None => Default::default(),
+    };
+    config::MeshConfig::from_env(env, &file).map_err(named)
 }
 
 fn advertise_of(addr: SocketAddr) -> String {

@@ -27,7 +27,7 @@ impl LeaseService {
 }
 
 /// A random positive lease id (etcd picks ids the same way when the client sends 0).
-fn new_lease_id() -> i64 {
+pub fn new_lease_id() -> i64 {
     loop {
         let id = (rand::random::<u64>() >> 1) as i64;
         if id > 0 {

@@ -7,8 +7,11 @@
 
 pub mod auth;
 pub mod canonical;
+pub mod config;
 pub mod keys;
 pub mod models;
+pub mod service;
+pub mod state;
 pub mod timefmt;
 
 /// Errors at the mesh module's boundary (startup and tools; HTTP errors are the

@@ -49,6 +49,8 @@ pub enum StartError {
     Archive(String),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("mesh authority: {0}")]
+    Mesh(#[from] crate::mesh::MeshError),
     #[error("object storage moved to epoch {current} while this node serves epoch {own}: the cluster was rebuilt from object storage without it; stopping, so that a restart rejoins the new epoch")]
     Fenced { own: u64, current: u64 },
     #[error("cannot listen on {addr} ({key}): {source}")]
@@ -603,6 +605,14 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     };
     let client = bind("NETSY_BIND_CLIENT", cfg.bind_client).await?;
     let health = bind("NETSY_BIND_HEALTH", cfg.bind_health).await?;
+    // The mesh authority refuses to start on a genesis or NA key that does not check out.
+    let mesh = match &cfg.mesh {
+        Some(m) => {
+            let authority = crate::mesh::service::Authority::load(m.clone(), crate::mesh::state::State::new(node.clone()))?;
+            Some((bind("NETSY_BIND_MESH", m.bind).await?, std::sync::Arc::new(authority)))
+        }
+        None => None,
+    };
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -641,6 +651,20 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
 
     if let Some(tls) = node.tls.clone() {
         spawn_until(&mut tasks, &stop, tls.watch());
+    }
+
+    if let Some((listener, authority)) = mesh {
+        let mesh_stop = stop.clone();
+        tracing::info!(mesh = %authority.bind(), "mesh authority serving");
+        let app = crate::mesh::service::router(authority).into_make_service_with_connect_info::<SocketAddr>();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { mesh_stop.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "mesh authority server failed");
+            }
+        });
     }
 
     spawn_until(&mut tasks, &stop, crate::api::lease::expiry_loop(node.clone()));

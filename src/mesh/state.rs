@@ -1,0 +1,186 @@
+//! The mesh authority's state in netsy's own keyspace, under the reserved prefix
+//! `/netsy/mesh/` (Kubernetes only ever uses `/registry/`). Every change is a Raft
+//! transaction through the same write path as etcd clients' writes, so any pod can
+//! serve any request and two pods racing for one invite or nonce cannot both win:
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `invites/{token}` | the invite (roles, limits, `used_at`, `used_by_key`) | create; consumed by compare-and-swap |
+//! | `certs/{cert_id}` | the signed certificate and its status, heartbeat, renewal | put / compare-and-swap |
+//! | `compromised/{node key}` | revocation of that key for `key_compromise` | put |
+//! | `nonces/{scope}/{nonce}` | empty, on a lease that expires it after 600 s | create-only |
+//! | `crl` | the active signed CRL | compare-and-swap on its revision |
+//! | `policy/active`, `policy/versions/{id}` | the active policy id; each version | txn |
+//! | `operator-keys/revoked/{key_id}` | the revocation | create-only |
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::api::errors::ApiError;
+use crate::mvcc::{Command, CommandResult};
+use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::proto::etcdserverpb::{request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::server::Node;
+
+pub const PREFIX: &str = "/netsy/mesh/";
+
+/// How long a claimed nonce is kept (twice the ±300 s window).
+pub const NONCE_TTL_SECS: i64 = 600;
+
+/// One stored JSON value and the revision that last changed it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub value: Value,
+    pub mod_revision: i64,
+}
+
+pub struct State {
+    node: Arc<Node>,
+    /// The lease nonces of the current minute are put on: (minute, lease id).
+    nonce_lease: Mutex<Option<(i64, i64)>>,
+}
+
+fn key(k: &str) -> Vec<u8> {
+    format!("{PREFIX}{k}").into_bytes()
+}
+
+fn put_op(k: &str, value: &Value, lease: i64) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key(k),
+            value: serde_json::to_vec(value).unwrap_or_default(),
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+/// `k`'s mod revision equals `rev` (0: `k` does not exist).
+fn unchanged(k: &str, rev: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: key(k),
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+impl State {
+    pub fn new(node: Arc<Node>) -> State {
+        State {
+            node,
+            nonce_lease: Mutex::new(None),
+        }
+    }
+
+    /// A linearizable read of `k`.
+    pub async fn get(&self, k: &str) -> Result<Option<Stored>, ApiError> {
+        Ok(self.list_range(key(k), Vec::new()).await?.into_iter().next().map(|(_, s)| s))
+    }
+
+    /// Every value under `prefix` (linearizable), by key.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Stored)>, ApiError> {
+        let start = key(prefix);
+        let mut end = start.clone();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        self.list_range(start, end).await
+    }
+
+    async fn list_range(&self, start: Vec<u8>, end: Vec<u8>) -> Result<Vec<(String, Stored)>, ApiError> {
+        self.node.linearizable_read().await?;
+        let req = RangeRequest {
+            key: start,
+            range_end: end,
+            ..Default::default()
+        };
+        let resp = self.node.read(move |r| r.range(&req)).await?;
+        Ok(resp
+            .kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let value = serde_json::from_slice(&kv.value).ok()?;
+                let name = String::from_utf8_lossy(&kv.key[PREFIX.len()..]).into_owned();
+                Some((
+                    name,
+                    Stored {
+                        value,
+                        mod_revision: kv.mod_revision,
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Writes every `(key, value)` if each `(key, revision)` in `expect` is unchanged;
+    /// `false` when one changed (someone else won).
+    pub async fn write_if(&self, expect: &[(&str, i64)], writes: &[(&str, &Value)]) -> Result<bool, ApiError> {
+        let txn = TxnRequest {
+            compare: expect.iter().map(|(k, rev)| unchanged(k, *rev)).collect(),
+            success: writes.iter().map(|(k, v)| put_op(k, v, 0)).collect(),
+            failure: vec![],
+        };
+        match self.node.propose(Command::Txn(txn)).await? {
+            CommandResult::Txn(resp) => Ok(resp.succeeded),
+            other => Err(ApiError::Internal(format!("unexpected result of a mesh txn: {other:?}"))),
+        }
+    }
+
+    /// Writes unconditionally.
+    pub async fn put(&self, k: &str, value: &Value) -> Result<(), ApiError> {
+        self.write_if(&[], &[(k, value)]).await.map(|_| ())
+    }
+
+    /// Claims `nonce` in `scope` once: `false` if it was claimed before (a replay). The
+    /// claim expires with its lease after about `NONCE_TTL_SECS`.
+    pub async fn claim_nonce(&self, scope: &str, nonce: &str) -> Result<bool, ApiError> {
+        let k = format!("nonces/{scope}/{nonce}");
+        for _ in 0..2 {
+            let lease = self.nonce_lease().await?;
+            let txn = TxnRequest {
+                compare: vec![unchanged(&k, 0)],
+                success: vec![put_op(&k, &Value::Null, lease)],
+                failure: vec![],
+            };
+            match self.node.propose(Command::Txn(txn)).await {
+                Ok(CommandResult::Txn(resp)) => return Ok(resp.succeeded),
+                Ok(other) => return Err(ApiError::Internal(format!("unexpected result of a nonce claim: {other:?}"))),
+                // The minute's lease expired under us: take a new one and retry once.
+                Err(ApiError::Mvcc(crate::mvcc::MvccError::LeaseNotFound)) => *self.nonce_lease.lock().await = None,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::Internal("no lease for the nonce claim".into()))
+    }
+
+    /// One lease per minute for that minute's nonces, living `NONCE_TTL_SECS` past it.
+    async fn nonce_lease(&self) -> Result<i64, ApiError> {
+        let minute = time::OffsetDateTime::now_utc().unix_timestamp() / 60;
+        let mut current = self.nonce_lease.lock().await;
+        if let Some((m, id)) = *current {
+            if m == minute {
+                return Ok(id);
+            }
+        }
+        let id = crate::api::lease::new_lease_id();
+        match self
+            .node
+            .propose(Command::LeaseGrant {
+                id,
+                ttl: NONCE_TTL_SECS + 60,
+            })
+            .await?
+        {
+            CommandResult::LeaseGrant(resp) => {
+                self.node.lessor.renew(resp.id, resp.ttl);
+                *current = Some((minute, resp.id));
+                Ok(resp.id)
+            }
+            other => Err(ApiError::Internal(format!("unexpected lease grant result: {other:?}"))),
+        }
+    }
+}
