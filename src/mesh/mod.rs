@@ -13,6 +13,7 @@ pub mod models;
 pub mod service;
 pub mod state;
 pub mod timefmt;
+pub mod tools;
 
 /// Errors at the mesh module's boundary (startup and tools; HTTP errors are the
 /// service's own envelope).

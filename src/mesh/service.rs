@@ -119,30 +119,9 @@ pub struct Authority {
 }
 
 impl Authority {
-    /// Loads and checks the genesis and the keys; refuses a genesis whose root signature
-    /// fails or an NA key that is not the genesis's.
+    /// Loads and checks the genesis and the keys (see `load_material`).
     pub fn load(cfg: MeshConfig, state: State) -> Result<Authority, MeshError> {
-        let genesis = Genesis::load(&cfg.genesis_file)?;
-        let na_key = keys::read_private(&cfg.na_private_key_file)?;
-        if na_key.verifying_key() != genesis.na_key {
-            return Err(MeshError::Genesis("NA private key does not match genesis block".into()));
-        }
-        let mut operators = BTreeMap::new();
-        for (id, public) in &cfg.operator_public_keys {
-            let key = keys::public_key(public).ok_or_else(|| MeshError::Config {
-                key: "OPERATOR_PUBLIC_KEYS_JSON".into(),
-                msg: format!("{id:?} is not a base64 Ed25519 public key"),
-            })?;
-            let tier = cfg
-                .operator_key_tiers
-                .get(id)
-                .and_then(|t| Tier::parse(t))
-                .ok_or_else(|| MeshError::Config {
-                    key: "OPERATOR_KEY_TIERS_JSON".into(),
-                    msg: format!("{id:?} has no valid tier"),
-                })?;
-            operators.insert(id.clone(), (key, tier));
-        }
+        let (genesis, na_key, operators) = load_material(&cfg)?;
         let fingerprint: String = {
             use sha2::Digest;
             sha2::Sha256::digest(genesis.na_key.as_bytes())
@@ -177,6 +156,34 @@ impl Authority {
         keys::sign_document(&mut doc, &self.cfg.na_key_id, &self.na_key);
         doc
     }
+}
+
+/// The genesis, the NA key and the operator keys, checked: the genesis's root signature
+/// verifies, the NA key is the genesis's, every operator key parses and has a tier.
+#[allow(clippy::type_complexity)]
+pub fn load_material(cfg: &MeshConfig) -> Result<(Genesis, SigningKey, BTreeMap<String, (VerifyingKey, Tier)>), MeshError> {
+    let genesis = Genesis::load(&cfg.genesis_file)?;
+    let na_key = keys::read_private(&cfg.na_private_key_file)?;
+    if na_key.verifying_key() != genesis.na_key {
+        return Err(MeshError::Genesis("NA private key does not match genesis block".into()));
+    }
+    let mut operators = BTreeMap::new();
+    for (id, public) in &cfg.operator_public_keys {
+        let key = keys::public_key(public).ok_or_else(|| MeshError::Config {
+            key: "OPERATOR_PUBLIC_KEYS_JSON".into(),
+            msg: format!("{id:?} is not a base64 Ed25519 public key"),
+        })?;
+        let tier = cfg
+            .operator_key_tiers
+            .get(id)
+            .and_then(|t| Tier::parse(t))
+            .ok_or_else(|| MeshError::Config {
+                key: "OPERATOR_KEY_TIERS_JSON".into(),
+                msg: format!("{id:?} has no valid tier"),
+            })?;
+        operators.insert(id.clone(), (key, tier));
+    }
+    Ok((genesis, na_key, operators))
 }
 
 fn hostname() -> String {

@@ -222,6 +222,10 @@ impl Node {
     /// empty) and starts Raft; returns once this node can serve (has a leader).
     /// `tls`: this node's certificates, already loaded and checked (`Tls::from_config`).
     pub async fn start(config: Config, tls: Option<Arc<crate::tls::Tls>>) -> Result<Arc<Node>, StartError> {
+        // A mesh genesis or key that does not check out fails the start before any slow work.
+        if let Some(mesh) = &config.mesh {
+            crate::mesh::service::load_material(mesh)?;
+        }
         let objects = crate::archive::build(&config.storage).map_err(|e| StartError::Storage(e.to_string()))?;
         Self::start_with(config, objects, tls).await
     }
