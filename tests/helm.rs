@@ -433,8 +433,21 @@ fn three_processes_run_with_the_rendered_pod_spec() {
         moto.storage_json("netsy-chart", "chart")
     );
     let extra_env: Vec<Value> = common::moto::ENV.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
-    let r = render(json!({"clusterID": "chart-test", "config": config, "extraEnv": extra_env}));
+    // The mesh authority too, from a network `netsy mesh init` made.
     let tmp = tempfile::tempdir().expect("tempdir");
+    let net = tmp.path().join("net");
+    netsy::mesh::tools::init("chart", &net, "http://127.0.0.1:8443").expect("mesh init");
+    let read = |f: &str| std::fs::read_to_string(net.join(f)).expect("mesh file");
+    let operator = netsy::mesh::keys::read_public(&net.join("keys/operator.pub")).expect("operator key");
+    let mesh = json!({
+        "enabled": true,
+        "genesis": read("genesis.signed.json"),
+        "naPrivateKey": read("keys/na.key"),
+        "naKeyId": "na-local",
+        "operatorPublicKeys": {"operator-local": netsy::mesh::keys::b64(operator.as_bytes())},
+        "operatorKeyTiers": {"operator-local": "privileged"},
+    });
+    let r = render(json!({"clusterID": "chart-test", "config": config, "extraEnv": extra_env, "mesh": mesh}));
     let ca = Ca::new("chart-test-ca").expect("ca");
     let container = r.container();
     let mounts: BTreeMap<String, String> = container["volumeMounts"]
@@ -492,6 +505,13 @@ fn three_processes_run_with_the_rendered_pod_spec() {
             ip(i),
             Path::new(&local(&mounts["peer-tls"])),
         );
+        // The mesh Secret's files, as the kubelet mounts them.
+        let secret_dir = PathBuf::from(local(&mounts["mesh"]));
+        std::fs::create_dir_all(&secret_dir).expect("mkdir");
+        let secret = r.volume("mesh")["secret"]["secretName"].as_str().expect("secret name").to_string();
+        for (file, content) in r.get("Secret", &secret)["stringData"].as_object().expect("stringData") {
+            std::fs::write(secret_dir.join(file), content.as_str().expect("text")).expect("secret file");
+        }
 
         // The env as the kubelet resolves it, then loopback for the pod's addresses.
         let mut vars: BTreeMap<String, String> = BTreeMap::new();
@@ -619,6 +639,24 @@ fn three_processes_run_with_the_rendered_pod_spec() {
         assert!(
             out.contains(&format!("netsy-{i}, https://{}:2381, https://{}:2378", ip(i), ip(i))),
             "{out}"
+        );
+    }
+    // Every pod serves the mesh authority on the chart's mesh port.
+    let mesh_port = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "mesh")
+        .and_then(|p| p["containerPort"].as_u64())
+        .expect("mesh port");
+    for i in 0..3 {
+        let (status, body) =
+            netsy::mesh::tools::request(&format!("http://{}:{mesh_port}", ip(i)), "GET", "/readyz", &[], None).expect("readyz");
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("ready")),
+            "netsy-{i}: {body}\n{}",
+            logs()
         );
     }
     let (ok, _, err) = ctl(1, &["put", "/registry/pods/default/p", "v"]);
