@@ -355,6 +355,49 @@ pub struct ClusterFile {
     pub allow_insecure: bool,
     #[serde(default)]
     pub node: NodeDefaults,
+    /// The mesh authority, as an alternative to its environment variables.
+    #[serde(default)]
+    pub mesh: Option<MeshSettings>,
+}
+
+/// The cluster file's `mesh` section: the Genesis Mesh NA settings under netsy-style
+/// names (each is the variable of the same name in upper case, e.g. `genesis_file` is
+/// `GENESIS_FILE`); environment variables win.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSettings {
+    pub bind: Option<String>,
+    pub genesis_file: Option<String>,
+    pub na_private_key_file: Option<String>,
+    pub na_key_id: Option<String>,
+    pub operator_public_keys: Option<std::collections::BTreeMap<String, String>>,
+    pub operator_key_tiers: Option<std::collections::BTreeMap<String, String>>,
+    pub renewal_grace_seconds: Option<i64>,
+    pub max_request_bytes: Option<usize>,
+    pub public_url: Option<String>,
+}
+
+impl MeshSettings {
+    /// As the variables they stand for.
+    fn as_vars(&self) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut set = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.insert(k.to_string(), v);
+            }
+        };
+        set("NETSY_BIND_MESH", self.bind.clone());
+        set("GENESIS_FILE", self.genesis_file.clone());
+        set("NA_PRIVATE_KEY_FILE", self.na_private_key_file.clone());
+        set("NA_KEY_ID", self.na_key_id.clone());
+        let json = |m: &Option<std::collections::BTreeMap<String, String>>| m.as_ref().and_then(|m| serde_json::to_string(m).ok());
+        set("OPERATOR_PUBLIC_KEYS_JSON", json(&self.operator_public_keys));
+        set("OPERATOR_KEY_TIERS_JSON", json(&self.operator_key_tiers));
+        set("RENEWAL_GRACE_SECONDS", self.renewal_grace_seconds.map(|v| v.to_string()));
+        set("NA_MAX_REQUEST_BYTES", self.max_request_bytes.map(|v| v.to_string()));
+        set("NA_PUBLIC_URL", self.public_url.clone());
+        out
+    }
 }
 
 fn default_discovery_timeout() -> String {
@@ -540,24 +583,28 @@ impl Config {
             bind_peer,
             advertise_peer,
             bind_health,
-            mesh: resolve_mesh(env)?,
+            mesh: resolve_mesh(env, file.mesh.as_ref())?,
         })
     }
 }
 
-/// The mesh authority's settings: the Genesis Mesh NA variables, from the environment or
+/// The mesh authority's settings: the Genesis Mesh NA variables, from the environment,
 /// the env file `NETSY_MESH_ENV_FILE` names (the format `genesis-mesh init --env-file`
-/// writes).
-fn resolve_mesh(env: EnvFn) -> Result<Option<crate::mesh::config::MeshConfig>, ConfigError> {
+/// writes), or the cluster file's `mesh` section, in that order.
+fn resolve_mesh(env: EnvFn, section: Option<&MeshSettings>) -> Result<Option<crate::mesh::config::MeshConfig>, ConfigError> {
     use crate::mesh::{config, MeshError};
     let named = |e: MeshError| match e {
         MeshError::Config { key, msg } => invalid(&key, msg),
         other => invalid("NETSY_MESH_ENV_FILE", other.to_string()),
     };
-    let file = match env("NETSY_MESH_ENV_FILE") {
+    let mut file = match env("NETSY_MESH_ENV_FILE") {
         Some(path) => config::read_env_file(Path::new(&path)).map_err(named)?,
         None => Default::default(),
     };
+    // The cluster file's section, where the env file does not say.
+    for (k, v) in section.map(MeshSettings::as_vars).unwrap_or_default() {
+        file.entry(k).or_insert(v);
+    }
     config::MeshConfig::from_env(env, &file).map_err(named)
 }
 
@@ -835,6 +882,25 @@ mod tests {
             .replace("127.0.0.1:2378", "0.0.0.0:2378")
             .replace("\"node\"", "\"allow_insecure\": true, \"node\"");
         assert!(load(&text).is_ok());
+    }
+
+    #[test]
+    fn the_mesh_section_stands_for_the_na_variables_and_the_environment_wins() {
+        let text = DEV.replace(
+            "\"node\"",
+            r#""mesh": { "genesis_file": "/g.json", "na_private_key_file": "/na.key", "na_key_id": "na-file",
+                "operator_public_keys": {"op": "AAAA"}, "operator_key_tiers": {"op": "standard"}, "bind": "127.0.0.1:9443" }, "node""#,
+        );
+        let m = load(&text).expect("valid").mesh.expect("mesh on");
+        assert_eq!(m.na_key_id, "na-file");
+        assert_eq!(m.bind.port(), 9443);
+        assert_eq!(m.operator_key_tiers["op"], "standard");
+        let env = |k: &str| (k == "NA_KEY_ID").then(|| "na-env".to_string());
+        let m = Config::from_str(&text, Path::new("x"), &env).expect("valid").mesh.expect("on");
+        assert_eq!(m.na_key_id, "na-env");
+        assert!(load(DEV).expect("valid").mesh.is_none());
+        let bad = DEV.replace("\"node\"", r#""mesh": { "genesis_file": "/g.json" }, "node""#);
+        assert!(load(&bad).expect_err("no key file").to_string().contains("NA_PRIVATE_KEY_FILE"));
     }
 
     #[test]

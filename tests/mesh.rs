@@ -123,6 +123,76 @@ fn start_na(w: &Workdir, extra_operators: &[(&str, &str, &str)]) -> (Netsy, u16)
     (n, port)
 }
 
+/// A `genesis-mesh join --persistent` node runtime listening on a free port; stopped by
+/// PID when dropped.
+struct Persistent<'w> {
+    w: &'w Workdir,
+    name: String,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl<'w> Persistent<'w> {
+    fn start(w: &'w Workdir, name: &str, na: &str) -> Persistent<'w> {
+        let (code, token, err) = w.gm(&["admin", "invite", "--config", "op/genesis-mesh.toml", "--role", "anchor"]);
+        assert_eq!(code, 0, "{err}");
+        std::fs::create_dir_all(w.path(name)).expect("mkdir");
+        let port = free_port();
+        let log = std::fs::File::create(w.path(&format!("{name}.log"))).expect("log");
+        let config = format!("{name}/gm.toml");
+        let child = Command::new(gm_bin("genesis-mesh"))
+            .args(["join", "--config", &config, "--na", na, "--token", token.trim(), "--persistent"])
+            .args(["--listen-host", "127.0.0.1", "--listen-port", &port.to_string()])
+            .current_dir(w.0.path())
+            .env("HOME", w.0.path())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("persistent node");
+        let node = Persistent {
+            w,
+            name: name.to_string(),
+            port,
+            child,
+        };
+        node.wait_log("Mesh node runtime started");
+        node
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.w.path(&format!("{}.log", self.name))).unwrap_or_default()
+    }
+
+    fn wait_log(&self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.log().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never logged {text:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn public_key(&self) -> String {
+        public_key_of(&self.w.path(&format!("{}/keys/node.pub", self.name)))
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Persistent<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
     let w = Workdir::new();
@@ -163,36 +233,23 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
         assert!(out.contains(line), "{line} in {out}");
     }
 
-    // A persistent node accepts netsy's signed CRL at startup.
-    let (_, t2, _) = w.gm(&["admin", "invite", "--config", "op/genesis-mesh.toml", "--role", "anchor"]);
-    std::fs::create_dir_all(w.path("n2")).expect("mkdir");
-    let listen = free_port().to_string();
-    let n2_log = std::fs::File::create(w.path("n2.log")).expect("log");
-    let mut n2 = Command::new(gm_bin("genesis-mesh"))
-        .args(["join", "--config", "n2/gm.toml", "--na", &na, "--token", t2.trim(), "--persistent"])
-        .args(["--listen-host", "127.0.0.1", "--listen-port", &listen])
-        .current_dir(w.0.path())
-        .env("HOME", w.0.path())
-        .stdout(n2_log.try_clone().expect("log"))
-        .stderr(n2_log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("persistent node");
-    let log = || std::fs::read_to_string(w.path("n2.log")).unwrap_or_default();
-    let started = (|| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            if log().contains("Mesh node runtime started") {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    })();
-    let _ = n2.kill();
-    let _ = n2.wait();
-    assert!(started, "{}", log());
-    assert!(log().contains("Set CRL (seq 0)"), "{}", log());
+    // A persistent node accepts netsy's signed CRL at startup, and n1 reaches it over
+    // Noise XX with the certificates netsy issued.
+    let n2 = Persistent::start(&w, "n2", &na);
+    assert!(n2.log().contains("Set CRL (seq 0)"), "{}", n2.log());
+    let (code, out, err) = w.gm(&[
+        "send",
+        "--config",
+        "n1/gm.toml",
+        "--to",
+        &n2.public_key(),
+        "--via",
+        &n2.ws(),
+        "--message",
+        "hi",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    n2.wait_log("DATA message delivered");
 
     // Revoke n1 for key compromise: its heartbeat is refused, and so is re-enrolment.
     let cert: Value = serde_json::from_str(&std::fs::read_to_string(w.path("n1/node.cert.json")).expect("cert")).expect("json");
@@ -215,6 +272,36 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
         format!("{out}{err}").contains("Existing local certificate was rejected"),
         "{out}{err}"
     );
+    // A node started after the revocation loads CRL 1 and refuses n1, not n2.
+    let n3 = Persistent::start(&w, "n3", &na);
+    assert!(n3.log().contains("Set CRL (seq 1)"), "{}", n3.log());
+    w.gm(&[
+        "send",
+        "--config",
+        "n1/gm.toml",
+        "--to",
+        &n3.public_key(),
+        "--via",
+        &n3.ws(),
+        "--message",
+        "from-revoked",
+    ]);
+    n3.wait_log("Rejected inbound peer connection: Peer certificate is revoked");
+    let (code, _, err) = w.gm(&[
+        "send",
+        "--config",
+        "n2/gm.toml",
+        "--to",
+        &n3.public_key(),
+        "--via",
+        &n3.ws(),
+        "--message",
+        "from-n2",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    n3.wait_log("DATA message delivered");
+    drop((n2, n3));
+
     let (_, t4, _) = w.gm(&["admin", "invite", "--config", "op/genesis-mesh.toml", "--role", "anchor"]);
     std::fs::rename(w.path("n1/node.cert.json"), w.path("n1/node.cert.json.old")).expect("move aside");
     let (code, out, err) = w.gm(&["join", "--config", "n1/gm.toml", "--na", &na, "--token", t4.trim()]);
