@@ -133,8 +133,8 @@ struct Persistent<'w> {
 }
 
 impl<'w> Persistent<'w> {
-    fn start(w: &'w Workdir, name: &str, na: &str) -> Persistent<'w> {
-        let (code, token, err) = w.gm(&["admin", "invite", "--config", "op/genesis-mesh.toml", "--role", "anchor"]);
+    fn start(w: &'w Workdir, operator_config: &str, name: &str, na: &str) -> Persistent<'w> {
+        let (code, token, err) = w.gm(&["admin", "invite", "--config", operator_config, "--role", "anchor"]);
         assert_eq!(code, 0, "{err}");
         std::fs::create_dir_all(w.path(name)).expect("mkdir");
         let port = free_port();
@@ -193,12 +193,15 @@ impl Drop for Persistent<'_> {
     }
 }
 
-#[test]
-fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
-    let w = Workdir::new();
-    let (n, port) = start_na(&w, &[]);
-    let na = na_url(port);
-    let (code, out, _) = w.gm(&["admin", "invite", "--config", "op/genesis-mesh.toml", "--role", "anchor"]);
+/// Reference §13 against netsy's NA at `na`, for the network whose operator files are in
+/// `home` (`genesis-mesh.toml`, `keys/operator.key`, `genesis.signed.json`) named
+/// `network`.
+fn scenario(w: &Workdir, home: &str, network: &str, na: &str, n: &Netsy) {
+    let config = format!("{home}/genesis-mesh.toml");
+    let operator_key = format!("{home}/keys/operator.key");
+    let genesis = format!("{home}/genesis.signed.json");
+    let na = na.to_string();
+    let (code, out, _) = w.gm(&["admin", "invite", "--config", &config, "--role", "anchor"]);
     assert_eq!(code, 0, "{}", n.log());
     let t1 = out.trim().to_string();
     assert_eq!(t1.len(), 36, "one UUID token: {out}");
@@ -209,7 +212,7 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
         "--na",
         &na,
         "--operator-key",
-        "op/keys/operator.key",
+        &operator_key,
         "--operator-key-id",
         "operator-local",
         "--role",
@@ -223,7 +226,7 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
     std::fs::create_dir_all(w.path("n1")).expect("mkdir");
     let (code, out, err) = w.gm(&["join", "--config", "n1/gm.toml", "--na", &na, "--token", &t1]);
     assert_eq!(code, 0, "{out}{err}\n{}", n.log());
-    assert!(out.contains("Joined T as role:anchor"), "{out}");
+    assert!(out.contains(&format!("Joined {network} as role:anchor")), "{out}");
     for f in ["genesis.signed.json", "node.cert.json", "policy.json", "keys/node.key"] {
         assert!(w.path("n1").join(f).exists(), "{f}");
     }
@@ -235,7 +238,7 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
 
     // A persistent node accepts netsy's signed CRL at startup, and n1 reaches it over
     // Noise XX with the certificates netsy issued.
-    let n2 = Persistent::start(&w, "n2", &na);
+    let n2 = Persistent::start(w, &config, "n2", &na);
     assert!(n2.log().contains("Set CRL (seq 0)"), "{}", n2.log());
     let (code, out, err) = w.gm(&[
         "send",
@@ -254,15 +257,7 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
     // Revoke n1 for key compromise: its heartbeat is refused, and so is re-enrolment.
     let cert: Value = serde_json::from_str(&std::fs::read_to_string(w.path("n1/node.cert.json")).expect("cert")).expect("json");
     let cert_id = cert["cert_id"].as_str().expect("cert id");
-    let (code, out, err) = w.gm(&[
-        "admin",
-        "revoke",
-        "--config",
-        "op/genesis-mesh.toml",
-        cert_id,
-        "--reason",
-        "key_compromise",
-    ]);
+    let (code, out, err) = w.gm(&["admin", "revoke", "--config", &config, cert_id, "--reason", "key_compromise"]);
     assert_eq!(code, 0, "{err}");
     let revoked: Value = serde_json::from_str(&out).expect("revoke JSON");
     assert_eq!(revoked, json!({"crl_sequence": 1, "revoked_count": 1}));
@@ -273,7 +268,7 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
         "{out}{err}"
     );
     // A node started after the revocation loads CRL 1 and refuses n1, not n2.
-    let n3 = Persistent::start(&w, "n3", &na);
+    let n3 = Persistent::start(w, &config, "n3", &na);
     assert!(n3.log().contains("Set CRL (seq 1)"), "{}", n3.log());
     w.gm(&[
         "send",
@@ -302,7 +297,7 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
     n3.wait_log("DATA message delivered");
     drop((n2, n3));
 
-    let (_, t4, _) = w.gm(&["admin", "invite", "--config", "op/genesis-mesh.toml", "--role", "anchor"]);
+    let (_, t4, _) = w.gm(&["admin", "invite", "--config", &config, "--role", "anchor"]);
     std::fs::rename(w.path("n1/node.cert.json"), w.path("n1/node.cert.json.old")).expect("move aside");
     let (code, out, err) = w.gm(&["join", "--config", "n1/gm.toml", "--na", &na, "--token", t4.trim()]);
     assert_eq!(code, 1, "{out}");
@@ -315,12 +310,12 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
     assert_eq!(crl["revoked_certificates"][0]["certificate_id"], cert_id);
 
     // The node entry point, and sovereign inspect.
-    let (_, t5, _) = w.gm(&["admin", "invite", "--config", "op/genesis-mesh.toml", "--role", "bridge"]);
+    let (_, t5, _) = w.gm(&["admin", "invite", "--config", &config, "--role", "bridge"]);
     let (code, out, err) = w.run(
         "genesis-mesh-node",
         &[
             "--genesis",
-            "op/genesis.signed.json",
+            &genesis,
             "--bootstrap",
             &na,
             "--invite-token",
@@ -331,18 +326,25 @@ fn the_genesis_mesh_cli_enrolls_is_revoked_and_refused_against_netsy() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("certificate_valid: True") && out.contains("policy_id: policy-T-v0.1"),
+        out.contains("certificate_valid: True") && out.contains(&format!("policy_id: policy-{network}-v0.1")),
         "{out}"
     );
     let (code, out, _) = w.gm(&["sovereign", "inspect", "--na", &na]);
     assert_eq!(code, 0);
-    assert!(out.contains("Sovereign: T"), "{out}");
+    assert!(out.contains(&format!("Sovereign: {network}")), "{out}");
     let (code, body) = tools::request(&na, "GET", "/no/such/route", &[], None).expect("404");
     assert_eq!((code, body["error"]["code"].as_str()), (404, Some("not_found")));
 }
 
 #[test]
-fn netsy_mesh_init_and_admin_commands_drive_the_python_tools() {
+fn python_made_keys_drive_netsy_through_the_reference_scenario() {
+    let w = Workdir::new();
+    let (n, port) = start_na(&w, &[]);
+    scenario(&w, "op", "T", &na_url(port), &n);
+}
+
+#[test]
+fn netsy_made_keys_drive_the_python_tools_through_the_reference_scenario() {
     let w = Workdir::new();
     let port = free_port();
     let (ok, out, err) = w.netsy(&["init", "--network-name", "N", "--out", "net", "--na-endpoint", &na_url(port)]);
@@ -366,6 +368,9 @@ fn netsy_mesh_init_and_admin_commands_drive_the_python_tools() {
     n.spawn();
     wait_na(port);
     let na = na_url(port);
+    scenario(&w, "net", "N", &na, &n);
+
+    // netsy's own admin commands.
     let op = ["--na", na.as_str(), "--operator-key", "net/keys/operator.key"];
     let cmd = |extra: &[&str]| -> Vec<String> { extra.iter().chain(op.iter()).map(|s| s.to_string()).collect() };
     let run = |args: Vec<String>| {
@@ -374,8 +379,8 @@ fn netsy_mesh_init_and_admin_commands_drive_the_python_tools() {
     };
     let (ok, token, err) = run(cmd(&["invite", "--role", "anchor"]));
     assert!(ok, "{err}\n{}", n.log());
-    std::fs::create_dir_all(w.path("n1")).expect("mkdir");
-    let (code, out, err) = w.gm(&["join", "--config", "n1/gm.toml", "--na", &na, "--token", token.trim()]);
+    std::fs::create_dir_all(w.path("m1")).expect("mkdir");
+    let (code, out, err) = w.gm(&["join", "--config", "m1/gm.toml", "--na", &na, "--token", token.trim()]);
     assert_eq!(code, 0, "{out}{err}");
     // The Python CLI uses the config and operator key netsy wrote.
     let (code, _, err) = w.gm(&["admin", "invite", "--config", "net/genesis-mesh.toml", "--role", "client"]);
@@ -410,10 +415,10 @@ fn netsy_mesh_init_and_admin_commands_drive_the_python_tools() {
     assert_eq!(active, default, "the rolled-back version is served exactly as signed before");
 
     // Revoke through netsy's command.
-    let cert: Value = serde_json::from_str(&std::fs::read_to_string(w.path("n1/node.cert.json")).expect("cert")).expect("json");
+    let cert: Value = serde_json::from_str(&std::fs::read_to_string(w.path("m1/node.cert.json")).expect("cert")).expect("json");
     let (ok, out, err) = run(cmd(&["revoke", cert["cert_id"].as_str().expect("id"), "--reason", "superseded"]));
     assert!(ok, "{err}");
-    assert!(out.contains("\"crl_sequence\": 1"), "{out}");
+    assert!(out.contains("\"crl_sequence\": 2"), "after the scenario's revocation: {out}");
     let (ok, _, err) = run(cmd(&["revoke", "no-such-cert"]));
     assert!(!ok && err.contains("404") && err.contains("certificate_not_found"), "{err}");
 }
@@ -432,8 +437,7 @@ fn post(na: &str, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// POSTs `body` from the local address `source` (a loopback address of its own); the status.
-fn post_from(source: std::net::Ipv4Addr, port: u16, path: &str, body: &Value) -> u16 {
-    use std::io::{Read, Write};
+fn post_from(source: std::net::Ipv4Addr, port: u16, path: &str, body: &Value) -> (u16, Value) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let std_stream = rt.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -445,18 +449,29 @@ fn post_from(source: std::net::Ipv4Addr, port: u16, path: &str, body: &Value) ->
             .into_std()
             .expect("std")
     });
-    let mut s = std_stream;
-    s.set_nonblocking(false).expect("blocking");
-    let text = body.to_string();
+    std_stream.set_nonblocking(false).expect("blocking");
+    let out = raw_post(std_stream, path, "application/json", &body.to_string());
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = out
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b.trim()).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// Sends one POST with `content_type` and `body` as given over `s`; the raw reply.
+fn raw_post(mut s: std::net::TcpStream, path: &str, content_type: &str, body: &str) -> String {
+    use std::io::{Read, Write};
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-        text.len()
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("write");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    out
 }
 
 fn code(reply: &(u16, Value)) -> (u16, String) {
@@ -557,6 +572,17 @@ fn refusals_have_the_python_nas_codes_and_change_nothing() {
     assert!(keys::verify_document(&cert, &na_key));
     let again = post(&na, "/join", &node_body(&node_b, json!({"invite_token": token})));
     assert_eq!(code(&again), (403, "invalid_invite_token".into()), "single use");
+    let unknown_token = post(
+        &na,
+        "/join",
+        &node_body(&node_b, json!({"invite_token": "00000000-0000-4000-8000-000000000000"})),
+    );
+    assert_eq!(code(&unknown_token), (403, "invalid_invite_token".into()));
+    // Three failed tokens from one address in a minute: that address is throttled.
+    let throttled = post(&na, "/join", &node_body(&node_b, json!({"invite_token": token})));
+    assert_eq!(code(&throttled), (429, "rate_limited".into()));
+    let other_address = std::net::Ipv4Addr::new(127, 0, 20, 1);
+    let post = |_: &str, path: &str, body: &Value| post_from(other_address, port, path, body);
     let no_token = post(&na, "/join", &node_body(&node_b, json!({})));
     assert_eq!(code(&no_token), (403, "missing_invite_token".into()));
     let bad_validity = post(
@@ -640,17 +666,8 @@ fn refusals_have_the_python_nas_codes_and_change_nothing() {
 
     // Bodies: not JSON, too large.
     let raw = |body: &str, ct: &str| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        write!(
-            s,
-            "POST /join HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        raw_post(s, "/join", ct, body)
     };
     let invalid = raw("{\"node_public_key\": ", "application/json");
     assert!(invalid.starts_with("HTTP/1.1 400") && invalid.contains("invalid_json"), "{invalid}");
@@ -697,7 +714,7 @@ fn pods_racing_for_one_invite_or_one_nonce_never_both_win() {
                     let port = ports[i % 3];
                     let source = std::net::Ipv4Addr::new(127, 0, 10 + round as u8, 10 + i as u8);
                     let body = node_body(&keys::generate(), json!({"invite_token": token}));
-                    s.spawn(move || post_from(source, port, "/join", &body))
+                    s.spawn(move || post_from(source, port, "/join", &body).0)
                 })
                 .collect();
             handles
