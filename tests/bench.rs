@@ -107,8 +107,9 @@ fn quick_suite_writes_reports() {
         .iter()
         .chain(json["cluster"].as_array().unwrap());
     for c in all {
-        assert_eq!(c["etcd"]["errors"], 0, "{c}");
-        assert_eq!(c["netsy"]["errors"], 0, "{c}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(c["etcd"]["errors"], 0, "{c}\n{log}");
+        assert_eq!(c["netsy"]["errors"], 0, "{c}\n{log}");
         assert!(c["netsy"]["requests"].as_u64().unwrap() > 0);
     }
     for side in json["failover_seconds"].as_array().unwrap() {

@@ -245,6 +245,7 @@ async fn closed_loop(
     let mut tasks = Vec::new();
     for c in 0..opts.clients.max(1) {
         let (call, next, ch) = (call.clone(), next.clone(), channels[c % channels.len()].clone());
+        let name = name.to_string();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0;
@@ -256,7 +257,13 @@ async fn closed_loop(
                 let t = Instant::now();
                 match call(ch.clone(), seq).await {
                     Ok(()) => lat.push(t.elapsed()),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        // The first failure of each client, so an error count can be explained.
+                        if errors == 0 {
+                            tracing::warn!(workload = %name, code = ?e.code(), message = e.message(), "request failed");
+                        }
+                        errors += 1;
+                    }
                 }
             }
         }));
