@@ -369,13 +369,21 @@ impl Node {
                 // A member removed while it was away (deregistration_timeout, or etcdctl
                 // member remove) never hears from the leader again, and its own log
                 // still names the old leader: ask to be admitted (a no-op for a voter).
+                // The membership comes from the log; wait until Raft has loaded it.
+                let _ = node
+                    .raft
+                    .wait(Some(Duration::from_secs(10)))
+                    .metrics(|m| m.membership_config.membership().nodes().next().is_some(), "membership loaded")
+                    .await;
                 let via: Vec<(String, String)> = node
                     .members()
                     .into_iter()
                     .filter(|m| m.raft_id != node.identity.raft_id)
                     .map(|m| (m.node.peer_url, m.node.name))
                     .collect();
-                if !via.is_empty() {
+                if via.is_empty() {
+                    tracing::info!("resuming as the only member");
+                } else {
                     node.join_via(&via, me).await?;
                 }
             }
