@@ -96,6 +96,12 @@ fn na_env(w: &Workdir, home: &str, port: u16, extra_operators: &[(&str, &str, &s
     ]
 }
 
+/// The NA public key of the network in `home` (the admin signatures' audience).
+fn audience(w: &Workdir, home: &str) -> String {
+    let genesis = netsy::mesh::models::Genesis::load(&w.path(&format!("{home}/genesis.signed.json"))).expect("genesis");
+    keys::b64(genesis.na_key.as_bytes())
+}
+
 fn na_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
@@ -486,21 +492,11 @@ fn refusals_have_the_python_nas_codes_and_change_nothing() {
     let (n, port) = start_na(&w, &[("reader", &reader_pub, "read")]);
     let na = na_url(port);
     let op = keys::read_private(&w.path("op/keys/operator.key")).expect("operator key");
-    let audience = keys::b64(
-        netsy::mesh::models::Genesis::load(&w.path("op/genesis.signed.json"))
-            .expect("genesis")
-            .na_key
-            .as_bytes(),
-    );
+    let audience = audience(&w, "op");
     let admin = |key: &ed25519_dalek::SigningKey, id: &str, path: &str, body: &Value, tamper: &dyn Fn(&mut auth::AdminHeaders)| {
         let mut h = auth::sign_admin(key, id, "POST", path, &Default::default(), &audience, body);
         tamper(&mut h);
-        let headers = [
-            ("X-Admin-Key-Id", h.key_id.clone()),
-            ("X-Admin-Timestamp", h.timestamp.clone()),
-            ("X-Admin-Nonce", h.nonce.clone()),
-            ("X-Admin-Signature", h.signature.clone()),
-        ];
+        let headers = h.pairs();
         (tools::request(&na, "POST", path, &headers, Some(body)).expect("request"), h)
     };
     let invite = json!({"roles": ["role:anchor"]});
@@ -509,19 +505,7 @@ fn refusals_have_the_python_nas_codes_and_change_nothing() {
     // Admin authentication.
     let (good, h) = admin(&op, "operator-local", "/admin/invite", &invite, &none);
     assert_eq!(good.0, 201, "{:?}\n{}", good.1, n.log());
-    let replay = tools::request(
-        &na,
-        "POST",
-        "/admin/invite",
-        &[
-            ("X-Admin-Key-Id", h.key_id),
-            ("X-Admin-Timestamp", h.timestamp),
-            ("X-Admin-Nonce", h.nonce),
-            ("X-Admin-Signature", h.signature),
-        ],
-        Some(&invite),
-    )
-    .expect("replay");
+    let replay = tools::request(&na, "POST", "/admin/invite", &h.pairs(), Some(&invite)).expect("replay");
     assert_eq!(code(&replay), (401, "admin_auth_failed".into()));
     assert_eq!(replay.1["error"]["message"], "Admin nonce already used");
     let tampered = admin(&op, "operator-local", "/admin/invite", &invite, &|h| {
@@ -727,12 +711,7 @@ fn pods_racing_for_one_invite_or_one_nonce_never_both_win() {
     }
     // One signed admin request sent to all three pods at once.
     let key = keys::read_private(&w.path("op/keys/operator.key")).expect("key");
-    let audience = keys::b64(
-        netsy::mesh::models::Genesis::load(&w.path("op/genesis.signed.json"))
-            .expect("g")
-            .na_key
-            .as_bytes(),
-    );
+    let audience = audience(&w, "op");
     for round in 0..5 {
         let body = json!({"roles": ["role:client"]});
         let h = auth::sign_admin(
@@ -748,12 +727,7 @@ fn pods_racing_for_one_invite_or_one_nonce_never_both_win() {
             let handles: Vec<_> = ports
                 .iter()
                 .map(|p| {
-                    let headers = [
-                        ("X-Admin-Key-Id", h.key_id.clone()),
-                        ("X-Admin-Timestamp", h.timestamp.clone()),
-                        ("X-Admin-Nonce", h.nonce.clone()),
-                        ("X-Admin-Signature", h.signature.clone()),
-                    ];
+                    let headers = h.pairs();
                     let na = na_url(*p);
                     let body = body.clone();
                     s.spawn(move || tools::request(&na, "POST", "/admin/invite", &headers, Some(&body)).expect("req").0)

@@ -93,6 +93,18 @@ pub struct AdminHeaders {
     pub signature: String,
 }
 
+impl AdminHeaders {
+    /// The four headers, named.
+    pub fn pairs(&self) -> [(&'static str, String); 4] {
+        [
+            ("X-Admin-Key-Id", self.key_id.clone()),
+            ("X-Admin-Timestamp", self.timestamp.clone()),
+            ("X-Admin-Nonce", self.nonce.clone()),
+            ("X-Admin-Signature", self.signature.clone()),
+        ]
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn sign_admin(
     key: &SigningKey,

@@ -150,12 +150,7 @@ impl Operator {
         let q: Map<String, Value> = super::auth::query_map(Some(query));
         let signed_body = body.cloned().unwrap_or_else(|| json!({}));
         let h = sign_admin(&key, &self.key_id, method, path, &q, audience, &signed_body);
-        let headers = [
-            ("X-Admin-Key-Id", h.key_id),
-            ("X-Admin-Timestamp", h.timestamp),
-            ("X-Admin-Nonce", h.nonce),
-            ("X-Admin-Signature", h.signature),
-        ];
+        let headers = h.pairs();
         let target = if query.is_empty() {
             path.to_string()
         } else {
