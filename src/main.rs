@@ -436,7 +436,7 @@ fn main() -> ExitCode {
         let checked = Config::load(&path, &process_env).map_err(|e| e.to_string()).and_then(|c| {
             netsy::tls::Tls::from_config(&c).map_err(|e| format!("TLS: {e}"))?;
             match &c.mesh {
-                Some(m) => netsy::mesh::service::load_material(m)
+                Some(m) => netsy::mesh::service::Material::load(m)
                     .map(|_| ())
                     .map_err(|e| format!("mesh authority: {e}")),
                 None => Ok(()),

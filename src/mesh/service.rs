@@ -113,15 +113,60 @@ pub struct Authority {
     genesis: Genesis,
     na_key: SigningKey,
     operators: BTreeMap<String, (VerifyingKey, Tier)>,
+    /// SHA-256 of the NA public key, hex (`/readyz`'s `signing_key.fingerprint`).
+    fingerprint: String,
     state: State,
     limiter: Limiter,
     instance: String,
 }
 
+/// The genesis, the NA key and the operator keys, checked: the genesis's root signature
+/// verifies, the NA key is the genesis's, every operator key parses and has a tier.
+pub struct Material {
+    genesis: Genesis,
+    na_key: SigningKey,
+    operators: BTreeMap<String, (VerifyingKey, Tier)>,
+}
+
+impl Material {
+    pub fn load(cfg: &MeshConfig) -> Result<Material, MeshError> {
+        let genesis = Genesis::load(&cfg.genesis_file)?;
+        let na_key = keys::read_private(&cfg.na_private_key_file)?;
+        if na_key.verifying_key() != genesis.na_key {
+            return Err(MeshError::Genesis("NA private key does not match genesis block".into()));
+        }
+        let mut operators = BTreeMap::new();
+        for (id, public) in &cfg.operator_public_keys {
+            let key = keys::public_key(public).ok_or_else(|| MeshError::Config {
+                key: "OPERATOR_PUBLIC_KEYS_JSON".into(),
+                msg: format!("{id:?} is not a base64 Ed25519 public key"),
+            })?;
+            let tier = cfg
+                .operator_key_tiers
+                .get(id)
+                .and_then(|t| Tier::parse(t))
+                .ok_or_else(|| MeshError::Config {
+                    key: "OPERATOR_KEY_TIERS_JSON".into(),
+                    msg: format!("{id:?} has no valid tier"),
+                })?;
+            operators.insert(id.clone(), (key, tier));
+        }
+        Ok(Material {
+            genesis,
+            na_key,
+            operators,
+        })
+    }
+}
+
 impl Authority {
-    /// Loads and checks the genesis and the keys (see `load_material`).
-    pub fn load(cfg: MeshConfig, state: State) -> Result<Authority, MeshError> {
-        let (genesis, na_key, operators) = load_material(&cfg)?;
+    /// The authority over checked `material` (see `Material::load`).
+    pub fn new(cfg: MeshConfig, material: Material, state: State) -> Authority {
+        let Material {
+            genesis,
+            na_key,
+            operators,
+        } = material;
         let fingerprint: String = {
             use sha2::Digest;
             sha2::Sha256::digest(genesis.na_key.as_bytes())
@@ -129,15 +174,16 @@ impl Authority {
                 .map(|b| format!("{b:02x}"))
                 .collect()
         };
-        Ok(Authority {
+        Authority {
             instance: format!("{}:{}", hostname(), &fingerprint[..8]),
+            fingerprint,
             cfg,
             genesis,
             na_key,
             operators,
             state,
             limiter: Limiter::default(),
-        })
+        }
     }
 
     pub fn bind(&self) -> SocketAddr {
@@ -156,34 +202,6 @@ impl Authority {
         keys::sign_document(&mut doc, &self.cfg.na_key_id, &self.na_key);
         doc
     }
-}
-
-/// The genesis, the NA key and the operator keys, checked: the genesis's root signature
-/// verifies, the NA key is the genesis's, every operator key parses and has a tier.
-#[allow(clippy::type_complexity)]
-pub fn load_material(cfg: &MeshConfig) -> Result<(Genesis, SigningKey, BTreeMap<String, (VerifyingKey, Tier)>), MeshError> {
-    let genesis = Genesis::load(&cfg.genesis_file)?;
-    let na_key = keys::read_private(&cfg.na_private_key_file)?;
-    if na_key.verifying_key() != genesis.na_key {
-        return Err(MeshError::Genesis("NA private key does not match genesis block".into()));
-    }
-    let mut operators = BTreeMap::new();
-    for (id, public) in &cfg.operator_public_keys {
-        let key = keys::public_key(public).ok_or_else(|| MeshError::Config {
-            key: "OPERATOR_PUBLIC_KEYS_JSON".into(),
-            msg: format!("{id:?} is not a base64 Ed25519 public key"),
-        })?;
-        let tier = cfg
-            .operator_key_tiers
-            .get(id)
-            .and_then(|t| Tier::parse(t))
-            .ok_or_else(|| MeshError::Config {
-                key: "OPERATOR_KEY_TIERS_JSON".into(),
-                msg: format!("{id:?} has no valid tier"),
-            })?;
-        operators.insert(id.clone(), (key, tier));
-    }
-    Ok((genesis, na_key, operators))
 }
 
 fn hostname() -> String {
@@ -333,16 +351,10 @@ async fn route(na: &Authority, r: &Req) -> Reply {
 
 // ---- health and public material ----
 
+/// Ready when the keyspace answers a linearizable read. The genesis is loaded and the NA
+/// key matches it by construction (`Material::load`).
 async fn readyz(na: &Authority) -> Reply {
     let writable = na.state.get("crl").await.is_ok();
-    let key_ok = na.na_key.verifying_key() == na.genesis.na_key;
-    let fingerprint: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(na.genesis.na_key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
     let body = json!({
         "status": "ready",
         "database": {"backend": "netsy", "expected_schema_version": 20, "schema_version": 20, "writable": writable},
@@ -352,13 +364,13 @@ async fn readyz(na: &Authority) -> Reply {
         "na_key": {"key_sequence": 1, "state": "signing"},
         "rate_limiter": "memory",
         "reissue": {},
-        "signing_key": {"fingerprint": fingerprint, "key_id": na.key_id(), "provider": "file"},
+        "signing_key": {"fingerprint": na.fingerprint, "key_id": na.key_id(), "provider": "file"},
     });
-    if writable && key_ok {
+    if writable {
         ok(body)
     } else {
         Err(Fail {
-            details: json!({"keyspace": writable, "genesis_loaded": true, "na_key_matches_genesis": key_ok}),
+            details: json!({"keyspace": writable, "genesis_loaded": true, "na_key_matches_genesis": true}),
             ..fail(503, "service_not_ready", "Service not ready")
         })
     }
@@ -601,6 +613,11 @@ const REASONS: [&str; 4] = ["key_compromise", "cessation_of_operation", "superse
 /// when under 12 h of validity remain, and with superseded certificates past their grace
 /// swept in.
 async fn crl(na: &Authority) -> Result<Stored, Fail> {
+    Ok(current_crl(na).await?.0)
+}
+
+/// `crl`, with the certificate records it was checked against.
+async fn current_crl(na: &Authority) -> Result<(Stored, Vec<(String, Stored)>), Fail> {
     for _ in 0..5 {
         let now = timefmt::now();
         let current = na.state.get("crl").await?;
@@ -611,13 +628,13 @@ async fn crl(na: &Authority) -> Result<Stored, Fail> {
         };
         let certs = na.state.list("certs/").await?;
         let expired = expired_ids(&certs, now);
-        let sweep: Vec<(String, Stored)> = certs
-            .into_iter()
+        let sweep: Vec<&(String, Stored)> = certs
+            .iter()
             .filter(|(_, c)| c.value["status"] != "revoked" && stamp_of(&c.value["revoke_after"]).is_some_and(|t| t <= now))
             .collect();
         let next_update = stamp_of(&current.value["next_update"]).unwrap_or(now);
         if sweep.is_empty() && next_update - now > time::Duration::hours(12) {
-            return Ok(current);
+            return Ok((current, certs));
         }
         let additions: Vec<(String, String)> = sweep
             .iter()
@@ -631,7 +648,7 @@ async fn crl(na: &Authority) -> Result<Stored, Fail> {
         let doc = next_crl(na, &current.value, &additions, &expired, now);
         let mut writes: Vec<(String, Value)> = vec![("crl".into(), doc)];
         let mut expect: Vec<(String, i64)> = vec![("crl".into(), current.mod_revision)];
-        for (k, c) in &sweep {
+        for (k, c) in sweep {
             let mut v = c.value.clone();
             v["status"] = json!("revoked");
             v["revoked_at"] = json!(isoformat(now));
@@ -643,10 +660,12 @@ async fn crl(na: &Authority) -> Result<Stored, Fail> {
         let w: Vec<(&str, &Value)> = writes.iter().map(|(k, v)| (k.as_str(), v)).collect();
         na.state.write_if(&e, &w).await?;
     }
-    na.state
+    let current = na
+        .state
         .get("crl")
         .await?
-        .ok_or_else(|| fail(500, "crl_unavailable", "CRL could not be built"))
+        .ok_or_else(|| fail(500, "crl_unavailable", "CRL could not be built"))?;
+    Ok((current, na.state.list("certs/").await?))
 }
 
 /// Ids of certificates that expired over an hour ago (their CRL entries are pruned).
@@ -692,13 +711,13 @@ async fn revoke(na: &Authority, r: &Req) -> Reply {
             .get(&ckey)
             .await?
             .ok_or_else(|| fail(404, "certificate_not_found", format!("Certificate {cert_id} not found")))?;
-        let current = crl(na).await?;
+        let (current, certs) = current_crl(na).await?;
         let entries = current.value["revoked_certificates"].as_array().cloned().unwrap_or_default();
         if entries.iter().any(|e| e["certificate_id"] == cert_id.as_str()) {
             return ok(json!({"crl_sequence": current.value["sequence"], "revoked_count": entries.len()}));
         }
         let now = timefmt::now();
-        let expired = expired_ids(&na.state.list("certs/").await?, now);
+        let expired = expired_ids(&certs, now);
         let doc = next_crl(na, &current.value, &[(cert_id.clone(), reason.clone())], &expired, now);
         let mut record = cert.value.clone();
         record["status"] = json!("revoked");

@@ -143,7 +143,8 @@ async fn propose_loop(raft: NetsyRaft, mut rx: mpsc::UnboundedReceiver<Pending>)
     }
 }
 
-type ReadReply = oneshot::Sender<Result<(), ProposeError>>;
+/// A ReadIndex round's answer: the log index a read must see (0: nothing committed yet).
+type ReadReply = oneshot::Sender<Result<u64, ProposeError>>;
 
 #[derive(Clone)]
 pub struct ReadBarrier {
@@ -160,7 +161,11 @@ impl ReadBarrier {
                     waiting.push(r);
                 }
                 // This round starts after every waiting read arrived.
-                let result = raft.ensure_linearizable().await.map(|_| ()).map_err(classify_read);
+                let result = raft
+                    .ensure_linearizable()
+                    .await
+                    .map(|read| read.map_or(0, |l| l.index))
+                    .map_err(classify_read);
                 for r in waiting {
                     let _ = r.send(result.clone());
                 }
@@ -169,8 +174,9 @@ impl ReadBarrier {
         ReadBarrier { tx }
     }
 
-    /// Returns once this node's state reflects every write committed before the call.
-    pub async fn wait(&self) -> Result<(), ProposeError> {
+    /// Returns once this node's state reflects every write committed before the call;
+    /// the round's read index.
+    pub async fn wait(&self) -> Result<u64, ProposeError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(tx).map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Stopped)?

@@ -97,6 +97,8 @@ pub struct Node {
     pub uploader: Mutex<Option<crate::archive::uploader::Uploader>>,
     /// Uploads snapshots and collects garbage in the archive; taken by `serve`.
     pub snapshotter: Mutex<Option<crate::archive::snapshotter::Snapshotter>>,
+    /// The mesh authority's checked keys, until `serve` starts it.
+    mesh: Mutex<Option<crate::mesh::service::Material>>,
     /// The last log index in object storage.
     pub archived: tokio::sync::watch::Receiver<u64>,
     /// The object store (for the epoch fence; uploads go through `uploader`).
@@ -222,10 +224,6 @@ impl Node {
     /// empty) and starts Raft; returns once this node can serve (has a leader).
     /// `tls`: this node's certificates, already loaded and checked (`Tls::from_config`).
     pub async fn start(config: Config, tls: Option<Arc<crate::tls::Tls>>) -> Result<Arc<Node>, StartError> {
-        // A mesh genesis or key that does not check out fails the start before any slow work.
-        if let Some(mesh) = &config.mesh {
-            crate::mesh::service::load_material(mesh)?;
-        }
         let objects = crate::archive::build(&config.storage).map_err(|e| StartError::Storage(e.to_string()))?;
         Self::start_with(config, objects, tls).await
     }
@@ -238,6 +236,8 @@ impl Node {
     }
 
     async fn start_with(config: Config, objects: Arc<dyn ObjectStore>, tls: Option<Arc<crate::tls::Tls>>) -> Result<Arc<Node>, StartError> {
+        // A mesh genesis or key that does not check out fails the start before any slow work.
+        let mesh = config.mesh.as_ref().map(crate::mesh::service::Material::load).transpose()?;
         // Bind the peer port first: a port clash should fail before a restore, too.
         let peer_listener = tokio::net::TcpListener::bind(config.bind_peer)
             .await
@@ -351,6 +351,7 @@ impl Node {
             lessor: crate::lease::Lessor::default(),
             uploader: Mutex::new(Some(uploader)),
             snapshotter: Mutex::new(Some(snapshotter)),
+            mesh: Mutex::new(mesh),
             archived,
             log: log_reader,
             backlog_full: AtomicBool::new(false),
@@ -617,13 +618,15 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     };
     let client = bind("NETSY_BIND_CLIENT", cfg.bind_client).await?;
     let health = bind("NETSY_BIND_HEALTH", cfg.bind_health).await?;
-    // The mesh authority refuses to start on a genesis or NA key that does not check out.
-    let mesh = match &cfg.mesh {
-        Some(m) => {
-            let authority = crate::mesh::service::Authority::load(m.clone(), crate::mesh::state::State::new(node.clone()))?;
+    // The mesh authority, over the keys `start` checked.
+    let material = node.mesh.lock().ok().and_then(|mut m| m.take());
+    let mesh = match (&cfg.mesh, material) {
+        (Some(m), Some(material)) => {
+            let state = crate::mesh::state::State::new(node.clone());
+            let authority = crate::mesh::service::Authority::new(m.clone(), material, state);
             Some((bind("NETSY_BIND_MESH", m.bind).await?, std::sync::Arc::new(authority)))
         }
-        None => None,
+        _ => None,
     };
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

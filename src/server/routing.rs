@@ -194,7 +194,7 @@ impl Node {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         self.via_leader(deadline, |leader, node| async move {
             if leader == self.identity.raft_id {
-                retry_unconfirmed(deadline, || async { self.reads.wait().await.map_err(ApiError::from) }).await
+                self.confirmed_read_index(deadline).await.map(|_| ())
             } else {
                 let index = self.forward_read_index(leader, &node, deadline).await?;
                 self.wait_applied(index, deadline).await
@@ -214,15 +214,24 @@ impl Node {
     /// On the leader: a ReadIndex round; the index a linearizable read must wait for.
     pub async fn read_index_as_leader(&self) -> Result<u64, ApiError> {
         self.require_leader()?;
-        let read = retry_unconfirmed(Instant::now() + REQUEST_TIMEOUT, || async {
+        self.confirmed_read_index(Instant::now() + REQUEST_TIMEOUT).await
+    }
+
+    /// On the leader: a ReadIndex round shared with the reads waiting for one (local and
+    /// forwarded alike). A round that cannot confirm leadership (its heartbeats to a
+    /// quorum time out, as under load) is run again until `deadline`, as etcd retries
+    /// ReadIndex until its request timeout; a leader cut off from the others keeps
+    /// failing and times out.
+    async fn confirmed_read_index(&self, deadline: Instant) -> Result<u64, ApiError> {
+        loop {
             self.require_leader()?;
-            self.raft
-                .ensure_linearizable()
-                .await
-                .map_err(|e| ApiError::from(crate::raft::proposer::classify_read(e)))
-        })
-        .await?;
-        Ok(read.map_or(0, |l| l.index))
+            match self.reads.wait().await.map_err(ApiError::from) {
+                Err(ApiError::Timeout) if Instant::now() + Duration::from_millis(50) < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Renews lease `id` (`renew`) or reports its deadline, at the leader, which alone
@@ -255,25 +264,6 @@ impl Node {
                 Ok((ttl, self.lessor.remaining(id).unwrap_or(ttl)))
             }
             None => Ok((0, 0)),
-        }
-    }
-}
-
-/// Runs a ReadIndex `round` again while it fails only because leadership could not be
-/// confirmed (a heartbeat round to a quorum timed out, as happens under load), until
-/// `deadline`: etcd likewise retries ReadIndex until its request timeout. A leader cut
-/// off from the others keeps failing and times out.
-async fn retry_unconfirmed<T, F, Fut>(deadline: Instant, mut round: F) -> Result<T, ApiError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
-{
-    loop {
-        match round().await {
-            Err(ApiError::Timeout) if Instant::now() + Duration::from_millis(50) < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => return other,
         }
     }
 }
