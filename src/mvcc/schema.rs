@@ -23,6 +23,13 @@ pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// For a writer whose WAL is checkpointed by another connection: no checkpoint inside
+/// commits, and the WAL file is cut back to 64 MiB whenever it restarts.
+pub fn disable_auto_checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)
+}
+
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "

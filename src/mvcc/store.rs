@@ -44,6 +44,9 @@ pub struct Store {
     /// The committed store revision, readable without a transaction (response headers).
     published: Arc<std::sync::atomic::AtomicI64>,
     commits: broadcast::Sender<Arc<CommitBatch>>,
+    /// Commits never checkpoint the WAL themselves; `Reader::checkpoint` does, off the
+    /// apply path (see `checkpoint_in_background`).
+    background_checkpoints: bool,
 }
 
 fn storage(e: rusqlite::Error) -> MvccError {
@@ -65,7 +68,16 @@ impl Store {
             published: Arc::new(std::sync::atomic::AtomicI64::new(revs.current)),
             revs,
             commits,
+            background_checkpoints: false,
         })
+    }
+
+    /// Stops commits from checkpointing the WAL (SQLite's auto-checkpoint runs inside the
+    /// commit that crosses the threshold, copying and syncing pages on the apply path);
+    /// the caller must then call `Reader::checkpoint` periodically.
+    pub fn checkpoint_in_background(&mut self) -> Result<(), MvccError> {
+        self.background_checkpoints = true;
+        schema::disable_auto_checkpoint(&self.conn).map_err(storage)
     }
 
     pub fn path(&self) -> &Path {
@@ -120,10 +132,19 @@ impl Store {
                 results.push(CommandResult::Empty { revision: revs.current });
                 continue;
             };
-            tx.execute_batch("SAVEPOINT cmd").map_err(storage)?;
+            // A Put checks everything before it writes; other commands may fail after
+            // a partial write and are undone to their savepoint.
+            let savepoint = !matches!(cmd, Command::Put(_));
+            if savepoint {
+                tx.prepare_cached("SAVEPOINT cmd")
+                    .and_then(|mut s| s.execute([]))
+                    .map_err(storage)?;
+            }
             match apply_one(&tx, cmd, revs) {
                 Ok((result, events)) => {
-                    tx.execute_batch("RELEASE cmd").map_err(storage)?;
+                    if savepoint {
+                        tx.prepare_cached("RELEASE cmd").and_then(|mut s| s.execute([])).map_err(storage)?;
+                    }
                     if let CommandResult::Compact(_) = result {
                         if let Command::Compact(c) = cmd {
                             revs.compacted = c.revision;
@@ -140,7 +161,9 @@ impl Store {
                 }
                 Err(MvccError::Storage(e)) => return Err(MvccError::Storage(e)),
                 Err(e) => {
-                    tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd").map_err(storage)?;
+                    if savepoint {
+                        tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd").map_err(storage)?;
+                    }
                     results.push(CommandResult::Error(e));
                 }
             }
@@ -181,6 +204,15 @@ impl Store {
         self.conn.execute_batch("PRAGMA wal_checkpoint(FULL);").map_err(storage)
     }
 
+    /// Completes a checkpoint that `Reader::checkpoint` mostly did: copies the few pages
+    /// committed since, so that the next commit starts the WAL over (a checkpoint that
+    /// runs beside a busy writer never catches up by itself, and the WAL would grow).
+    pub fn finish_checkpoint(&mut self) -> Result<(), MvccError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(storage)
+    }
+
     /// Replaces the whole state with the database file at `src` (snapshot install).
     pub fn replace_with(&mut self, src: &Path) -> Result<(), MvccError> {
         let placeholder = Connection::open_in_memory().map_err(storage)?;
@@ -195,6 +227,9 @@ impl Store {
         let conn = Connection::open(&self.path).map_err(storage)?;
         schema::configure(&conn, true).map_err(storage)?;
         schema::create(&conn).map_err(storage)?;
+        if self.background_checkpoints {
+            schema::disable_auto_checkpoint(&conn).map_err(storage)?;
+        }
         self.revs = read::revisions(&conn).map_err(storage)?;
         self.conn = conn;
         Ok(())
@@ -287,6 +322,20 @@ impl Reader {
             tx.finish().map_err(storage)?;
             out
         })();
+        self.give_back(generation, conn);
+        out
+    }
+
+    /// Copies committed WAL pages into the database file without waiting for readers or
+    /// the writer (a passive checkpoint; the writer restarts the WAL once all of it was
+    /// copied). Returns (pages in the WAL, pages copied).
+    pub fn checkpoint(&self) -> Result<(i64, i64), MvccError> {
+        let (generation, conn) = self.take()?;
+        let out = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(storage);
         self.give_back(generation, conn);
         out
     }
@@ -546,5 +595,73 @@ mod tests {
             })
             .unwrap();
         assert_eq!(t.count, 0, "the failed txn's first put was rolled back");
+    }
+
+    /// A Put applies without a savepoint: one that fails its checks writes nothing.
+    #[test]
+    fn a_failed_put_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let with_lease = Command::Put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: 42,
+            ..Default::default()
+        });
+        let ignore_value = Command::Put(PutRequest {
+            key: b"missing".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        });
+        let results = store
+            .apply_batch(
+                &[Some(with_lease), Some(ignore_value), Some(put("a", "1"))],
+                &AppliedMeta::default(),
+            )
+            .unwrap();
+        assert_eq!(results[0], CommandResult::Error(MvccError::LeaseNotFound));
+        assert_eq!(results[1], CommandResult::Error(MvccError::KeyNotFound));
+        assert_eq!(store.revision(), 2, "only the good put took a revision");
+        let all = Reader::new(store.path())
+            .range(&crate::proto::etcdserverpb::RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .unwrap();
+        let keys: Vec<&[u8]> = all.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, [b"a".as_slice()]);
+    }
+
+    /// With checkpoints moved off the commits, a reader connection's passive checkpoint
+    /// plus the writer's finishing one keep the WAL from growing without bound.
+    #[test]
+    fn background_checkpoints_bound_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        store.checkpoint_in_background().unwrap();
+        let reader = Reader::new(&path);
+        let wal = dir.path().join("s.db-wal");
+        let value = "x".repeat(4000);
+        let mut written = 0u64;
+        for round in 0..40 {
+            let batch: Vec<Option<Command>> = (0..50).map(|i| Some(put(&format!("k{round}-{i}"), &value))).collect();
+            store.apply_batch(&batch, &AppliedMeta::default()).unwrap();
+            written += 50 * 4000;
+            let (pages, copied) = reader.checkpoint().unwrap();
+            assert_eq!(pages, copied, "nothing else held the WAL");
+            store.finish_checkpoint().unwrap();
+        }
+        let wal_len = std::fs::metadata(&wal).unwrap().len();
+        assert!(written > 7_000_000);
+        assert!(wal_len < 2_000_000, "the WAL restarted: {wal_len} bytes after {written} written");
+        let r = reader
+            .range(&crate::proto::etcdserverpb::RangeRequest {
+                key: b"k39-49".to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(r.kvs[0].value.len(), 4000);
     }
 }

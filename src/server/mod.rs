@@ -292,7 +292,8 @@ impl Node {
                 "rebuilt from object storage"
             );
         }
-        let store = Store::open(&state_path).map_err(|e| StartError::Storage(e.to_string()))?;
+        let mut store = Store::open(&state_path).map_err(|e| StartError::Storage(e.to_string()))?;
+        store.checkpoint_in_background().map_err(|e| StartError::Storage(e.to_string()))?;
         let commits = store.commit_sender();
         let revision = store.revision_handle();
         let store = Arc::new(Mutex::new(store));
@@ -690,6 +691,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
         spawn_until(&mut tasks, &stop, snapshotter.run());
     }
     spawn_until(&mut tasks, &stop, background(node.clone()));
+    spawn_until(&mut tasks, &stop, checkpointer(node.clone()));
     if let Some(after) = cfg.deregistration_timeout {
         spawn_until(&mut tasks, &stop, node.clone().deregister_unreachable(after));
     }
@@ -758,6 +760,36 @@ fn spawn_until(
             _ = stop.cancelled() => {}
         }
     });
+}
+
+/// Copies the state database's WAL into the main file every 100 ms, off the apply path
+/// (the store's commits do not checkpoint; see `Store::checkpoint_in_background`). Once
+/// the WAL holds more than `WAL_RESTART_PAGES`, the writer copies the last few pages
+/// itself so that the WAL starts over.
+async fn checkpointer(node: Arc<Node>) {
+    const WAL_RESTART_PAGES: i64 = 4096;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = node.clone();
+        let pass = tokio::task::spawn_blocking(move || -> Result<(), crate::mvcc::MvccError> {
+            let (pages, _) = n.reader.checkpoint()?;
+            if pages > WAL_RESTART_PAGES {
+                let mut store = n
+                    .store
+                    .lock()
+                    .map_err(|_| crate::mvcc::MvccError::Storage("store lock poisoned".into()))?;
+                store.finish_checkpoint()?;
+            }
+            Ok(())
+        });
+        match pass.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "state database checkpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "state database checkpoint task failed"),
+        }
+    }
 }
 
 /// Periodic work: database size for quota and metrics; auto-compaction on the leader.
