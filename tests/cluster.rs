@@ -67,6 +67,21 @@ async fn any_member_serves_writes_reads_leases_and_membership() {
             .is_empty()
     });
 
+    // A revoke through one follower ends keep-alives through the other at once (the
+    // leader's deadlines follow the revoke, whichever member it came through).
+    let lease2 = f0.lease_grant(30, None).await.expect("grant").id();
+    let (mut keeper, mut responses) = f1.lease_keep_alive(lease2).await.expect("keep-alive stream");
+    keeper.keep_alive().await.expect("keep alive");
+    let r = responses.message().await.expect("response").expect("keep-alive response");
+    assert_eq!(r.ttl(), 30);
+    f0.lease_revoke(lease2).await.expect("revoke via follower");
+    // (etcd-client sends the first keep-alive itself and reports TTL 0 as not found.)
+    match f1.lease_keep_alive(lease2).await {
+        Err(etcd_client::Error::LeaseKeepAliveError(m)) => assert_eq!(m, "lease not found"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a revoked lease was kept alive"),
+    }
+
     // Membership: three voters with their URLs; every member names the same leader.
     let members = f0.member_list().await.expect("member list");
     assert_eq!(members.members().len(), 3);

@@ -52,7 +52,6 @@ impl Lease for LeaseService {
         let id = if req.id == 0 { new_lease_id() } else { req.id };
         match self.node.propose(Command::LeaseGrant { id, ttl: req.ttl }).await? {
             CommandResult::LeaseGrant(mut resp) => {
-                self.node.lessor.renew(resp.id, resp.ttl);
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
@@ -64,7 +63,6 @@ impl Lease for LeaseService {
         let id = request.into_inner().id;
         match self.node.propose(Command::LeaseRevoke { id }).await? {
             CommandResult::LeaseRevoke(mut resp) => {
-                self.node.lessor.forget(id);
                 self.node.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
@@ -167,8 +165,9 @@ pub async fn expiry_loop(node: Arc<Node>) {
             was_leader = false;
             continue;
         }
+        let mark = node.lessor.mark();
         if let Ok(leases) = node.read(|r| r.lease_ids()).await {
-            node.lessor.sync(&leases);
+            node.lessor.sync(mark, &leases);
         }
         was_leader = true;
         let mut expired = node.lessor.expired();

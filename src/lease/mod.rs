@@ -7,57 +7,137 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// What the leader tracks of one lease.
+#[derive(Clone, Copy)]
+struct Tracked {
+    deadline: Instant,
+    /// The granted TTL in seconds.
+    ttl: i64,
+}
+
+/// Taken before reading the lease table: whatever is revoked after it is not brought
+/// back by what that read saw.
+#[derive(Clone, Copy)]
+pub struct ReadMark(u64);
+
+#[derive(Default)]
+struct Inner {
+    leases: HashMap<i64, Tracked>,
+    /// Bumped by every `forget`.
+    epoch: u64,
+    /// Leases forgotten recently, with the epoch that forgot them.
+    forgotten: Vec<(u64, i64)>,
+}
+
+impl Inner {
+    fn forgotten_since(&self, mark: ReadMark, id: i64) -> bool {
+        self.forgotten.iter().any(|&(e, f)| f == id && e > mark.0)
+    }
+}
+
 #[derive(Default)]
 pub struct Lessor {
-    deadlines: Mutex<HashMap<i64, Instant>>,
+    inner: Mutex<Inner>,
+}
+
+fn deadline_after(ttl: i64) -> Instant {
+    Instant::now() + Duration::from_secs(ttl.max(0) as u64)
 }
 
 impl Lessor {
-    /// (Re)starts the lease's TTL.
+    /// Tracks the lease and (re)starts its TTL (a grant this leader applied).
     pub fn renew(&self, id: i64, ttl: i64) {
-        if let Ok(mut d) = self.deadlines.lock() {
-            d.insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
+        if let Ok(mut d) = self.inner.lock() {
+            d.leases.insert(
+                id,
+                Tracked {
+                    deadline: deadline_after(ttl),
+                    ttl,
+                },
+            );
         }
     }
 
-    pub fn forget(&self, id: i64) {
-        if let Ok(mut d) = self.deadlines.lock() {
-            d.remove(&id);
-        }
+    /// Take before reading the lease table for `track` or `sync`.
+    pub fn mark(&self) -> ReadMark {
+        ReadMark(self.inner.lock().map_or(0, |d| d.epoch))
     }
 
-    /// Makes the deadlines match the replicated lease table: unknown leases get a full
-    /// TTL (leadership just arrived, or another node granted them), revoked ones go.
-    pub fn sync(&self, leases: &[(i64, i64)]) {
-        if let Ok(mut d) = self.deadlines.lock() {
-            let now = Instant::now();
-            d.retain(|id, _| leases.iter().any(|(l, _)| l == id));
-            for (id, ttl) in leases {
-                d.entry(*id).or_insert(now + Duration::from_secs(*ttl as u64));
+    /// Like `renew`, for a lease read from the table after `mark`, unless it was revoked
+    /// since.
+    pub fn track(&self, mark: ReadMark, id: i64, ttl: i64) {
+        if let Ok(mut d) = self.inner.lock() {
+            if !d.forgotten_since(mark, id) {
+                d.leases.insert(
+                    id,
+                    Tracked {
+                        deadline: deadline_after(ttl),
+                        ttl,
+                    },
+                );
             }
         }
     }
 
+    /// Restarts a tracked lease's TTL (a keep-alive); its granted TTL, or `None` if this
+    /// leader does not track the lease (yet).
+    pub fn keep_alive(&self, id: i64) -> Option<i64> {
+        let mut d = self.inner.lock().ok()?;
+        let t = d.leases.get_mut(&id)?;
+        t.deadline = deadline_after(t.ttl);
+        Some(t.ttl)
+    }
+
+    /// The lease was revoked (or never existed).
+    pub fn forget(&self, id: i64) {
+        if let Ok(mut d) = self.inner.lock() {
+            d.leases.remove(&id);
+            d.epoch += 1;
+            let epoch = d.epoch;
+            d.forgotten.push((epoch, id));
+        }
+    }
+
+    /// Makes the tracked leases match the lease table read after `mark`: unknown leases
+    /// get a full TTL (leadership just arrived, or another node granted them), revoked
+    /// ones go, and so do those revoked after the read.
+    pub fn sync(&self, mark: ReadMark, leases: &[(i64, i64)]) {
+        if let Ok(mut d) = self.inner.lock() {
+            let table: HashMap<i64, i64> = leases.iter().copied().collect();
+            d.leases.retain(|id, _| table.contains_key(id));
+            for (id, ttl) in table {
+                if d.forgotten_since(mark, id) {
+                    continue;
+                }
+                d.leases.entry(id).and_modify(|t| t.ttl = ttl).or_insert(Tracked {
+                    deadline: deadline_after(ttl),
+                    ttl,
+                });
+            }
+            // Later reads start after these.
+            d.forgotten.retain(|&(e, _)| e > mark.0);
+        }
+    }
+
     pub fn clear(&self) {
-        if let Ok(mut d) = self.deadlines.lock() {
-            d.clear();
+        if let Ok(mut d) = self.inner.lock() {
+            d.leases.clear();
         }
     }
 
     /// Seconds left (rounded up), if the lease is tracked.
     pub fn remaining(&self, id: i64) -> Option<i64> {
-        let d = self.deadlines.lock().ok()?;
-        let deadline = *d.get(&id)?;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let d = self.inner.lock().ok()?;
+        let left = d.leases.get(&id)?.deadline.saturating_duration_since(Instant::now());
         Some(left.as_millis().div_ceil(1000) as i64)
     }
 
     /// Leases whose deadline has passed.
     pub fn expired(&self) -> Vec<i64> {
         let now = Instant::now();
-        self.deadlines
+        self.inner
             .lock()
-            .map(|d| d.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect())
+            .map(|d| d.leases.iter().filter(|(_, t)| t.deadline <= now).map(|(id, _)| *id).collect())
             .unwrap_or_default()
     }
 }
@@ -69,12 +149,34 @@ mod tests {
     #[test]
     fn sync_and_expiry() {
         let l = Lessor::default();
-        l.sync(&[(1, 0), (2, 100)]);
+        l.sync(l.mark(), &[(1, 0), (2, 100)]);
         assert_eq!(l.expired(), vec![1]);
         assert!(l.remaining(2).is_some_and(|r| r > 90 && r <= 100));
-        l.sync(&[(2, 100)]);
+        l.sync(l.mark(), &[(2, 100)]);
         assert_eq!(l.remaining(1), None);
+        assert_eq!(l.keep_alive(2), Some(100));
+        assert_eq!(l.keep_alive(3), None, "untracked leases are not invented");
         l.forget(2);
         assert_eq!(l.remaining(2), None);
+        assert_eq!(l.keep_alive(2), None);
+    }
+
+    /// A revoke that lands between a table read and its use is not undone by it.
+    #[test]
+    fn a_read_from_before_a_revoke_does_not_bring_the_lease_back() {
+        let l = Lessor::default();
+        l.renew(7, 60);
+        let mark = l.mark();
+        // ... the table is read here and still holds lease 7; then it is revoked:
+        l.forget(7);
+        l.sync(mark, &[(7, 60), (8, 30)]);
+        assert_eq!(l.keep_alive(7), None);
+        assert_eq!(l.keep_alive(8), Some(30));
+        l.track(mark, 7, 60);
+        assert_eq!(l.keep_alive(7), None);
+        // A read that starts after the revoke sees the table as it is.
+        let later = l.mark();
+        l.track(later, 9, 10);
+        assert_eq!(l.keep_alive(9), Some(10));
     }
 }

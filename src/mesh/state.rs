@@ -176,7 +176,6 @@ impl State {
             .await?
         {
             CommandResult::LeaseGrant(resp) => {
-                self.node.lessor.renew(resp.id, resp.ttl);
                 *current = Some((minute, resp.id));
                 Ok(resp.id)
             }

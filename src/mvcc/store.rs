@@ -194,14 +194,14 @@ impl Store {
 
     /// Rewrites the database file to reclaim free pages (etcd's Defragment).
     pub fn defragment(&mut self) -> Result<(), MvccError> {
-        self.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
-            .map_err(storage)
+        complete_checkpoint(&self.conn, "TRUNCATE")?;
+        self.conn.execute_batch("VACUUM").map_err(storage)?;
+        complete_checkpoint(&self.conn, "TRUNCATE")
     }
 
     /// Flushes the WAL into the main file, with fsync (used before snapshots are reported).
     pub fn checkpoint(&mut self) -> Result<(), MvccError> {
-        self.conn.execute_batch("PRAGMA wal_checkpoint(FULL);").map_err(storage)
+        complete_checkpoint(&self.conn, "FULL")
     }
 
     /// Completes a checkpoint that `Reader::checkpoint` mostly did: copies the few pages
@@ -249,6 +249,25 @@ impl Store {
 }
 
 /// Applies one command inside the caller's savepoint.
+/// Runs a blocking checkpoint (`FULL` or `TRUNCATE`) to completion. It reports busy
+/// rather than waiting while `Reader::checkpoint` runs one on another connection, so it is
+/// retried for up to 10 s.
+fn complete_checkpoint(conn: &Connection, mode: &str) -> Result<(), MvccError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let busy: i64 = conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
+            .map_err(storage)?;
+        if busy == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(MvccError::Storage(format!("checkpoint ({mode}) stayed busy for 10 s")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 fn apply_one(conn: &Connection, cmd: &Command, revs: Revisions) -> Result<(CommandResult, Vec<Event>), MvccError> {
     let mut w = WriteTxn::new(conn, revs);
     let result = match cmd {

@@ -139,6 +139,10 @@ impl Node {
     /// On the leader: replicates `cmd` and returns its applied result and log index (in
     /// `object-storage` durability, once the entry is in object storage).
     pub async fn propose_as_leader(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), ApiError> {
+        let revoked = match &cmd {
+            Command::LeaseRevoke { id } => Some(*id),
+            _ => None,
+        };
         let res = {
             let _not_during_a_transfer = self.handover.read().await;
             self.require_leader()?;
@@ -150,6 +154,13 @@ impl Node {
         match res {
             Ok((data, index)) => {
                 crate::metrics::PROPOSALS_COMMITTED.inc();
+                // The leader's lease deadlines follow every grant and revoke it commits,
+                // whichever node the request came through.
+                match (&data, revoked) {
+                    (CommandResult::LeaseGrant(g), _) => self.lessor.renew(g.id, g.ttl),
+                    (_, Some(id)) => self.lessor.forget(id),
+                    _ => {}
+                }
                 if self.config.durability == Durability::ObjectStorage {
                     self.wait_archived(index).await?;
                 }
@@ -256,10 +267,17 @@ impl Node {
     /// is already applied here, so no ReadIndex round is needed.
     pub fn lease_deadline_as_leader(&self, id: i64, renew: bool) -> Result<(i64, i64), ApiError> {
         self.require_leader()?;
+        if renew {
+            // Leases this leader granted, synced or renewed before: no table read.
+            if let Some(ttl) = self.lessor.keep_alive(id) {
+                return Ok((ttl, self.lessor.remaining(id).unwrap_or(ttl)));
+            }
+        }
+        let mark = self.lessor.mark();
         match self.reader.lease_ttl(id)? {
             Some(ttl) => {
                 if renew {
-                    self.lessor.renew(id, ttl);
+                    self.lessor.track(mark, id, ttl);
                 }
                 Ok((ttl, self.lessor.remaining(id).unwrap_or(ttl)))
             }
