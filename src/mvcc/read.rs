@@ -86,13 +86,15 @@ pub struct Revisions {
 }
 
 pub fn revisions(conn: &Connection) -> rusqlite::Result<Revisions> {
-    let get = |name: &str| {
-        conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
-            .query_row([name], |r| r.get::<_, i64>(0))
-    };
-    Ok(Revisions {
-        current: get("revision")?,
-        compacted: get("compact_revision")?,
+    // One statement: this runs at the start of every read.
+    conn.prepare_cached(
+        "SELECT (SELECT value FROM meta WHERE name = 'revision'), (SELECT value FROM meta WHERE name = 'compact_revision')",
+    )?
+    .query_row([], |r| {
+        Ok(Revisions {
+            current: r.get(0)?,
+            compacted: r.get(1)?,
+        })
     })
 }
 

@@ -333,15 +333,17 @@ impl Reader {
 
     /// Runs `f` in one read transaction (a consistent snapshot of the store).
     pub fn read<T>(&self, f: impl FnOnce(&Connection, Revisions) -> Result<T, MvccError>) -> Result<T, MvccError> {
-        let (generation, mut conn) = self.take()?;
-        let out = (|| {
-            let tx = conn.transaction().map_err(storage)?;
-            let revs = read::revisions(&tx).map_err(storage)?;
-            let out = f(&tx, revs);
-            tx.finish().map_err(storage)?;
-            out
-        })();
-        self.give_back(generation, conn);
+        let (generation, conn) = self.take()?;
+        // Cached BEGIN/COMMIT statements: these run for every read.
+        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(storage);
+        run("BEGIN")?;
+        let out = read::revisions(&conn).map_err(storage).and_then(|revs| f(&conn, revs));
+        match run("COMMIT") {
+            Ok(_) => self.give_back(generation, conn),
+            // A connection whose read transaction could not end is not reused.
+            Err(e) if out.is_ok() => return Err(e),
+            Err(_) => {}
+        }
         out
     }
 
