@@ -132,9 +132,8 @@ impl Store {
                 results.push(CommandResult::Empty { revision: revs.current });
                 continue;
             };
-            // A Put checks everything before it writes; other commands may fail after
-            // a partial write and are undone to their savepoint.
-            let savepoint = !matches!(cmd, Command::Put(_));
+            // Commands that may fail after a partial write are undone to a savepoint.
+            let savepoint = !cmd.fails_before_writing();
             if savepoint {
                 tx.prepare_cached("SAVEPOINT cmd")
                     .and_then(|mut s| s.execute([]))
@@ -618,7 +617,8 @@ mod tests {
         assert_eq!(t.count, 0, "the failed txn's first put was rolled back");
     }
 
-    /// A Put applies without a savepoint: one that fails its checks writes nothing.
+    /// Puts and one-operation Txns apply without a savepoint: one that fails its checks
+    /// writes nothing.
     #[test]
     fn a_failed_put_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -634,14 +634,27 @@ mod tests {
             ignore_value: true,
             ..Default::default()
         });
+        let one_op_txn = Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: b"t".to_vec(),
+                    lease: 42,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        });
+        assert!(one_op_txn.fails_before_writing());
         let results = store
             .apply_batch(
-                &[Some(with_lease), Some(ignore_value), Some(put("a", "1"))],
+                &[Some(with_lease), Some(ignore_value), Some(one_op_txn), Some(put("a", "1"))],
                 &AppliedMeta::default(),
             )
             .unwrap();
         assert_eq!(results[0], CommandResult::Error(MvccError::LeaseNotFound));
         assert_eq!(results[1], CommandResult::Error(MvccError::KeyNotFound));
+        assert_eq!(results[2], CommandResult::Error(MvccError::LeaseNotFound));
         assert_eq!(store.revision(), 2, "only the good put took a revision");
         let all = Reader::new(store.path())
             .range(&crate::proto::etcdserverpb::RangeRequest {

@@ -35,6 +35,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// True when the command cannot fail after it has written something (every check
+    /// comes before its one write), so applying it needs no savepoint: a Put, a
+    /// DeleteRange, or a Txn whose branches hold at most one operation each and no nested
+    /// Txn (kube-apiserver's shapes).
+    pub fn fails_before_writing(&self) -> bool {
+        let single = |ops: &[RequestOp]| ops.len() <= 1 && !ops.iter().any(|o| matches!(o.request, Some(Request::RequestTxn(_))));
+        match self {
+            Command::Put(_) | Command::DeleteRange(_) => true,
+            Command::Txn(t) => single(&t.success) && single(&t.failure),
+            _ => false,
+        }
+    }
+}
+
 /// The outcome of applying one command. Client-caused failures are results too (they
 /// must not stop the Raft state machine); only storage failures are fatal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
