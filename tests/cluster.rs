@@ -107,6 +107,16 @@ struct Writers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A 3-member cluster whose followers take writes from `Writers` (100 already done).
+fn three_members_writing_through_followers(what: &str) -> (Cluster, usize, Writers) {
+    let c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
+    let writers = Writers::start(followers);
+    writers.wait_for(100, Duration::from_secs(20), what);
+    (c, leader, writers)
+}
+
 impl Writers {
     /// One writer per endpoint.
     fn start(endpoints: Vec<String>) -> Writers {
@@ -183,11 +193,7 @@ impl Writers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_loses_no_acknowledged_write_and_a_new_leader_takes_over() {
-    let mut c = Cluster::start(3, "");
-    let leader = c.wait_leader();
-    let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
-    let writers = Writers::start(followers);
-    writers.wait_for(100, Duration::from_secs(20), "writes before the kill");
+    let (mut c, leader, writers) = three_members_writing_through_followers("writes before the kill");
 
     let killed_at = Instant::now();
     c.nodes[leader].kill9();
@@ -416,11 +422,7 @@ async fn move_leader_hands_over_to_the_chosen_member_while_writes_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_stopped_with_sigterm_hands_over_first() {
-    let mut c = Cluster::start(3, "");
-    let leader = c.wait_leader();
-    let followers: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.nodes[i].endpoint()).collect();
-    let writers = Writers::start(followers);
-    writers.wait_for(100, Duration::from_secs(20), "writes before the stop");
+    let (mut c, leader, writers) = three_members_writing_through_followers("writes before the stop");
     let stopped_at = Instant::now();
     tokio::task::block_in_place(|| c.nodes[leader].terminate());
     let log = c.nodes[leader].log();

@@ -40,21 +40,21 @@ pub struct Lessor {
     inner: Mutex<Inner>,
 }
 
-fn deadline_after(ttl: i64) -> Instant {
-    Instant::now() + Duration::from_secs(ttl.max(0) as u64)
+impl Tracked {
+    /// A lease whose full TTL starts now.
+    fn fresh(ttl: i64) -> Tracked {
+        Tracked {
+            deadline: Instant::now() + Duration::from_secs(ttl.max(0) as u64),
+            ttl,
+        }
+    }
 }
 
 impl Lessor {
     /// Tracks the lease and (re)starts its TTL (a grant this leader applied).
     pub fn renew(&self, id: i64, ttl: i64) {
         if let Ok(mut d) = self.inner.lock() {
-            d.leases.insert(
-                id,
-                Tracked {
-                    deadline: deadline_after(ttl),
-                    ttl,
-                },
-            );
+            d.leases.insert(id, Tracked::fresh(ttl));
         }
     }
 
@@ -68,13 +68,7 @@ impl Lessor {
     pub fn track(&self, mark: ReadMark, id: i64, ttl: i64) {
         if let Ok(mut d) = self.inner.lock() {
             if !d.forgotten_since(mark, id) {
-                d.leases.insert(
-                    id,
-                    Tracked {
-                        deadline: deadline_after(ttl),
-                        ttl,
-                    },
-                );
+                d.leases.insert(id, Tracked::fresh(ttl));
             }
         }
     }
@@ -84,7 +78,7 @@ impl Lessor {
     pub fn keep_alive(&self, id: i64) -> Option<i64> {
         let mut d = self.inner.lock().ok()?;
         let t = d.leases.get_mut(&id)?;
-        t.deadline = deadline_after(t.ttl);
+        *t = Tracked::fresh(t.ttl);
         Some(t.ttl)
     }
 
@@ -109,10 +103,7 @@ impl Lessor {
                 if d.forgotten_since(mark, id) {
                     continue;
                 }
-                d.leases.entry(id).and_modify(|t| t.ttl = ttl).or_insert(Tracked {
-                    deadline: deadline_after(ttl),
-                    ttl,
-                });
+                d.leases.entry(id).and_modify(|t| t.ttl = ttl).or_insert(Tracked::fresh(ttl));
             }
             // Later reads start after these.
             d.forgotten.retain(|&(e, _)| e > mark.0);

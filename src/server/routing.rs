@@ -270,7 +270,8 @@ impl Node {
         if renew {
             // Leases this leader granted, synced or renewed before: no table read.
             if let Some(ttl) = self.lessor.keep_alive(id) {
-                return Ok((ttl, self.lessor.remaining(id).unwrap_or(ttl)));
+                // Just renewed: the whole TTL is left.
+                return Ok((ttl, ttl));
             }
         }
         let mark = self.lessor.mark();
