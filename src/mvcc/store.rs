@@ -281,12 +281,18 @@ fn apply_one(conn: &Connection, cmd: &Command, revs: Revisions) -> Result<(Comma
     Ok((result, w.events))
 }
 
+/// Read connections kept open. Reads through `Reader::run` wait for one of these rather
+/// than open another: a fresh connection starts with an empty page cache.
+const POOLED_READERS: usize = 16;
+
 /// A pool of read-only connections to the state database.
 #[derive(Clone)]
 pub struct Reader {
     path: PathBuf,
     /// Pooled connections with the generation they were opened in.
     pool: Arc<Mutex<Vec<(u64, Connection)>>>,
+    /// One permit per pooled connection, for `run`.
+    permits: Arc<tokio::sync::Semaphore>,
     /// Bumped by `reset`; connections of older generations are closed, not reused.
     generation: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -296,8 +302,27 @@ impl Reader {
         Reader {
             path: path.to_path_buf(),
             pool: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(tokio::sync::Semaphore::new(POOLED_READERS)),
             generation: Default::default(),
         }
+    }
+
+    /// Runs blocking reads `f` on a blocking thread once a pooled connection is free.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce(&Reader) -> Result<T, MvccError> + Send + 'static) -> Result<T, MvccError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| MvccError::Storage(e.to_string()))?;
+        let reader = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = f(&reader);
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| MvccError::Storage(e.to_string()))?
     }
 
     fn take(&self) -> Result<(u64, Connection), MvccError> {
@@ -324,7 +349,7 @@ impl Reader {
             return;
         }
         if let Ok(mut pool) = self.pool.lock() {
-            if pool.len() < 16 {
+            if pool.len() < POOLED_READERS {
                 pool.push((generation, conn));
             }
         }

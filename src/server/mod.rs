@@ -599,11 +599,7 @@ impl Node {
         self: &Arc<Self>,
         f: impl FnOnce(&Reader) -> Result<T, MvccError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(ApiError::from)
+        Ok(self.reader.run(f).await?)
     }
 }
 

@@ -143,8 +143,7 @@ impl WatchStream {
         header: HeaderFn,
         max_request_bytes: usize,
     ) -> Result<WatchStream, WatchError> {
-        let r = reader.clone();
-        let revs = blocking(move || r.revisions()).await?;
+        let revs = reader.run(|r| r.revisions()).await?;
         Ok(WatchStream {
             reader,
             out,
@@ -285,8 +284,7 @@ impl WatchStream {
     /// current revision.
     pub async fn on_lagged(&mut self) -> Result<(), WatchError> {
         crate::metrics::WATCH_RESYNCS.inc();
-        let r = self.reader.clone();
-        let current = blocking(move || r.revisions()).await?.current;
+        let current = self.reader.run(|r| r.revisions()).await?.current;
         if current > self.position {
             self.catch_up(current).await?;
             self.position = current;
@@ -302,8 +300,7 @@ impl WatchStream {
                 return Ok(());
             };
             let to = target.min(from + HISTORY_WINDOW - 1);
-            let r = self.reader.clone();
-            let (revs, history) = blocking(move || r.history(from, to, HISTORY_EVENTS)).await?;
+            let (revs, history) = self.reader.run(move |r| r.history(from, to, HISTORY_EVENTS)).await?;
             let compacted: Vec<i64> = self
                 .watchers
                 .iter()
@@ -457,13 +454,6 @@ pub fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     current.fragment = false;
     pieces.push(current);
     pieces
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, MvccError> + Send + 'static) -> Result<T, WatchError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| WatchError::Storage(MvccError::Storage(e.to_string())))?
-        .map_err(WatchError::Storage)
 }
 
 #[cfg(test)]
