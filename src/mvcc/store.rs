@@ -247,7 +247,6 @@ impl Store {
     }
 }
 
-/// Applies one command inside the caller's savepoint.
 /// Runs a blocking checkpoint (`FULL` or `TRUNCATE`) to completion. It reports busy
 /// rather than waiting while `Reader::checkpoint` runs one on another connection, so it is
 /// retried for up to 10 s.
@@ -267,6 +266,7 @@ fn complete_checkpoint(conn: &Connection, mode: &str) -> Result<(), MvccError> {
     }
 }
 
+/// Applies one command inside the caller's savepoint (if it needs one).
 fn apply_one(conn: &Connection, cmd: &Command, revs: Revisions) -> Result<(CommandResult, Vec<Event>), MvccError> {
     let mut w = WriteTxn::new(conn, revs);
     let result = match cmd {
@@ -359,10 +359,10 @@ impl Reader {
     pub fn read<T>(&self, f: impl FnOnce(&Connection, Revisions) -> Result<T, MvccError>) -> Result<T, MvccError> {
         let (generation, conn) = self.take()?;
         // Cached BEGIN/COMMIT statements: these run for every read.
-        let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(storage);
-        run("BEGIN")?;
+        let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(storage);
+        exec("BEGIN")?;
         let out = read::revisions(&conn).map_err(storage).and_then(|revs| f(&conn, revs));
-        match run("COMMIT") {
+        match exec("COMMIT") {
             Ok(_) => self.give_back(generation, conn),
             // A connection whose read transaction could not end is not reused.
             Err(e) if out.is_ok() => return Err(e),

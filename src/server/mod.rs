@@ -768,22 +768,19 @@ async fn checkpointer(node: Arc<Node>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let n = node.clone();
-        let pass = tokio::task::spawn_blocking(move || -> Result<(), crate::mvcc::MvccError> {
-            let (pages, _) = n.reader.checkpoint()?;
+        let store = node.store.clone();
+        let pass = node.reader.run(move |reader| {
+            let (pages, _) = reader.checkpoint()?;
             if pages > WAL_RESTART_PAGES {
-                let mut store = n
-                    .store
+                let mut store = store
                     .lock()
                     .map_err(|_| crate::mvcc::MvccError::Storage("store lock poisoned".into()))?;
                 store.finish_checkpoint()?;
             }
             Ok(())
         });
-        match pass.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "state database checkpoint failed"),
-            Err(e) => tracing::warn!(error = %e, "state database checkpoint task failed"),
+        if let Err(e) = pass.await {
+            tracing::warn!(error = %e, "state database checkpoint failed");
         }
     }
 }
