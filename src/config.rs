@@ -175,6 +175,42 @@ impl ArchiveSettings {
     }
 }
 
+/// Raft tuning: when a member snapshots its state so its log can be purged, and how a
+/// snapshot travels to a member that is too far behind for the log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// Snapshot after this many log entries (each a batch of commands); the newest tenth
+    /// of them stays in the log for members that are only slightly behind.
+    pub snapshot_log_entries: u64,
+    /// Snapshots are sent to a member in chunks of this many bytes.
+    pub snapshot_chunk_bytes: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            snapshot_log_entries: 10_000,
+            snapshot_chunk_bytes: 3 << 20,
+        }
+    }
+}
+
+impl RaftSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.snapshot_log_entries < 10 {
+            return Err(invalid("raft.snapshot_log_entries", "must be at least 10 (default 10000)"));
+        }
+        if !(4096..=64 << 20).contains(&self.snapshot_chunk_bytes) {
+            return Err(invalid(
+                "raft.snapshot_chunk_bytes",
+                "must be between 4096 and 67108864 (default 3145728)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// TLS settings shared by the cluster (the files themselves are per node: `NETSY_TLS_*`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -340,6 +376,8 @@ pub struct ClusterFile {
     #[serde(default)]
     pub archive: ArchiveSettings,
     #[serde(default)]
+    pub raft: RaftSettings,
+    #[serde(default)]
     pub tls: TlsSettings,
     /// How long a node with an empty data directory looks for the running cluster
     /// before concluding every member is down and rebuilding it from object storage.
@@ -423,6 +461,7 @@ pub struct Config {
     pub auto_compaction: Option<AutoCompactionPolicy>,
     pub watch_progress_notify_interval: Duration,
     pub archive: ArchivePolicy,
+    pub raft: RaftSettings,
     /// This node's certificates; `None` serves plaintext (loopback or `allow_insecure`).
     pub tls: Option<TlsFiles>,
     pub tls_policy: TlsPolicy,
@@ -498,6 +537,7 @@ impl Config {
             "(etcd's default is \"10m\")",
         )?;
         let archive = file.archive.resolve()?;
+        file.raft.validate()?;
         let (tls, tls_policy) = resolve_tls(&file.tls, env)?;
         let discovery_timeout = duration_at_least_100ms("discovery_timeout", &file.discovery_timeout, "such as \"15s\"")?;
         let deregistration_timeout = match file.deregistration_timeout.trim() {
@@ -571,6 +611,7 @@ impl Config {
             auto_compaction,
             watch_progress_notify_interval,
             archive,
+            raft: file.raft.clone(),
             tls,
             tls_policy,
             discovery_timeout,
@@ -867,6 +908,14 @@ mod tests {
             (
                 DEV.replace("\"node\"", "\"deregistration_timeout\": \"soon\", \"node\""),
                 "deregistration_timeout",
+            ),
+            (
+                DEV.replace("\"node\"", "\"raft\": {\"snapshot_log_entries\": 0}, \"node\""),
+                "raft.snapshot_log_entries",
+            ),
+            (
+                DEV.replace("\"node\"", "\"raft\": {\"snapshot_chunk_bytes\": 100}, \"node\""),
+                "raft.snapshot_chunk_bytes",
             ),
             ("{ not json".to_string(), "not valid JSONC"),
         ];

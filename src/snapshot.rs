@@ -2,6 +2,7 @@
 //! (a SQLite database followed by its SHA-256) into the data directory of a new
 //! single-member cluster that keeps every key, revision and lease.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -23,15 +24,15 @@ pub enum RestoreError {
 }
 
 /// Verifies `file` and writes `data_dir/state.db`, dropping the source's Raft bookkeeping
-/// so the restored node starts a fresh one-member Raft group over the same data.
+/// so the restored node starts a fresh one-member Raft group over the same data. The
+/// database is streamed (hashed while it is copied), so a large snapshot is never held in
+/// memory.
 pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
-    let bytes = std::fs::read(file).map_err(|e| RestoreError::Read(file.display().to_string(), e))?;
-    if bytes.len() < 32 + 512 {
+    let read_err = |e| RestoreError::Read(file.display().to_string(), e);
+    let mut src = std::fs::File::open(file).map_err(read_err)?;
+    let len = src.metadata().map_err(read_err)?.len();
+    if len < 32 + 512 {
         return Err(RestoreError::TooShort);
-    }
-    let (db, trailer) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(db).as_slice() != trailer {
-        return Err(RestoreError::Checksum);
     }
     let dir = data_dir.display().to_string();
     std::fs::create_dir_all(data_dir).map_err(|e| RestoreError::DataDir(dir.clone(), e))?;
@@ -41,10 +42,44 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
         }
     }
     let dest = data_dir.join("state.db");
-    std::fs::write(&dest, db).map_err(|e| RestoreError::DataDir(dir.clone(), e))?;
+    let copied = copy_hashed(&mut src, len - 32, &dest).map_err(|e| RestoreError::DataDir(dir.clone(), e));
+    let digest = match copied {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&dest);
+            return Err(e);
+        }
+    };
+    let mut trailer = [0u8; 32];
+    if let Err(e) = src.read_exact(&mut trailer) {
+        let _ = std::fs::remove_file(&dest);
+        return Err(read_err(e));
+    }
+    if digest.as_slice() != trailer {
+        let _ = std::fs::remove_file(&dest);
+        return Err(RestoreError::Checksum);
+    }
     let revision = crate::mvcc::read_revisions(&dest)
         .map_err(|e| RestoreError::Database(e.to_string()))?
         .current;
     crate::mvcc::clear_raft_meta(&dest, true).map_err(|e| RestoreError::Database(e.to_string()))?;
     Ok(revision)
+}
+
+/// Copies the first `n` bytes of `src` to a new file `dest` and returns their SHA-256.
+fn copy_hashed(src: &mut std::fs::File, n: u64, dest: &Path) -> std::io::Result<Vec<u8>> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut hasher = Sha256::new();
+    let mut limited = src.take(n);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let read = limited.read(&mut buf)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buf[..read]);
+        out.write_all(&buf[..read])?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(hasher.finalize().to_vec())
 }

@@ -533,3 +533,55 @@ async fn a_member_away_longer_than_the_deregistration_timeout_is_removed_and_may
     let mut any = client(&c.nodes[others[0]].endpoint()).await;
     any.put("all-back", "1", None).await.expect("a write once everyone is back");
 }
+
+/// A member that falls further behind than the leader's log reaches catches up from a
+/// Raft snapshot, which the leader streams from its snapshot file in chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_far_behind_catches_up_from_a_snapshot_sent_in_chunks() {
+    let chunk = 65_536;
+    let c = Cluster::start(
+        3,
+        &format!(r#""raft": {{ "snapshot_log_entries": 50, "snapshot_chunk_bytes": {chunk} }},"#),
+    );
+    let leader = c.wait_leader();
+    let behind = (leader + 1) % 3;
+    c.net.isolate(behind, 3);
+    let mut l = client(&c.nodes[leader].endpoint()).await;
+    let big = "x".repeat(2048);
+    for i in 0..400 {
+        l.put(format!("far/{i:04}"), big.as_str(), None).await.expect("put");
+    }
+    c.net.heal();
+
+    let endpoint = c.nodes[behind].endpoint();
+    let mut b = client(&endpoint).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = b
+            .get("far/", Some(GetOptions::new().with_prefix().with_count_only().with_serializable()))
+            .await
+            .expect("serializable count");
+        if resp.count() == 400 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} of 400 keys\n{}",
+            endpoint,
+            resp.count(),
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = c.nodes[behind].log();
+    let installed: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("installing raft snapshot"))
+        .filter_map(|l| l.split("bytes=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        installed.iter().any(|&bytes| bytes > 10 * chunk),
+        "no snapshot of more than 10 chunks installed: {installed:?}\n{log}"
+    );
+    assert_eq!(value(&mut b, "far/0399", true).await.as_deref(), Some(big.as_str()));
+}

@@ -99,6 +99,10 @@ async fn defragment_and_snapshot_stream() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+    assert!(
+        !n.dir.path().join("other/state.db").exists(),
+        "a refused snapshot leaves no database behind"
+    );
 }
 
 #[tokio::test]

@@ -10,10 +10,10 @@ pub mod proposer;
 pub mod state_machine;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::RaftSettings;
 use crate::mvcc::{Command, CommandResult};
 
 openraft::declare_raft_types!(
@@ -25,7 +25,9 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        // A snapshot is a file (a copy of the state database); openraft reads and
+        // writes it in `snapshot_max_chunk_size` chunks, so it is never held in memory.
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -54,7 +56,7 @@ pub type NodeId = u64;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
-pub fn raft_config(cluster_id: &str) -> openraft::Config {
+pub fn raft_config(cluster_id: &str, tuning: &RaftSettings) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_id.to_string(),
         // A follower of openraft 0.9 starts an election leader_lease (= the maximum
@@ -64,11 +66,13 @@ pub fn raft_config(cluster_id: &str) -> openraft::Config {
         election_timeout_min: 500,
         election_timeout_max: 1000,
         // Snapshots let the log be purged; the object-storage archive makes them durable.
-        // An entry is a batch of up to 1024 commands, so 10,000 entries bound raft.db.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        // An entry is a batch of up to 1024 commands, so (by default) 10,000 entries bound
+        // raft.db.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_log_entries),
+        max_in_snapshot_log_to_keep: tuning.snapshot_log_entries / 10,
         max_payload_entries: 512,
         // Snapshot chunks travel over gRPC; each chunk gets this long (ms).
+        snapshot_max_chunk_size: tuning.snapshot_chunk_bytes,
         install_snapshot_timeout: 5_000,
         ..Default::default()
     }
@@ -79,11 +83,12 @@ pub fn raft_config(cluster_id: &str) -> openraft::Config {
 pub async fn start(
     raft_id: NodeId,
     cluster_id: &str,
+    tuning: &RaftSettings,
     peers: Arc<peers::Peers>,
     log: log_store::LogStore,
     sm: state_machine::StateMachine,
 ) -> Result<NetsyRaft, Box<dyn std::error::Error + Send + Sync>> {
-    let config = Arc::new(raft_config(cluster_id).validate()?);
+    let config = Arc::new(raft_config(cluster_id, tuning).validate()?);
     let network = network::Network { peers, self_id: raft_id };
     Ok(openraft::Raft::new(raft_id, config, network, log, sm).await?)
 }

@@ -1,13 +1,15 @@
 //! The Raft state machine: applies committed entries, in order and in batches, to the
 //! MVCC store (one SQLite transaction per batch) and builds/installs snapshots, which are
-//! consistent copies of the SQLite database.
+//! consistent copies of the SQLite database, kept as files and streamed in chunks.
 
-use std::io::Cursor;
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembership};
+use tokio::fs::File;
+use tokio::io::AsyncSeekExt;
 
 use super::{LogId, NodeId, StorageError, TypeConfig};
 use crate::mvcc::{read_applied_meta, AppliedMeta, Command, CommandResult, MvccError, Reader, Store};
@@ -157,31 +159,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A fresh file for a snapshot arriving from the leader; openraft writes its chunks.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<File>, StorageError> {
+        let incoming = self.snapshot_dir.join("incoming.db");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&incoming)
+            .await
+            .map_err(snap_err)?;
+        Ok(Box::new(file))
     }
 
+    /// Replaces the state with a received snapshot: its bytes are copied (streamed) to
+    /// become the current snapshot, and a second copy becomes the state database.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, super::PeerNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<File>,
     ) -> Result<(), StorageError> {
         let (db_path, meta_path) = self.snapshot_paths();
-        let incoming = self.snapshot_dir.join("incoming.db");
-        let data = snapshot.into_inner();
+        let received = self.snapshot_dir.join("received.db");
+        let installed = self.snapshot_dir.join("installed.db");
         let meta_json = serde_json::to_vec(meta).map_err(snap_err)?;
+        snapshot.seek(SeekFrom::Start(0)).await.map_err(snap_err)?;
+        let mut out = File::create(&received).await.map_err(snap_err)?;
+        let bytes = tokio::io::copy(&mut snapshot, &mut out).await.map_err(snap_err)?;
+        out.sync_all().await.map_err(snap_err)?;
+        drop((out, snapshot));
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "installing raft snapshot");
         let store = self.store.clone();
         let reader = self.reader.clone();
+        let incoming = self.snapshot_dir.join("incoming.db");
         Self::blocking(move || {
-            std::fs::write(&incoming, &data).map_err(snap_err)?;
-            let installed = incoming.with_extension("install");
-            std::fs::copy(&incoming, &installed).map_err(snap_err)?;
+            std::fs::copy(&received, &installed).map_err(snap_err)?;
             let mut store = store.lock().map_err(sm_err)?;
             store.replace_with(&installed).map_err(sm_err)?;
             reader.reset();
             store.announce_replaced();
-            std::fs::rename(&incoming, &db_path).map_err(snap_err)?;
+            drop(store);
+            std::fs::rename(&received, &db_path).map_err(snap_err)?;
             std::fs::write(&meta_path, meta_json).map_err(snap_err)?;
+            let _ = std::fs::remove_file(&incoming);
             Ok(())
         })
         .await
@@ -189,19 +210,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let (db_path, meta_path) = self.snapshot_paths();
-        Self::blocking(move || {
-            if !meta_path.exists() || !db_path.exists() {
-                return Ok(None);
-            }
-            let meta: SnapshotMeta<NodeId, super::PeerNode> =
-                serde_json::from_slice(&std::fs::read(&meta_path).map_err(snap_err)?).map_err(snap_err)?;
-            let data = std::fs::read(&db_path).map_err(snap_err)?;
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }))
-        })
-        .await
+        let meta = match tokio::fs::read(&meta_path).await {
+            Ok(json) => json,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(e)),
+        };
+        let meta: SnapshotMeta<NodeId, super::PeerNode> = serde_json::from_slice(&meta).map_err(snap_err)?;
+        let file = match File::open(&db_path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snap_err(e)),
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
     }
 }
 
@@ -226,11 +249,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             };
             std::fs::rename(&building, &db_path).map_err(snap_err)?;
             std::fs::write(&meta_path, serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
-            let data = std::fs::read(&db_path).map_err(snap_err)?;
-            tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built raft snapshot");
+            let file = std::fs::File::open(&db_path).map_err(snap_err)?;
+            let bytes = file.metadata().map_err(snap_err)?.len();
+            tracing::info!(snapshot = %meta.snapshot_id, bytes, "built raft snapshot");
             Ok(Snapshot {
                 meta,
-                snapshot: Box::new(Cursor::new(data)),
+                snapshot: Box::new(File::from_std(file)),
             })
         })
         .await

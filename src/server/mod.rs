@@ -303,7 +303,7 @@ impl Node {
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let log_reader = log.clone();
         let peers = raft::peers::Peers::new(dialer, identity.raft_id);
-        let raft = raft::start(identity.raft_id, &config.cluster_id, peers.clone(), log, sm)
+        let raft = raft::start(identity.raft_id, &config.cluster_id, &config.raft, peers.clone(), log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let uploader = crate::archive::uploader::Uploader::new(
