@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use super::read::Revisions;
 use super::MvccError;
 
-/// CRC-32C over every history row with `compact < mod_rev <= revision`, in key order.
+/// CRC-32C over every history row with `compact < mod_rev <= revision`, in revision order.
 /// Returns (hash, compact revision, hashed revision).
 pub fn hash_kv(conn: &Connection, revision: i64, revs: Revisions) -> Result<(u32, i64, i64), MvccError> {
     let rev = if revision <= 0 { revs.current } else { revision };
@@ -17,7 +17,7 @@ pub fn hash_kv(conn: &Connection, revision: i64, revs: Revisions) -> Result<(u32
         return Err(MvccError::Compacted);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT key, mod_rev, sub, create_rev, version, lease, value, deleted FROM kv WHERE mod_rev <= ?1 ORDER BY key, mod_rev",
+        "SELECT key, mod_rev, sub, create_rev, version, lease, value, deleted FROM kv WHERE mod_rev <= ?1 ORDER BY mod_rev, sub",
     )?;
     let mut rows = stmt.query([rev])?;
     let mut crc = 0u32;

@@ -23,8 +23,7 @@ pub struct History {
 /// One `kv` row and the row it superseded, if any.
 const SQL: &str = "SELECT k.key, k.mod_rev, k.create_rev, k.version, k.lease, k.value, k.deleted, \
      p.create_rev, p.mod_rev, p.version, p.lease, p.value, p.deleted \
-     FROM kv k LEFT JOIN kv p ON p.key = k.key \
-       AND p.mod_rev = (SELECT MAX(q.mod_rev) FROM kv q WHERE q.key = k.key AND q.mod_rev < k.mod_rev) \
+     FROM kv k LEFT JOIN kv p ON p.mod_rev = k.prev_rev AND p.sub = k.prev_sub \
      WHERE k.mod_rev >= ?1 AND k.mod_rev <= ?2 ORDER BY k.mod_rev, k.sub";
 
 fn row_to_event(r: &Row) -> rusqlite::Result<(i64, Event)> {

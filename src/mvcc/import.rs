@@ -42,11 +42,16 @@ pub fn leases(conn: &mut Connection, leases: &[(i64, i64)]) -> Result<(), MvccEr
 pub fn keys(conn: &mut Connection, kvs: &[KeyValue], revision: i64) -> Result<(), MvccError> {
     let tx = conn.transaction().map_err(storage)?;
     {
+        // Keys written by one etcd transaction share a mod revision; each gets the next
+        // free `sub` of it.
         let mut kv = tx
-            .prepare("INSERT INTO kv (key, mod_rev, sub, create_rev, version, lease, value, deleted) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, 0)")
+            .prepare(
+                "INSERT INTO kv (mod_rev, sub, key, create_rev, version, lease, value, deleted) \
+                 VALUES (?2, (SELECT COALESCE(MAX(sub) + 1, 0) FROM kv WHERE mod_rev = ?2), ?1, ?3, ?4, ?5, ?6, 0) RETURNING sub",
+            )
             .map_err(storage)?;
         let mut current = tx
-            .prepare("INSERT INTO current (key, mod_rev, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .prepare("INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .map_err(storage)?;
         for k in kvs {
             if k.mod_revision > revision || k.mod_revision <= 0 {
@@ -56,10 +61,14 @@ pub fn keys(conn: &mut Connection, kvs: &[KeyValue], revision: i64) -> Result<()
                     k.mod_revision
                 )));
             }
-            kv.execute(params![k.key, k.mod_revision, k.create_revision, k.version, k.lease, k.value])
+            let sub: i64 = kv
+                .query_row(
+                    params![k.key, k.mod_revision, k.create_revision, k.version, k.lease, k.value],
+                    |r| r.get(0),
+                )
                 .map_err(storage)?;
             current
-                .execute(params![k.key, k.mod_revision, k.lease, k.create_revision, k.version, k.value])
+                .execute(params![k.key, k.mod_revision, sub, k.lease, k.create_revision, k.version, k.value])
                 .map_err(storage)?;
         }
     }

@@ -1,8 +1,9 @@
 //! Pure MVCC over SQLite: the etcd key space with full revision history.
 //!
 //! Tables (see `schema.rs`): `kv` holds every revision of every key (history, tombstones
-//! included); `current` points at the live revision of each key so listing the latest
-//! state never scans history; `leases` and `meta` hold the rest of the applied state.
+//! included) in revision order, each row pointing back at the key's previous one;
+//! `current` holds the live row of each key so listing the latest state never scans
+//! history; `leases` and `meta` hold the rest of the applied state.
 //! Revisions are assigned here, at apply time, so every replica is byte-identical.
 
 mod hash;

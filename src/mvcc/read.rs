@@ -2,7 +2,8 @@
 //! Every function takes a `&Connection` so the same code serves read-only requests and
 //! reads inside a write transaction (which see that transaction's earlier writes, as etcd).
 
-use rusqlite::{params_from_iter, Connection, Row};
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
 
 use super::MvccError;
 use crate::proto::etcdserverpb::{
@@ -64,7 +65,7 @@ impl KeyRange {
 }
 
 const KV_COLUMNS: &str = "k.key, k.create_rev, k.mod_rev, k.version, k.lease";
-/// The live row of a key is also complete in `current` (schema v2): no join with `kv`.
+/// The live row of a key is complete in `current`: no join with `kv`.
 const CURRENT_COLUMNS: &str = "c.key, c.create_rev, c.mod_rev, c.version, c.lease";
 
 fn row_to_kv(row: &Row, with_value: bool) -> rusqlite::Result<KeyValue> {
@@ -107,61 +108,69 @@ pub fn kvs_at(
     limit: i64,
     with_value: bool,
 ) -> rusqlite::Result<Vec<KeyValue>> {
-    let value_col = if with_value { ", k.value" } else { "" };
-    let current_value = if with_value { ", c.value" } else { "" };
     let limit_sql = if limit > 0 { format!(" LIMIT {limit}") } else { String::new() };
-    let (cond, mut params) = if rev >= current {
+    let (sql, params) = if rev >= current {
+        let current_value = if with_value { ", c.value" } else { "" };
         let (cond, params) = range.sql("c.key");
         (
             format!("SELECT {CURRENT_COLUMNS}{current_value} FROM current c WHERE {cond} ORDER BY c.key{limit_sql}"),
-            params,
+            params.into_iter().map(Value::Blob).collect(),
         )
     } else {
-        // The newest row of each key at or below `rev`; SQLite takes the bare columns
-        // from the row holding MAX(mod_rev).
-        let (cond, params) = range.sql("key");
-        let inner_value = if with_value { ", value" } else { "" };
-        (
-            format!(
-                "SELECT {KV_COLUMNS}{value_col} FROM (SELECT key, MAX(mod_rev) AS mod_rev, create_rev, version, lease, deleted{inner_value} \
-                 FROM kv WHERE {cond} AND mod_rev <= ? GROUP BY key) k WHERE k.deleted = 0 ORDER BY k.key{limit_sql}"
-            ),
-            params,
-        )
+        let (rows, params) = rows_at(range, rev, with_value);
+        (format!("SELECT * FROM ({rows}) ORDER BY key{limit_sql}"), params)
     };
-    let mut stmt = conn.prepare_cached(&cond)?;
-    let rows = if rev >= current {
-        stmt.query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-    } else {
-        let mut p: Vec<rusqlite::types::Value> = params.drain(..).map(rusqlite::types::Value::Blob).collect();
-        p.push(rusqlite::types::Value::Integer(rev));
-        stmt.query_map(params_from_iter(p.iter()), |r| row_to_kv(r, with_value))?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    Ok(rows)
+    conn.prepare_cached(&sql)?
+        .query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?
+        .collect()
+}
+
+/// SQL (and its parameters) for the live rows of `range` at the past revision `rev`:
+/// a key unchanged since `rev` has its row in `current`; any other key (changed or deleted
+/// after `rev`) had, at `rev`, the row that its first later change points back at.
+fn rows_at(range: &KeyRange, rev: i64, with_value: bool) -> (String, Vec<Value>) {
+    let (c_value, k_value) = if with_value { (", c.value", ", k.value") } else { ("", "") };
+    let (c_cond, c_params) = range.sql("c.key");
+    let (a_cond, a_params) = range.sql("a.key");
+    let sql = format!(
+        "SELECT {CURRENT_COLUMNS}{c_value} FROM current c WHERE {c_cond} AND c.mod_rev <= ? \
+         UNION ALL \
+         SELECT {KV_COLUMNS}{k_value} FROM \
+           (SELECT MIN(a.mod_rev), a.prev_rev, a.prev_sub FROM kv a WHERE a.mod_rev > ? AND {a_cond} GROUP BY a.key) f \
+           JOIN kv k ON k.mod_rev = f.prev_rev AND k.sub = f.prev_sub WHERE k.deleted = 0"
+    );
+    let mut params: Vec<Value> = c_params.into_iter().map(Value::Blob).collect();
+    params.push(Value::Integer(rev));
+    params.push(Value::Integer(rev));
+    params.extend(a_params.into_iter().map(Value::Blob));
+    (sql, params)
 }
 
 /// Number of live keys in `range` at revision `rev`.
 pub fn count_at(conn: &Connection, range: &KeyRange, rev: i64, current: i64) -> rusqlite::Result<i64> {
-    if rev >= current {
-        let (cond, params) = range.sql("key");
-        let sql = format!("SELECT COUNT(*) FROM current WHERE {cond}");
-        conn.prepare_cached(&sql)?.query_row(params_from_iter(params.iter()), |r| r.get(0))
+    let (sql, params) = if rev >= current {
+        let (cond, params) = range.sql("c.key");
+        (
+            format!("SELECT COUNT(*) FROM current c WHERE {cond}"),
+            params.into_iter().map(Value::Blob).collect(),
+        )
     } else {
-        let (cond, params) = range.sql("key");
-        let sql = format!(
-            "SELECT COUNT(*) FROM (SELECT MAX(mod_rev), deleted FROM kv WHERE {cond} AND mod_rev <= ? GROUP BY key) WHERE deleted = 0"
-        );
-        let mut p: Vec<rusqlite::types::Value> = params.into_iter().map(rusqlite::types::Value::Blob).collect();
-        p.push(rusqlite::types::Value::Integer(rev));
-        conn.prepare_cached(&sql)?.query_row(params_from_iter(p.iter()), |r| r.get(0))
-    }
+        let (rows, params) = rows_at(range, rev, false);
+        (format!("SELECT COUNT(*) FROM ({rows})"), params)
+    };
+    conn.prepare_cached(&sql)?.query_row(params_from_iter(params.iter()), |r| r.get(0))
 }
 
 /// The live value of one key, if any.
 pub fn get_current(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<KeyValue>> {
-    Ok(kvs_at(conn, &KeyRange::new(key, &[]), 0, 0, 1, true)?.pop())
+    Ok(get_current_at(conn, key)?.map(|(kv, _)| kv))
+}
+
+/// The live value of one key and its `sub` (with `mod_revision`, its place in `kv`).
+pub fn get_current_at(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<(KeyValue, i64)>> {
+    conn.prepare_cached(&format!("SELECT {CURRENT_COLUMNS}, c.value, c.sub FROM current c WHERE c.key = ?1"))?
+        .query_row([key], |r| Ok((row_to_kv(r, true)?, r.get(6)?)))
+        .optional()
 }
 
 /// etcd's Range, exactly: see `applierV3backend.Range` (limit+1 fetch for `more`, count

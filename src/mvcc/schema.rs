@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Bumped whenever the schema changes incompatibly.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -33,25 +33,31 @@ pub fn disable_auto_checkpoint(conn: &Connection) -> rusqlite::Result<()> {
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
+        -- History, in revision order: every put and delete is appended at the end of the
+        -- table, and each row points at the key's previous row (0, 0 for none), so a
+        -- write touches one random page (in `current`) rather than two.
         CREATE TABLE IF NOT EXISTS kv (
-            key        BLOB    NOT NULL,
             mod_rev    INTEGER NOT NULL,
             sub        INTEGER NOT NULL,
+            key        BLOB    NOT NULL,
             create_rev INTEGER NOT NULL,
             version    INTEGER NOT NULL,
             lease      INTEGER NOT NULL,
             value      BLOB    NOT NULL,
             deleted    INTEGER NOT NULL,
-            PRIMARY KEY (key, mod_rev)
+            prev_rev   INTEGER NOT NULL DEFAULT 0,
+            prev_sub   INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (mod_rev, sub)
         ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS kv_by_rev ON kv (mod_rev, sub);
+        -- The live row of every key, and where it sits in `kv` (mod_rev, sub).
         CREATE TABLE IF NOT EXISTS current (
             key        BLOB    NOT NULL PRIMARY KEY,
             mod_rev    INTEGER NOT NULL,
             lease      INTEGER NOT NULL,
             create_rev INTEGER NOT NULL DEFAULT 0,
             version    INTEGER NOT NULL DEFAULT 0,
-            value      BLOB    NOT NULL DEFAULT x''
+            value      BLOB    NOT NULL DEFAULT x'',
+            sub        INTEGER NOT NULL DEFAULT 0
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS current_by_lease ON current (lease) WHERE lease != 0;
         CREATE TABLE IF NOT EXISTS leases (
@@ -85,6 +91,31 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              UPDATE current SET (create_rev, version, value) =
                (SELECT k.create_rev, k.version, k.value FROM kv k WHERE k.key = current.key AND k.mod_rev = current.mod_rev);
              UPDATE meta SET value = 2 WHERE name = 'schema_version';
+             COMMIT;",
+        )?;
+    }
+    if version < 3 {
+        // v3: history keyed by (mod_rev, sub) with a pointer to the key's previous row,
+        // instead of by (key, mod_rev) plus an index by revision.
+        tracing::info!("upgrading the state database schema from v{} to v3", version.max(2));
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE kv3 (
+                 mod_rev INTEGER NOT NULL, sub INTEGER NOT NULL, key BLOB NOT NULL,
+                 create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL,
+                 value BLOB NOT NULL, deleted INTEGER NOT NULL,
+                 prev_rev INTEGER NOT NULL DEFAULT 0, prev_sub INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (mod_rev, sub)
+             ) WITHOUT ROWID;
+             INSERT INTO kv3 SELECT mod_rev, sub, key, create_rev, version, lease, value, deleted,
+                 COALESCE(LAG(mod_rev) OVER w, 0), COALESCE(LAG(sub) OVER w, 0)
+               FROM kv WINDOW w AS (PARTITION BY key ORDER BY mod_rev);
+             DROP INDEX IF EXISTS kv_by_rev;
+             DROP TABLE kv;
+             ALTER TABLE kv3 RENAME TO kv;
+             ALTER TABLE current ADD COLUMN sub INTEGER NOT NULL DEFAULT 0;
+             UPDATE current SET sub = (SELECT k.sub FROM kv k WHERE k.mod_rev = current.mod_rev AND k.key = current.key);
+             UPDATE meta SET value = 3 WHERE name = 'schema_version';
              COMMIT;",
         )?;
     }

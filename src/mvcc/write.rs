@@ -109,7 +109,10 @@ impl<'c> WriteTxn<'c> {
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
-        let prev = read::get_current(self.conn, &req.key)?;
+        let current = read::get_current_at(self.conn, &req.key)?;
+        // Where the key's live row sits in `kv`: the new row points back at it.
+        let (prev_rev, prev_sub) = current.as_ref().map_or((0, 0), |(kv, sub)| (kv.mod_revision, *sub));
+        let prev = current.map(|(kv, _)| kv);
         let value = if req.ignore_value {
             prev.as_ref().ok_or(MvccError::KeyNotFound)?.value.clone()
         } else {
@@ -133,13 +136,28 @@ impl<'c> WriteTxn<'c> {
             lease,
         };
         self.conn
-            .prepare_cached("INSERT OR REPLACE INTO kv (key, mod_rev, sub, create_rev, version, lease, value, deleted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)")?
-            .execute(params![kv.key, kv.mod_revision, self.sub, kv.create_revision, kv.version, kv.lease, kv.value])?;
+            .prepare_cached(
+                "INSERT INTO kv (mod_rev, sub, key, create_rev, version, lease, value, deleted, prev_rev, prev_sub) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)",
+            )?
+            .execute(params![
+                rev,
+                self.sub,
+                kv.key,
+                kv.create_revision,
+                kv.version,
+                kv.lease,
+                kv.value,
+                prev_rev,
+                prev_sub
+            ])?;
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO current (key, mod_rev, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (key) DO UPDATE SET mod_rev = excluded.mod_rev, sub = excluded.sub, lease = excluded.lease, \
+                 create_rev = excluded.create_rev, version = excluded.version, value = excluded.value",
             )?
-            .execute(params![kv.key, rev, lease, kv.create_revision, kv.version, kv.value])?;
+            .execute(params![kv.key, rev, self.sub, lease, kv.create_revision, kv.version, kv.value])?;
         self.sub += 1;
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
         self.events.push(Event {
@@ -171,12 +189,16 @@ impl<'c> WriteTxn<'c> {
 
     fn delete_key(&mut self, prev: &KeyValue) -> Result<(), MvccError> {
         let rev = self.rev();
+        let prev_sub: i64 = self
+            .conn
+            .prepare_cached("DELETE FROM current WHERE key = ?1 RETURNING sub")?
+            .query_row([&prev.key], |r| r.get(0))?;
         self.conn
-            .prepare_cached("INSERT OR REPLACE INTO kv (key, mod_rev, sub, create_rev, version, lease, value, deleted) VALUES (?1, ?2, ?3, 0, 0, 0, x'', 1)")?
-            .execute(params![prev.key, rev, self.sub])?;
-        self.conn
-            .prepare_cached("DELETE FROM current WHERE key = ?1")?
-            .execute([&prev.key])?;
+            .prepare_cached(
+                "INSERT INTO kv (mod_rev, sub, key, create_rev, version, lease, value, deleted, prev_rev, prev_sub) \
+                 VALUES (?1, ?2, ?3, 0, 0, 0, x'', 1, ?4, ?5)",
+            )?
+            .execute(params![rev, self.sub, prev.key, prev.mod_revision, prev_sub])?;
         self.sub += 1;
         let tombstone = KeyValue {
             key: prev.key.clone(),
@@ -295,11 +317,16 @@ pub(super) fn compact(conn: &Connection, rev: i64, revs: Revisions) -> Result<Co
     if rev <= revs.compacted {
         return Err(MvccError::Compacted);
     }
+    // Only rows written since the last compaction need looking at: each one that is
+    // itself below `rev` makes the row it replaced obsolete, and a tombstone below `rev`
+    // is obsolete itself.
     conn.prepare_cached(
-        "DELETE FROM kv WHERE mod_rev < ?1 AND (deleted = 1 OR EXISTS \
-         (SELECT 1 FROM kv AS newer WHERE newer.key = kv.key AND newer.mod_rev > kv.mod_rev AND newer.mod_rev < ?1))",
+        "DELETE FROM kv WHERE (mod_rev, sub) IN \
+         (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND prev_rev > 0)",
     )?
-    .execute([rev])?;
+    .execute([revs.compacted, rev])?;
+    conn.prepare_cached("DELETE FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND deleted = 1")?
+        .execute([revs.compacted, rev])?;
     conn.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'compact_revision'")?
         .execute([rev])?;
     Ok(CompactionResponse {
