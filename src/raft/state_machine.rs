@@ -21,6 +21,9 @@ pub struct StateMachine {
     store: Arc<Mutex<Store>>,
     reader: Reader,
     snapshot_dir: PathBuf,
+    /// The newest log index in the store: waiters (forwarded writes, reads after a
+    /// ReadIndex) wake once per applied batch, without cloning openraft's metrics.
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
@@ -50,7 +53,24 @@ impl StateMachine {
             store,
             reader,
             snapshot_dir: snapshot_dir.to_path_buf(),
+            applied: Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+
+    /// The index of the newest log entry applied to the store.
+    pub fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn set_applied(&self, last: Option<LogId>) {
+        let index = last.map_or(0, |l| l.index);
+        self.applied.send_if_modified(|a| {
+            let newer = index > *a;
+            if newer {
+                *a = index;
+            }
+            newer
+        });
     }
 
     fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
@@ -133,7 +153,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
         let store = self.store.clone();
         let meta = Self::blocking(move || store.lock().map_err(sm_err)?.applied_meta().map_err(sm_err)).await?;
-        decode_meta(&meta)
+        let (last, membership) = decode_meta(&meta)?;
+        self.set_applied(last);
+        Ok((last, membership))
     }
 
     /// Applies every command of every entry in one SQLite transaction and returns, per
@@ -147,12 +169,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        let last = entries.last().map(|e| e.log_id);
         let store = self.store.clone();
-        Self::blocking(move || {
+        let results = Self::blocking(move || {
             let mut store = store.lock().map_err(sm_err)?;
             apply_entries(&mut store, entries).map_err(sm_err)
         })
-        .await
+        .await?;
+        self.set_applied(last);
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -193,6 +218,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let reader = self.reader.clone();
         let incoming = self.snapshot_dir.join("incoming.db");
+        let last = meta.last_log_id;
         Self::blocking(move || {
             std::fs::copy(&received, &installed).map_err(snap_err)?;
             let mut store = store.lock().map_err(sm_err)?;
@@ -205,7 +231,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _ = std::fs::remove_file(&incoming);
             Ok(())
         })
-        .await
+        .await?;
+        self.set_applied(last);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -101,6 +101,8 @@ pub struct Node {
     mesh: Mutex<Option<crate::mesh::service::Material>>,
     /// The last log index in object storage.
     pub archived: tokio::sync::watch::Receiver<u64>,
+    /// The newest log index applied to this member's store.
+    pub applied: tokio::sync::watch::Receiver<u64>,
     /// The object store (for the epoch fence; uploads go through `uploader`).
     objects: Arc<dyn ObjectStore>,
     /// The Raft log, for the archive backlog check.
@@ -301,6 +303,7 @@ impl Node {
         let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(|e| StartError::Storage(e.to_string()))?;
         let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &scratch)
             .map_err(|e| StartError::Storage(e.to_string()))?;
+        let applied = sm.applied_index();
         let log_reader = log.clone();
         let peers = raft::peers::Peers::new(dialer, identity.raft_id);
         let raft = raft::start(identity.raft_id, &config.cluster_id, &config.raft, peers.clone(), log, sm)
@@ -354,6 +357,7 @@ impl Node {
             snapshotter: Mutex::new(Some(snapshotter)),
             mesh: Mutex::new(mesh),
             archived,
+            applied,
             log: log_reader,
             backlog_full: AtomicBool::new(false),
             tls,

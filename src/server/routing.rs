@@ -188,16 +188,13 @@ impl Node {
 
     /// Waits until this member has applied log index `index`.
     pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(timeout))
-            .applied_index_at_least(Some(index), "apply at this member")
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                openraft::metrics::WaitError::Timeout(..) => ApiError::Timeout,
-                openraft::metrics::WaitError::ShuttingDown => ApiError::Stopped,
-            })
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout_at(deadline, async { applied.wait_for(|a| *a >= index).await.map(|_| ()) }).await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
+        }
     }
 
     /// Waits until a read at this member reflects every write committed before the call.
