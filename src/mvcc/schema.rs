@@ -1,6 +1,8 @@
 //! SQLite schema and connection settings.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
+
+use super::MvccError;
 
 /// Bumped whenever the schema changes incompatibly.
 pub const SCHEMA_VERSION: i64 = 3;
@@ -30,7 +32,36 @@ pub fn disable_auto_checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_size_limit", 64 << 20)
 }
 
-pub fn create(conn: &Connection) -> rusqlite::Result<()> {
+/// The schema version a database was written with (`None` for a new, empty file).
+fn stored_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(None);
+    }
+    conn.query_row("SELECT value FROM meta WHERE name = 'schema_version'", [], |r| r.get(0))
+        .optional()
+}
+
+/// Creates the tables of a new database, or upgrades one written by an older netsy. A
+/// database written by a newer netsy is refused: its layout cannot be read safely here.
+pub fn create(conn: &Connection) -> Result<(), MvccError> {
+    let storage = |e: rusqlite::Error| MvccError::Storage(e.to_string());
+    if let Some(version) = stored_version(conn).map_err(storage)? {
+        if version > SCHEMA_VERSION {
+            return Err(MvccError::Storage(format!(
+                "the state database has schema v{version}, newer than this netsy's v{SCHEMA_VERSION}; \
+                 run the netsy version that wrote it (or a newer one)"
+            )));
+        }
+    }
+    create_and_migrate(conn).map_err(storage)
+}
+
+fn create_and_migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "
         -- History, in revision order: every put and delete is appended at the end of the

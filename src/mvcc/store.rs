@@ -58,7 +58,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, MvccError> {
         let conn = Connection::open(path).map_err(storage)?;
         schema::configure(&conn, true).map_err(storage)?;
-        schema::create(&conn).map_err(storage)?;
+        schema::create(&conn)?;
         let revs = read::revisions(&conn).map_err(storage)?;
         // Bounded: a watch stream that falls this far behind catches up from history instead.
         let (commits, _) = broadcast::channel(256);
@@ -225,7 +225,7 @@ impl Store {
         std::fs::rename(src, &self.path).map_err(|e| MvccError::Storage(e.to_string()))?;
         let conn = Connection::open(&self.path).map_err(storage)?;
         schema::configure(&conn, true).map_err(storage)?;
-        schema::create(&conn).map_err(storage)?;
+        schema::create(&conn)?;
         if self.background_checkpoints {
             schema::disable_auto_checkpoint(&conn).map_err(storage)?;
         }
@@ -723,6 +723,27 @@ mod tests {
             }
         }
         check(&states, &events, compacted, store.revision());
+    }
+
+    /// A database from a newer netsy (a later schema) is refused, not opened and written.
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE meta (name TEXT NOT NULL PRIMARY KEY, value BLOB);
+                 INSERT INTO meta VALUES ('schema_version', 99), ('revision', 5), ('compact_revision', 0);",
+            )
+            .unwrap();
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("schema v99, newer than this netsy's v3"), "{err}");
+        let tables: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 1, "nothing was created in it");
     }
 
     /// A v1 database (`current` without the live row, history keyed by key) is upgraded
