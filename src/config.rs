@@ -180,9 +180,11 @@ impl ArchiveSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSettings {
-    /// Snapshot after this many log entries (each a batch of commands); the newest tenth
-    /// of them stays in the log for members that are only slightly behind.
+    /// Snapshot after this many log entries (each a batch of commands)...
     pub snapshot_log_entries: u64,
+    /// ...or once the log written since the last snapshot holds this many bytes. A
+    /// snapshot copies the whole state database, so neither should be small.
+    pub snapshot_log_bytes: u64,
     /// Snapshots are sent to a member in chunks of this many bytes.
     pub snapshot_chunk_bytes: u64,
 }
@@ -190,7 +192,9 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
-            snapshot_log_entries: 10_000,
+            // etcd's default --snapshot-count.
+            snapshot_log_entries: 100_000,
+            snapshot_log_bytes: 256 << 20,
             snapshot_chunk_bytes: 3 << 20,
         }
     }
@@ -199,7 +203,10 @@ impl Default for RaftSettings {
 impl RaftSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.snapshot_log_entries < 10 {
-            return Err(invalid("raft.snapshot_log_entries", "must be at least 10 (default 10000)"));
+            return Err(invalid("raft.snapshot_log_entries", "must be at least 10 (default 100000)"));
+        }
+        if self.snapshot_log_bytes < 64 << 10 {
+            return Err(invalid("raft.snapshot_log_bytes", "must be at least 65536 (default 268435456)"));
         }
         if !(4096..=64 << 20).contains(&self.snapshot_chunk_bytes) {
             return Err(invalid(
@@ -916,6 +923,10 @@ mod tests {
             (
                 DEV.replace("\"node\"", "\"raft\": {\"snapshot_chunk_bytes\": 100}, \"node\""),
                 "raft.snapshot_chunk_bytes",
+            ),
+            (
+                DEV.replace("\"node\"", "\"raft\": {\"snapshot_log_bytes\": 1}, \"node\""),
+                "raft.snapshot_log_bytes",
             ),
             ("{ not json".to_string(), "not valid JSONC"),
         ];

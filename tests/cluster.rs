@@ -585,3 +585,30 @@ async fn a_member_far_behind_catches_up_from_a_snapshot_sent_in_chunks() {
     );
     assert_eq!(value(&mut b, "far/0399", true).await.as_deref(), Some(big.as_str()));
 }
+
+/// openraft counts log entries only; the log's size in bytes also triggers a snapshot
+/// (`raft.snapshot_log_bytes`), so large writes cannot grow raft.db unbounded before the
+/// entry count is reached. The node restarts from that snapshot with every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_log_is_snapshotted_long_before_the_entry_count() {
+    let mut n = common::Netsy::start_with(r#""raft": { "snapshot_log_bytes": 65536 },"#);
+    let mut c = n.client().await;
+    let big = "x".repeat(4096);
+    // About 40 entries and 160 KiB of log: far below 100,000 entries.
+    for i in 0..40 {
+        c.put(format!("big/{i:02}"), big.as_str(), None).await.expect("put");
+    }
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "a raft snapshot", || {
+            n.log().contains("built raft snapshot")
+        })
+    });
+    n.kill9();
+    n.spawn();
+    let mut c = n.client().await;
+    let resp = c
+        .get("big/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .expect("count");
+    assert_eq!(resp.count(), 40, "{}", n.log());
+}

@@ -66,10 +66,11 @@ pub fn raft_config(cluster_id: &str, tuning: &RaftSettings) -> openraft::Config 
         election_timeout_min: 500,
         election_timeout_max: 1000,
         // Snapshots let the log be purged; the object-storage archive makes them durable.
-        // An entry is a batch of up to 1024 commands, so (by default) 10,000 entries bound
-        // raft.db.
+        // openraft counts entries; the server also asks for one by log bytes
+        // (`raft.snapshot_log_bytes`). After a snapshot, the newest entries stay for
+        // members that are only slightly behind.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_log_entries),
-        max_in_snapshot_log_to_keep: tuning.snapshot_log_entries / 10,
+        max_in_snapshot_log_to_keep: (tuning.snapshot_log_entries / 10).min(1_000),
         max_payload_entries: 512,
         // Snapshot chunks travel over gRPC; each chunk gets this long (ms).
         snapshot_max_chunk_size: tuning.snapshot_chunk_bytes,

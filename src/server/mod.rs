@@ -507,6 +507,12 @@ impl Node {
         }
     }
 
+    /// Bytes of log entries after this member's newest Raft snapshot.
+    fn log_since_snapshot(&self) -> u64 {
+        let since = self.raft.metrics().borrow().snapshot.map_or(0, |l| l.index);
+        self.log.bytes_after(since).unwrap_or(0)
+    }
+
     /// On shutdown, gives the uploader a moment to ship what was applied, so a clean stop
     /// leaves nothing that only the local disk holds (`quorum` uploads asynchronously).
     pub async fn flush_archive(&self, timeout: Duration) {
@@ -798,11 +804,16 @@ async fn background(node: Arc<Node>) {
     loop {
         tick.tick().await;
         let n = node.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let snapshot_due = tokio::task::spawn_blocking(move || {
             n.refresh_db_size();
             n.refresh_backlog();
+            n.log_since_snapshot() >= n.config.raft.snapshot_log_bytes
         })
         .await;
+        if let Ok(true) = snapshot_due {
+            // openraft ignores this while a snapshot is being built.
+            let _ = node.raft.trigger().snapshot().await;
+        }
         let Some(policy) = node.config.auto_compaction.clone() else {
             continue;
         };
