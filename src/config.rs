@@ -887,21 +887,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
+        // The cluster file with one more top-level section before `node`.
+        let with_section = |section: &str| DEV.replace("\"node\"", &format!("{section}, \"node\""));
         let cases = [
             (DEV.replace("\"dev\"", "\"Dev_1\""), "cluster_id"),
             (DEV.replace("\"file\"", "\"ftp\""), "storage.provider"),
             (DEV.replace("\"cluster_id\"", "\"cluster_idd\""), "cluster_idd"),
             (DEV.replace("127.0.0.1:2378", "0.0.0.0:2378"), "NETSY_BIND_CLIENT"),
-            (DEV.replace("\"node\"", "\"etcd_version\": \"3.4.1\", \"node\""), "etcd_version"),
+            (with_section("\"etcd_version\": \"3.4.1\""), "etcd_version"),
+            (with_section("\"limits\": {\"max_txn_ops\": 0}"), "limits.max_txn_ops"),
             (
-                DEV.replace("\"node\"", "\"limits\": {\"max_txn_ops\": 0}, \"node\""),
-                "limits.max_txn_ops",
-            ),
-            (
-                DEV.replace(
-                    "\"node\"",
-                    "\"auto_compaction\": {\"mode\": \"periodic\", \"retention\": \"1x\"}, \"node\"",
-                ),
+                with_section("\"auto_compaction\": {\"mode\": \"periodic\", \"retention\": \"1x\"}"),
                 "auto_compaction.retention",
             ),
             (
@@ -909,25 +905,16 @@ mod tests {
                 "storage.endpoint",
             ),
             (
-                DEV.replace("\"node\"", "\"watch\": {\"progress_notify_interval\": \"10ms\"}, \"node\""),
+                with_section("\"watch\": {\"progress_notify_interval\": \"10ms\"}"),
                 "watch.progress_notify_interval",
             ),
+            (with_section("\"deregistration_timeout\": \"soon\""), "deregistration_timeout"),
+            (with_section("\"raft\": {\"snapshot_log_entries\": 0}"), "raft.snapshot_log_entries"),
             (
-                DEV.replace("\"node\"", "\"deregistration_timeout\": \"soon\", \"node\""),
-                "deregistration_timeout",
-            ),
-            (
-                DEV.replace("\"node\"", "\"raft\": {\"snapshot_log_entries\": 0}, \"node\""),
-                "raft.snapshot_log_entries",
-            ),
-            (
-                DEV.replace("\"node\"", "\"raft\": {\"snapshot_chunk_bytes\": 100}, \"node\""),
+                with_section("\"raft\": {\"snapshot_chunk_bytes\": 100}"),
                 "raft.snapshot_chunk_bytes",
             ),
-            (
-                DEV.replace("\"node\"", "\"raft\": {\"snapshot_log_bytes\": 1}, \"node\""),
-                "raft.snapshot_log_bytes",
-            ),
+            (with_section("\"raft\": {\"snapshot_log_bytes\": 1}"), "raft.snapshot_log_bytes"),
             ("{ not json".to_string(), "not valid JSONC"),
         ];
         for (text, key) in cases {
