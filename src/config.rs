@@ -618,7 +618,7 @@ impl Config {
             auto_compaction,
             watch_progress_notify_interval,
             archive,
-            raft: file.raft.clone(),
+            raft: file.raft,
             tls,
             tls_policy,
             discovery_timeout,

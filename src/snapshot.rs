@@ -42,22 +42,20 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
         }
     }
     let dest = data_dir.join("state.db");
-    let copied = copy_hashed(&mut src, len - 32, &dest).map_err(|e| RestoreError::DataDir(dir.clone(), e));
-    let digest = match copied {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = std::fs::remove_file(&dest);
-            return Err(e);
-        }
-    };
-    let mut trailer = [0u8; 32];
-    if let Err(e) = src.read_exact(&mut trailer) {
+    let verified = copy_hashed(&mut src, len - 32, &dest)
+        .map_err(|e| RestoreError::DataDir(dir.clone(), e))
+        .and_then(|digest| {
+            let mut trailer = [0u8; 32];
+            src.read_exact(&mut trailer).map_err(read_err)?;
+            if digest.as_slice() == trailer {
+                Ok(())
+            } else {
+                Err(RestoreError::Checksum)
+            }
+        });
+    if let Err(e) = verified {
         let _ = std::fs::remove_file(&dest);
-        return Err(read_err(e));
-    }
-    if digest.as_slice() != trailer {
-        let _ = std::fs::remove_file(&dest);
-        return Err(RestoreError::Checksum);
+        return Err(e);
     }
     let revision = crate::mvcc::read_revisions(&dest)
         .map_err(|e| RestoreError::Database(e.to_string()))?
@@ -68,7 +66,7 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
 
 /// Copies the first `n` bytes of `src` to a new file `dest` and returns their SHA-256.
 fn copy_hashed(src: &mut std::fs::File, n: u64, dest: &Path) -> std::io::Result<Vec<u8>> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut out = std::fs::File::create(dest)?;
     let mut hasher = Sha256::new();
     let mut limited = src.take(n);
     let mut buf = vec![0u8; 1 << 20];
@@ -80,6 +78,6 @@ fn copy_hashed(src: &mut std::fs::File, n: u64, dest: &Path) -> std::io::Result<
         hasher.update(&buf[..read]);
         out.write_all(&buf[..read])?;
     }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    out.sync_all()?;
     Ok(hasher.finalize().to_vec())
 }

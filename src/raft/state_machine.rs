@@ -77,6 +77,11 @@ impl StateMachine {
         (self.snapshot_dir.join("current.db"), self.snapshot_dir.join("current.meta"))
     }
 
+    /// Where openraft writes the chunks of a snapshot arriving from the leader.
+    fn incoming_path(&self) -> PathBuf {
+        self.snapshot_dir.join("incoming.db")
+    }
+
     async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError> + Send + 'static) -> Result<T, StorageError> {
         tokio::task::spawn_blocking(f).await.map_err(sm_err)?
     }
@@ -186,7 +191,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     /// A fresh file for a snapshot arriving from the leader; openraft writes its chunks.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<File>, StorageError> {
-        let incoming = self.snapshot_dir.join("incoming.db");
+        let incoming = self.incoming_path();
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -217,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(snapshot = %meta.snapshot_id, bytes, "installing raft snapshot");
         let store = self.store.clone();
         let reader = self.reader.clone();
-        let incoming = self.snapshot_dir.join("incoming.db");
+        let incoming = self.incoming_path();
         let last = meta.last_log_id;
         Self::blocking(move || {
             std::fs::copy(&received, &installed).map_err(snap_err)?;
