@@ -14,11 +14,13 @@ mod schema;
 mod store;
 pub mod validate;
 mod write;
+mod writeback;
 
 pub use history::{History, RevisionEvents};
 pub use read::{KeyRange, RangeEnd, Revisions};
 pub use store::{clear_raft_meta, read_applied_meta, read_revisions, remove_database, AppliedMeta, CommitBatch, DbSize, Reader, Store};
 pub use write::{Command, CommandResult};
+pub use writeback::start_writeback;
 
 use serde::{Deserialize, Serialize};
 

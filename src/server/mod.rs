@@ -698,6 +698,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     }
     spawn_until(&mut tasks, &stop, background(node.clone()));
     spawn_until(&mut tasks, &stop, checkpointer(node.clone()));
+    spawn_until(&mut tasks, &stop, writeback(node.clone()));
     if let Some(after) = cfg.deregistration_timeout {
         spawn_until(&mut tasks, &stop, node.clone().deregister_unreachable(after));
     }
@@ -768,30 +769,58 @@ fn spawn_until(
     });
 }
 
-/// Copies the state database's WAL into the main file every 100 ms, off the apply path
+/// Copies the state database's WAL into the main file every second, off the apply path
 /// (the store's commits do not checkpoint; see `Store::checkpoint_in_background`). Once
 /// the WAL holds more than `WAL_RESTART_PAGES`, the writer copies the last few pages
-/// itself so that the WAL starts over.
+/// itself so that the WAL starts over. A page written several times within the second
+/// is copied once: under random-key writes a longer interval copies fewer pages (every
+/// 100 ms cost 5–10% more CPU per write in a 3-member cluster). `writeback` keeps the
+/// second's pages from reaching the disk in one burst.
 async fn checkpointer(node: Arc<Node>) {
     const WAL_RESTART_PAGES: i64 = 4096;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    const WRITER_FINISH_PAGES: i64 = 256;
+    const MAX_READER_PASSES: usize = 4;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let store = node.store.clone();
         let pass = node.reader.run(move |reader| {
-            let (pages, _) = reader.checkpoint()?;
-            if pages > WAL_RESTART_PAGES {
-                let mut store = store
-                    .lock()
-                    .map_err(|_| crate::mvcc::MvccError::Storage("store lock poisoned".into()))?;
-                store.finish_checkpoint()?;
+            // Passes beside the writer until little is left, so that the writer (which
+            // holds up applies meanwhile) copies only the frames of the last moment.
+            for _ in 0..MAX_READER_PASSES {
+                let (pages, copied) = reader.checkpoint()?;
+                if pages <= WAL_RESTART_PAGES {
+                    return Ok(());
+                }
+                if pages - copied <= WRITER_FINISH_PAGES {
+                    break;
+                }
             }
-            Ok(())
+            let mut store = store
+                .lock()
+                .map_err(|_| crate::mvcc::MvccError::Storage("store lock poisoned".into()))?;
+            store.finish_checkpoint()
         });
         if let Err(e) = pass.await {
             tracing::warn!(error = %e, "state database checkpoint failed");
         }
+    }
+}
+
+/// Every 50 ms, starts the kernel writing out what the state database's commits left in
+/// the page cache, so that checkpoints do not fsync a second's worth at once (see
+/// `mvcc::start_writeback`).
+async fn writeback(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Ok(path) = node.store.lock().map(|s| s.path().to_path_buf()) else {
+        return;
+    };
+    loop {
+        tick.tick().await;
+        let path = path.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::mvcc::start_writeback(&path)).await;
     }
 }
 
