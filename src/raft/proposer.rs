@@ -23,7 +23,11 @@ const MAX_BATCH: usize = 1024;
 /// Stop adding commands to a batch beyond this many (encoded) bytes.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Batches handed to openraft at once; more requests queue and form the next batch.
-const MAX_IN_FLIGHT: usize = 2;
+/// One: the next batch gathers everything that arrived while this one was replicated
+/// and applied. Measured against two (same run, 100 clients): fewer, larger batches
+/// cost less CPU per write (-12% in a 3-member cluster) and gave more throughput and a
+/// lower p99 on a single node as well as in a 3-member cluster.
+const MAX_IN_FLIGHT: usize = 1;
 
 /// Why a proposal or a linearizable read did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
