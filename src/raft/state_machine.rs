@@ -34,6 +34,15 @@ fn snap_err(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_snapshot(None, &super::io_error(e)).into()
 }
 
+/// A file operation's result, with "not found" as `None`.
+fn if_exists<T>(result: std::io::Result<T>) -> Result<Option<T>, StorageError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(snap_err(e)),
+    }
+}
+
 fn decode_meta(meta: &AppliedMeta) -> Result<(Option<LogId>, Membership), StorageError> {
     let last = match &meta.last_applied {
         Some(b) => bincode::deserialize(b).map_err(sm_err)?,
@@ -243,16 +252,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let (db_path, meta_path) = self.snapshot_paths();
-        let meta = match tokio::fs::read(&meta_path).await {
-            Ok(json) => json,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snap_err(e)),
+        let Some(meta) = if_exists(tokio::fs::read(&meta_path).await)? else {
+            return Ok(None);
         };
         let meta: SnapshotMeta<NodeId, super::PeerNode> = serde_json::from_slice(&meta).map_err(snap_err)?;
-        let file = match File::open(&db_path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snap_err(e)),
+        let Some(file) = if_exists(File::open(&db_path).await)? else {
+            return Ok(None);
         };
         Ok(Some(Snapshot {
             meta,

@@ -808,17 +808,22 @@ async fn checkpointer(node: Arc<Node>) {
     }
 }
 
-/// Every 50 ms, starts the kernel writing out what the state database's commits left in
-/// the page cache, so that checkpoints do not fsync a second's worth at once (see
-/// `mvcc::start_writeback`).
+/// Every 50 ms in which something was applied, starts the kernel writing out what the
+/// state database's commits left in the page cache, so that checkpoints do not fsync a
+/// second's worth at once (see `mvcc::start_writeback`).
 async fn writeback(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let Ok(path) = node.store.lock().map(|s| s.path().to_path_buf()) else {
         return;
     };
+    let mut applied = node.applied.clone();
     loop {
         tick.tick().await;
+        if !applied.has_changed().unwrap_or(false) {
+            continue;
+        }
+        applied.mark_unchanged();
         let path = path.clone();
         let _ = tokio::task::spawn_blocking(move || crate::mvcc::start_writeback(&path)).await;
     }
