@@ -27,6 +27,10 @@ run-tls: release
 	./target/release/netsy serve --config config/dev-tls.jsonc
 
 ## test: install what the tests need, then run every test
+# CI builds once from a clean clone: incremental-compilation caches would only cost disk.
+ifdef CI
+test: export CARGO_INCREMENTAL := 0
+endif
 test: deps
 	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin cargo nextest run --locked --no-fail-fast
 
