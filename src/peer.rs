@@ -6,17 +6,18 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::mvcc::Command;
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::proto::peer::{
     Blob, CampaignRequest, CampaignResponse, HelloRequest, HelloResponse, JoinRequest, JoinResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse, TransferLeadershipRequest,
-    TransferLeadershipResponse,
+    LeaseKeepAliveResponse, Proposal, ProposalResult, ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse,
+    TransferLeadershipRequest, TransferLeadershipResponse,
 };
 use crate::raft::{NodeId, PeerNode, TypeConfig};
-use crate::server::Node;
+use crate::server::{forward, Node};
 use crate::tls::ConnInfo;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
@@ -122,10 +123,28 @@ impl Peer for PeerService {
         encode(&self.node.raft.install_snapshot(rpc).await)
     }
 
+    type ProposalsStream = UnboundedReceiverStream<Result<ProposalResult, Status>>;
+
+    async fn proposals(&self, request: Request<Streaming<Proposal>>) -> Result<Response<Self::ProposalsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            // Each proposal runs on its own: a slow one holds up none of the others. The
+            // answers end when the member closes its side and the last one is sent.
+            while let Ok(Some(p)) = inbound.message().await {
+                let (node, tx) = (node.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let outcome = node.propose_forwarded(&p.command).await;
+                    let _ = tx.send(Ok(forward::answer(p.id, outcome)));
+                });
+            }
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
     async fn propose(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let cmd: Command = decode(request)?;
-        let size = bincode::serialized_size(&cmd).map_err(|e| Status::internal(e.to_string()))? as usize;
-        let result = self.node.propose_as_leader(cmd, size).await?;
+        let result = self.node.propose_forwarded(&request.into_inner().data).await?;
         encode(&result)
     }
 

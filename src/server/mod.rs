@@ -23,6 +23,7 @@ use crate::proto::etcdserverpb::{AlarmMember, AlarmType, CompactionRequest, Resp
 use crate::raft::proposer::{Proposer, ReadBarrier};
 use crate::raft::{self, NetsyRaft};
 
+pub mod forward;
 pub mod membership;
 mod routing;
 mod transfer;
@@ -113,6 +114,8 @@ pub struct Node {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Connections to the other members' peer ports.
     pub peers: Arc<raft::peers::Peers>,
+    /// This member's writes on their way to the leader.
+    forwarder: forward::Forwarder,
     /// Membership changes run one at a time (openraft requires it).
     membership_lock: tokio::sync::Mutex<()>,
     /// Proposals share it; a leadership transfer holds it exclusively, so none is
@@ -362,6 +365,7 @@ impl Node {
             backlog_full: AtomicBool::new(false),
             tls,
             peers,
+            forwarder: forward::Forwarder::default(),
             membership_lock: tokio::sync::Mutex::new(()),
             handover: tokio::sync::RwLock::new(()),
             peer_stop: CancellationToken::new(),

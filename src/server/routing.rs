@@ -15,7 +15,7 @@ use super::Node;
 use crate::api::errors::ApiError;
 use crate::config::Durability;
 use crate::mvcc::{Command, CommandResult};
-use crate::proto::peer::{Blob, LeaseKeepAliveRequest, ReadIndexRequest};
+use crate::proto::peer::{LeaseKeepAliveRequest, ReadIndexRequest};
 use crate::raft::{NodeId, PeerNode};
 
 /// How long a request may wait for a leader and for its forwarding.
@@ -125,15 +125,16 @@ impl Node {
         cmd: &Command,
         deadline: Instant,
     ) -> Result<(CommandResult, u64), ApiError> {
-        let mut client = self.peer_client(leader, node)?;
-        let data = bincode::serialize(cmd).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let mut request = tonic::Request::new(Blob { data, target: leader });
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let reply = client.propose(request).await.map_err(|s| ApiError::from_peer(&s))?;
-        let (result, index): (CommandResult, u64) =
-            bincode::deserialize(&reply.into_inner().data).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let client = self.peer_client(leader, node)?;
+        let (result, index) = self.forwarder.forward(client, leader, cmd, deadline).await?;
         self.wait_applied(index, deadline).await?;
         Ok((result, index))
+    }
+
+    /// On the leader: a write another member forwarded (bincode `Command`).
+    pub async fn propose_forwarded(&self, data: &[u8]) -> Result<(CommandResult, u64), ApiError> {
+        let cmd: Command = bincode::deserialize(data).map_err(|e| ApiError::Internal(format!("undecodable forwarded command: {e}")))?;
+        self.propose_as_leader(cmd, data.len()).await
     }
 
     /// On the leader: replicates `cmd` and returns its applied result and log index (in
