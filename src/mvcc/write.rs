@@ -151,12 +151,15 @@ impl<'c> WriteTxn<'c> {
                 prev_rev,
                 prev_sub
             ])?;
+        // The key's live row: replaced in place when it has one (one lookup; an upsert
+        // would look the key up twice).
+        let sql = if prev.is_some() {
+            "UPDATE current SET mod_rev = ?2, sub = ?3, lease = ?4, create_rev = ?5, version = ?6, value = ?7 WHERE key = ?1"
+        } else {
+            "INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        };
         self.conn
-            .prepare_cached(
-                "INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                 ON CONFLICT (key) DO UPDATE SET mod_rev = excluded.mod_rev, sub = excluded.sub, lease = excluded.lease, \
-                 create_rev = excluded.create_rev, version = excluded.version, value = excluded.value",
-            )?
+            .prepare_cached(sql)?
             .execute(params![kv.key, rev, self.sub, lease, kv.create_revision, kv.version, kv.value])?;
         self.sub += 1;
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
