@@ -81,7 +81,13 @@ fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
             msg: e.to_string(),
         })?
         .connect_timeout(timeout)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        // A connection that died without a reset (a partition, a vanished node) is found
+        // within seconds and redialled, rather than holding a long-lived stream (forwarded
+        // writes) until every request on it times out.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
 }
 
 /// A gRPC channel over TLS to `addr`; every (re)connection asks `config` for the client
