@@ -52,7 +52,86 @@ struct Shared {
     pending: Mutex<BTreeMap<u64, (u64, Entry<TypeConfig>)>>,
     seq: AtomicU64,
     read_conn: Mutex<Connection>,
+    /// The sizes of the entries stored in SQLite, kept by the writer thread.
+    sizes: Mutex<Sizes>,
     state: Mutex<State>,
+}
+
+/// Encoded sizes of the entries stored in SQLite, as running totals, so that "bytes
+/// after index i" (the archive backlog, the log since the last snapshot) is a lookup
+/// rather than a scan of the log. The stored entries are a contiguous run of indexes.
+#[derive(Default, Debug)]
+struct Sizes {
+    /// Index of the first stored entry.
+    first: u64,
+    /// Running total before the first entry.
+    base: u64,
+    /// `totals[k]`: running total through entry `first + k`.
+    totals: std::collections::VecDeque<u64>,
+}
+
+impl Sizes {
+    fn total(&self) -> u64 {
+        self.totals.back().copied().unwrap_or(self.base)
+    }
+
+    /// Entry `idx` of `bytes` was written (replacing it and everything after it).
+    fn stored(&mut self, idx: u64, bytes: u64) {
+        if self.totals.is_empty() || idx < self.first || idx > self.first + self.totals.len() as u64 {
+            // Nothing stored before it, or not adjacent (cannot happen in a Raft log):
+            // start a new run.
+            *self = Sizes {
+                first: idx,
+                base: self.total(),
+                totals: Default::default(),
+            };
+        }
+        self.truncate(idx);
+        let total = self.total() + bytes;
+        self.totals.push_back(total);
+    }
+
+    /// Entries from `idx` on were deleted.
+    fn truncate(&mut self, idx: u64) {
+        let keep = idx.saturating_sub(self.first).min(self.totals.len() as u64);
+        self.totals.truncate(keep as usize);
+    }
+
+    /// Entries through `idx` were deleted.
+    fn purge(&mut self, idx: u64) {
+        while self.first <= idx {
+            let Some(total) = self.totals.pop_front() else {
+                break;
+            };
+            self.base = total;
+            self.first += 1;
+        }
+    }
+
+    /// Follows a batch the writer committed.
+    fn written(&mut self, batch: &[Op]) {
+        for op in batch {
+            match op {
+                Op::Append { entries, .. } => {
+                    for (idx, _, bytes) in entries {
+                        self.stored(*idx, bytes.len() as u64);
+                    }
+                }
+                Op::Truncate { from, .. } => self.truncate(*from),
+                Op::Purge { upto, .. } => self.purge(*upto),
+                Op::Meta { .. } => {}
+            }
+        }
+    }
+
+    /// Bytes of the stored entries after `idx`.
+    fn after(&self, idx: u64) -> u64 {
+        let before = match idx.checked_sub(self.first) {
+            None => self.base,
+            Some(k) => self.totals.get(k as usize).copied().unwrap_or(self.total()),
+        };
+        self.total() - before
+    }
 }
 
 #[derive(Default, Clone)]
@@ -121,11 +200,25 @@ impl LogStore {
             Some(b) => Some(bincode::deserialize::<Entry<TypeConfig>>(&b).map_err(sto_read)?.log_id),
             None => last_purged,
         };
+        let mut sizes = Sizes::default();
+        {
+            let mut stmt = reader
+                .prepare("SELECT idx, length(entry) FROM log ORDER BY idx")
+                .map_err(sto_read)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(sto_read)?;
+            for row in rows {
+                let (idx, bytes) = row.map_err(sto_read)?;
+                sizes.stored(idx as u64, bytes as u64);
+            }
+        }
         let shared = Arc::new(Shared {
             purge_floor: AtomicU64::new(u64::MAX),
             pending: Mutex::new(BTreeMap::new()),
             seq: AtomicU64::new(0),
             read_conn: Mutex::new(reader),
+            sizes: Mutex::new(sizes),
             state: Mutex::new(State {
                 last_purged,
                 last_log,
@@ -149,15 +242,8 @@ impl LogStore {
     /// Bytes of the entries after `index` stored in SQLite (the archive's upload
     /// backlog; the few entries still in the writer's queue are not counted).
     pub fn bytes_after(&self, index: u64) -> Result<u64, StorageError> {
-        let conn = self.shared.read_conn.lock().map_err(|_| msg_err("reader lock poisoned".into()))?;
-        let stored: i64 = conn
-            .query_row(
-                "SELECT COALESCE(SUM(length(entry)), 0) FROM log WHERE idx > ?1",
-                [index.min(i64::MAX as u64) as i64],
-                |r| r.get(0),
-            )
-            .map_err(sto_read)?;
-        Ok(stored as u64)
+        let sizes = self.shared.sizes.lock().map_err(|_| msg_err("log sizes lock poisoned".into()))?;
+        Ok(sizes.after(index))
     }
 
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StorageError> {
@@ -206,6 +292,11 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, shared: Arc<Shared>
         let timer = crate::metrics::WAL_FSYNC_DURATION.start_timer();
         let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
         timer.observe_duration();
+        if result.is_ok() {
+            if let Ok(mut sizes) = shared.sizes.lock() {
+                sizes.written(&batch);
+            }
+        }
         let entries: usize = batch
             .iter()
             .map(|op| if let Op::Append { entries, .. } = op { entries.len() } else { 0 })
@@ -433,6 +524,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The running totals agree with summing the entries after an index, through
+    /// appends, a conflicting append, truncation and purges.
+    #[test]
+    fn stored_sizes_answer_bytes_after_any_index() {
+        let mut log: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut sizes = Sizes::default();
+        let check = |log: &BTreeMap<u64, u64>, sizes: &Sizes| {
+            for i in 0..30 {
+                let want: u64 = log.range(i + 1..).map(|(_, b)| b).sum();
+                assert_eq!(sizes.after(i), want, "after {i}: {sizes:?}");
+            }
+        };
+        check(&log, &sizes);
+        for idx in 3..15 {
+            log.insert(idx, idx * 10);
+            sizes.stored(idx, idx * 10);
+        }
+        check(&log, &sizes);
+        // A new leader's entry replaces 9 and everything after it.
+        log.retain(|i, _| *i < 9);
+        log.insert(9, 7);
+        sizes.stored(9, 7);
+        check(&log, &sizes);
+        log.retain(|i, _| *i < 6);
+        sizes.truncate(6);
+        check(&log, &sizes);
+        log.retain(|i, _| *i > 4);
+        sizes.purge(4);
+        check(&log, &sizes);
+        for idx in 6..20 {
+            log.insert(idx, 1);
+            sizes.stored(idx, 1);
+        }
+        log.clear();
+        sizes.purge(19);
+        check(&log, &sizes);
+        log.insert(20, 5);
+        sizes.stored(20, 5);
+        check(&log, &sizes);
+    }
 
     #[test]
     fn purges_never_pass_the_archive_floor() {
