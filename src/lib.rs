@@ -7,6 +7,7 @@ pub mod api;
 pub mod archive;
 pub mod bench;
 pub mod config;
+pub mod fsutil;
 pub mod http;
 pub mod lease;
 pub mod mesh;

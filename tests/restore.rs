@@ -90,6 +90,15 @@ async fn wiped_node_keeps_every_acknowledged_write() {
     assert!(rev > max_rev, "revisions continue above the restored ones ({rev} <= {max_rev})");
     assert!(n.metric("netsy_restore_entries_total") > 0.0);
 
+    // The restored state is this node's local base (the seed, under the new epoch's
+    // log): an OS crash now rebuilds from it.
+    assert!(n.data_dir().join("snapshots/seed.db").exists());
+    n.kill9();
+    n.simulate_os_crash();
+    n.spawn();
+    assert!(n.log().contains("FromSeed"), "{}", n.log());
+    assert_eq!(all_keys(&n, "w").await, found);
+
     // The new epoch is itself restorable: lose the disk again.
     n.kill9();
     n.wipe();

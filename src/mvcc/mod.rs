@@ -6,6 +6,7 @@
 //! history; `leases` and `meta` hold the rest of the applied state.
 //! Revisions are assigned here, at apply time, so every replica is byte-identical.
 
+pub mod boot;
 mod hash;
 mod history;
 pub mod import;
@@ -14,13 +15,11 @@ mod schema;
 mod store;
 pub mod validate;
 mod write;
-mod writeback;
 
 pub use history::{History, RevisionEvents};
 pub use read::{KeyRange, RangeEnd, Revisions};
 pub use store::{clear_raft_meta, read_applied_meta, read_revisions, remove_database, AppliedMeta, CommitBatch, DbSize, Reader, Store};
 pub use write::{Command, CommandResult};
-pub use writeback::start_writeback;
 
 use serde::{Deserialize, Serialize};
 

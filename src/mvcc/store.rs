@@ -198,9 +198,13 @@ impl Store {
         complete_checkpoint(&self.conn, "TRUNCATE")
     }
 
-    /// Flushes the WAL into the main file, with fsync (used before snapshots are reported).
+    /// Flushes the WAL into the main file and fsyncs it (commits do not sync; see
+    /// `boot`), so that the file alone holds everything committed (a finished restore).
     pub fn checkpoint(&mut self) -> Result<(), MvccError> {
-        complete_checkpoint(&self.conn, "FULL")
+        complete_checkpoint(&self.conn, "FULL")?;
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| MvccError::Storage(format!("cannot fsync {}: {e}", self.path.display())))
     }
 
     /// Completes a checkpoint that `Reader::checkpoint` mostly did: copies the few pages

@@ -246,6 +246,17 @@ impl LogStore {
         Ok(sizes.after(index))
     }
 
+    /// Whether the log holds every entry from the first (index 0, openraft's initial
+    /// membership): never purged, and not begun after a state that came from elsewhere
+    /// (a restore or an installed snapshot). Such a log alone can rebuild the state.
+    pub fn holds_every_entry(&self) -> Result<bool, StorageError> {
+        if self.state()?.last_purged.is_some() {
+            return Ok(false);
+        }
+        let sizes = self.shared.sizes.lock().map_err(|_| msg_err("log sizes lock poisoned".into()))?;
+        Ok(!sizes.totals.is_empty() && sizes.first == 0)
+    }
+
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StorageError> {
         self.shared.state.lock().map_err(|_| msg_err("log state lock poisoned".into()))
     }

@@ -241,7 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store.announce_replaced();
             drop(store);
             std::fs::rename(&received, &db_path).map_err(snap_err)?;
-            std::fs::write(&meta_path, meta_json).map_err(snap_err)?;
+            crate::fsutil::write_durably(&meta_path, &meta_json).map_err(snap_err)?;
             let _ = std::fs::remove_file(&incoming);
             Ok(())
         })
@@ -266,35 +266,188 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+impl StateMachine {
+    /// Writes a snapshot of the store as the current one (blocking): a consistent copy,
+    /// fsynced with its meta before it is reported, because after an OS crash it is the
+    /// base the state database is rebuilt on (and openraft purges the log it covers).
+    fn write_snapshot(&self) -> Result<(SnapshotMeta<NodeId, super::PeerNode>, std::fs::File), StorageError> {
         let (db_path, meta_path) = self.snapshot_paths();
         let building = self.snapshot_dir.join("building.db");
-        let store = self.store.clone();
-        let reader = self.reader.clone();
+        self.copy_store_durably(&building)?;
+        let (last, membership) = decode_meta(&read_applied_meta(&building).map_err(snap_err)?)?;
+        let snapshot_id = format!("{}-{}", last.map_or(0, |l| l.leader_id.term), last.map_or(0, |l| l.index));
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id,
+        };
+        std::fs::rename(&building, &db_path).map_err(snap_err)?;
+        crate::fsutil::write_durably(&meta_path, &serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
+        // The snapshot covers everything the seed held (see `ensure_local_base`).
+        let _ = std::fs::remove_file(self.snapshot_dir.join(SEED));
+        let file = std::fs::File::open(&db_path).map_err(snap_err)?;
+        let bytes = file.metadata().map_err(snap_err)?.len();
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "built raft snapshot");
+        Ok((meta, file))
+    }
+
+    /// A consistent copy of the store at `dest`, fsynced.
+    fn copy_store_durably(&self, dest: &Path) -> Result<(), StorageError> {
+        let _ = std::fs::remove_file(dest);
+        self.reader.backup_to(dest).map_err(snap_err)?;
+        std::fs::File::open(dest).and_then(|f| f.sync_all()).map_err(snap_err)
+    }
+
+    /// Makes sure local files can rebuild the state database after an OS crash (see
+    /// `rebuild_state`): the Raft log, on top of the local snapshot or of the seed. A
+    /// state that did not come through this log (restored from object storage into a
+    /// new epoch, whose log starts afresh) is kept as the seed, until openraft's first
+    /// snapshot covers it; a state whose log was purged without a local snapshot is
+    /// snapshotted. `log_covers_all`: the log holds every entry from index 0.
+    pub async fn ensure_local_base(&self, log_covers_all: bool) -> Result<(), StorageError> {
+        let (db_path, meta_path) = self.snapshot_paths();
+        let seed = self.snapshot_dir.join(SEED);
+        if (db_path.exists() && meta_path.exists()) || seed.exists() {
+            return Ok(());
+        }
+        let this = self.clone();
         Self::blocking(move || {
-            // Everything up to the snapshot must be durable in the state database before
-            // openraft purges the log entries it covers.
-            store.lock().map_err(sm_err)?.checkpoint().map_err(sm_err)?;
-            let _ = std::fs::remove_file(&building);
-            reader.backup_to(&building).map_err(snap_err)?;
-            let (last, membership) = decode_meta(&read_applied_meta(&building).map_err(snap_err)?)?;
-            let snapshot_id = format!("{}-{}", last.map_or(0, |l| l.leader_id.term), last.map_or(0, |l| l.index));
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: membership,
-                snapshot_id,
+            let (last, revision) = {
+                let store = this.store.lock().map_err(sm_err)?;
+                (decode_meta(&store.applied_meta().map_err(sm_err)?)?.0, store.revision())
             };
-            std::fs::rename(&building, &db_path).map_err(snap_err)?;
-            std::fs::write(&meta_path, serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
-            let file = std::fs::File::open(&db_path).map_err(snap_err)?;
-            let bytes = file.metadata().map_err(snap_err)?.len();
-            tracing::info!(snapshot = %meta.snapshot_id, bytes, "built raft snapshot");
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(File::from_std(file)),
-            })
+            match last {
+                None if revision > 1 => {
+                    let tmp = seed.with_extension("building");
+                    this.copy_store_durably(&tmp)?;
+                    std::fs::rename(&tmp, &seed)
+                        .and_then(|_| crate::fsutil::sync_parent(&seed))
+                        .map_err(snap_err)?;
+                    tracing::info!(revision, "kept the restored state as the local seed");
+                }
+                Some(_) if !log_covers_all => {
+                    this.write_snapshot()?;
+                }
+                _ => {}
+            }
+            Ok(())
         })
         .await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        let (meta, file) = Self::blocking(move || this.write_snapshot()).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(File::from_std(file)),
+        })
+    }
+}
+
+/// The local base of a state that did not come through the Raft log (see
+/// `StateMachine::ensure_local_base`), in the snapshot directory.
+const SEED: &str = "seed.db";
+
+/// How `rebuild_state` put the state database back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebuilt {
+    /// A copy of the local snapshot of log index `index`; the log holds what follows.
+    FromSnapshot { index: u64 },
+    /// A copy of the seed (a restored state); the log holds every entry after it.
+    FromSeed,
+    /// An empty database; the log holds every entry.
+    FromLog,
+}
+
+/// Puts back a state database that the Raft log can bring up to date, when the old one
+/// may have lost pages in an OS crash (see `mvcc::boot`): a copy of the local snapshot,
+/// or, while the log still holds every entry, a copy of the seed or an empty one. Openraft re-applies the log
+/// entries after it once the commit index is known. `log_covers_all`: the log has never
+/// been purged and starts at its first entry.
+pub fn rebuild_state(state_path: &Path, snapshot_dir: &Path, log_covers_all: bool) -> Result<Rebuilt, String> {
+    let (db_path, meta_path) = (snapshot_dir.join("current.db"), snapshot_dir.join("current.meta"));
+    let snapshot = match std::fs::read(&meta_path) {
+        Ok(raw) if db_path.exists() => Some(
+            serde_json::from_slice::<SnapshotMeta<NodeId, super::PeerNode>>(&raw)
+                .map_err(|e| format!("the local snapshot's meta {} is unreadable: {e}", meta_path.display()))?,
+        ),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", meta_path.display())),
+    };
+    let replace_with = |base: &Path| {
+        let tmp = state_path.with_extension("rebuilding");
+        std::fs::copy(base, &tmp)
+            .and_then(|_| {
+                crate::mvcc::remove_database(state_path);
+                std::fs::rename(&tmp, state_path)
+            })
+            .map_err(|e| format!("cannot copy {} over {}: {e}", base.display(), state_path.display()))
+    };
+    let seed = snapshot_dir.join(SEED);
+    match snapshot {
+        Some(meta) => {
+            replace_with(&db_path)?;
+            Ok(Rebuilt::FromSnapshot {
+                index: meta.last_log_id.map_or(0, |l| l.index),
+            })
+        }
+        None if log_covers_all && seed.exists() => {
+            replace_with(&seed)?;
+            Ok(Rebuilt::FromSeed)
+        }
+        None if log_covers_all => {
+            crate::mvcc::remove_database(state_path);
+            Ok(Rebuilt::FromLog)
+        }
+        None => Err(format!(
+            "the state database {} may have lost writes in an OS crash, and neither a local snapshot nor the Raft log \
+             can rebuild it; empty the data directory to rebuild this node from object storage and its peers",
+            state_path.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_without_a_local_base_is_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state.db");
+        std::fs::write(&state, b"torn").expect("write");
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).expect("mkdir");
+        let err = rebuild_state(&state, &snapshots, false).expect_err("nothing to rebuild from");
+        assert!(err.contains("empty the data directory"), "{err}");
+        assert_eq!(std::fs::read(&state).expect("still there"), b"torn");
+        // A whole log rebuilds from nothing.
+        assert_eq!(rebuild_state(&state, &snapshots, true), Ok(Rebuilt::FromLog));
+        assert!(!state.exists());
+    }
+
+    #[test]
+    fn the_local_snapshot_replaces_the_state_and_its_wal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state.db");
+        std::fs::write(&state, b"torn").expect("write");
+        std::fs::write(dir.path().join("state.db-wal"), b"stale wal").expect("write");
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).expect("mkdir");
+        std::fs::write(snapshots.join("current.db"), b"snapshot bytes").expect("write");
+        let meta: SnapshotMeta<NodeId, super::super::PeerNode> = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), 42)),
+            last_membership: Membership::default(),
+            snapshot_id: "3-42".into(),
+        };
+        std::fs::write(snapshots.join("current.meta"), serde_json::to_vec(&meta).expect("json")).expect("write");
+        assert_eq!(rebuild_state(&state, &snapshots, false), Ok(Rebuilt::FromSnapshot { index: 42 }));
+        assert_eq!(std::fs::read(&state).expect("read"), b"snapshot bytes");
+        assert!(!dir.path().join("state.db-wal").exists());
+        assert_eq!(std::fs::read(snapshots.join("current.db")).expect("kept"), b"snapshot bytes");
     }
 }

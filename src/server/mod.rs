@@ -173,13 +173,8 @@ fn load_identity(dir: &Path) -> Result<Option<NodeIdentity>, StartError> {
 }
 
 fn save_identity(dir: &Path, identity: &NodeIdentity) -> Result<(), StartError> {
-    let tmp = dir.join("node.json.tmp");
     let bytes = serde_json::to_vec_pretty(identity).map_err(|e| data_dir_error(dir, e))?;
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| File::open(&tmp)?.sync_all())
-        .map_err(|e| data_dir_error(dir, e))?;
-    std::fs::rename(&tmp, dir.join("node.json")).map_err(|e| data_dir_error(dir, e))?;
-    Ok(())
+    crate::fsutil::write_durably(&dir.join("node.json"), &bytes).map_err(|e| data_dir_error(dir, e))
 }
 
 /// Moves everything in the data directory but its lock into `stale-epoch-{epoch}` (kept
@@ -201,6 +196,27 @@ fn set_aside(dir: &Path, epoch: u64) -> Result<PathBuf, StartError> {
             .map_err(|e| data_dir_error(dir, format!("cannot move {} aside: {e}", entry.path().display())))?;
     }
     Ok(aside)
+}
+
+/// Rebuilds the state database if the OS restarted since it was last opened (its commits
+/// do not sync; see `mvcc::boot`), then records this boot as the one it is opened in.
+fn check_state_survived(dir: &Path, state_path: &Path, snapshot_dir: &Path, log_is_whole: bool) -> Result<(), StartError> {
+    use crate::mvcc::boot;
+    let marker = dir.join("state.boot");
+    let current = boot::current_boot();
+    if state_path.exists() {
+        let trust = boot::check(&marker, current.as_deref()).map_err(|e| data_dir_error(dir, format!("cannot read state.boot: {e}")))?;
+        if let boot::Trust::LostPageCache { recorded } = trust {
+            let rebuilt = raft::state_machine::rebuild_state(state_path, snapshot_dir, log_is_whole).map_err(|e| data_dir_error(dir, e))?;
+            tracing::warn!(
+                recorded_boot = %recorded,
+                ?rebuilt,
+                "the OS restarted since the state database was last opened, so its unsynced writes may be lost: \
+                 rebuilt it from the local snapshot and the Raft log (re-applied once a leader is known)"
+            );
+        }
+    }
+    boot::record(&marker, current.as_deref()).map_err(|e| data_dir_error(dir, format!("cannot write state.boot: {e}")))
 }
 
 /// What the data directory holds (see `archive::bootstrap`).
@@ -288,6 +304,7 @@ impl Node {
         save_identity(&dir, &identity)?;
         if let Some((report, restored)) = &startup.restored {
             std::fs::rename(restored, &state_path)
+                .and_then(|_| crate::fsutil::sync_parent(&state_path))
                 .map_err(|e| data_dir_error(&dir, format!("cannot move the restored state into place: {e}")))?;
             tracing::info!(
                 revision = report.revision,
@@ -297,14 +314,19 @@ impl Node {
                 "rebuilt from object storage"
             );
         }
+        let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(|e| StartError::Storage(e.to_string()))?;
+        let log_is_whole = log.holds_every_entry().map_err(|e| StartError::Storage(e.to_string()))?;
+        check_state_survived(&dir, &state_path, &scratch, log_is_whole)?;
         let mut store = Store::open(&state_path).map_err(|e| StartError::Storage(e.to_string()))?;
         store.checkpoint_in_background().map_err(|e| StartError::Storage(e.to_string()))?;
         let commits = store.commit_sender();
         let revision = store.revision_handle();
         let store = Arc::new(Mutex::new(store));
         let reader = Reader::new(&state_path);
-        let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(|e| StartError::Storage(e.to_string()))?;
         let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &scratch)
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        sm.ensure_local_base(log_is_whole)
+            .await
             .map_err(|e| StartError::Storage(e.to_string()))?;
         let applied = sm.applied_index();
         let log_reader = log.clone();
@@ -702,7 +724,6 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     }
     spawn_until(&mut tasks, &stop, background(node.clone()));
     spawn_until(&mut tasks, &stop, checkpointer(node.clone()));
-    spawn_until(&mut tasks, &stop, writeback(node.clone()));
     if let Some(after) = cfg.deregistration_timeout {
         spawn_until(&mut tasks, &stop, node.clone().deregister_unreachable(after));
     }
@@ -778,8 +799,9 @@ fn spawn_until(
 /// the WAL holds more than `WAL_RESTART_PAGES`, the writer copies the last few pages
 /// itself so that the WAL starts over. A page written several times within the second
 /// is copied once: under random-key writes a longer interval copies fewer pages (every
-/// 100 ms cost 5–10% more CPU per write in a 3-member cluster). `writeback` keeps the
-/// second's pages from reaching the disk in one burst.
+/// 100 ms cost 5–10% more CPU per write in a 3-member cluster). Neither the copies nor
+/// the commits sync (see `mvcc::boot`): the kernel writes the pages out in its own time,
+/// and a page rewritten meanwhile reaches the disk once.
 async fn checkpointer(node: Arc<Node>) {
     const WAL_RESTART_PAGES: i64 = 4096;
     const WRITER_FINISH_PAGES: i64 = 256;
@@ -809,27 +831,6 @@ async fn checkpointer(node: Arc<Node>) {
         if let Err(e) = pass.await {
             tracing::warn!(error = %e, "state database checkpoint failed");
         }
-    }
-}
-
-/// Every 50 ms in which something was applied, starts the kernel writing out what the
-/// state database's commits left in the page cache, so that checkpoints do not fsync a
-/// second's worth at once (see `mvcc::start_writeback`).
-async fn writeback(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let Ok(path) = node.store.lock().map(|s| s.path().to_path_buf()) else {
-        return;
-    };
-    let mut applied = node.applied.clone();
-    loop {
-        tick.tick().await;
-        if !applied.has_changed().unwrap_or(false) {
-            continue;
-        }
-        applied.mark_unchanged();
-        let path = path.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::mvcc::start_writeback(&path)).await;
     }
 }
 

@@ -226,6 +226,20 @@ impl Netsy {
             .unwrap_or(0.0)
     }
 
+    /// What an OS crash leaves of a state database that never fsyncs: another boot
+    /// recorded in `state.boot`, and a `state.db` that lost its unsynced pages (here:
+    /// garbage, with no WAL). The Raft log (fsynced) and the local snapshot are intact.
+    /// Call it on a stopped node.
+    pub fn simulate_os_crash(&self) {
+        let dir = self.data_dir();
+        assert!(dir.join("state.boot").exists(), "netsy records the boot it opened state.db in");
+        std::fs::write(dir.join("state.boot"), "an-earlier-boot").expect("write state.boot");
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("state.db{suffix}")));
+        }
+        std::fs::write(dir.join("state.db"), vec![0xA5u8; 64 << 10]).expect("write state.db");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("netsy-{}.log", self.client_port))).unwrap_or_default()
     }
