@@ -242,8 +242,7 @@ impl LogStore {
     /// Bytes of the entries after `index` stored in SQLite (the archive's upload
     /// backlog; the few entries still in the writer's queue are not counted).
     pub fn bytes_after(&self, index: u64) -> Result<u64, StorageError> {
-        let sizes = self.shared.sizes.lock().map_err(|_| msg_err("log sizes lock poisoned".into()))?;
-        Ok(sizes.after(index))
+        Ok(self.sizes()?.after(index))
     }
 
     /// Whether the log holds every entry from the first (index 0, openraft's initial
@@ -253,8 +252,12 @@ impl LogStore {
         if self.state()?.last_purged.is_some() {
             return Ok(false);
         }
-        let sizes = self.shared.sizes.lock().map_err(|_| msg_err("log sizes lock poisoned".into()))?;
+        let sizes = self.sizes()?;
         Ok(!sizes.totals.is_empty() && sizes.first == 0)
+    }
+
+    fn sizes(&self) -> Result<std::sync::MutexGuard<'_, Sizes>, StorageError> {
+        self.shared.sizes.lock().map_err(|_| msg_err("log sizes lock poisoned".into()))
     }
 
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StorageError> {

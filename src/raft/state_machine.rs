@@ -43,6 +43,11 @@ fn if_exists<T>(result: std::io::Result<T>) -> Result<Option<T>, StorageError> {
     }
 }
 
+/// The current snapshot in `dir`: the database copy and its meta (JSON `SnapshotMeta`).
+fn snapshot_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("current.db"), dir.join("current.meta"))
+}
+
 fn decode_meta(meta: &AppliedMeta) -> Result<(Option<LogId>, Membership), StorageError> {
     let last = match &meta.last_applied {
         Some(b) => bincode::deserialize(b).map_err(sm_err)?,
@@ -83,7 +88,7 @@ impl StateMachine {
     }
 
     fn snapshot_paths(&self) -> (PathBuf, PathBuf) {
-        (self.snapshot_dir.join("current.db"), self.snapshot_dir.join("current.meta"))
+        snapshot_files(&self.snapshot_dir)
     }
 
     /// Where openraft writes the chunks of a snapshot arriving from the leader.
@@ -364,19 +369,17 @@ pub enum Rebuilt {
 
 /// Puts back a state database that the Raft log can bring up to date, when the old one
 /// may have lost pages in an OS crash (see `mvcc::boot`): a copy of the local snapshot,
-/// or, while the log still holds every entry, a copy of the seed or an empty one. Openraft re-applies the log
-/// entries after it once the commit index is known. `log_covers_all`: the log has never
+/// or, while the log still holds every entry, a copy of the seed or an empty one.
+/// Openraft re-applies the log entries after it once the commit index is known. `log_covers_all`: the log has never
 /// been purged and starts at its first entry.
 pub fn rebuild_state(state_path: &Path, snapshot_dir: &Path, log_covers_all: bool) -> Result<Rebuilt, String> {
-    let (db_path, meta_path) = (snapshot_dir.join("current.db"), snapshot_dir.join("current.meta"));
-    let snapshot = match std::fs::read(&meta_path) {
-        Ok(raw) if db_path.exists() => Some(
+    let (db_path, meta_path) = snapshot_files(snapshot_dir);
+    let snapshot = match if_exists(std::fs::read(&meta_path)).map_err(|e| format!("cannot read {}: {e}", meta_path.display()))? {
+        Some(raw) if db_path.exists() => Some(
             serde_json::from_slice::<SnapshotMeta<NodeId, super::PeerNode>>(&raw)
                 .map_err(|e| format!("the local snapshot's meta {} is unreadable: {e}", meta_path.display()))?,
         ),
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read {}: {e}", meta_path.display())),
+        _ => None,
     };
     let replace_with = |base: &Path| {
         let tmp = state_path.with_extension("rebuilding");
