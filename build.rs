@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/rpc.proto",
         "proto/etcd/kv.proto",
         "proto/etcd/auth.proto",
+        "proto/netsy/raft.proto",
         "proto/netsy/peer.proto",
     ];
     for p in &protos {
@@ -14,10 +15,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(protos, ["proto/etcd", "proto"])?;
     tonic_prost_build::configure()
+        // Encoded bytes must not depend on a hash map's order (golden tests, checksums).
+        .btree_map(".netsy")
         .build_server(true)
         .build_client(true)
-        // Requests travel through the Raft log, which is serialised with serde.
-        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // The Raft log of netsy 0.1 held the bincode of etcd's requests: reading it back
+        // (src/raft/codec/legacy.rs) needs their serde form. netsy's own messages are
+        // only ever protobuf.
+        .type_attribute(".etcdserverpb", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".mvccpb", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".authpb", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -27,3 +27,20 @@ pub mod watch;
 pub const DEFAULT_ETCD_VERSION: &str = "3.5.21";
 /// The etcd cluster version reported on `/version`.
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// An error with every cause behind it, `outer: inner: …`, for logs and messages that
+/// must not lose the chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Errors that print their source inline already show it.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

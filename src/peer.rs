@@ -4,61 +4,53 @@
 
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::proto::peer::{
-    Blob, CampaignRequest, CampaignResponse, HelloRequest, HelloResponse, JoinRequest, JoinResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, Proposal, ProposalResult, ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse,
-    TransferLeadershipRequest, TransferLeadershipResponse,
+    AppendEntriesReply, AppendEntriesRequest, CampaignRequest, CampaignResponse, HelloRequest, HelloResponse, InstallSnapshotReply,
+    InstallSnapshotRequest, JoinRequest, JoinResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, Proposal, ProposalResult,
+    ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse, TransferLeadershipRequest, TransferLeadershipResponse,
+    VoteReply, VoteRequest,
 };
-use crate::raft::{NodeId, PeerNode, TypeConfig};
+use crate::raft::{codec, NodeId, PeerNode};
 use crate::server::{forward, Node};
 use crate::tls::ConnInfo;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 pub struct PeerService {
     node: Arc<Node>,
 }
 
-fn decode<T: DeserializeOwned>(req: Request<Blob>) -> Result<T, Status> {
-    bincode::deserialize(&req.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable peer request: {e}")))
-}
-
-/// The Raft node a Raft RPC says it comes from (the leader or the candidate).
-trait RaftSender {
+/// A Raft request's addressee and the Raft node it says it comes from (the leader or the
+/// candidate).
+trait RaftRequest {
+    fn target(&self) -> NodeId;
     fn sender(&self) -> Option<NodeId>;
 }
 
-impl RaftSender for AppendEntriesRequest<TypeConfig> {
-    fn sender(&self) -> Option<NodeId> {
-        self.vote.leader_id().voted_for()
-    }
+macro_rules! raft_request {
+    ($($t:ty),*) => {$(
+        impl RaftRequest for $t {
+            fn target(&self) -> NodeId {
+                self.target
+            }
+            fn sender(&self) -> Option<NodeId> {
+                self.vote.as_ref().map(|v| v.node_id)
+            }
+        }
+    )*};
 }
-
-impl RaftSender for VoteRequest<NodeId> {
-    fn sender(&self) -> Option<NodeId> {
-        self.vote.leader_id().voted_for()
-    }
-}
-
-impl RaftSender for InstallSnapshotRequest<TypeConfig> {
-    fn sender(&self) -> Option<NodeId> {
-        self.vote.leader_id().voted_for()
-    }
-}
+raft_request!(AppendEntriesRequest, VoteRequest, InstallSnapshotRequest);
 
 impl PeerService {
-    /// A Raft RPC's payload, if it is meant for this Raft node and, with TLS, its sender
-    /// is the member the caller's certificate names: one member's certificate cannot
-    /// speak for another member. (A sender this node does not know yet, such as the
-    /// leader seen by a node that is still joining, is taken on the certificate alone.)
-    fn raft_rpc<T: DeserializeOwned + RaftSender>(&self, req: Request<Blob>) -> Result<T, Status> {
-        let target = req.get_ref().target;
+    /// A Raft request, if it is meant for this Raft node and, with TLS, its sender is the
+    /// member the caller's certificate names: one member's certificate cannot speak for
+    /// another member. (A sender this node does not know yet, such as the leader seen by a
+    /// node that is still joining, is taken on the certificate alone.)
+    fn raft_rpc<T: RaftRequest>(&self, req: Request<T>) -> Result<T, Status> {
+        let target = req.get_ref().target();
         if target != self.node.identity.raft_id {
             return Err(Status::failed_precondition(format!(
                 "this is Raft node {} ({}), not {target}",
@@ -66,7 +58,7 @@ impl PeerService {
             )));
         }
         let caller = ConnInfo::of(&req).and_then(|c| c.identity.clone());
-        let rpc: T = decode(req)?;
+        let rpc = req.into_inner();
         if let (Some(caller), Some(sender)) = (caller, rpc.sender()) {
             if let Some(name) = self.node.member_name(sender) {
                 if name != caller.name {
@@ -81,10 +73,8 @@ impl PeerService {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Response<Blob>, Status> {
-    bincode::serialize(value)
-        .map(|data| Response::new(Blob { data, target: 0 }))
-        .map_err(|e| Status::internal(e.to_string()))
+fn undecodable(e: codec::FormatError) -> Status {
+    Status::invalid_argument(format!("undecodable peer request: {}", crate::error_chain(&e)))
 }
 
 #[tonic::async_trait]
@@ -108,19 +98,23 @@ impl Peer for PeerService {
         }))
     }
 
-    async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = self.raft_rpc(request)?;
-        encode(&self.node.raft.append_entries(rpc).await)
+    async fn append_entries(&self, request: Request<AppendEntriesRequest>) -> Result<Response<AppendEntriesReply>, Status> {
+        let rpc = codec::append_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
+        Ok(Response::new(codec::append_reply_to_wire(
+            &self.node.raft.append_entries(rpc).await,
+        )))
     }
 
-    async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = self.raft_rpc(request)?;
-        encode(&self.node.raft.vote(rpc).await)
+    async fn vote(&self, request: Request<VoteRequest>) -> Result<Response<VoteReply>, Status> {
+        let rpc = codec::vote_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
+        Ok(Response::new(codec::vote_reply_to_wire(&self.node.raft.vote(rpc).await)))
     }
 
-    async fn install_snapshot(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc = self.raft_rpc(request)?;
-        encode(&self.node.raft.install_snapshot(rpc).await)
+    async fn install_snapshot(&self, request: Request<InstallSnapshotRequest>) -> Result<Response<InstallSnapshotReply>, Status> {
+        let rpc = codec::snapshot_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
+        Ok(Response::new(codec::snapshot_reply_to_wire(
+            &self.node.raft.install_snapshot(rpc).await,
+        )))
     }
 
     type ProposalsStream = UnboundedReceiverStream<Result<ProposalResult, Status>>;
@@ -141,11 +135,6 @@ impl Peer for PeerService {
             }
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
-    }
-
-    async fn propose(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let result = self.node.propose_forwarded(&request.into_inner().data).await?;
-        encode(&result)
     }
 
     async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {

@@ -11,7 +11,20 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
-/// netsy's node-to-node services (`proto/netsy/peer.proto`).
-pub mod peer {
-    tonic::include_proto!("netsy.peer.v1");
+/// netsy's own messages, in their protobuf packages.
+pub mod netsy {
+    pub mod raft {
+        /// Raft log entries, votes, memberships and commands (`proto/netsy/raft.proto`).
+        pub mod v1 {
+            tonic::include_proto!("netsy.raft.v1");
+        }
+    }
+    pub mod peer {
+        /// The node-to-node services (`proto/netsy/peer.proto`).
+        pub mod v2 {
+            tonic::include_proto!("netsy.peer.v2");
+        }
+    }
 }
+pub use self::netsy::peer::v2 as peer;
+pub use self::netsy::raft::v1 as raftpb;

@@ -50,8 +50,8 @@ async fn committed_entries_are_uploaded_as_contiguous_segments() {
         for (name, bytes) in &segs {
             assert_eq!(name.first, expected, "segments are contiguous");
             let entries = netsy::archive::segment::decode(bytes, name).expect("valid segment");
-            for (_, raw) in entries {
-                let entry: openraft::Entry<netsy::raft::TypeConfig> = bincode::deserialize(&raw).expect("a raft entry");
+            for (_, raw) in entries.entries {
+                let entry = netsy::raft::codec::decode_entry(&raw).expect("a raft entry");
                 if let openraft::EntryPayload::Normal(cmds) = entry.payload {
                     commands += cmds.len();
                 }
@@ -84,8 +84,8 @@ async fn object_storage_durability_acks_after_upload() {
         // Right after the ack, the archive already holds this write.
         let mut found = false;
         for (name, bytes) in segments(&objects) {
-            for (_, raw) in netsy::archive::segment::decode(&bytes, &name).unwrap() {
-                let entry: openraft::Entry<netsy::raft::TypeConfig> = bincode::deserialize(&raw).unwrap();
+            for (_, raw) in netsy::archive::segment::decode(&bytes, &name).unwrap().entries {
+                let entry = netsy::raft::codec::decode_entry(&raw).unwrap();
                 if let openraft::EntryPayload::Normal(cmds) = entry.payload {
                     found |= cmds
                         .iter()

@@ -12,7 +12,7 @@ use common::{etcdctl, wait_until, Netsy};
 use netsy::proto::etcdserverpb::kv_client::KvClient;
 use netsy::proto::etcdserverpb::{PutRequest, RangeRequest};
 use netsy::proto::peer::peer_client::PeerClient;
-use netsy::proto::peer::{Blob, HelloRequest};
+use netsy::proto::peer::HelloRequest;
 use netsy::tls::dev::{Ca, LeafSpec};
 use netsy::tls::Role;
 use rustls::pki_types::pem::PemObject;
@@ -293,12 +293,8 @@ async fn peer_port_admits_only_peers_and_outbound_connections_pin_the_expected_n
     // netsy-1's certificate cannot send Raft messages in netsy-0's name: a vote request
     // claiming to come from netsy-0's Raft id is refused, and the leader keeps its term.
     let forged = openraft::raft::VoteRequest::new(openraft::Vote::new(1_000, hello.raft_id), None);
-    let data = bincode::serialize(&forged).expect("encode vote");
     let refused = PeerClient::new(ch.clone())
-        .vote(Blob {
-            data,
-            target: hello.raft_id,
-        })
+        .vote(netsy::raft::codec::vote_request_to_wire(hello.raft_id, &forged))
         .await
         .expect_err("a forged vote must be refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");

@@ -220,6 +220,7 @@ pub async fn prepare(
         }
     };
     let record = NodeRecord {
+        format_version: super::manifest::FORMAT_VERSION,
         node_id: cfg.node_id.clone(),
         member_id: startup.member.member_id,
         raft_id: startup.member.raft_id,

@@ -84,12 +84,6 @@ impl ClusterManifest {
     }
 
     fn check(&self, cluster_id: &str) -> Result<(), ManifestError> {
-        if self.format_version > FORMAT_VERSION {
-            return Err(ManifestError::NewerFormat {
-                path: CLUSTER.into(),
-                found: self.format_version,
-            });
-        }
         if self.cluster_id != cluster_id {
             return Err(ManifestError::WrongCluster {
                 path: CLUSTER.into(),
@@ -111,12 +105,18 @@ pub struct Member {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Members {
+    /// Absent in netsy 0.1's objects: 1.
+    #[serde(default = "format_one")]
+    pub format_version: u32,
     pub cluster_id: String,
     pub members: BTreeMap<String, Member>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
+    /// Absent in netsy 0.1's objects: 1.
+    #[serde(default = "format_one")]
+    pub format_version: u32,
     pub node_id: String,
     pub member_id: u64,
     pub raft_id: u64,
@@ -134,6 +134,33 @@ pub struct Versioned<T> {
     pub version: UpdateVersion,
 }
 
+fn format_one() -> u32 {
+    1
+}
+
+/// What every control object says of its format, read before the rest.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default = "format_one")]
+    format_version: u32,
+}
+
+/// Parses a JSON control object, refusing one a newer netsy wrote.
+pub fn parse<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ManifestError> {
+    let invalid = |e: serde_json::Error| ManifestError::Invalid {
+        path: path.to_string(),
+        msg: e.to_string(),
+    };
+    let format: Format = serde_json::from_slice(bytes).map_err(invalid)?;
+    if format.format_version > FORMAT_VERSION {
+        return Err(ManifestError::NewerFormat {
+            path: path.to_string(),
+            found: format.format_version,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(invalid)
+}
+
 /// Reads a JSON control object; `None` when it does not exist.
 pub async fn read<T: DeserializeOwned>(store: &dyn ObjectStore, path: &Path) -> Result<Option<Versioned<T>>, ManifestError> {
     let got = match store.get(path).await {
@@ -146,10 +173,7 @@ pub async fn read<T: DeserializeOwned>(store: &dyn ObjectStore, path: &Path) -> 
         version: got.meta.version.clone(),
     };
     let bytes = got.bytes().await.map_err(|e| store_err(path, e))?;
-    let value = serde_json::from_slice(&bytes).map_err(|e| ManifestError::Invalid {
-        path: path.to_string(),
-        msg: e.to_string(),
-    })?;
+    let value = parse(path.as_ref(), &bytes)?;
     Ok(Some(Versioned { value, version }))
 }
 
@@ -219,6 +243,7 @@ pub async fn register_member(
             }
             Some(v) => v.value.clone(),
             None => Members {
+                format_version: FORMAT_VERSION,
                 cluster_id: cluster_id.into(),
                 members: BTreeMap::new(),
             },
@@ -244,6 +269,7 @@ pub async fn register_member(
             return Ok(member);
         }
         members.members.insert(node_id.to_string(), member);
+        members.format_version = FORMAT_VERSION;
         if write(store, &path, &members, found.as_ref().map(|v| &v.version)).await? {
             return Ok(member);
         }
@@ -346,5 +372,16 @@ mod tests {
         raft_ids.sort();
         raft_ids.dedup();
         assert_eq!(raft_ids.len(), 5, "every incarnation has its own Raft id");
+    }
+
+    #[test]
+    fn control_objects_of_netsy_0_1_are_read_and_newer_ones_refused() {
+        let old = br#"{"cluster_id": "prod", "members": {"netsy-0": {"member_id": 7, "raft_id": 1}}}"#;
+        let members: Members = parse(MEMBERS, old).expect("netsy 0.1's members.json");
+        assert_eq!((members.format_version, members.members["netsy-0"].raft_id), (1, 1));
+        let newer = br#"{"format_version": 2, "cluster_id": "prod", "members": {}}"#;
+        let err = parse::<Members>(MEMBERS, newer).unwrap_err();
+        assert!(matches!(err, ManifestError::NewerFormat { found: 2, .. }), "{err}");
+        assert!(err.to_string().contains("members.json"), "{err}");
     }
 }

@@ -200,14 +200,19 @@ async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u6
 fn replay(mut db: Store, name: &SegmentName, data: &[u8], applied: u64, limit: u64) -> Result<(Store, u64), RestoreError> {
     let object = name.path().to_string();
     let mut batch = Vec::new();
-    for (index, raw) in segment::decode(data, name)? {
+    let decoded = segment::decode(data, name)?;
+    let decode_entry = match decoded.encoding {
+        segment::EntryEncoding::Current => crate::raft::codec::decode_entry,
+        segment::EntryEncoding::Bincode => crate::raft::codec::legacy::decode_entry,
+    };
+    for (index, raw) in decoded.entries {
         if index <= applied || index > limit {
             continue;
         }
-        let entry: openraft::Entry<crate::raft::TypeConfig> = bincode::deserialize(&raw).map_err(|e| RestoreError::Entry {
+        let entry = decode_entry(&raw).map_err(|e| RestoreError::Entry {
             object: object.clone(),
             index,
-            msg: e.to_string(),
+            msg: crate::error_chain(&e),
         })?;
         if entry.log_id.index != index {
             return Err(RestoreError::Entry {

@@ -4,20 +4,26 @@
 //! Format (all integers little-endian):
 //!
 //! ```text
-//! "NETSYSG1"                      magic, 8 bytes
+//! "NETSYSG2"                      magic (the last byte is the format), 8 bytes
 //! u64 first, u64 last             the index range the object claims
 //! u32 crc32c(body), u32 len(body)
 //! body = zstd( frame* )           frame = u32 len | u32 crc32c(entry) | u64 index | entry
 //! ```
 //!
-//! `entry` is the Raft log entry exactly as the log store encodes it. Decoding checks
+//! `entry` is the Raft log entry exactly as the log store encodes it (`raft::codec`).
+//! Segments of netsy 0.1 ("NETSYSG1") have the same layout with bincode entries; they
+//! are still read, and `decode` says which encoding the entries are in. Decoding checks
 //! the magic, both checksums, that the frames are exactly `first..=last` in order, and
 //! that the object's name agrees, so a corrupt, truncated or misnamed object is an error
 //! naming the object, never a silently partial restore.
 
 use object_store::path::Path;
 
-const MAGIC: &[u8; 8] = b"NETSYSG1";
+/// The magic without its format byte.
+const MAGIC_PREFIX: &[u8; 7] = b"NETSYSG";
+const MAGIC: &[u8; 8] = b"NETSYSG2";
+/// netsy 0.1's segments.
+const MAGIC_V1: &[u8; 8] = b"NETSYSG1";
 const HEADER_LEN: usize = 8 + 8 + 8 + 4 + 4;
 /// zstd level: fast, still several times smaller for typical Kubernetes objects.
 const ZSTD_LEVEL: i32 = 3;
@@ -26,6 +32,10 @@ const ZSTD_LEVEL: i32 = 3;
 pub enum SegmentError {
     #[error("segment {name}: not a netsy segment (bad magic)")]
     BadMagic { name: String },
+    #[error(
+        "segment {name} is in format {found}, newer than this netsy reads (up to 2); run a netsy at least as new as the one that wrote it"
+    )]
+    Future { name: String, found: char },
     #[error("segment {name}: truncated")]
     Truncated { name: String },
     #[error("segment {name}: checksum mismatch in {part}")]
@@ -131,8 +141,24 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// How the entries of a segment are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryEncoding {
+    /// netsy's own (`raft::codec::decode_entry`).
+    Current,
+    /// netsy 0.1's bincode (`raft::codec::legacy::decode_entry`).
+    Bincode,
+}
+
+/// A decoded segment: its entries `(index, bytes)`, in order, and their encoding.
+#[derive(Debug)]
+pub struct Decoded {
+    pub encoding: EntryEncoding,
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
 /// Decodes and verifies the segment stored as `name`.
-pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Vec<(u64, Vec<u8>)>, SegmentError> {
+pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError> {
     let label = name.path().to_string();
     let truncated = || SegmentError::Truncated { name: label.clone() };
     if bytes.len() < HEADER_LEN {
@@ -142,9 +168,17 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Vec<(u64, Vec<u8>)>, S
             SegmentError::BadMagic { name: label }
         });
     }
-    if &bytes[..8] != MAGIC {
-        return Err(SegmentError::BadMagic { name: label });
-    }
+    let encoding = match &bytes[..8] {
+        m if m == MAGIC => EntryEncoding::Current,
+        m if m == MAGIC_V1 => EntryEncoding::Bincode,
+        m if m.starts_with(MAGIC_PREFIX) && m[7].is_ascii_digit() && m[7] > MAGIC[7] => {
+            return Err(SegmentError::Future {
+                name: label,
+                found: m[7] as char,
+            })
+        }
+        _ => return Err(SegmentError::BadMagic { name: label }),
+    };
     let (first, last) = (u64_at(bytes, 8), u64_at(bytes, 16));
     if first != name.first || last != name.last {
         return Err(SegmentError::Misnamed { name: label, first, last });
@@ -201,7 +235,7 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Vec<(u64, Vec<u8>)>, S
             found: last + 1,
         });
     }
-    Ok(out)
+    Ok(Decoded { encoding, entries: out })
 }
 
 #[cfg(test)]
@@ -225,7 +259,7 @@ mod tests {
         };
         let bytes = encode(&big).unwrap();
         assert!(bytes.len() * 64 < 4 << 20, "the case this guards: {} bytes", bytes.len());
-        assert_eq!(decode(&bytes, &name).unwrap(), big);
+        assert_eq!(decode(&bytes, &name).unwrap().entries, big);
     }
 
     #[test]
@@ -269,7 +303,9 @@ mod tests {
         };
         let bytes = encode(&e).unwrap();
         assert!(bytes.len() < e.iter().map(|(_, b)| b.len()).sum::<usize>() / 2, "compressed");
-        assert_eq!(decode(&bytes, &name).unwrap(), e);
+        let decoded = decode(&bytes, &name).unwrap();
+        assert_eq!(decoded.entries, e);
+        assert_eq!(decoded.encoding, EntryEncoding::Current);
     }
 
     #[test]
@@ -298,5 +334,24 @@ mod tests {
         assert!(matches!(decode(&bytes, &other), Err(SegmentError::Misnamed { .. })));
         assert!(encode(&[(1, vec![1]), (3, vec![3])]).is_err(), "entries must be consecutive");
         assert!(encode(&[]).is_err());
+    }
+
+    #[test]
+    fn netsy_0_1_segments_read_and_future_ones_are_refused_by_name() {
+        let name = SegmentName {
+            epoch: 1,
+            first: 5,
+            last: 6,
+        };
+        let entries = vec![(5, b"five".to_vec()), (6, b"six".to_vec())];
+        let mut old = encode(&entries).unwrap();
+        old[..8].copy_from_slice(MAGIC_V1);
+        let decoded = decode(&old, &name).unwrap();
+        assert_eq!((decoded.encoding, decoded.entries), (EntryEncoding::Bincode, entries.clone()));
+        let mut future = encode(&entries).unwrap();
+        future[7] = b'3';
+        let err = decode(&future, &name).unwrap_err();
+        assert!(matches!(err, SegmentError::Future { found: '3', .. }), "{err:?}");
+        assert!(err.to_string().contains("format 3"), "{err}");
     }
 }

@@ -29,6 +29,8 @@ use tokio::io::AsyncWriteExt;
 use crate::mvcc::{read_applied_meta, read_revisions, MvccError};
 
 const MAGIC: &[u8; 8] = b"NETSYSN1";
+/// The header's `format`. The database inside carries its own schema version.
+pub const HEADER_FORMAT: u32 = 1;
 const MAX_HEADER: u32 = 64 << 10;
 const ZSTD_LEVEL: i32 = 3;
 /// Multipart part size for snapshot uploads.
@@ -107,10 +109,7 @@ pub struct SnapshotHeader {
 /// Describes the database at `db` (which nothing else writes) as a snapshot of `epoch`.
 pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64) -> Result<SnapshotHeader, SnapshotError> {
     let meta = read_applied_meta(db)?;
-    let last: Option<openraft::LogId<u64>> = match &meta.last_applied {
-        Some(b) => bincode::deserialize(b).map_err(|e| SnapshotError::Database(e.to_string()))?,
-        None => None,
-    };
+    let (last, _) = crate::raft::state_machine::decode_applied_meta(&meta).map_err(|e| SnapshotError::Database(crate::error_chain(&e)))?;
     let revs = read_revisions(db)?;
     let mut file = File::open(db).map_err(io_err(db))?;
     let mut crc = 0u32;
@@ -125,7 +124,7 @@ pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64) -> Result<SnapshotHea
         bytes += n as u64;
     }
     Ok(SnapshotHeader {
-        format: 1,
+        format: HEADER_FORMAT,
         cluster_id: cluster_id.to_string(),
         epoch,
         index: last.map_or(0, |l| l.index),
@@ -171,7 +170,14 @@ fn read_header(r: &mut impl Read, path: &str) -> Result<SnapshotHeader, Snapshot
     }
     let mut json = vec![0u8; len as usize];
     r.read_exact(&mut json).map_err(|_| corrupt("truncated header"))?;
-    serde_json::from_slice(&json).map_err(|e| corrupt(&format!("bad header: {e}")))
+    let header: SnapshotHeader = serde_json::from_slice(&json).map_err(|e| corrupt(&format!("bad header: {e}")))?;
+    if header.format > HEADER_FORMAT {
+        return Err(corrupt(&format!(
+            "header format {} is newer than this netsy reads (up to {HEADER_FORMAT}); run a netsy at least as new as the one that wrote it",
+            header.format
+        )));
+    }
+    Ok(header)
 }
 
 /// Decodes the snapshot object in the local file `src` into the database `dest`,
@@ -371,6 +377,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("epochs/3/snapshots/00000000000000000000.snap"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_of_a_newer_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sample_db(dir.path());
+        let mut header = describe(&db, "c", 3).unwrap();
+        header.format = HEADER_FORMAT + 1;
+        let file = dir.path().join("out.snap");
+        encode_file(&db, &header, &file).unwrap();
+        let err = decode_file(&file, "epochs/3/snapshots/x.snap", &dir.path().join("r.db"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header format 2 is newer") && err.contains("x.snap"), "{err}");
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Uploader {
             let mut batch = Vec::new();
             let mut bytes = 0;
             for e in entries {
-                let raw = bincode::serialize(&e).map_err(|e| UploadError::Log(e.to_string()))?;
+                let raw = crate::raft::codec::encode_entry(&e);
                 bytes += raw.len();
                 batch.push((e.log_id.index, raw));
                 if bytes >= self.cfg.segment_max_bytes {

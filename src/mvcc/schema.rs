@@ -4,8 +4,10 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::MvccError;
 
-/// Bumped whenever the schema changes incompatibly.
-pub const SCHEMA_VERSION: i64 = 3;
+/// Bumped whenever the schema changes incompatibly. v4: the Raft bookkeeping rows are
+/// `applied_log_id` / `applied_membership` in netsy's own encoding (v3's `raft_applied` /
+/// `raft_membership` held bincode; they are still read, and replaced by the next batch).
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -156,6 +158,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              UPDATE meta SET value = 3 WHERE name = 'schema_version';
              COMMIT;",
         )?;
+    }
+    if version < 4 {
+        // Nothing moves: the Raft bookkeeping is read in either form (`store::read_meta`).
+        // The version tells netsy 0.1 that this database is not its own.
+        conn.execute("UPDATE meta SET value = 4 WHERE name = 'schema_version'", [])?;
     }
     Ok(())
 }

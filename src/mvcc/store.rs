@@ -24,11 +24,48 @@ pub struct CommitBatch {
     pub revisions: Vec<RevisionEvents>,
 }
 
-/// Raft bookkeeping stored atomically with the data it describes (opaque to MVCC).
+/// Raft bookkeeping stored atomically with the data it describes (opaque to MVCC; the
+/// Raft layer encodes it).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppliedMeta {
     pub last_applied: Option<Vec<u8>>,
     pub membership: Option<Vec<u8>>,
+    /// Read from the rows netsy 0.1 wrote (another encoding, under other names); the
+    /// next applied batch replaces them.
+    pub legacy: bool,
+}
+
+const APPLIED: &str = "applied_log_id";
+const MEMBERSHIP: &str = "applied_membership";
+/// Where netsy 0.1 kept the same (in bincode).
+const LEGACY_APPLIED: &str = "raft_applied";
+const LEGACY_MEMBERSHIP: &str = "raft_membership";
+
+fn read_meta(conn: &Connection) -> rusqlite::Result<AppliedMeta> {
+    let get = |name: &str| -> rusqlite::Result<Option<Vec<u8>>> {
+        conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()
+            .map(Option::flatten)
+    };
+    let current = AppliedMeta {
+        last_applied: get(APPLIED)?,
+        membership: get(MEMBERSHIP)?,
+        legacy: false,
+    };
+    if current.last_applied.is_some() {
+        return Ok(current);
+    }
+    let legacy = AppliedMeta {
+        last_applied: get(LEGACY_APPLIED)?,
+        membership: get(LEGACY_MEMBERSHIP)?,
+        legacy: true,
+    };
+    Ok(if legacy.last_applied.is_some() || legacy.membership.is_some() {
+        legacy
+    } else {
+        current
+    })
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -47,6 +84,8 @@ pub struct Store {
     /// Commits never checkpoint the WAL themselves; `Reader::checkpoint` does, off the
     /// apply path (see `checkpoint_in_background`).
     background_checkpoints: bool,
+    /// The Raft bookkeeping rows of netsy 0.1 are still there (the next batch removes them).
+    legacy_meta: bool,
 }
 
 fn storage(e: rusqlite::Error) -> MvccError {
@@ -60,9 +99,11 @@ impl Store {
         schema::configure(&conn, true).map_err(storage)?;
         schema::create(&conn)?;
         let revs = read::revisions(&conn).map_err(storage)?;
+        let legacy_meta = read_meta(&conn).map_err(storage)?.legacy;
         // Bounded: a watch stream that falls this far behind catches up from history instead.
         let (commits, _) = broadcast::channel(256);
         Ok(Store {
+            legacy_meta,
             conn,
             path: path.to_path_buf(),
             published: Arc::new(std::sync::atomic::AtomicI64::new(revs.current)),
@@ -107,16 +148,7 @@ impl Store {
     }
 
     pub fn applied_meta(&self) -> Result<AppliedMeta, MvccError> {
-        let get = |name: &str| -> rusqlite::Result<Option<Vec<u8>>> {
-            self.conn
-                .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
-                .optional()
-                .map(Option::flatten)
-        };
-        Ok(AppliedMeta {
-            last_applied: get("raft_applied").map_err(storage)?,
-            membership: get("raft_membership").map_err(storage)?,
-        })
+        read_meta(&self.conn).map_err(storage)
     }
 
     /// Applies a batch of committed commands in one SQLite transaction. `None` entries are
@@ -169,14 +201,17 @@ impl Store {
         }
         tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [revs.current])
             .map_err(storage)?;
-        for (name, value) in [("raft_applied", &meta.last_applied), ("raft_membership", &meta.membership)] {
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)",
-                rusqlite::params![name, value],
-            )
-            .map_err(storage)?;
+        for (name, value) in [(APPLIED, &meta.last_applied), (MEMBERSHIP, &meta.membership)] {
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(rusqlite::params![name, value]))
+                .map_err(storage)?;
+        }
+        if self.legacy_meta {
+            tx.execute("DELETE FROM meta WHERE name IN (?1, ?2)", [LEGACY_APPLIED, LEGACY_MEMBERSHIP])
+                .map_err(storage)?;
         }
         tx.commit().map_err(storage)?;
+        self.legacy_meta = false;
         let changed = revs != self.revs;
         self.revs = revs;
         self.published.store(revs.current, std::sync::atomic::Ordering::Release);
@@ -234,6 +269,7 @@ impl Store {
             schema::disable_auto_checkpoint(&conn).map_err(storage)?;
         }
         self.revs = read::revisions(&conn).map_err(storage)?;
+        self.legacy_meta = read_meta(&conn).map_err(storage)?.legacy;
         self.conn = conn;
         Ok(())
     }
@@ -476,15 +512,7 @@ impl Reader {
 /// Reads the Raft bookkeeping of a database file without opening it for writing.
 pub fn read_applied_meta(path: &Path) -> Result<AppliedMeta, MvccError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(storage)?;
-    let get = |name: &str| -> rusqlite::Result<Option<Vec<u8>>> {
-        conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
-            .optional()
-            .map(Option::flatten)
-    };
-    Ok(AppliedMeta {
-        last_applied: get("raft_applied").map_err(storage)?,
-        membership: get("raft_membership").map_err(storage)?,
-    })
+    read_meta(&conn).map_err(storage)
 }
 
 /// The revisions of a database file, read without opening it for writing.
@@ -497,13 +525,14 @@ pub fn read_revisions(path: &Path) -> Result<Revisions, MvccError> {
 /// (a new epoch, or a restore into a new cluster). Alarms go too when `alarms`.
 pub fn clear_raft_meta(path: &Path, alarms: bool) -> Result<(), MvccError> {
     let conn = Connection::open(path).map_err(storage)?;
-    let names = if alarms {
-        "('raft_applied', 'raft_membership', 'alarms')"
-    } else {
-        "('raft_applied', 'raft_membership')"
-    };
-    conn.execute(&format!("DELETE FROM meta WHERE name IN {names}"), [])
-        .map_err(storage)?;
+    conn.execute(
+        "DELETE FROM meta WHERE name IN (?1, ?2, ?3, ?4)",
+        [APPLIED, MEMBERSHIP, LEGACY_APPLIED, LEGACY_MEMBERSHIP],
+    )
+    .map_err(storage)?;
+    if alarms {
+        conn.execute("DELETE FROM meta WHERE name = 'alarms'", []).map_err(storage)?;
+    }
     Ok(())
 }
 
@@ -742,7 +771,7 @@ mod tests {
             )
             .unwrap();
         let err = Store::open(&path).err().expect("refused").to_string();
-        assert!(err.contains("schema v99, newer than this netsy's v3"), "{err}");
+        assert!(err.contains("schema v99, newer than this netsy's v4"), "{err}");
         let tables: i64 = Connection::open(&path)
             .unwrap()
             .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))

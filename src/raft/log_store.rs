@@ -4,6 +4,10 @@
 //! entries are readable from memory immediately); the writer drains everything queued,
 //! writes it in one transaction (one fsync) and then reports every batch flushed. Vote,
 //! truncate and purge go through the same queue, so nothing is reordered.
+//!
+//! Entries, the vote and the last purged log id are stored in netsy's own encoding
+//! (`raft::codec`); `raft_meta` names the format. A `raft.db` of netsy 0.1 (bincode,
+//! no format) is rewritten in the current format when it is first opened.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,6 +22,7 @@ use openraft::{Entry, RaftLogReader, StorageIOError, Vote};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::codec::{self, legacy, FormatError};
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
 type Ack = oneshot::Sender<Result<(), String>>;
@@ -171,33 +176,114 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn get_meta<T: serde::de::DeserializeOwned>(conn: &Connection, name: &str) -> Result<Option<T>, StorageError> {
+fn get_meta<T>(conn: &Connection, name: &str, decode: fn(&[u8]) -> Result<T, FormatError>) -> Result<Option<T>, StorageError> {
     let raw: Option<Vec<u8>> = conn
         .query_row("SELECT value FROM raft_meta WHERE name = ?1", [name], |r| r.get(0))
         .optional()
         .map_err(sto_read)?;
-    match raw {
-        None => Ok(None),
-        Some(b) => bincode::deserialize(&b).map(Some).map_err(sto_read),
+    raw.map(|b| decode(&b)).transpose().map_err(sto_read)
+}
+
+/// Brings `raft.db` to the current format: refuses a newer one, rewrites one of netsy 0.1
+/// (bincode records, no `format` row), and marks a new one.
+fn ensure_format(conn: &mut Connection) -> Result<(), StorageError> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM raft_meta WHERE name = 'format'", [], |r| r.get(0))
+        .optional()
+        .map_err(sto_read)?;
+    match stored.as_deref() {
+        Some([f]) if *f == codec::FORMAT => Ok(()),
+        Some([f]) if *f > codec::FORMAT => Err(sto_read(FormatError::Future {
+            what: "raft.db",
+            found: *f,
+        })),
+        Some(other) => Err(sto_read(FormatError::Unknown {
+            what: "raft.db",
+            found: other.first().copied().unwrap_or(0),
+        })),
+        None => upgrade_legacy(conn),
     }
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StorageError> {
-    bincode::serialize(v).map_err(sto)
+/// Rewrites every record of a netsy 0.1 `raft.db` in the current format, in one
+/// transaction (a crash leaves the old file as it was, to be upgraded at the next open).
+fn upgrade_legacy(conn: &mut Connection) -> Result<(), StorageError> {
+    const CHUNK: i64 = 1024;
+    let tx = conn.transaction().map_err(sto)?;
+    let (count, max): (i64, Option<i64>) = tx
+        .query_row("SELECT count(*), max(idx) FROM log", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sto_read)?;
+    if count > 0 {
+        tracing::info!(
+            entries = count,
+            "raft.db was written by netsy 0.1: rewriting it in the current format"
+        );
+    }
+    let mut done = 0i64;
+    let mut from = i64::MIN;
+    while let Some(max) = max.filter(|m| from <= *m) {
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT idx, entry FROM log WHERE idx >= ?1 ORDER BY idx LIMIT ?2")
+                .map_err(sto_read)?;
+            let rows = stmt
+                .query_map(params![from, CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sto_read)?;
+            rows.collect::<Result<_, _>>().map_err(sto_read)?
+        };
+        let Some(&(last, _)) = rows.last() else { break };
+        let mut update = tx.prepare_cached("UPDATE log SET entry = ?2 WHERE idx = ?1").map_err(sto)?;
+        for (idx, raw) in &rows {
+            let entry = legacy::decode_entry(raw).map_err(sto_read)?;
+            update.execute(params![idx, codec::encode_entry(&entry)]).map_err(sto)?;
+        }
+        done += rows.len() as i64;
+        if done % (64 * CHUNK) < CHUNK && done < count {
+            tracing::info!(done, entries = count, "rewriting raft.db");
+        }
+        if last >= max {
+            break;
+        }
+        from = last + 1;
+    }
+    type Convert = fn(&[u8]) -> Result<Vec<u8>, FormatError>;
+    let upgrade: [(&str, Convert); 2] = [
+        ("vote", |b| Ok(codec::encode_vote(&legacy::decode_vote(b)?))),
+        ("last_purged", |b| Ok(codec::encode_log_id(&legacy::decode_log_id(b)?))),
+    ];
+    for (name, convert) in upgrade {
+        let raw: Option<Vec<u8>> = tx
+            .query_row("SELECT value FROM raft_meta WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(sto_read)?;
+        if let Some(raw) = raw {
+            let value = convert(&raw).map_err(sto_read)?;
+            tx.execute("UPDATE raft_meta SET value = ?2 WHERE name = ?1", params![name, value])
+                .map_err(sto)?;
+        }
+    }
+    tx.execute("INSERT INTO raft_meta (name, value) VALUES ('format', ?1)", [vec![codec::FORMAT]])
+        .map_err(sto)?;
+    tx.commit().map_err(sto)?;
+    if count > 0 {
+        tracing::info!(entries = count, "raft.db rewritten in the current format");
+    }
+    Ok(())
 }
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<LogStore, StorageError> {
-        let writer = open(path).map_err(sto)?;
+        let mut writer = open(path).map_err(sto)?;
+        ensure_format(&mut writer)?;
         let reader = open(path).map_err(sto)?;
-        let last_purged: Option<LogId> = get_meta(&reader, "last_purged")?;
-        let vote = get_meta(&reader, "vote")?;
+        let last_purged: Option<LogId> = get_meta(&reader, "last_purged", codec::decode_log_id)?;
+        let vote = get_meta(&reader, "vote", codec::decode_vote)?;
         let last_raw: Option<Vec<u8>> = reader
             .query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0))
             .optional()
             .map_err(sto_read)?;
         let last_log = match last_raw {
-            Some(b) => Some(bincode::deserialize::<Entry<TypeConfig>>(&b).map_err(sto_read)?.log_id),
+            Some(b) => Some(codec::decode_entry(&b).map_err(sto_read)?.log_id),
             None => last_purged,
         };
         let mut sizes = Sizes::default();
@@ -412,7 +498,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .map_err(sto_read)?;
             for row in rows {
                 let (idx, bytes) = row.map_err(sto_read)?;
-                out.insert(idx as u64, bincode::deserialize(&bytes).map_err(sto_read)?);
+                out.insert(idx as u64, codec::decode_entry(&bytes).map_err(sto_read)?);
             }
         }
         out.extend(pending);
@@ -446,7 +532,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let value = encode(vote)?;
+        let value = codec::encode_vote(vote);
         self.send_and_wait(|ack| Op::Meta {
             name: "vote",
             value,
@@ -472,7 +558,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut pending = self.shared.pending.lock().map_err(|_| msg_err("pending lock poisoned".into()))?;
             for e in entries {
                 let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
-                encoded.push((e.log_id.index, seq, encode(&e)?));
+                encoded.push((e.log_id.index, seq, codec::encode_entry(&e)));
                 last = Some(e.log_id);
                 pending.insert(e.log_id.index, (seq, e));
             }
@@ -516,7 +602,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => return Ok(()),
             },
         };
-        let encoded = encode(&log_id)?;
+        let encoded = codec::encode_log_id(&log_id);
         self.send_and_wait(|ack| Op::Purge {
             upto: log_id.index,
             log_id: encoded,
@@ -591,5 +677,56 @@ mod tests {
             PurgeTarget::Nothing,
             "nothing uploaded yet: keep everything"
         );
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// A `raft.db` as netsy 0.1 left it (bincode records, no format row) is rewritten in
+    /// the current format at open and reads back the same; one of a future format is
+    /// refused by name.
+    #[tokio::test]
+    async fn a_netsy_0_1_log_is_upgraded_and_a_future_one_refused() {
+        use crate::raft::codec::tests as golden;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.db");
+        {
+            let conn = open(&path).expect("create");
+            for (idx, hex) in [
+                (1, golden::LEGACY_BLANK),
+                (2, golden::LEGACY_MEMBERSHIP),
+                (3, golden::LEGACY_NORMAL),
+            ] {
+                conn.execute("INSERT INTO log (idx, entry) VALUES (?1, ?2)", params![idx, unhex(hex)])
+                    .expect("insert");
+            }
+            conn.execute(
+                "INSERT INTO raft_meta (name, value) VALUES ('vote', ?1)",
+                [unhex(golden::LEGACY_VOTE)],
+            )
+            .expect("vote");
+        }
+        for _ in 0..2 {
+            let mut store = LogStore::open(&path).expect("open");
+            assert_eq!(store.try_get_log_entries(1..=3).await.expect("read"), golden::entries());
+            assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(5, 2)));
+            let state = store.get_log_state().await.expect("state");
+            assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+        }
+        {
+            let conn = open(&path).expect("open");
+            let raw: Vec<u8> = conn
+                .query_row("SELECT entry FROM log WHERE idx = 3", [], |r| r.get(0))
+                .expect("row");
+            assert_eq!(raw[0], codec::FORMAT, "rewritten in the current format");
+            conn.execute("UPDATE raft_meta SET value = ?1 WHERE name = 'format'", [vec![codec::FORMAT + 1]])
+                .expect("pretend a newer netsy wrote it");
+        }
+        let err = LogStore::open(&path).err().expect("a newer raft.db is refused");
+        assert!(err.to_string().contains("raft.db is in format 2"), "{err}");
     }
 }

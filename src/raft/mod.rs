@@ -3,6 +3,7 @@
 
 #![allow(clippy::result_large_err)] // openraft fixes the 224-byte StorageError type
 
+pub mod codec;
 pub mod log_store;
 pub mod network;
 pub mod peers;

@@ -1,20 +1,18 @@
-//! openraft's network over the peer gRPC service: each RPC is the bincode of openraft's
-//! request, answered with the bincode of `Result<response, RaftError>` (see
-//! `proto/netsy/peer.proto` and `crate::peer` for the serving side).
+//! openraft's network over the peer gRPC service: each Raft RPC is sent as the peer
+//! protocol's own message (`proto/netsy/peer.proto`, converted in `raft::codec`); see
+//! `crate::peer` for the serving side.
 
 use std::sync::Arc;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
+use super::codec;
 use super::peers::Peers;
 use super::{NodeId, PeerNode, TypeConfig};
-use crate::proto::peer::Blob;
 
 #[derive(Clone)]
 pub struct Network {
@@ -42,65 +40,59 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Rpc {
-    AppendEntries,
-    Vote,
-    InstallSnapshot,
-}
-
-type RpcResult<T, E> = Result<T, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>;
+type RpcError<E> = RPCError<NodeId, PeerNode, RaftError<NodeId, E>>;
+type RpcResult<T, E> = Result<T, RpcError<E>>;
+type Client = crate::proto::peer::peer_client::PeerClient<tonic::transport::Channel>;
 
 impl Link {
-    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
-                "{} (node {}): {e}",
-                self.node, self.target
-            ))))
-        };
+    fn unreachable<E: std::error::Error>(&self, e: &dyn std::fmt::Display) -> RpcError<E> {
+        RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+            "{} (node {}): {e}",
+            self.node, self.target
+        ))))
+    }
+
+    /// A peer client for the target, with the RPC's deadline on `request`.
+    fn client<T, E: std::error::Error>(&self, message: T, option: &RPCOption) -> Result<(Client, tonic::Request<T>), RpcError<E>> {
         if self.target == self.self_id {
-            return Err(unreachable(&"a node never sends Raft RPCs to itself"));
+            return Err(self.unreachable(&"a node never sends Raft RPCs to itself"));
         }
-        let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut client = self.peers.client(self.target, &self.node).map_err(|e| unreachable(&e))?;
-        let mut request = tonic::Request::new(Blob { data, target: self.target });
+        let client = self.peers.client(self.target, &self.node).map_err(|e| self.unreachable(&e))?;
+        let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
-        let reply = match rpc {
-            Rpc::AppendEntries => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::InstallSnapshot => client.install_snapshot(request).await,
-        };
-        let reply = match reply {
+        Ok((client, request))
+    }
+
+    /// The RPC's reply, or the openraft error its gRPC failure means.
+    fn reply<T, E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        option: &RPCOption,
+        reply: Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, RpcError<E>> {
+        match reply {
             Ok(r) => {
                 self.peers.answered(self.target);
-                r.into_inner()
+                Ok(r.into_inner())
             }
-            Err(status) => {
-                return Err(match status.code() {
-                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
-                        action: match rpc {
-                            Rpc::AppendEntries => openraft::network::RPCTypes::AppendEntries,
-                            Rpc::Vote => openraft::network::RPCTypes::Vote,
-                            Rpc::InstallSnapshot => openraft::network::RPCTypes::InstallSnapshot,
-                        },
-                        id: self.self_id,
-                        target: self.target,
-                        timeout: option.hard_ttl(),
-                    }),
-                    tonic::Code::Unavailable | tonic::Code::FailedPrecondition => unreachable(&status.message()),
-                    _ => RPCError::Network(NetworkError::new(&std::io::Error::other(status.to_string()))),
-                });
-            }
-        };
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+            Err(status) => Err(match status.code() {
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
+                    action,
+                    id: self.self_id,
+                    target: self.target,
+                    timeout: option.hard_ttl(),
+                }),
+                tonic::Code::Unavailable | tonic::Code::FailedPrecondition => self.unreachable(&status.message()),
+                _ => RPCError::Network(NetworkError::new(&status)),
+            }),
+        }
+    }
+
+    /// The decoded result: a remote failure becomes openraft's `RemoteError`.
+    fn result<T, E: std::error::Error>(&self, decoded: Result<Result<T, RaftError<NodeId, E>>, codec::FormatError>) -> RpcResult<T, E> {
+        decoded
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+            .map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
     }
 }
 
@@ -110,7 +102,9 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Rpc::AppendEntries, &rpc, &option).await
+        let (mut client, request) = self.client(codec::append_request_to_wire(self.target, &rpc), &option)?;
+        let reply = self.reply(RPCTypes::AppendEntries, &option, client.append_entries(request).await)?;
+        self.result(codec::append_reply_from_wire(reply))
     }
 
     async fn install_snapshot(
@@ -118,10 +112,14 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+        let (mut client, request) = self.client(codec::snapshot_request_to_wire(self.target, &rpc), &option)?;
+        let reply = self.reply(RPCTypes::InstallSnapshot, &option, client.install_snapshot(request).await)?;
+        self.result(codec::snapshot_reply_from_wire(reply))
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        let (mut client, request) = self.client(codec::vote_request_to_wire(self.target, &rpc), &option)?;
+        let reply = self.reply(RPCTypes::Vote, &option, client.vote(request).await)?;
+        self.result(codec::vote_reply_from_wire(reply))
     }
 }

@@ -11,6 +11,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembersh
 use tokio::fs::File;
 use tokio::io::AsyncSeekExt;
 
+use super::codec::{self, legacy};
 use super::{LogId, NodeId, StorageError, TypeConfig};
 use crate::mvcc::{read_applied_meta, AppliedMeta, Command, CommandResult, MvccError, Reader, Store};
 
@@ -43,21 +44,29 @@ fn if_exists<T>(result: std::io::Result<T>) -> Result<Option<T>, StorageError> {
     }
 }
 
-/// The current snapshot in `dir`: the database copy and its meta (JSON `SnapshotMeta`).
+/// The current snapshot in `dir`: the database copy and its meta (`codec::encode_snapshot_meta`).
 fn snapshot_files(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("current.db"), dir.join("current.meta"))
 }
 
 fn decode_meta(meta: &AppliedMeta) -> Result<(Option<LogId>, Membership), StorageError> {
-    let last = match &meta.last_applied {
-        Some(b) => bincode::deserialize(b).map_err(sm_err)?,
-        None => None,
+    decode_applied_meta(meta).map_err(sm_err)
+}
+
+/// The applied log id and membership a state database records (in either encoding).
+pub fn decode_applied_meta(meta: &AppliedMeta) -> Result<(Option<LogId>, Membership), codec::FormatError> {
+    let (last, membership) = if meta.legacy {
+        (
+            meta.last_applied.as_deref().map(legacy::decode_applied).transpose()?.flatten(),
+            meta.membership.as_deref().map(legacy::decode_membership).transpose()?,
+        )
+    } else {
+        (
+            meta.last_applied.as_deref().map(codec::decode_log_id).transpose()?,
+            meta.membership.as_deref().map(codec::decode_membership).transpose()?,
+        )
     };
-    let membership = match &meta.membership {
-        Some(b) => bincode::deserialize(b).map_err(sm_err)?,
-        None => Membership::default(),
-    };
-    Ok((last, membership))
+    Ok((last, membership.unwrap_or_default()))
 }
 
 impl StateMachine {
@@ -105,8 +114,8 @@ impl StateMachine {
 pub enum ApplyError {
     #[error(transparent)]
     Mvcc(#[from] MvccError),
-    #[error("cannot encode Raft bookkeeping: {0}")]
-    Encode(#[from] bincode::Error),
+    #[error("cannot read the applied Raft bookkeeping")]
+    Format(#[from] codec::FormatError),
 }
 
 /// Applies committed entries to the store in one SQLite transaction, recording the last
@@ -141,12 +150,21 @@ pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>
         return Ok(Vec::new());
     }
     let membership = match membership {
-        Some(m) => Some(bincode::serialize(&m)?),
-        None => store.applied_meta()?.membership,
+        Some(m) => Some(codec::encode_membership(&m)),
+        None => {
+            let applied = store.applied_meta()?;
+            if applied.legacy {
+                // Written by netsy 0.1: carried over in the current encoding.
+                Some(codec::encode_membership(&decode_applied_meta(&applied)?.1))
+            } else {
+                applied.membership
+            }
+        }
     };
     let meta = AppliedMeta {
-        last_applied: Some(bincode::serialize(&last)?),
+        last_applied: last.as_ref().map(codec::encode_log_id),
         membership,
+        legacy: false,
     };
     crate::metrics::APPLY_BATCH_ENTRIES.observe(commands.len() as f64);
     let timer = crate::metrics::APPLY_DURATION.start_timer();
@@ -227,7 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (db_path, meta_path) = self.snapshot_paths();
         let received = self.snapshot_dir.join("received.db");
         let installed = self.snapshot_dir.join("installed.db");
-        let meta_json = serde_json::to_vec(meta).map_err(snap_err)?;
+        let meta_bytes = codec::encode_snapshot_meta(meta);
         snapshot.seek(SeekFrom::Start(0)).await.map_err(snap_err)?;
         let mut out = File::create(&received).await.map_err(snap_err)?;
         let bytes = tokio::io::copy(&mut snapshot, &mut out).await.map_err(snap_err)?;
@@ -246,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store.announce_replaced();
             drop(store);
             std::fs::rename(&received, &db_path).map_err(snap_err)?;
-            crate::fsutil::write_durably(&meta_path, &meta_json).map_err(snap_err)?;
+            crate::fsutil::write_durably(&meta_path, &meta_bytes).map_err(snap_err)?;
             let _ = std::fs::remove_file(&incoming);
             Ok(())
         })
@@ -260,7 +278,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(meta) = if_exists(tokio::fs::read(&meta_path).await)? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta<NodeId, super::PeerNode> = serde_json::from_slice(&meta).map_err(snap_err)?;
+        let meta = codec::decode_snapshot_meta(&meta).map_err(snap_err)?;
         let Some(file) = if_exists(File::open(&db_path).await)? else {
             return Ok(None);
         };
@@ -287,7 +305,7 @@ impl StateMachine {
             snapshot_id,
         };
         std::fs::rename(&building, &db_path).map_err(snap_err)?;
-        crate::fsutil::write_durably(&meta_path, &serde_json::to_vec(&meta).map_err(snap_err)?).map_err(snap_err)?;
+        crate::fsutil::write_durably(&meta_path, &codec::encode_snapshot_meta(&meta)).map_err(snap_err)?;
         // The snapshot covers everything the seed held (see `ensure_local_base`).
         let _ = std::fs::remove_file(self.snapshot_dir.join(SEED));
         let file = std::fs::File::open(&db_path).map_err(snap_err)?;
@@ -375,10 +393,13 @@ pub enum Rebuilt {
 pub fn rebuild_state(state_path: &Path, snapshot_dir: &Path, log_covers_all: bool) -> Result<Rebuilt, String> {
     let (db_path, meta_path) = snapshot_files(snapshot_dir);
     let snapshot = match if_exists(std::fs::read(&meta_path)).map_err(|e| format!("cannot read {}: {e}", meta_path.display()))? {
-        Some(raw) if db_path.exists() => Some(
-            serde_json::from_slice::<SnapshotMeta<NodeId, super::PeerNode>>(&raw)
-                .map_err(|e| format!("the local snapshot's meta {} is unreadable: {e}", meta_path.display()))?,
-        ),
+        Some(raw) if db_path.exists() => Some(codec::decode_snapshot_meta(&raw).map_err(|e| {
+            format!(
+                "the local snapshot's meta {} is unreadable: {}",
+                meta_path.display(),
+                crate::error_chain(&e)
+            )
+        })?),
         _ => None,
     };
     let replace_with = |base: &Path| {
@@ -447,7 +468,7 @@ mod tests {
             last_membership: Membership::default(),
             snapshot_id: "3-42".into(),
         };
-        std::fs::write(snapshots.join("current.meta"), serde_json::to_vec(&meta).expect("json")).expect("write");
+        std::fs::write(snapshots.join("current.meta"), codec::encode_snapshot_meta(&meta)).expect("write");
         assert_eq!(rebuild_state(&state, &snapshots, false), Ok(Rebuilt::FromSnapshot { index: 42 }));
         assert_eq!(std::fs::read(&state).expect("read"), b"snapshot bytes");
         assert!(!dir.path().join("state.db-wal").exists());

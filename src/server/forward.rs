@@ -7,8 +7,8 @@
 //! A new stream is opened when the leader changes, when the old one ends, and after a
 //! write timed out on it (the connection may be dead). Writes still waiting when a
 //! stream fails get etcd's "request timed out": they may or may not have applied, as
-//! with any request whose connection is lost. A leader that does not serve `Proposals`
-//! (an older version, during a rolling upgrade) gets the unary `Propose` instead.
+//! with any request whose connection is lost. Commands and results travel in netsy's
+//! own encoding (`raft::codec`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,22 +23,10 @@ use tonic::{Code, Status};
 use crate::api::errors::ApiError;
 use crate::mvcc::{Command, CommandResult};
 use crate::proto::peer::peer_client::PeerClient;
-use crate::proto::peer::{Blob, Proposal, ProposalResult};
-use crate::raft::NodeId;
+use crate::proto::peer::{Proposal, ProposalResult};
+use crate::raft::{codec, NodeId};
 
-/// How long writes to a leader without `Proposals` go one RPC each before the stream is
-/// tried again.
-const UNARY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
-
-type Outcome = Result<(CommandResult, u64), Failure>;
-
-/// Why a forwarded write got no result over the stream.
-#[derive(Debug, Clone)]
-enum Failure {
-    /// The leader does not serve `Proposals`.
-    Unsupported,
-    Api(ApiError),
-}
+type Outcome = Result<(CommandResult, u64), ApiError>;
 
 /// The writes waiting for an answer on one stream.
 #[derive(Default)]
@@ -58,13 +46,6 @@ struct Stream {
 pub struct Forwarder {
     next_id: AtomicU64,
     stream: Mutex<Option<Stream>>,
-    /// A leader found not to serve `Proposals`, and when: its writes go by unary
-    /// `Propose` for `UNARY_FOR` (it may be upgraded meanwhile).
-    unary: Mutex<Option<(NodeId, std::time::Instant)>>,
-}
-
-fn encode(cmd: &Command) -> Result<Vec<u8>, ApiError> {
-    bincode::serialize(cmd).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,23 +61,12 @@ impl Forwarder {
         cmd: &Command,
         deadline: Instant,
     ) -> Result<(CommandResult, u64), ApiError> {
-        let command = encode(cmd)?;
-        if lock(&self.unary).is_some_and(|(l, since)| l == leader && since.elapsed() < UNARY_FOR) {
-            return unary(client, leader, command, deadline).await;
-        }
+        let command = codec::encode_command(cmd);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let waiting = self.send(&client, leader, Proposal { id, command }, reply)?;
         match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(Failure::Api(e)))) => Err(e),
-            Ok(Ok(Err(Failure::Unsupported))) => {
-                tracing::info!(leader, "the leader does not serve Proposals; forwarding writes one RPC each");
-                *lock(&self.unary) = Some((leader, std::time::Instant::now()));
-                self.close(&waiting);
-                // Refused before anything was proposed: safe to send again.
-                unary(client, leader, encode(cmd)?, deadline).await
-            }
+            Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(ApiError::Timeout),
             Err(_) => {
                 lock(&waiting).replies.remove(&id);
@@ -175,13 +145,12 @@ fn open(mut client: PeerClient<Channel>, leader: NodeId) -> Stream {
         }
         .await;
         let failure = match ended {
-            Err(s) if s.code() == Code::Unimplemented => Failure::Unsupported,
             Err(s) => {
                 tracing::debug!(leader, error = %s, "the proposal stream to the leader failed");
-                Failure::Api(ApiError::from_peer(&s))
+                ApiError::from_peer(&s)
             }
             // The leader ended the stream with writes unanswered: their outcome is unknown.
-            Ok(()) => Failure::Api(ApiError::Timeout),
+            Ok(()) => ApiError::Timeout,
         };
         let mut w = lock(&answers);
         w.ended = true;
@@ -194,18 +163,19 @@ fn open(mut client: PeerClient<Channel>, leader: NodeId) -> Stream {
 
 fn decode(r: ProposalResult) -> Outcome {
     if r.code != 0 {
-        return Err(Failure::Api(ApiError::from_peer(&Status::new(Code::from(r.code), r.message))));
+        return Err(ApiError::from_peer(&Status::new(Code::from(r.code), r.message)));
     }
-    bincode::deserialize(&r.result).map_err(|e| Failure::Api(ApiError::Internal(e.to_string())))
+    let result = codec::decode_result(&r.result).map_err(|e| ApiError::Internal(crate::error_chain(&e)))?;
+    Ok((result, r.index))
 }
 
 /// The leader's answer to proposal `id`, for the `Proposals` stream.
 pub fn answer(id: u64, outcome: Result<(CommandResult, u64), ApiError>) -> ProposalResult {
-    let encoded = outcome.and_then(|r| bincode::serialize(&r).map_err(|e| ApiError::Internal(e.to_string())));
-    match encoded {
-        Ok(result) => ProposalResult {
+    match outcome {
+        Ok((result, index)) => ProposalResult {
             id,
-            result,
+            result: codec::encode_result(&result),
+            index,
             ..Default::default()
         },
         Err(e) => {
@@ -218,19 +188,6 @@ pub fn answer(id: u64, outcome: Result<(CommandResult, u64), ApiError>) -> Propo
             }
         }
     }
-}
-
-/// One write by the unary `Propose`.
-async fn unary(
-    mut client: PeerClient<Channel>,
-    leader: NodeId,
-    data: Vec<u8>,
-    deadline: Instant,
-) -> Result<(CommandResult, u64), ApiError> {
-    let mut request = tonic::Request::new(Blob { data, target: leader });
-    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-    let reply = client.propose(request).await.map_err(|s| ApiError::from_peer(&s))?;
-    bincode::deserialize(&reply.into_inner().data).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -254,19 +211,16 @@ mod tests {
         Pairs,
         /// Ends the stream after the first proposal, unanswered.
         HangUp,
-        /// Does not serve `Proposals` (an older version).
-        Unary,
     }
 
     struct FakeLeader {
         mode: Mode,
         streams: Arc<AtomicUsize>,
-        unary_calls: Arc<AtomicUsize>,
     }
 
     /// The answer to a lease grant: its id as the log index, so callers can tell answers apart.
     fn granted(cmd: &[u8]) -> Result<(CommandResult, u64), ApiError> {
-        match bincode::deserialize(cmd) {
+        match codec::decode_command(cmd) {
             Ok(Command::LeaseGrant { id: 13, .. }) => Err(ApiError::LeaderChanged),
             Ok(Command::LeaseGrant { id, ttl }) => Ok((
                 CommandResult::LeaseGrant(LeaseGrantResponse {
@@ -288,9 +242,6 @@ mod tests {
 
         async fn proposals(&self, request: Request<Streaming<Proposal>>) -> Unary<Self::ProposalsStream> {
             let mode = self.mode;
-            if let Mode::Unary = mode {
-                return Err(Status::unimplemented("no Proposals here"));
-            }
             self.streams.fetch_add(1, Ordering::SeqCst);
             let mut inbound = request.into_inner();
             let (tx, rx) = mpsc::unbounded_channel();
@@ -311,25 +262,16 @@ mod tests {
             Ok(Response::new(UnboundedReceiverStream::new(rx)))
         }
 
-        async fn propose(&self, request: Request<Blob>) -> Unary<Blob> {
-            self.unary_calls.fetch_add(1, Ordering::SeqCst);
-            let result = granted(&request.into_inner().data)?;
-            Ok(Response::new(Blob {
-                data: bincode::serialize(&result).map_err(|e| Status::internal(e.to_string()))?,
-                target: 0,
-            }))
-        }
-
         async fn hello(&self, _: Request<HelloRequest>) -> Unary<HelloResponse> {
             Err(Status::unimplemented(""))
         }
-        async fn append_entries(&self, _: Request<Blob>) -> Unary<Blob> {
+        async fn append_entries(&self, _: Request<AppendEntriesRequest>) -> Unary<AppendEntriesReply> {
             Err(Status::unimplemented(""))
         }
-        async fn vote(&self, _: Request<Blob>) -> Unary<Blob> {
+        async fn vote(&self, _: Request<VoteRequest>) -> Unary<VoteReply> {
             Err(Status::unimplemented(""))
         }
-        async fn install_snapshot(&self, _: Request<Blob>) -> Unary<Blob> {
+        async fn install_snapshot(&self, _: Request<InstallSnapshotRequest>) -> Unary<InstallSnapshotReply> {
             Err(Status::unimplemented(""))
         }
         async fn read_index(&self, _: Request<ReadIndexRequest>) -> Unary<ReadIndexResponse> {
@@ -355,17 +297,15 @@ mod tests {
     struct Harness {
         client: PeerClient<Channel>,
         streams: Arc<AtomicUsize>,
-        unary_calls: Arc<AtomicUsize>,
     }
 
     async fn leader(mode: Mode) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (streams, unary_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let streams = Arc::new(AtomicUsize::new(0));
         let fake = FakeLeader {
             mode,
             streams: streams.clone(),
-            unary_calls: unary_calls.clone(),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -378,7 +318,6 @@ mod tests {
         Harness {
             client: PeerClient::new(channel),
             streams,
-            unary_calls,
         }
     }
 
@@ -416,7 +355,6 @@ mod tests {
             assert_eq!(rb.unwrap().1, b as u64);
         }
         assert_eq!(h.streams.load(Ordering::SeqCst), 1, "every write went on the same stream");
-        assert_eq!(h.unary_calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
@@ -456,19 +394,6 @@ mod tests {
         let (ra, rb) = pair(&f, &h.client, 1, 2, 3).await;
         assert_eq!((ra.unwrap().1, rb.unwrap().1), (2, 3));
         assert_eq!(h.streams.load(Ordering::SeqCst), 2, "the timed-out stream was not reused");
-    }
-
-    #[tokio::test]
-    async fn a_leader_without_proposals_gets_one_rpc_per_write() {
-        let h = leader(Mode::Unary).await;
-        let f = Forwarder::default();
-        assert_eq!(f.forward(h.client.clone(), 1, &grant(4), soon()).await.unwrap().1, 4);
-        assert_eq!(f.forward(h.client.clone(), 1, &grant(6), soon()).await.unwrap().1, 6);
-        assert_eq!(h.unary_calls.load(Ordering::SeqCst), 2);
-        assert_eq!(
-            f.forward(h.client.clone(), 1, &grant(13), soon()).await.unwrap_err(),
-            ApiError::LeaderChanged
-        );
     }
 
     #[tokio::test]

@@ -62,9 +62,14 @@ pub enum StartError {
     },
 }
 
+/// The format of `node.json` this netsy writes (netsy 0.1 wrote none: 1).
+const IDENTITY_FORMAT: u32 = 1;
+
 /// Identity of this node, kept in `node.json` in the data directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeIdentity {
+    #[serde(default = "first_format")]
+    pub format_version: u32,
     /// etcd member id, stable for the node's name (see `archive::manifest`).
     pub member_id: u64,
     /// Raft node id of this incarnation.
@@ -75,6 +80,10 @@ pub struct NodeIdentity {
 }
 
 fn first_epoch() -> u64 {
+    1
+}
+
+fn first_format() -> u32 {
     1
 }
 
@@ -164,9 +173,20 @@ fn prepare_data_dir(dir: &Path) -> Result<File, StartError> {
 
 fn load_identity(dir: &Path) -> Result<Option<NodeIdentity>, StartError> {
     match std::fs::read(dir.join("node.json")) {
-        Ok(raw) => serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| data_dir_error(dir, format!("node.json is corrupt: {e}"))),
+        Ok(raw) => {
+            let identity: NodeIdentity =
+                serde_json::from_slice(&raw).map_err(|e| data_dir_error(dir, format!("node.json is corrupt: {e}")))?;
+            if identity.format_version > IDENTITY_FORMAT {
+                return Err(data_dir_error(
+                    dir,
+                    format!(
+                        "node.json is in format {}, newer than this netsy reads (up to {IDENTITY_FORMAT}); run a netsy at least as new as the one that wrote it",
+                        identity.format_version
+                    ),
+                ));
+            }
+            Ok(Some(identity))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(data_dir_error(dir, format!("cannot read node.json: {e}"))),
     }
@@ -297,6 +317,7 @@ impl Node {
         }
         .map_err(|e| StartError::Archive(e.to_string()))?;
         let identity = NodeIdentity {
+            format_version: IDENTITY_FORMAT,
             member_id: startup.member.member_id,
             raft_id: startup.member.raft_id,
             epoch: startup.epoch,
@@ -596,7 +617,7 @@ impl Node {
     /// Replicates `cmd` through Raft (via the leader, from any member) and returns its
     /// applied result. Client-caused failures come back as `Err` with the etcd error.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
-        let size = bincode::serialized_size(&cmd).map_err(|e| ApiError::Internal(e.to_string()))? as usize;
+        let size = crate::raft::codec::command::encoded_len(&cmd);
         if size > self.config.limits.max_request_bytes {
             return Err(ApiError::RequestTooLarge);
         }

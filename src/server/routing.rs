@@ -131,9 +131,10 @@ impl Node {
         Ok((result, index))
     }
 
-    /// On the leader: a write another member forwarded (bincode `Command`).
+    /// On the leader: a write another member forwarded (an encoded `Command`).
     pub async fn propose_forwarded(&self, data: &[u8]) -> Result<(CommandResult, u64), ApiError> {
-        let cmd: Command = bincode::deserialize(data).map_err(|e| ApiError::Internal(format!("undecodable forwarded command: {e}")))?;
+        let cmd = crate::raft::codec::decode_command(data)
+            .map_err(|e| ApiError::Internal(format!("undecodable forwarded command: {}", crate::error_chain(&e))))?;
         self.propose_as_leader(cmd, data.len()).await
     }
 
