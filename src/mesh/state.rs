@@ -166,7 +166,7 @@ impl State {
                 return Ok(id);
             }
         }
-        let id = crate::api::lease::new_lease_id();
+        let id = crate::lease::new_lease_id();
         match self
             .node
             .propose(Command::LeaseGrant {
