@@ -1136,3 +1136,6 @@ async fn renew(na: &Authority, r: &Req) -> Reply {
     }
     created(cert)
 }
+
+#[cfg(test)]
+mod tests;
