@@ -9,6 +9,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::ApiError;
+use crate::lease::new_lease_id;
 use crate::mvcc::{Command, CommandResult, MvccError};
 use crate::proto::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -23,16 +24,6 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(node: Arc<Node>) -> Self {
         LeaseService { node }
-    }
-}
-
-/// A random positive lease id (etcd picks ids the same way when the client sends 0).
-pub fn new_lease_id() -> i64 {
-    loop {
-        let id = (rand::random::<u64>() >> 1) as i64;
-        if id > 0 {
-            return id;
-        }
     }
 }
 

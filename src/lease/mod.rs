@@ -1,11 +1,21 @@
-//! Lease deadlines. Leases themselves (id, TTL, attached keys) are replicated state in
-//! the MVCC store; their deadlines live only on the leader, as in etcd: a new leader
-//! gives every lease a full TTL, keep-alives extend it, and the leader expires a lease by
-//! proposing its revocation through Raft.
+//! Lease ids and deadlines. Leases themselves (id, TTL, attached keys) are replicated
+//! state in the MVCC store; their deadlines live only on the leader, as in etcd: a new
+//! leader gives every lease a full TTL, keep-alives extend it, and the leader expires a
+//! lease by proposing its revocation through Raft.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// A random positive lease id (etcd picks ids the same way when the client sends 0).
+pub fn new_lease_id() -> i64 {
+    loop {
+        let id = (rand::random::<u64>() >> 1) as i64;
+        if id > 0 {
+            return id;
+        }
+    }
+}
 
 /// What the leader tracks of one lease.
 #[derive(Clone, Copy)]

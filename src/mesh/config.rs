@@ -1,11 +1,14 @@
 //! The mesh authority's settings, named as Genesis Mesh's NA names them (so one
 //! deployment's variables, or the env file `genesis-mesh init --env-file` writes, drive
 //! either implementation), plus `NETSY_BIND_MESH`. The authority runs when
-//! `GENESIS_FILE` is set.
+//! `GENESIS_FILE` is set. The same settings may sit in the cluster file's `mesh` section
+//! (`MeshSettings`); `resolve` merges the three sources.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
 
 use super::MeshError;
 
@@ -29,6 +32,62 @@ pub struct MeshConfig {
     pub rate_node: u32,
     /// `endpoint` in `/sovereign.json` (else the request's Host).
     pub public_url: Option<String>,
+}
+
+/// The cluster file's `mesh` section: the Genesis Mesh NA settings under netsy-style
+/// names (each is the variable of the same name in upper case, e.g. `genesis_file` is
+/// `GENESIS_FILE`); environment variables win.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSettings {
+    pub bind: Option<String>,
+    pub genesis_file: Option<String>,
+    pub na_private_key_file: Option<String>,
+    pub na_key_id: Option<String>,
+    pub operator_public_keys: Option<BTreeMap<String, String>>,
+    pub operator_key_tiers: Option<BTreeMap<String, String>>,
+    pub renewal_grace_seconds: Option<i64>,
+    pub max_request_bytes: Option<usize>,
+    pub public_url: Option<String>,
+}
+
+impl MeshSettings {
+    /// As the variables they stand for.
+    fn as_vars(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut set = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.insert(k.to_string(), v);
+            }
+        };
+        set("NETSY_BIND_MESH", self.bind.clone());
+        set("GENESIS_FILE", self.genesis_file.clone());
+        set("NA_PRIVATE_KEY_FILE", self.na_private_key_file.clone());
+        set("NA_KEY_ID", self.na_key_id.clone());
+        let json = |m: &Option<BTreeMap<String, String>>| m.as_ref().and_then(|m| serde_json::to_string(m).ok());
+        set("OPERATOR_PUBLIC_KEYS_JSON", json(&self.operator_public_keys));
+        set("OPERATOR_KEY_TIERS_JSON", json(&self.operator_key_tiers));
+        set("RENEWAL_GRACE_SECONDS", self.renewal_grace_seconds.map(|v| v.to_string()));
+        set("NA_MAX_REQUEST_BYTES", self.max_request_bytes.map(|v| v.to_string()));
+        set("NA_PUBLIC_URL", self.public_url.clone());
+        out
+    }
+}
+
+/// The mesh authority's settings: the Genesis Mesh NA variables, from the environment,
+/// the env file `NETSY_MESH_ENV_FILE` names (the format `genesis-mesh init --env-file`
+/// writes), or the cluster file's `mesh` section, in that order. `None` when
+/// `GENESIS_FILE` is set in none of them.
+pub fn resolve(env: &dyn Fn(&str) -> Option<String>, section: Option<&MeshSettings>) -> Result<Option<MeshConfig>, MeshError> {
+    let mut file = match env("NETSY_MESH_ENV_FILE") {
+        Some(path) => read_env_file(Path::new(&path))?,
+        None => BTreeMap::new(),
+    };
+    // The cluster file's section, where the env file does not say.
+    for (k, v) in section.map(MeshSettings::as_vars).unwrap_or_default() {
+        file.entry(k).or_insert(v);
+    }
+    MeshConfig::from_env(env, &file)
 }
 
 fn invalid(key: &str, msg: impl Into<String>) -> MeshError {

@@ -3,7 +3,9 @@
 //!
 //! - `canonical`, `timefmt`, `keys`: the wire forms every signature depends on;
 //! - `models`: the signed documents (genesis, certificates, policy, CRL);
-//! - `auth`: operator (v2) and node request signatures.
+//! - `auth`: operator (v2) and node request signatures;
+//! - `config`: the settings; `state`: the authority's state in the keyspace;
+//! - `service`: the HTTP service, one handler per route; `tools`: `netsy mesh ...`.
 
 pub mod auth;
 pub mod canonical;
@@ -15,8 +17,8 @@ pub mod state;
 pub mod timefmt;
 pub mod tools;
 
-/// Errors at the mesh module's boundary (startup and tools; HTTP errors are the
-/// service's own envelope).
+/// Errors at the mesh module's boundary (startup and tools; the HTTP service answers
+/// with `service::Error` in the NA's envelope).
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     #[error("key file {path}: {msg}")]

@@ -22,6 +22,7 @@ use crate::api::errors::ApiError;
 use crate::mvcc::{Command, CommandResult};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::{request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::proto::mvccpb::KeyValue;
 use crate::server::Node;
 
 pub const PREFIX: &str = "/netsy/mesh/";
@@ -36,8 +37,33 @@ pub struct Stored {
     pub mod_revision: i64,
 }
 
+/// Where the state lives: netsy's keyspace through its one write path (`Node`), or in
+/// unit tests a bare MVCC store (`memory::Keyspace`).
+#[async_trait::async_trait]
+pub trait Keyspace: Send + Sync {
+    /// A linearizable read of `req`'s range.
+    async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, ApiError>;
+    /// Applies `cmd` (through Raft) and returns its result.
+    async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError>;
+}
+
+/// The node's replicated keyspace.
+struct Replicated(Arc<Node>);
+
+#[async_trait::async_trait]
+impl Keyspace for Replicated {
+    async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, ApiError> {
+        self.0.linearizable_read().await?;
+        Ok(self.0.read(move |r| r.range(&req)).await?.kvs)
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        self.0.propose(cmd).await
+    }
+}
+
 pub struct State {
-    node: Arc<Node>,
+    keyspace: Box<dyn Keyspace>,
     /// The lease nonces of the current minute are put on: (minute, lease id).
     nonce_lease: Mutex<Option<(i64, i64)>>,
 }
@@ -70,8 +96,13 @@ fn unchanged(k: &str, rev: i64) -> Compare {
 
 impl State {
     pub fn new(node: Arc<Node>) -> State {
+        State::over(Replicated(node))
+    }
+
+    /// The state in `keyspace`.
+    pub fn over(keyspace: impl Keyspace + 'static) -> State {
         State {
-            node,
+            keyspace: Box::new(keyspace),
             nonce_lease: Mutex::new(None),
         }
     }
@@ -92,15 +123,15 @@ impl State {
     }
 
     async fn list_range(&self, start: Vec<u8>, end: Vec<u8>) -> Result<Vec<(String, Stored)>, ApiError> {
-        self.node.linearizable_read().await?;
         let req = RangeRequest {
             key: start,
             range_end: end,
             ..Default::default()
         };
-        let resp = self.node.read(move |r| r.range(&req)).await?;
-        Ok(resp
-            .kvs
+        Ok(self
+            .keyspace
+            .range(req)
+            .await?
             .into_iter()
             .filter_map(|kv| {
                 let value = serde_json::from_slice(&kv.value).ok()?;
@@ -124,7 +155,7 @@ impl State {
             success: writes.iter().map(|(k, v)| put_op(k, v, 0)).collect(),
             failure: vec![],
         };
-        match self.node.propose(Command::Txn(txn)).await? {
+        match self.keyspace.propose(Command::Txn(txn)).await? {
             CommandResult::Txn(resp) => Ok(resp.succeeded),
             other => Err(ApiError::Internal(format!("unexpected result of a mesh txn: {other:?}"))),
         }
@@ -146,7 +177,7 @@ impl State {
                 success: vec![put_op(&k, &Value::Null, lease)],
                 failure: vec![],
             };
-            match self.node.propose(Command::Txn(txn)).await {
+            match self.keyspace.propose(Command::Txn(txn)).await {
                 Ok(CommandResult::Txn(resp)) => return Ok(resp.succeeded),
                 Ok(other) => return Err(ApiError::Internal(format!("unexpected result of a nonce claim: {other:?}"))),
                 // The minute's lease expired under us: take a new one and retry once.
@@ -166,9 +197,9 @@ impl State {
                 return Ok(id);
             }
         }
-        let id = crate::api::lease::new_lease_id();
+        let id = crate::lease::new_lease_id();
         match self
-            .node
+            .keyspace
             .propose(Command::LeaseGrant {
                 id,
                 ttl: NONCE_TTL_SECS + 60,
@@ -180,6 +211,52 @@ impl State {
                 Ok(resp.id)
             }
             other => Err(ApiError::Internal(format!("unexpected lease grant result: {other:?}"))),
+        }
+    }
+}
+
+/// A keyspace in one MVCC store, without Raft, for unit tests.
+#[cfg(test)]
+pub mod memory {
+    use std::sync::Mutex;
+
+    use crate::api::errors::ApiError;
+    use crate::mvcc::{AppliedMeta, Command, CommandResult, Reader, Store};
+    use crate::proto::etcdserverpb::RangeRequest;
+    use crate::proto::mvccpb::KeyValue;
+
+    pub struct Keyspace {
+        store: Mutex<Store>,
+        reader: Reader,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Keyspace {
+        pub fn new() -> Result<Keyspace, Box<dyn std::error::Error + Send + Sync>> {
+            let dir = tempfile::tempdir()?;
+            let store = Store::open(&dir.path().join("state.db"))?;
+            let reader = Reader::new(store.path());
+            Ok(Keyspace {
+                store: Mutex::new(store),
+                reader,
+                _dir: dir,
+            })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl super::Keyspace for Keyspace {
+        async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, ApiError> {
+            Ok(self.reader.run(move |r| r.range(&req)).await?.kvs)
+        }
+
+        async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+            let mut store = self.store.lock().map_err(|_| ApiError::Internal("poisoned test store".into()))?;
+            match store.apply_batch(&[Some(cmd)], &AppliedMeta::default())?.pop() {
+                Some(CommandResult::Error(e)) => Err(ApiError::Mvcc(e)),
+                Some(result) => Ok(result),
+                None => Err(ApiError::Internal("no result".into())),
+            }
         }
     }
 }

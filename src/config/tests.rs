@@ -1,0 +1,113 @@
+use super::*;
+
+const DEV: &str = r#"{
+    // comment
+    "cluster_id": "dev",
+    "storage": { "provider": "file", "path": "./objects", },
+    "node": { "data_dir": "./data", "bind_client": "127.0.0.1:2378", "bind_peer": "127.0.0.1:2381", "bind_health": "127.0.0.1:8080" },
+}"#;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str(text, Path::new("test.jsonc"), &no_env)
+}
+
+#[test]
+fn parses_jsonc_with_comments_and_trailing_commas() {
+    let c = load(DEV).expect("valid");
+    assert_eq!(c.cluster_id, "dev");
+    assert_eq!(c.bind_client.to_string(), "127.0.0.1:2378");
+    assert_eq!(c.data_dir, PathBuf::from("./data"));
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.etcd_version, crate::DEFAULT_ETCD_VERSION);
+}
+
+#[test]
+fn env_overrides_file() {
+    let env = |k: &str| (k == "NETSY_BIND_CLIENT").then(|| "127.0.0.1:9999".to_string());
+    let c = Config::from_str(DEV, Path::new("x"), &env).expect("valid");
+    assert_eq!(c.bind_client.port(), 9999);
+}
+
+#[test]
+fn errors_name_the_key() {
+    // The cluster file with one more top-level section before `node`.
+    let with_section = |section: &str| DEV.replace("\"node\"", &format!("{section}, \"node\""));
+    let cases = [
+        (DEV.replace("\"dev\"", "\"Dev_1\""), "cluster_id"),
+        (DEV.replace("\"file\"", "\"ftp\""), "storage.provider"),
+        (DEV.replace("\"cluster_id\"", "\"cluster_idd\""), "cluster_idd"),
+        (DEV.replace("127.0.0.1:2378", "0.0.0.0:2378"), "NETSY_BIND_CLIENT"),
+        (with_section("\"etcd_version\": \"3.4.1\""), "etcd_version"),
+        (with_section("\"limits\": {\"max_txn_ops\": 0}"), "limits.max_txn_ops"),
+        (
+            with_section("\"auto_compaction\": {\"mode\": \"periodic\", \"retention\": \"1x\"}"),
+            "auto_compaction.retention",
+        ),
+        (
+            DEV.replace("\"path\": \"./objects\"", "\"path\": \"./objects\", \"endpoint\": \"minio:9000\""),
+            "storage.endpoint",
+        ),
+        (
+            with_section("\"watch\": {\"progress_notify_interval\": \"10ms\"}"),
+            "watch.progress_notify_interval",
+        ),
+        (with_section("\"deregistration_timeout\": \"soon\""), "deregistration_timeout"),
+        (with_section("\"raft\": {\"snapshot_log_entries\": 0}"), "raft.snapshot_log_entries"),
+        (
+            with_section("\"raft\": {\"snapshot_chunk_bytes\": 100}"),
+            "raft.snapshot_chunk_bytes",
+        ),
+        (with_section("\"raft\": {\"snapshot_log_bytes\": 1}"), "raft.snapshot_log_bytes"),
+        ("{ not json".to_string(), "not valid JSONC"),
+    ];
+    for (text, key) in cases {
+        let err = load(&text).expect_err(key).to_string();
+        assert!(err.contains(key), "{err:?} should name {key}");
+    }
+}
+
+#[test]
+fn insecure_bind_allowed_when_configured() {
+    let text = DEV
+        .replace("127.0.0.1:2378", "0.0.0.0:2378")
+        .replace("\"node\"", "\"allow_insecure\": true, \"node\"");
+    assert!(load(&text).is_ok());
+}
+
+#[test]
+fn the_mesh_section_stands_for_the_na_variables_and_the_environment_wins() {
+    let text = DEV.replace(
+        "\"node\"",
+        r#""mesh": { "genesis_file": "/g.json", "na_private_key_file": "/na.key", "na_key_id": "na-file",
+            "operator_public_keys": {"op": "AAAA"}, "operator_key_tiers": {"op": "standard"}, "bind": "127.0.0.1:9443" }, "node""#,
+    );
+    let m = load(&text).expect("valid").mesh.expect("mesh on");
+    assert_eq!(m.na_key_id, "na-file");
+    assert_eq!(m.bind.port(), 9443);
+    assert_eq!(m.operator_key_tiers["op"], "standard");
+    let env = |k: &str| (k == "NA_KEY_ID").then(|| "na-env".to_string());
+    let m = Config::from_str(&text, Path::new("x"), &env).expect("valid").mesh.expect("on");
+    assert_eq!(m.na_key_id, "na-env");
+    assert!(load(DEV).expect("valid").mesh.is_none());
+    let bad = DEV.replace("\"node\"", r#""mesh": { "genesis_file": "/g.json" }, "node""#);
+    assert!(load(&bad).expect_err("no key file").to_string().contains("NA_PRIVATE_KEY_FILE"));
+}
+
+#[test]
+fn deregistration_timeout_defaults_to_three_minutes_and_zero_disables_it() {
+    assert_eq!(load(DEV).expect("valid").deregistration_timeout, Some(Duration::from_secs(180)));
+    let off = DEV.replace("\"node\"", "\"deregistration_timeout\": \"0\", \"node\"");
+    assert_eq!(load(&off).expect("valid").deregistration_timeout, None);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("5"), None);
+    assert_eq!(parse_duration("m"), None);
+}
