@@ -581,16 +581,11 @@ fn three_processes_run_with_the_rendered_pod_spec() {
         .expect("probe port");
     for i in 0..3 {
         let ready = || {
+            let request = format!("GET {} HTTP/1.0\r\n\r\n", probe["path"].as_str().expect("path"));
             std::net::TcpStream::connect((ip(i), port as u16))
-                .ok()
-                .and_then(|mut s| {
-                    use std::io::{Read, Write};
-                    write!(s, "GET {} HTTP/1.0\r\n\r\n", probe["path"].as_str().expect("path")).ok()?;
-                    let mut out = String::new();
-                    s.read_to_string(&mut out).ok()?;
-                    Some(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
-                })
-                .unwrap_or(false)
+                .map_err(|e| e.to_string())
+                .and_then(|s| common::http_exchange(s, request.as_bytes()))
+                .is_ok_and(|(status, _)| status == 200)
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         while !ready() {

@@ -293,17 +293,43 @@ impl Drop for Netsy {
     }
 }
 
-/// A minimal HTTP/1.0 GET (avoids a client dependency in tests).
+/// A minimal HTTP/1.0 GET on the loopback `port` (avoids a client dependency in tests):
+/// the status and body, or why no HTTP answer came back. A server may legitimately close
+/// the connection instead of answering (a TLS port given plain text, a refused request):
+/// that is an `Err` the test can assert on, never a panic.
+pub fn try_http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect to port {port}: {e}"))?;
+    http_exchange(s, format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+}
+
+/// Like `try_http_get`, for a server that must answer: panics when it does not.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: no HTTP answer: {e}"))
+}
+
+/// Sends `request` over `s` and reads until the server closes: the status and body of
+/// the HTTP response, or why there was none. The server may stop reading and close (reset,
+/// EPIPE) before the whole request is written, e.g. when it refuses a large body: what it
+/// answered is still read. A reply that is not HTTP (a TLS alert, nothing at all) is `Err`.
+pub fn http_exchange(mut s: std::net::TcpStream, request: &[u8]) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
-    let mut out = String::new();
-    // A server that refuses the request may reset the connection: that is status 0.
-    let _ = s.read_to_string(&mut out);
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let wrote = s.write_all(request);
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok());
+    match status {
+        Some(status) => Ok((status, text.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string())),
+        None => Err(format!(
+            "no HTTP response (write: {wrote:?}; read: {read:?}; received {} bytes: {:?})",
+            raw.len(),
+            text.chars().take(64).collect::<String>()
+        )),
+    }
 }
 
 /// Real etcd 3.5.1 on free ports with a fresh data dir. Killed when dropped.

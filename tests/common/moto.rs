@@ -30,12 +30,13 @@ impl Moto {
 
     /// Creates a bucket with a plain path-style request (moto accepts it unsigned).
     pub fn create_bucket(&self, name: &str) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "PUT /{name} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+        let reply = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .map_err(|e| format!("connect: {e}"))
+            .and_then(|s| {
+                let request = format!("PUT /{name} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
+                super::http_exchange(s, request.as_bytes())
+            });
+        assert!(matches!(reply, Ok((200, _))), "creating bucket {name} on moto: {reply:?}");
     }
 
     /// The cluster file's `storage` object for `bucket` (credentials: `ENV`).
