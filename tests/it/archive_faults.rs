@@ -1,12 +1,11 @@
 //! Object storage misbehaving under a running node (in process, through `FaultyStore`):
 //! outages, slow puts and puts whose success response is lost.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common;
 use netsy::archive::{Faults, FaultyStore};
 use netsy::config::Config;
 use object_store::ObjectStore;

@@ -1,10 +1,8 @@
 //! Black-box etcd Lease semantics over gRPC with the `etcd-client` crate.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Netsy;
+use crate::common::Netsy;
 use etcd_client::{Client, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, WatchOptions, WatchStream};
 
 fn grpc_err(e: etcd_client::Error) -> (tonic::Code, String) {

@@ -2,14 +2,13 @@
 //! killed (-9), restarted with or without their disks, and fully restarted from object
 //! storage alone.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, wait_until, Cluster};
+use crate::common;
+use crate::common::{etcdctl, wait_until, Cluster};
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 
 async fn client(endpoint: &str) -> Client {

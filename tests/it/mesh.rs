@@ -2,13 +2,12 @@
 //! `make test` installs them into .venv-mesh) against netsy's NA on port 8443, raw HTTP
 //! checks of the refusals, and pods of one cluster racing for one invite and one nonce.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, wait_until, Cluster, Netsy};
+use crate::common;
+use crate::common::{free_port, wait_until, Cluster, Netsy};
 use netsy::mesh::{auth, keys, tools};
 use serde_json::{json, Value};
 

@@ -1,14 +1,13 @@
 //! mTLS, black-box: the real netsy binary with certificates as the cert-manager CSI
 //! driver mounts them, real etcdctl 3.5.1 and a TLS 1.3 gRPC client.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{etcdctl, wait_until, Netsy};
+use crate::common;
+use crate::common::{etcdctl, wait_until, Netsy};
 use netsy::proto::etcdserverpb::kv_client::KvClient;
 use netsy::proto::etcdserverpb::{PutRequest, RangeRequest};
 use netsy::proto::peer::peer_client::PeerClient;

@@ -1,10 +1,9 @@
 //! Committed log entries reach object storage as contiguous, verifiable segments.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Netsy;
+use crate::common;
+use crate::common::Netsy;
 use netsy::archive::SegmentName;
 
 /// Every segment under `objects/epochs/1/wal`, sorted by first index.

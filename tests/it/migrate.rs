@@ -1,9 +1,7 @@
 //! `netsy migrate --from-etcd`: a live etcd's keys move into a new netsy cluster with
 //! their revisions, versions and leases, and revisions continue above the source's.
 
-mod common;
-
-use common::{Etcd, Netsy};
+use crate::common::{Etcd, Netsy};
 use etcd_client::{GetOptions, PutOptions};
 
 type Row = (Vec<u8>, Vec<u8>, i64, i64, i64, bool);

@@ -1,12 +1,11 @@
 //! A node that loses its disk comes back from object storage with every acknowledged
 //! write: the newest snapshot plus every later segment, verified, then a new epoch.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{wait_until, Netsy};
+use crate::common;
+use crate::common::{wait_until, Netsy};
 use etcd_client::GetOptions;
 
 fn cluster_epoch(n: &Netsy) -> u64 {

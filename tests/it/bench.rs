@@ -1,10 +1,9 @@
 //! `netsy bench` drives any etcd endpoint; the suite compares netsy with real etcd.
 
-mod common;
-
 use std::process::Command;
 
-use common::Netsy;
+use crate::common;
+use crate::common::Netsy;
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_netsy"))

@@ -1,10 +1,8 @@
 //! Maintenance, Lease, Cluster, Auth and the HTTP health port, black-box.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Netsy;
+use crate::common::Netsy;
 use etcd_client::{AlarmAction, AlarmType};
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! The Helm chart (`deploy/helm`), rendered and linted by the real Helm engine
-//! (helm-python-sdk in the venv, see `tests/helm/render.py`), every core object
+//! (helm-python-sdk in the venv, see `tests/it/helm/render.py`), every core object
 //! validated against the Kubernetes OpenAPI schemas, and three netsy processes run with
 //! exactly the environment, arguments, config and certificate attributes it renders.
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,18 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{etcd_bin_dir, etcdctl, wait_until};
+use crate::common;
+use crate::common::{etcd_bin_dir, etcdctl, wait_until};
 use netsy::tls::dev::{Ca, LeafSpec};
 use serde_json::{json, Value};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm");
-const RENDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helm/render.py");
+const RENDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/helm/render.py");
 
 fn helm(cmd: &str, values: &Value) -> Value {
     let out = Command::new(etcd_bin_dir().join("python"))
         .args([RENDER, cmd, CHART, &values.to_string()])
         .output()
-        .expect("run tests/helm/render.py with the venv's python (make test installs it)");
+        .expect("run tests/it/helm/render.py with the venv's python (make test installs it)");
     assert!(out.status.success(), "render.py failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("render.py prints JSON")
 }

@@ -9,17 +9,15 @@
 //! Every choice (operations, keys, values, faults, their targets and durations) comes
 //! from one seed, printed at the start; rerun with `NETSY_LINZ_SEED=<seed>`.
 
-#[path = "linearizability/checker.rs"]
 mod checker;
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::Cluster;
 use checker::{Op, Outcome, Record};
-use common::Cluster;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

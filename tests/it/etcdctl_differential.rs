@@ -1,9 +1,8 @@
 //! The same etcdctl 3.5.1 script against real etcd 3.5.1 and against netsy; outputs are
 //! compared after normalising what legitimately differs (ids, terms, timings, sizes).
 
-mod common;
-
-use common::{etcdctl, etcdctl_stdin, Etcd, Netsy};
+use crate::common;
+use crate::common::{etcdctl, etcdctl_stdin, Etcd, Netsy};
 
 /// Each step: arguments, stdin (for `txn -i`), and whether the output is byte-compared
 /// (false: only success/failure is compared, e.g. sizes and versions differ).

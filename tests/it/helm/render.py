@@ -1,6 +1,6 @@
 """Renders and lints deploy/helm with the real Helm engine (helm-python-sdk, Helm v4's
 Go SDK) and validates every rendered object against the Kubernetes OpenAPI schemas
-(kubernetes-validate). Used by tests/helm.rs; prints one JSON document on stdout.
+(kubernetes-validate). Used by tests/it/helm.rs; prints one JSON document on stdout.
 
     render.py render CHART VALUES_JSON   -> {"objects": [...], "notes": "...",
                                              "unvalidated": ["cert-manager.io/v1 Issuer", ...]}

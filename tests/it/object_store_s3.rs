@@ -1,14 +1,13 @@
 //! The S3 backend against moto's S3 server (real S3 protocol: SigV4, If-None-Match,
 //! If-Match), started on a free port and stopped by PID.
 
-mod common;
-
 use std::process::Command;
 
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, UpdateVersion};
 
-use common::moto::Moto;
+use crate::common;
+use crate::common::moto::Moto;
 
 #[tokio::test]
 async fn s3_conditional_puts_fence_writers() {

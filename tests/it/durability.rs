@@ -1,11 +1,10 @@
 //! Restarts keep every acknowledged write, including after `kill -9`; a second process on
 //! the same data directory is refused.
 
-mod common;
-
 use std::process::Command;
 
-use common::Netsy;
+use crate::common;
+use crate::common::Netsy;
 
 #[tokio::test]
 async fn kill9_keeps_every_acknowledged_write() {
