@@ -8,7 +8,6 @@ mod common;
 
 mod archive;
 mod archive_faults;
-mod bench;
 mod cluster;
 mod durability;
 mod etcdctl_differential;

@@ -1,6 +1,7 @@
-//! `netsy bench`: an etcd v3 load generator modelled on etcd's `tools/benchmark`. It only
-//! speaks the etcd gRPC API, so it drives etcd and netsy alike. `suite.rs` runs the
-//! side-by-side comparison behind `make bench`.
+//! `netsy-bench`: an etcd v3 load generator modelled on etcd's `tools/benchmark`. It only
+//! speaks the etcd gRPC API (netsy's generated client types), so it drives etcd and netsy
+//! alike. `suite.rs` runs the side-by-side comparison behind `make bench`. Not part of
+//! the shipped `netsy` binary or library.
 
 pub mod report;
 pub mod suite;
@@ -114,7 +115,7 @@ impl Summary {
         }
     }
 
-    /// The human-readable block `netsy bench` prints.
+    /// The human-readable block `netsy-bench` prints.
     pub fn text(&self) -> String {
         format!(
             "{}: {} requests, {} errors in {:.2}s = {:.0} req/s\nlatency ms: min {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",

@@ -1,4 +1,4 @@
-//! `netsy bench suite` (behind `make bench`): starts real etcd and netsy side by side on
+//! `netsy-bench suite` (behind `make bench`): starts real etcd and netsy side by side on
 //! loopback with fresh data directories, runs every workload against both with the same
 //! parameters (alternating the order between rounds to cancel machine drift), records
 //! memory and disk use, and writes `results.md`, `results.json` and `results.svg`.
@@ -151,16 +151,16 @@ async fn request_once(endpoint: &str, timeout: Duration, read: bool) -> Result<(
     let opts = Options::one(endpoint);
     let request = async {
         let channels = super::connect(&opts).await?;
-        let mut kv = crate::proto::etcdserverpb::kv_client::KvClient::new(channels[0].clone());
+        let mut kv = netsy::proto::etcdserverpb::kv_client::KvClient::new(channels[0].clone());
         let failed = |e: tonic::Status| BenchError::Setup(e.message().to_string());
         if read {
-            let probe = crate::proto::etcdserverpb::RangeRequest {
+            let probe = netsy::proto::etcdserverpb::RangeRequest {
                 key: b"bench-probe".to_vec(),
                 ..Default::default()
             };
             kv.range(probe).await.map_err(failed)?;
         } else {
-            let put = crate::proto::etcdserverpb::PutRequest {
+            let put = netsy::proto::etcdserverpb::PutRequest {
                 key: b"bench-failover".to_vec(),
                 value: b"x".to_vec(),
                 ..Default::default()
@@ -523,7 +523,7 @@ async fn compare(etcd: &[Server], netsy: &[Server], cases: Vec<Case>, rounds: us
 
 /// The index of the member that leads, by asking each member's Status.
 async fn find_leader(group: &[Server]) -> Result<usize, BenchError> {
-    use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use netsy::proto::etcdserverpb::maintenance_client::MaintenanceClient;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut ids = Vec::new();
@@ -531,7 +531,7 @@ async fn find_leader(group: &[Server]) -> Result<usize, BenchError> {
         for m in group {
             let status = match super::connect(&Options::one(&m.endpoint)).await {
                 Ok(ch) => MaintenanceClient::new(ch[0].clone())
-                    .status(crate::proto::etcdserverpb::StatusRequest {})
+                    .status(netsy::proto::etcdserverpb::StatusRequest {})
                     .await
                     .ok()
                     .map(|r| r.into_inner()),

@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use super::{connect, BenchError, Options, Summary};
-use crate::proto::etcdserverpb::{
+use netsy::proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
     lease_client::LeaseClient,
