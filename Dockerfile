@@ -10,6 +10,7 @@ COPY src src
 # The workspace's other members (never shipped): cargo reads their manifests.
 COPY bench/Cargo.toml bench/Cargo.toml
 COPY bench/src bench/src
+COPY testkit testkit
 RUN cargo build --release --locked --bin netsy && strip target/release/netsy
 
 # Run stage: glibc and nothing else, as the non-root user 65532 (the chart's runAsUser).

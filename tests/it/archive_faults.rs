@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use netsy::archive::{Faults, FaultyStore};
 use netsy::config::Config;
+use netsy_testkit::{Faults, FaultyStore};
 use object_store::ObjectStore;
 
 /// A node serving in this process over `store`; stopped when dropped.

@@ -132,10 +132,23 @@ fn client_config(ca_pem: &[u8], cert: &Path, key: &Path) -> Arc<rustls::ClientCo
     Arc::new(config)
 }
 
-/// A TLS 1.3 gRPC channel to `port` presenting `cert`.
+/// A TLS 1.3 gRPC channel to `port` presenting `cert`; the server certificate must
+/// name 127.0.0.1.
 async fn channel(port: u16, ca_pem: Vec<u8>, cert: &CertFiles) -> Result<tonic::transport::Channel, String> {
-    let config = client_config(&ca_pem, &cert.0, &cert.1);
-    netsy::tls::connect::tls_channel(&format!("127.0.0.1:{port}"), Duration::from_secs(5), move || Ok(config.clone()))
+    let tls = tokio_rustls::TlsConnector::from(client_config(&ca_pem, &cert.0, &cert.1));
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let tls = tls.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+            let stream = tls.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
         .await
         .map_err(|e| format!("{e:?}"))
 }
