@@ -7,6 +7,10 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo .cargo
 COPY proto proto
 COPY src src
+# The workspace's other members (never shipped): cargo reads their manifests.
+COPY bench/Cargo.toml bench/Cargo.toml
+COPY bench/src bench/src
+COPY testkit testkit
 RUN cargo build --release --locked --bin netsy && strip target/release/netsy
 
 # Run stage: glibc and nothing else, as the non-root user 65532 (the chart's runAsUser).

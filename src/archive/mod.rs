@@ -1,7 +1,7 @@
 //! Object storage, the permanent store.
 //!
 //! - `store`: one `Arc<dyn ObjectStore>` built from the `storage` config, wrapped in
-//!   layers (retries, metrics, storage class; fault injection for tests).
+//!   layers (retries, metrics, storage class).
 //! - `manifest`: `cluster.json` (current epoch), `members.json`, `nodes/`.
 //! - `segment` + `uploader`: the leader ships committed log entries as segments.
 //! - `snapshot` + `snapshotter` + `gc`: snapshots of the applied state, and cleanup.
@@ -20,4 +20,4 @@ pub mod store;
 pub mod uploader;
 
 pub use segment::{SegmentError, SegmentName};
-pub use store::{build, Faults, FaultyStore, MeteredStore, StoreError};
+pub use store::{build, MeteredStore, StoreError};

@@ -6,12 +6,10 @@
 //!   with exponential backoff by the client (`RetryConfig`).
 //! - `file`: a local directory, fsynced; `memory`: in-process, for tests.
 //! - `key_prefix` applies to every backend (`PrefixStore`).
-//! - `MeteredStore` counts requests, bytes, errors and latency per operation;
-//!   `FaultyStore` injects failures, latency, outages and lost put responses in tests.
+//! - `MeteredStore` counts requests, bytes, errors and latency per operation.
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -350,124 +348,6 @@ impl ObjectStore for WritePolicyStore {
     }
 }
 
-/// Switches for `FaultyStore`, shared with the test that drives it.
-#[derive(Debug, Default)]
-pub struct Faults {
-    /// The next N puts fail without writing.
-    pub fail_puts: AtomicUsize,
-    /// The next N puts are written but report a failure (a lost response).
-    pub lose_put_responses: AtomicUsize,
-    /// Every put waits this long first (milliseconds).
-    pub put_delay_ms: AtomicU64,
-    /// Every operation fails while set.
-    pub outage: AtomicBool,
-    /// Successful puts so far.
-    pub puts: AtomicUsize,
-}
-
-impl Faults {
-    fn take(counter: &AtomicUsize) -> bool {
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok()
-    }
-}
-
-fn injected(what: &str) -> object_store::Error {
-    object_store::Error::Generic {
-        store: "faulty",
-        source: format!("injected fault: {what}").into(),
-    }
-}
-
-/// An object store that fails on command (tests only; see `Faults`).
-#[derive(Debug)]
-pub struct FaultyStore {
-    inner: Arc<dyn ObjectStore>,
-    pub faults: Arc<Faults>,
-}
-
-impl FaultyStore {
-    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        FaultyStore {
-            inner,
-            faults: Arc::new(Faults::default()),
-        }
-    }
-
-    fn check_outage(&self) -> object_store::Result<()> {
-        if self.faults.outage.load(Ordering::Acquire) {
-            return Err(injected("outage"));
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for FaultyStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Faulty({})", self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FaultyStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
-        let delay = self.faults.put_delay_ms.load(Ordering::Acquire);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        self.check_outage()?;
-        if Faults::take(&self.faults.fail_puts) {
-            return Err(injected("put failed"));
-        }
-        let r = self.inner.put_opts(location, payload, opts).await?;
-        self.faults.puts.fetch_add(1, Ordering::AcqRel);
-        if Faults::take(&self.faults.lose_put_responses) {
-            return Err(injected("put response lost after the write"));
-        }
-        Ok(r)
-    }
-
-    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check_outage()?;
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.check_outage()?;
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
-        self.check_outage()?;
-        self.inner.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
-        if self.faults.outage.load(Ordering::Acquire) {
-            return locations.map(|_| Err(injected("outage"))).boxed();
-        }
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        if self.faults.outage.load(Ordering::Acquire) {
-            return futures::stream::once(async { Err(injected("outage")) }).boxed();
-        }
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.check_outage()?;
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        self.check_outage()?;
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,24 +459,5 @@ mod tests {
     async fn bad_settings_are_clear_errors() {
         let e = build(&cfg("nope", None, "")).unwrap_err().to_string();
         assert_eq!(e, "object storage (nope): unknown provider \"nope\"");
-    }
-
-    #[tokio::test]
-    async fn faulty_store_injects_failures_lost_responses_and_outages() {
-        let faulty = FaultyStore::new(Arc::new(object_store::memory::InMemory::new()));
-        let faults = faulty.faults.clone();
-        let p = Path::from("seg");
-        faults.fail_puts.store(1, Ordering::Release);
-        assert!(faulty.put(&p, "a".into()).await.is_err());
-        assert!(faulty.get(&p).await.is_err(), "a failed put writes nothing");
-        faults.lose_put_responses.store(1, Ordering::Release);
-        assert!(faulty.put(&p, "b".into()).await.is_err());
-        assert_eq!(faulty.get(&p).await.unwrap().bytes().await.unwrap(), "b", "the write happened");
-        faults.outage.store(true, Ordering::Release);
-        assert!(faulty.get(&p).await.is_err());
-        assert!(faulty.list(None).next().await.unwrap().is_err());
-        faults.outage.store(false, Ordering::Release);
-        faulty.put(&p, "c".into()).await.unwrap();
-        assert_eq!(faults.puts.load(Ordering::Acquire), 2);
     }
 }

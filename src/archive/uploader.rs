@@ -218,7 +218,7 @@ impl Uploader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::FaultyStore;
+    use netsy_testkit::FaultyStore;
 
     #[tokio::test]
     async fn lost_put_response_is_recognised_and_conflicts_are_reported() {

@@ -269,7 +269,7 @@ impl Node {
         Self::start_with(config, objects, tls).await
     }
 
-    /// `start` over a given object store (tests wrap one in `FaultyStore`).
+    /// `start` over a given object store, rather than the one `storage` names.
     pub async fn start_with_store(config: Config, objects: Arc<dyn ObjectStore>) -> Result<Arc<Node>, StartError> {
         // Wrong certificates fail the start before any slow work (such as a restore).
         let tls = crate::tls::Tls::from_config(&config)?;

@@ -90,21 +90,6 @@ fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
         .keep_alive_while_idle(true))
 }
 
-/// A gRPC channel over TLS to `addr`; every (re)connection asks `config` for the client
-/// configuration to use. The server name checked is the address's host.
-pub async fn tls_channel<F>(addr: &str, timeout: Duration, config: F) -> Result<Channel, ConnectError>
-where
-    F: Fn() -> std::io::Result<Arc<rustls::ClientConfig>> + Send + Sync + 'static,
-{
-    endpoint(addr, timeout)?
-        .connect_with_connector(connector(None, config))
-        .await
-        .map_err(|source| ConnectError::Transport {
-            addr: addr.to_string(),
-            source,
-        })
-}
-
 type BoxedIo = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// The client configuration for reaching peer `expected`, fetched per connection so a

