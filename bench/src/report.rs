@@ -2,7 +2,57 @@
 
 use std::fmt::Write;
 
-use super::suite::{Comparison, Metric, Results};
+use serde::Serialize;
+
+use super::Summary;
+
+/// What the report compares for one workload: throughput or a latency.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub enum Metric {
+    Throughput,
+    P50,
+    P99,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub metric: Metric,
+    /// netsy/etcd must be at least this (throughput) or at most this (latency).
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub name: String,
+    pub etcd: Summary,
+    pub netsy: Summary,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Footprint {
+    pub keys: usize,
+    pub load_seconds: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub quick: bool,
+    pub cpus: usize,
+    pub comparisons: Vec<Comparison>,
+    pub etcd_footprint: Footprint,
+    pub netsy_footprint: Footprint,
+    /// RSS with 10,000 watchers open (bytes), per server.
+    pub watchers_rss: (u64, u64),
+    /// The same workloads on 3-member clusters.
+    pub cluster: Vec<Comparison>,
+    /// 3 members: seconds from a leader kill to the first successful write, per round
+    /// (etcd, netsy).
+    pub failover_seconds: (Vec<f64>, Vec<f64>),
+}
 
 fn value(s: &super::Summary, m: Metric) -> f64 {
     match m {

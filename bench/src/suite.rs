@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
+pub use super::report::{Comparison, Footprint, Metric, Results, Target};
 use super::{report, run, BenchError, KeyOrder, Options, Summary, Workload};
 
 #[derive(Debug, Clone)]
@@ -21,54 +20,6 @@ pub struct SuiteOptions {
     /// Keys loaded for the memory/disk measurement (1,000,000 in a full run).
     pub load_keys: usize,
     pub rounds: usize,
-}
-
-/// What the report compares for one workload: throughput or a latency.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub enum Metric {
-    Throughput,
-    P50,
-    P99,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Target {
-    pub metric: Metric,
-    /// netsy/etcd must be at least this (throughput) or at most this (latency).
-    pub ratio: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Comparison {
-    pub name: String,
-    pub etcd: Summary,
-    pub netsy: Summary,
-    pub targets: Vec<Target>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Footprint {
-    pub keys: usize,
-    pub load_seconds: f64,
-    pub rss_bytes: u64,
-    pub peak_rss_bytes: u64,
-    pub disk_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Results {
-    pub quick: bool,
-    pub cpus: usize,
-    pub comparisons: Vec<Comparison>,
-    pub etcd_footprint: Footprint,
-    pub netsy_footprint: Footprint,
-    /// RSS with 10,000 watchers open (bytes), per server.
-    pub watchers_rss: (u64, u64),
-    /// The same workloads on 3-member clusters.
-    pub cluster: Vec<Comparison>,
-    /// 3 members: seconds from a leader kill to the first successful write, per round
-    /// (etcd, netsy).
-    pub failover_seconds: (Vec<f64>, Vec<f64>),
 }
 
 /// One server process (a single server, or one member of a cluster), restartable with
