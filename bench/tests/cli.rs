@@ -2,10 +2,11 @@
 //! netsy it runs is the `netsy` binary of the same build (a workspace test run builds it
 //! next to `netsy-bench`); etcd 3.5.1 comes from the venv `make test` installs.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use netsy_testkit::free_port;
 
 const NETSY_BENCH: &str = env!("CARGO_BIN_EXE_netsy-bench");
 
@@ -31,30 +32,6 @@ fn etcd_bin_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-/// A port nothing listens on, claimed the way netsy's integration tests claim theirs
-/// (a create-only marker file in the same directory), so parallel test processes of both
-/// packages never race for one port. From below Linux's ephemeral range.
-fn free_port() -> u16 {
-    let claims = std::env::temp_dir().join("netsy-test-ports");
-    let _ = std::fs::create_dir_all(&claims);
-    loop {
-        let port = 12000 + rand::random::<u16>() % 20000;
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        let marker = claims.join(port.to_string());
-        let stale = std::fs::metadata(&marker)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(1800));
-        if stale {
-            let _ = std::fs::remove_file(&marker);
-        }
-        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// One netsy node on free loopback ports in a temp dir; killed when dropped.

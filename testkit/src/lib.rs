@@ -137,6 +137,33 @@ impl ObjectStore for FaultyStore {
     }
 }
 
+/// A loopback port nothing listens on, that no other test process of this run was handed.
+/// Tests run as parallel processes (nextest), of several packages: each port is claimed
+/// with a create-only marker file in one shared directory, so two tests never race for a
+/// port between picking and binding it. Ports come from below Linux's ephemeral range
+/// (32768+), so a client connection's source port cannot take one in that window either.
+pub fn free_port() -> u16 {
+    use std::time::Duration;
+    let claims = std::env::temp_dir().join("netsy-test-ports");
+    let _ = std::fs::create_dir_all(&claims);
+    loop {
+        let port = 12000 + rand::random::<u16>() % 20000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let marker = claims.join(port.to_string());
+        let stale = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(1800));
+        if stale {
+            let _ = std::fs::remove_file(&marker);
+        }
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok() {
+            return port;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
