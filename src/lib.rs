@@ -1,11 +1,14 @@
 //! netsy: an etcd-compatible, Raft-replicated key-value store for Kubernetes control planes.
 //!
-//! Data flow: `tls` (authenticated connections) → `api` (etcd gRPC services) → `raft` (openraft log, one write path) →
-//! `mvcc` (SQLite state machine, applied in order) → commit stream (watchers) → archive.
+//! Data flow: `tls` (authenticated connections) → `api` (etcd gRPC services), `peer`,
+//! `http`, `mesh` → `core` (the replica: typed operations, leader routing and forwarding)
+//! → `raft` (openraft log, one write path) → `mvcc` (SQLite state machine, applied in
+//! order), `lease`, `watch` → `archive` (object storage). `server` wires them together.
 
 pub mod api;
 pub mod archive;
 pub mod config;
+pub mod core;
 pub mod fsutil;
 pub mod http;
 pub mod lease;

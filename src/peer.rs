@@ -1,13 +1,15 @@
 //! The peer port (2381): node-to-node gRPC services, behind `peer` role mTLS. Raft RPCs
 //! go straight to openraft; proposals, ReadIndex rounds, lease keep-alives and
-//! membership changes are served by the leader for the other members.
+//! membership changes are served by the leader for the other members
+//! (`core::forward::Served`, beside the member's half of the same protocol).
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::core::forward::Served;
+use crate::core::Replica;
 use crate::proto::peer::peer_server::{Peer, PeerServer};
 use crate::proto::peer::{
     AppendEntriesReply, AppendEntriesRequest, CampaignRequest, CampaignResponse, HelloRequest, HelloResponse, InstallSnapshotReply,
@@ -15,12 +17,24 @@ use crate::proto::peer::{
     ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, RemoveMemberResponse, TransferLeadershipRequest, TransferLeadershipResponse,
     VoteReply, VoteRequest,
 };
-use crate::raft::{codec, NodeId, PeerNode};
-use crate::server::{forward, Node};
+use crate::raft::{codec, NetsyRaft, NodeId};
 use crate::tls::ConnInfo;
 
+/// Who this node is, as `Hello` answers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub node_id: String,
+    pub epoch: u64,
+    pub advertise_client: String,
+    pub advertise_peer: String,
+}
+
 pub struct PeerService {
-    node: Arc<Node>,
+    identity: Identity,
+    raft: NetsyRaft,
+    replica: Arc<Replica>,
+    served: Served,
 }
 
 /// A Raft request's addressee and the Raft node it says it comes from (the leader or the
@@ -51,16 +65,17 @@ impl PeerService {
     /// node that is still joining, is taken on the certificate alone.)
     fn raft_rpc<T: RaftRequest>(&self, req: Request<T>) -> Result<T, Status> {
         let target = req.get_ref().target();
-        if target != self.node.identity.raft_id {
+        let me = self.replica.ids().raft_id;
+        if target != me {
             return Err(Status::failed_precondition(format!(
-                "this is Raft node {} ({}), not {target}",
-                self.node.identity.raft_id, self.node.config.node_id
+                "this is Raft node {me} ({}), not {target}",
+                self.identity.node_id
             )));
         }
         let caller = ConnInfo::of(&req).and_then(|c| c.identity.clone());
         let rpc = req.into_inner();
         if let (Some(caller), Some(sender)) = (caller, rpc.sender()) {
-            if let Some(name) = self.node.member_name(sender) {
+            if let Some(name) = self.replica.member_name(sender) {
                 if name != caller.name {
                     tracing::warn!(%caller, sender, member = %name, "refused a Raft RPC sent in another member's name");
                     return Err(Status::permission_denied(format!(
@@ -84,68 +99,47 @@ impl Peer for PeerService {
             .and_then(|c| c.identity.as_ref())
             .map(|id| id.to_string())
             .unwrap_or_default();
-        let node = &self.node;
+        let (me, ids) = (&self.identity, self.replica.ids());
         Ok(Response::new(HelloResponse {
-            cluster_id: node.config.cluster_id.clone(),
-            node_id: node.config.node_id.clone(),
-            member_id: node.identity.member_id,
-            raft_id: node.identity.raft_id,
-            epoch: node.identity.epoch,
-            advertise_client: node.config.advertise_client.clone(),
-            advertise_peer: node.config.advertise_peer.clone(),
+            cluster_id: me.cluster_id.clone(),
+            node_id: me.node_id.clone(),
+            member_id: ids.member_id,
+            raft_id: ids.raft_id,
+            epoch: me.epoch,
+            advertise_client: me.advertise_client.clone(),
+            advertise_peer: me.advertise_peer.clone(),
             caller,
-            leader_raft_id: node.raft.metrics().borrow().current_leader.unwrap_or(0),
+            leader_raft_id: self.replica.leader_raft_id(),
         }))
     }
 
     async fn append_entries(&self, request: Request<AppendEntriesRequest>) -> Result<Response<AppendEntriesReply>, Status> {
         let rpc = codec::append_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
-        Ok(Response::new(codec::append_reply_to_wire(
-            &self.node.raft.append_entries(rpc).await,
-        )))
+        Ok(Response::new(codec::append_reply_to_wire(&self.raft.append_entries(rpc).await)))
     }
 
     async fn vote(&self, request: Request<VoteRequest>) -> Result<Response<VoteReply>, Status> {
         let rpc = codec::vote_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
-        Ok(Response::new(codec::vote_reply_to_wire(&self.node.raft.vote(rpc).await)))
+        Ok(Response::new(codec::vote_reply_to_wire(&self.raft.vote(rpc).await)))
     }
 
     async fn install_snapshot(&self, request: Request<InstallSnapshotRequest>) -> Result<Response<InstallSnapshotReply>, Status> {
         let rpc = codec::snapshot_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
-        Ok(Response::new(codec::snapshot_reply_to_wire(
-            &self.node.raft.install_snapshot(rpc).await,
-        )))
+        Ok(Response::new(codec::snapshot_reply_to_wire(&self.raft.install_snapshot(rpc).await)))
     }
 
     type ProposalsStream = UnboundedReceiverStream<Result<ProposalResult, Status>>;
 
     async fn proposals(&self, request: Request<Streaming<Proposal>>) -> Result<Response<Self::ProposalsStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            // Each proposal runs on its own: a slow one holds up none of the others. The
-            // answers end when the member closes its side and the last one is sent.
-            while let Ok(Some(p)) = inbound.message().await {
-                let (node, tx) = (node.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let outcome = node.propose_forwarded(&p.command).await;
-                    let _ = tx.send(Ok(forward::answer(p.id, outcome)));
-                });
-            }
-        });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        Ok(Response::new(self.served.proposals(request.into_inner())))
     }
 
     async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
-        let index = self.node.read_index_as_leader().await?;
-        Ok(Response::new(ReadIndexResponse { index }))
+        Ok(Response::new(self.served.read_index().await?))
     }
 
     async fn lease_keep_alive(&self, request: Request<LeaseKeepAliveRequest>) -> Result<Response<LeaseKeepAliveResponse>, Status> {
-        let req = request.into_inner();
-        let (ttl, remaining) = self.node.lease_deadline_as_leader(req.id, req.renew)?;
-        Ok(Response::new(LeaseKeepAliveResponse { ttl, remaining }))
+        Ok(Response::new(self.served.lease_keep_alive(request.into_inner())?))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
@@ -157,18 +151,12 @@ impl Peer for PeerService {
                 return Err(Status::permission_denied(format!("{id} cannot join as {:?}", req.name)));
             }
         }
-        let node = PeerNode {
-            name: req.name,
-            member_id: req.member_id,
-            peer_url: req.peer_url,
-            client_url: req.client_url,
-        };
-        self.node.join(req.raft_id, node).await?;
+        self.served.join(req).await?;
         Ok(Response::new(JoinResponse {}))
     }
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<RemoveMemberResponse>, Status> {
-        self.node.remove_member(request.into_inner().member_id).await?;
+        self.served.remove_member(request.into_inner().member_id).await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }
 
@@ -176,23 +164,29 @@ impl Peer for PeerService {
         &self,
         request: Request<TransferLeadershipRequest>,
     ) -> Result<Response<TransferLeadershipResponse>, Status> {
-        self.node.move_leader(request.into_inner().member_id).await?;
+        self.served.transfer_leadership(request.into_inner().member_id).await?;
         Ok(Response::new(TransferLeadershipResponse {}))
     }
 
     async fn campaign(&self, _request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        self.node.campaign().await?;
+        self.served.campaign().await?;
         Ok(Response::new(CampaignResponse {}))
     }
 }
 
 /// Builds the gRPC server of the peer port.
-pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
+pub fn router(identity: Identity, replica: Arc<Replica>) -> tonic::transport::server::Router {
+    let service = PeerService {
+        identity,
+        raft: replica.raft().clone(),
+        served: Served(replica.clone()),
+        replica,
+    };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_service(
-            PeerServer::new(PeerService { node })
+            PeerServer::new(service)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
         )

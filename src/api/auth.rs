@@ -7,20 +7,21 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
+use crate::core::Replica;
 use crate::proto::etcdserverpb::*;
-use crate::server::Node;
 
 pub struct AuthService {
-    node: Arc<Node>,
+    /// Only for response headers.
+    replica: Arc<Replica>,
 }
 
 impl AuthService {
-    pub fn new(node: Arc<Node>) -> Self {
-        AuthService { node }
+    pub fn new(replica: Arc<Replica>) -> Self {
+        AuthService { replica }
     }
 
     fn header(&self) -> Option<ResponseHeader> {
-        self.node.current_header()
+        self.replica.current_header()
     }
 }
 

@@ -1,4 +1,4 @@
-//! etcd Cluster service over netsy's membership (see `server::membership`): pods join by
+//! etcd Cluster service over netsy's membership (see `core::members`): pods join by
 //! themselves when they start, so MemberAdd is not offered (scale the StatefulSet);
 //! MemberRemove, MemberPromote and MemberList act on the Raft membership.
 
@@ -7,25 +7,25 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
+use crate::core::Replica;
 use crate::proto::etcdserverpb::{
     cluster_server::Cluster, Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
     MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
 };
-use crate::server::Node;
 
 pub struct ClusterService {
-    node: Arc<Node>,
+    replica: Arc<Replica>,
 }
 
 impl ClusterService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ClusterService { node }
+    pub fn new(replica: Arc<Replica>) -> Self {
+        ClusterService { replica }
     }
 
     /// Every member, one per pod name (its current incarnation), with its stable id.
     fn members(&self) -> Vec<Member> {
         let mut out: Vec<Member> = Vec::new();
-        for m in self.node.members() {
+        for m in self.replica.members() {
             if out.iter().any(|o| o.id == m.node.member_id) {
                 continue; // an old incarnation being replaced
             }
@@ -39,14 +39,6 @@ impl ClusterService {
         }
         out
     }
-
-    fn check_known(&self, id: u64) -> Result<(), ApiError> {
-        if self.node.members().iter().any(|m| m.node.member_id == id) {
-            Ok(())
-        } else {
-            Err(ApiError::MemberNotFound)
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -58,25 +50,25 @@ impl Cluster for ClusterService {
     /// Removes a member (scale-down). A pod that comes back later joins again by itself.
     async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
-        self.check_known(id)?;
-        self.node.remove_member(id).await?;
+        self.replica.check_member(id)?;
+        self.replica.remove_member(id).await?;
         Ok(Response::new(MemberRemoveResponse {
-            header: self.node.current_header(),
+            header: self.replica.current_header(),
             members: self.members(),
         }))
     }
 
     async fn member_update(&self, request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
-        self.check_known(request.into_inner().id)?;
+        self.replica.check_member(request.into_inner().id)?;
         Err(ApiError::NotCapable.into())
     }
 
     async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         if request.into_inner().linearizable {
-            self.node.linearizable_read().await?;
+            self.replica.linearizable_read().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: self.node.current_header(),
+            header: self.replica.current_header(),
             members: self.members(),
         }))
     }
@@ -84,15 +76,9 @@ impl Cluster for ClusterService {
     /// Learners are promoted automatically once caught up; promoting one finishes its
     /// join now (waiting for it to catch up).
     async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
-        let id = request.into_inner().id;
-        self.check_known(id)?;
-        let members = self.node.members();
-        let Some(learner) = members.iter().find(|m| m.node.member_id == id && !m.voter) else {
-            return Err(ApiError::MemberNotLearner.into());
-        };
-        self.node.join(learner.raft_id, learner.node.clone()).await?;
+        self.replica.promote(request.into_inner().id).await?;
         Ok(Response::new(MemberPromoteResponse {
-            header: self.node.current_header(),
+            header: self.replica.current_header(),
             members: self.members(),
         }))
     }

@@ -1,90 +1,43 @@
-//! The one table from internal errors to etcd's gRPC codes and messages
+//! The one table from netsy's errors to etcd's gRPC codes and messages
 //! (etcd `api/v3rpc/rpctypes/error.go`). Clients match on these strings, so they are exact.
 
 use tonic::{Code, Status};
 
+use crate::core::CoreError;
 use crate::mvcc::validate::InvalidRequest;
 use crate::mvcc::MvccError;
-use crate::raft::proposer::ProposeError;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What an etcd service answers with: the replica's errors, and the few that only the
+/// API itself decides.
+#[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
-    Mvcc(#[from] MvccError),
-    #[error("request is too large")]
-    RequestTooLarge,
-    #[error("no leader")]
-    NoLeader,
-    #[error("leader changed")]
-    LeaderChanged,
-    #[error("request timed out")]
-    Timeout,
-    #[error("server stopped")]
-    Stopped,
+    Core(#[from] CoreError),
     #[error("authentication is not enabled")]
     AuthNotEnabled,
-    #[error("member not found")]
-    MemberNotFound,
-    #[error("can only promote a learner member")]
-    MemberNotLearner,
-    #[error("bad leader transferee")]
-    BadLeaderTransferee,
-    #[error("leader transfer took too long")]
-    LeaderTransferTimeout,
     #[error("not capable")]
     NotCapable,
-    #[error("lease not found")]
-    LeaseNotFound,
-    #[error("internal: {0}")]
-    Internal(String),
-    /// An error the leader answered a forwarded request with, passed on as it came.
-    #[error("{message}")]
-    Forwarded { code: i32, message: String },
-}
-
-impl ApiError {
-    /// The error a forwarded request came back with: etcd's retryable errors by name,
-    /// anything else verbatim. Transport failures (the leader went away mid-request)
-    /// become etcd's "request timed out": the write may or may not have applied.
-    pub fn from_peer(status: &Status) -> ApiError {
-        let (m, code) = (status.message(), status.code());
-        match m {
-            "etcdserver: no leader" => ApiError::NoLeader,
-            "etcdserver: leader changed" => ApiError::LeaderChanged,
-            "etcdserver: request timed out" => ApiError::Timeout,
-            "etcdserver: server stopped" => ApiError::Stopped,
-            _ if !m.starts_with("etcdserver: ") => ApiError::Timeout,
-            _ => ApiError::Forwarded {
-                code: code as i32,
-                message: m.to_string(),
-            },
-        }
-    }
-}
-
-impl From<ProposeError> for ApiError {
-    fn from(e: ProposeError) -> Self {
-        match e {
-            ProposeError::NoLeader => ApiError::NoLeader,
-            ProposeError::LeaderChanged => ApiError::LeaderChanged,
-            ProposeError::Stopped => ApiError::Stopped,
-            ProposeError::NoQuorum => ApiError::Timeout,
-            ProposeError::Internal(m) => ApiError::Internal(m),
-        }
-    }
+    #[error("invalid alarm action")]
+    InvalidAlarmAction,
 }
 
 impl From<InvalidRequest> for ApiError {
     fn from(e: InvalidRequest) -> Self {
-        ApiError::Mvcc(MvccError::Invalid(e))
+        ApiError::Core(e.into())
     }
 }
 
 /// (code, message) for every error. Messages carry etcd's `etcdserver: ` prefix.
 pub fn code_and_message(e: &ApiError) -> (Code, String) {
     let m = |s: &str| format!("etcdserver: {s}");
-    match e {
-        ApiError::Mvcc(err) => match err {
+    let core = match e {
+        ApiError::Core(core) => core,
+        ApiError::AuthNotEnabled => return (Code::FailedPrecondition, m("authentication is not enabled")),
+        ApiError::NotCapable => return (Code::FailedPrecondition, m("not capable")),
+        ApiError::InvalidAlarmAction => return (Code::InvalidArgument, m("invalid alarm action")),
+    };
+    match core {
+        CoreError::Apply(err) => match err {
             MvccError::Compacted => (Code::OutOfRange, m("mvcc: required revision has been compacted")),
             MvccError::FutureRevision => (Code::OutOfRange, m("mvcc: required revision is a future revision")),
             MvccError::KeyNotFound => (Code::InvalidArgument, m("key not found")),
@@ -95,33 +48,44 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
             MvccError::Invalid(inv) => (Code::InvalidArgument, m(&inv.to_string())),
             MvccError::Storage(s) => (Code::Internal, m(&format!("storage error: {s}"))),
         },
-        ApiError::RequestTooLarge => (Code::InvalidArgument, m("request is too large")),
-        ApiError::NoLeader => (Code::Unavailable, m("no leader")),
-        ApiError::LeaderChanged => (Code::Unavailable, m("leader changed")),
-        ApiError::Timeout => (Code::Unavailable, m("request timed out")),
-        ApiError::Stopped => (Code::Unavailable, m("server stopped")),
-        ApiError::AuthNotEnabled => (Code::FailedPrecondition, m("authentication is not enabled")),
-        ApiError::MemberNotFound => (Code::NotFound, m("member not found")),
-        ApiError::MemberNotLearner => (Code::FailedPrecondition, m("can only promote a learner member")),
-        ApiError::BadLeaderTransferee => (Code::FailedPrecondition, m("bad leader transferee")),
-        ApiError::LeaderTransferTimeout => (Code::Unavailable, m("request timed out, leader transfer took too long")),
-        ApiError::NotCapable => (Code::FailedPrecondition, m("not capable")),
-        ApiError::LeaseNotFound => (Code::NotFound, m("requested lease not found")),
-        ApiError::Internal(s) => (Code::Internal, m(s)),
-        ApiError::Forwarded { code, message } => (Code::from_i32(*code), message.clone()),
+        CoreError::RequestTooLarge { .. } => (Code::InvalidArgument, m("request is too large")),
+        CoreError::NoLeader => (Code::Unavailable, m("no leader")),
+        CoreError::LeaderChanged => (Code::Unavailable, m("leader changed")),
+        CoreError::Timeout => (Code::Unavailable, m("request timed out")),
+        CoreError::Stopped => (Code::Unavailable, m("server stopped")),
+        CoreError::MemberNotFound => (Code::NotFound, m("member not found")),
+        CoreError::MemberNotLearner => (Code::FailedPrecondition, m("can only promote a learner member")),
+        CoreError::BadLeaderTransferee => (Code::FailedPrecondition, m("bad leader transferee")),
+        CoreError::LeaderTransferTimeout => (Code::Unavailable, m("request timed out, leader transfer took too long")),
+        CoreError::LastVoter
+        | CoreError::Raft(_)
+        | CoreError::Format(_)
+        | CoreError::Leader(_)
+        | CoreError::UnexpectedResult { .. }
+        | CoreError::Io { .. }
+        | CoreError::Task(_) => (Code::Internal, m(&crate::error_chain(core))),
     }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let (code, msg) = code_and_message(&e);
+        if code == Code::Internal {
+            tracing::warn!(error = %crate::error_chain(&e), "request failed");
+        }
         Status::new(code, msg)
+    }
+}
+
+impl From<CoreError> for Status {
+    fn from(e: CoreError) -> Status {
+        ApiError::Core(e).into()
     }
 }
 
 impl From<MvccError> for Status {
     fn from(e: MvccError) -> Status {
-        ApiError::Mvcc(e).into()
+        ApiError::Core(e.into()).into()
     }
 }
 
@@ -131,24 +95,25 @@ mod tests {
 
     #[test]
     fn exact_etcd_strings() {
+        let core = |e: CoreError| ApiError::Core(e);
         let cases: Vec<(ApiError, Code, &str)> = vec![
             (
-                MvccError::Compacted.into(),
+                core(MvccError::Compacted.into()),
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision has been compacted",
             ),
             (
-                MvccError::FutureRevision.into(),
+                core(MvccError::FutureRevision.into()),
                 Code::OutOfRange,
                 "etcdserver: mvcc: required revision is a future revision",
             ),
             (
-                MvccError::LeaseNotFound.into(),
+                core(MvccError::LeaseNotFound.into()),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
             ),
             (
-                MvccError::NoSpace.into(),
+                core(MvccError::NoSpace.into()),
                 Code::ResourceExhausted,
                 "etcdserver: mvcc: database space exceeded",
             ),
@@ -167,17 +132,33 @@ mod tests {
                 Code::InvalidArgument,
                 "etcdserver: duplicate key given in txn request",
             ),
-            (ApiError::RequestTooLarge, Code::InvalidArgument, "etcdserver: request is too large"),
-            (ApiError::NoLeader, Code::Unavailable, "etcdserver: no leader"),
+            (
+                core(CoreError::RequestTooLarge { size: 2, limit: 1 }),
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (core(CoreError::NoLeader), Code::Unavailable, "etcdserver: no leader"),
+            (core(CoreError::LeaderChanged), Code::Unavailable, "etcdserver: leader changed"),
+            (core(CoreError::Timeout), Code::Unavailable, "etcdserver: request timed out"),
+            (core(CoreError::MemberNotFound), Code::NotFound, "etcdserver: member not found"),
             (
                 ApiError::AuthNotEnabled,
                 Code::FailedPrecondition,
                 "etcdserver: authentication is not enabled",
             ),
+            (ApiError::NotCapable, Code::FailedPrecondition, "etcdserver: not capable"),
         ];
         for (err, code, msg) in cases {
             let s: Status = err.into();
             assert_eq!((s.code(), s.message()), (code, msg));
         }
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_causes_in_the_message() {
+        let e = CoreError::io("writing the snapshot copy", std::io::Error::other("disk full"));
+        let s: Status = e.into();
+        assert_eq!(s.code(), Code::Internal);
+        assert_eq!(s.message(), "etcdserver: writing the snapshot copy: disk full");
     }
 }

@@ -1,4 +1,5 @@
-//! The etcd v3 gRPC API: one file per etcd service, one error table (`errors.rs`).
+//! The etcd v3 gRPC API: one file per etcd service, one error table (`errors.rs`). Each
+//! service checks its requests and calls the replica (`core`).
 
 pub mod auth;
 pub mod cluster;
@@ -6,40 +7,46 @@ pub mod errors;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+mod stream;
 pub mod watch;
 
 use std::sync::Arc;
 
 use tonic::transport::server::Router;
 
+use crate::config::Config;
+use crate::core::Replica;
 use crate::proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::server::Node;
 
 /// gRPC allows this much on top of `max_request_bytes` (etcd's `grpcOverheadBytes`) so
 /// that a slightly oversized request gets etcd's "request is too large" error.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Builds the gRPC server with every etcd service this node serves.
-pub fn router(node: Arc<Node>) -> Router {
-    let max = node.config.limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+pub fn router(replica: Arc<Replica>, config: &Config) -> Router {
+    let limits = &config.limits;
+    let max = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let kv = kv::KvService::new(replica.clone(), limits.max_txn_ops);
+    let watch = watch::WatchService::new(replica.clone(), config.watch_progress_notify_interval, limits.max_request_bytes);
+    let maintenance = maintenance::MaintenanceService::new(replica.clone(), config.etcd_version.clone());
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(
-            KvServer::new(kv::KvService::new(node.clone()))
+            KvServer::new(kv)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(
-            WatchServer::new(watch::WatchService::new(node.clone()))
+            WatchServer::new(watch)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(LeaseServer::new(lease::LeaseService::new(node.clone())).max_decoding_message_size(max))
-        .add_service(ClusterServer::new(cluster::ClusterService::new(node.clone())).max_decoding_message_size(max))
-        .add_service(MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone())).max_decoding_message_size(max))
-        .add_service(AuthServer::new(auth::AuthService::new(node)).max_decoding_message_size(max))
+        .add_service(LeaseServer::new(lease::LeaseService::new(replica.clone())).max_decoding_message_size(max))
+        .add_service(ClusterServer::new(cluster::ClusterService::new(replica.clone())).max_decoding_message_size(max))
+        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max))
+        .add_service(AuthServer::new(auth::AuthService::new(replica)).max_decoding_message_size(max))
 }

@@ -3,14 +3,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::errors::ApiError;
+use crate::core::{CoreError, Replica};
 use crate::proto::etcdserverpb::{watch_server::Watch, WatchRequest, WatchResponse};
-use crate::server::Node;
 use crate::watch::{WatchError, WatchStream};
 
 /// Responses buffered per stream before the stream stops reading the commit stream and
@@ -18,12 +18,20 @@ use crate::watch::{WatchError, WatchStream};
 const OUTPUT_BUFFER: usize = 64;
 
 pub struct WatchService {
-    node: Arc<Node>,
+    replica: Arc<Replica>,
+    /// etcd `--experimental-watch-progress-notify-interval`.
+    progress_interval: Duration,
+    /// Largest response (etcd splits bigger event batches).
+    max_response_bytes: usize,
 }
 
 impl WatchService {
-    pub fn new(node: Arc<Node>) -> Self {
-        WatchService { node }
+    pub fn new(replica: Arc<Replica>, progress_interval: Duration, max_response_bytes: usize) -> Self {
+        WatchService {
+            replica,
+            progress_interval,
+            max_response_bytes,
+        }
     }
 }
 
@@ -40,54 +48,49 @@ impl Watch for WatchService {
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<WatchOutput>, Status> {
         let require_leader = requires_leader(&request);
-        if require_leader && !self.node.has_leader() {
-            return Err(ApiError::NoLeader.into());
+        if require_leader && !self.replica.has_leader() {
+            return Err(CoreError::NoLeader.into());
         }
         // Subscribe before reading the current revision, so no batch can fall between.
-        let commits = self.node.commits.subscribe();
+        let commits = self.replica.subscribe_commits();
         let (tx, rx) = mpsc::channel(OUTPUT_BUFFER);
-        let node = self.node.clone();
-        let header_node = self.node.clone();
-        let header = Arc::new(move |rev| header_node.header(rev));
-        let stream = WatchStream::new(node.reader.clone(), tx.clone(), header, node.config.limits.max_request_bytes)
+        let replica = self.replica.clone();
+        let headers = self.replica.clone();
+        let header = Arc::new(move |rev| headers.header(rev));
+        let stream = WatchStream::new(replica.reader().clone(), tx.clone(), header, self.max_response_bytes)
             .await
-            .map_err(|e| Status::from(ApiError::Internal(e.to_string())))?;
+            .map_err(status)?;
         let input = request.into_inner();
+        let interval = self.progress_interval;
         tokio::spawn(async move {
             crate::metrics::WATCH_STREAMS.inc();
-            let interval = node.config.watch_progress_notify_interval;
             let lost = async move {
                 if require_leader {
-                    leader_lost(node).await
+                    replica.leader_lost().await
                 } else {
                     std::future::pending().await
                 }
             };
             let result = crate::watch::run(stream, input, commits, interval, lost).await;
             crate::metrics::WATCH_STREAMS.dec();
-            let status = match result {
-                Ok(()) | Err(WatchError::Closed) => return,
-                Err(WatchError::NoLeader) => Status::from(ApiError::NoLeader),
-                Err(WatchError::Storage(e)) => {
-                    tracing::warn!(error = %e, "watch stream failed");
-                    Status::from(ApiError::Mvcc(e))
+            match result {
+                Ok(()) | Err(WatchError::Closed) => {}
+                Err(e) => {
+                    if let WatchError::Storage(s) = &e {
+                        tracing::warn!(error = %crate::error_chain(s), "watch stream failed");
+                    }
+                    let _ = tx.send(Err(status(e))).await;
                 }
-            };
-            let _ = tx.send(Err(status)).await;
+            }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
-/// Resolves when the Raft metrics report no leader (or Raft stops).
-async fn leader_lost(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
-    loop {
-        if metrics.borrow().current_leader.is_none() {
-            return;
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
+fn status(e: WatchError) -> Status {
+    match e {
+        WatchError::Storage(e) => e.into(),
+        WatchError::NoLeader => CoreError::NoLeader.into(),
+        WatchError::Closed => Status::cancelled("etcdserver: watch stream closed"),
     }
 }

@@ -5,11 +5,13 @@
 //! - `manifest`: `cluster.json` (current epoch), `members.json`, `nodes/`.
 //! - `segment` + `uploader`: the leader ships committed log entries as segments.
 //! - `snapshot` + `snapshotter` + `gc`: snapshots of the applied state, and cleanup.
+//! - `fence`: a running node stops once `cluster.json` names a newer epoch than its own.
 //! - `restore` + `bootstrap`: an empty node rebuilds from the newest snapshot and the
 //!   segments after it, then opens a new epoch.
 
 pub mod admin;
 pub mod bootstrap;
+pub mod fence;
 pub mod gc;
 pub mod manifest;
 pub mod restore;

@@ -24,48 +24,20 @@ pub fn run(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        // Answer health probes (alive, not ready) while starting, which includes any
-        // restore from object storage; the full endpoint replaces this one afterwards.
         // Wrong certificates fail the start before any slow work (such as a restore).
         let tls = match netsy::tls::Tls::from_config(&config) {
             Ok(tls) => tls,
             Err(e) => {
-                eprintln!("netsy failed to start: TLS: {e}");
+                eprintln!("netsy failed to start: TLS: {}", netsy::error_chain(&e));
                 return ExitCode::FAILURE;
             }
         };
-        let health_tls = tls.clone().filter(|_| config.tls_policy.health);
-        let starting = match tokio::net::TcpListener::bind(config.bind_health)
-            .await
-            .and_then(|l| netsy::tls::listen::Incoming::new(l, health_tls, netsy::tls::Listener::Health))
-        {
-            Ok(listener) => {
-                let stop = tokio_util::sync::CancellationToken::new();
-                let stopped = stop.clone();
-                let task = tokio::spawn(async move {
-                    let _ = axum::serve(listener, netsy::http::starting_router())
-                        .with_graceful_shutdown(async move { stopped.cancelled().await })
-                        .await;
-                });
-                Some((stop, task))
-            }
-            Err(e) => {
-                eprintln!("cannot listen on {} (NETSY_BIND_HEALTH): {e}", config.bind_health);
-                return ExitCode::FAILURE;
-            }
-        };
-        let started = netsy::server::Node::start(config, tls).await;
-        if let Some((stop, mut task)) = starting {
-            stop.cancel();
-            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task).await.is_err() {
-                task.abort();
-                let _ = task.await;
-            }
-        }
-        let node = match started {
+        // The health port answers (alive, not ready) from the start, which includes any
+        // restore from object storage.
+        let node = match netsy::server::Node::start(config, tls).await {
             Ok(n) => n,
             Err(e) => {
-                eprintln!("netsy failed to start: {e}");
+                eprintln!("netsy failed to start: {}", netsy::error_chain(&e));
                 return ExitCode::FAILURE;
             }
         };
@@ -82,7 +54,7 @@ pub fn run(path: PathBuf) -> ExitCode {
         match netsy::server::serve(node, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("netsy failed: {e}");
+                eprintln!("netsy failed: {}", netsy::error_chain(&e));
                 ExitCode::FAILURE
             }
         }

@@ -1,84 +1,88 @@
 //! The health port: etcd's `/health` and `/version`, Kubernetes-style `/livez` and
-//! `/readyz`, and Prometheus `/metrics`.
+//! `/readyz`, and Prometheus `/metrics`. It serves from the start of the process: while
+//! the node starts (rebuilding from object storage can take minutes) it is alive, not
+//! ready, with metrics (restore progress included); `Health::ready` hands it the replica.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::core::Replica;
 use crate::proto::etcdserverpb::AlarmType;
-use crate::server::Node;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// What the health port answers from.
+pub struct Health {
+    /// The etcd server version this node reports.
+    version: String,
+    /// Set once the node has started.
+    replica: OnceLock<Arc<Replica>>,
+}
+
+impl Health {
+    pub fn starting(version: String) -> Arc<Health> {
+        Arc::new(Health {
+            version,
+            replica: OnceLock::new(),
+        })
+    }
+
+    /// The node has started: answer from `replica` from now on.
+    pub fn ready(&self, replica: Arc<Replica>) {
+        let _ = self.replica.set(replica);
+    }
+}
+
+pub fn router(health: Arc<Health>) -> Router {
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(health_check))
         .route("/readyz", get(readyz))
         .route("/livez", get(livez))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
-        .with_state(node)
+        .with_state(health)
 }
 
-/// The health port while the node is starting (rebuilding from object storage can take
-/// minutes): alive, not ready, with metrics (restore progress included).
-pub fn starting_router() -> Router {
-    async fn not_ready() -> impl IntoResponse {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: starting (restoring from object storage when the data directory was empty)",
-        )
-    }
-    async fn not_healthy() -> impl IntoResponse {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"health": "false", "reason": "starting"})),
-        )
-    }
-    async fn plain_metrics() -> impl IntoResponse {
-        ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render())
-    }
-    Router::new()
-        .route("/health", get(not_healthy))
-        .route("/readyz", get(not_ready))
-        .route("/livez", get(livez))
-        .route("/metrics", get(plain_metrics))
+fn unhealthy(reason: impl Into<String>) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"health": "false", "reason": reason.into()})),
+    )
+        .into_response()
 }
 
 /// Healthy when a linearizable read succeeds and no NOSPACE/CORRUPT alarm is raised.
-async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let alarms = node.read(|r| r.alarms()).await.unwrap_or_default();
+async fn health_check(State(health): State<Arc<Health>>) -> Response {
+    let Some(replica) = health.replica.get() else {
+        return unhealthy("starting");
+    };
+    let alarms = replica.alarms().await.unwrap_or_default();
     if let Some(a) = alarms.iter().find(|a| a.alarm != AlarmType::None as i32) {
         let name = AlarmType::try_from(a.alarm).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"health": "false", "reason": format!("ALARM {name}")})),
-        );
+        return unhealthy(format!("ALARM {name}"));
     }
-    match tokio::time::timeout(Duration::from_secs(2), node.linearizable_read()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({"health": "true", "reason": ""}))),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"health": "false", "reason": e.to_string()})),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"health": "false", "reason": "timeout"})),
-        ),
+    match tokio::time::timeout(Duration::from_secs(2), replica.linearizable_read()).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({"health": "true", "reason": ""}))).into_response(),
+        Ok(Err(e)) => unhealthy(e.to_string()),
+        Err(_) => unhealthy("timeout"),
     }
 }
 
 /// Ready once this node has a leader and has applied the log it was started with.
-async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let m = node.raft.metrics().borrow().clone();
-    if m.current_leader.is_some() && m.last_applied.is_some() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader")
+async fn readyz(State(health): State<Arc<Health>>) -> Response {
+    match health.replica.get() {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting (restoring from object storage when the data directory was empty)",
+        )
+            .into_response(),
+        Some(r) if r.is_ready() => (StatusCode::OK, "ok").into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader").into_response(),
     }
 }
 
@@ -86,18 +90,13 @@ async fn livez() -> impl IntoResponse {
     (StatusCode::OK, "ok")
 }
 
-async fn version(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    Json(json!({"etcdserver": node.config.etcd_version, "etcdcluster": crate::ETCD_CLUSTER_VERSION}))
+async fn version(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    Json(json!({"etcdserver": health.version, "etcdcluster": crate::ETCD_CLUSTER_VERSION}))
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let m = node.raft.metrics().borrow().clone();
-    crate::metrics::HAS_LEADER.set(m.current_leader.is_some() as i64);
-    crate::metrics::IS_LEADER.set((m.current_leader == Some(node.identity.raft_id)) as i64);
-    crate::metrics::APPLIED_INDEX.set(m.last_applied.map_or(0, |l| l.index) as i64);
-    if let Ok(revs) = node.reader.revisions() {
-        crate::metrics::CURRENT_REVISION.set(revs.current);
-        crate::metrics::COMPACT_REVISION.set(revs.compacted);
+async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if let Some(replica) = health.replica.get() {
+        replica.publish_metrics();
     }
     ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render())
 }

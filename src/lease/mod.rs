@@ -1,11 +1,17 @@
-//! Lease ids and deadlines. Leases themselves (id, TTL, attached keys) are replicated
-//! state in the MVCC store; their deadlines live only on the leader, as in etcd: a new
-//! leader gives every lease a full TTL, keep-alives extend it, and the leader expires a
-//! lease by proposing its revocation through Raft.
+//! Lease ids, deadlines, keep-alives and expiry. Leases themselves (id, TTL, attached
+//! keys) are replicated state in the MVCC store (`mvcc::write` applies grants and
+//! revokes); their deadlines live only on the leader, as in etcd: a new leader gives
+//! every lease a full TTL, keep-alives extend it (a follower forwards them, see
+//! `core::forward`), and the leader expires a lease by proposing its revocation through
+//! Raft (`expiry`).
+
+pub mod expiry;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::mvcc::{CommandResult, MvccError, Reader};
 
 /// A random positive lease id (etcd picks ids the same way when the client sends 0).
 pub fn new_lease_id() -> i64 {
@@ -61,6 +67,39 @@ impl Tracked {
 }
 
 impl Lessor {
+    /// Follows a command the leader committed: a grant starts its lease's TTL, a revoke
+    /// (`revoked`) ends its tracking, whichever member the request came through.
+    pub fn committed(&self, revoked: Option<i64>, result: &CommandResult) {
+        match (result, revoked) {
+            (CommandResult::LeaseGrant(g), _) => self.renew(g.id, g.ttl),
+            (_, Some(id)) => self.forget(id),
+            _ => {}
+        }
+    }
+
+    /// On the leader: renews lease `id` (`renew`) or reports its deadline. Returns
+    /// (granted TTL, seconds left); TTL 0: no such lease. Every grant and revoke this
+    /// leader committed is already applied here, so its table is current.
+    pub fn deadline(&self, reader: &Reader, id: i64, renew: bool) -> Result<(i64, i64), MvccError> {
+        if renew {
+            // Leases this leader granted, synced or renewed before: no table read.
+            if let Some(ttl) = self.keep_alive(id) {
+                // Just renewed: the whole TTL is left.
+                return Ok((ttl, ttl));
+            }
+        }
+        let mark = self.mark();
+        match reader.lease_ttl(id)? {
+            Some(ttl) => {
+                if renew {
+                    self.track(mark, id, ttl);
+                }
+                Ok((ttl, self.remaining(id).unwrap_or(ttl)))
+            }
+            None => Ok((0, 0)),
+        }
+    }
+
     /// Tracks the lease and (re)starts its TTL (a grant this leader applied).
     pub fn renew(&self, id: i64, ttl: i64) {
         if let Ok(mut d) = self.inner.lock() {

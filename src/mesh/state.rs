@@ -18,12 +18,11 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::api::errors::ApiError;
-use crate::mvcc::{Command, CommandResult};
+use crate::core::{CoreError, Replica};
+use crate::mvcc::MvccError;
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use crate::proto::etcdserverpb::{request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::proto::etcdserverpb::{request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse};
 use crate::proto::mvccpb::KeyValue;
-use crate::server::Node;
 
 pub const PREFIX: &str = "/netsy/mesh/";
 
@@ -37,28 +36,31 @@ pub struct Stored {
     pub mod_revision: i64,
 }
 
-/// Where the state lives: netsy's keyspace through its one write path (`Node`), or in
-/// unit tests a bare MVCC store (`memory::Keyspace`).
+/// Where the state lives: netsy's keyspace through its one write path (`Replica`), or
+/// in unit tests a bare MVCC store (`memory::Keyspace`).
 #[async_trait::async_trait]
 pub trait Keyspace: Send + Sync {
     /// A linearizable read of `req`'s range.
-    async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, ApiError>;
-    /// Applies `cmd` (through Raft) and returns its result.
-    async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError>;
+    async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, CoreError>;
+    /// Applies `req` (through Raft).
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, CoreError>;
+    /// Grants lease `id` for `ttl` seconds; returns its id.
+    async fn lease_grant(&self, id: i64, ttl: i64) -> Result<i64, CoreError>;
 }
 
-/// The node's replicated keyspace.
-struct Replicated(Arc<Node>);
-
 #[async_trait::async_trait]
-impl Keyspace for Replicated {
-    async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, ApiError> {
-        self.0.linearizable_read().await?;
-        Ok(self.0.read(move |r| r.range(&req)).await?.kvs)
+impl Keyspace for Arc<Replica> {
+    async fn range(&self, mut req: RangeRequest) -> Result<Vec<KeyValue>, CoreError> {
+        req.serializable = false;
+        Ok(Replica::range(self, req).await?.kvs)
     }
 
-    async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
-        self.0.propose(cmd).await
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, CoreError> {
+        Replica::txn(self, req).await
+    }
+
+    async fn lease_grant(&self, id: i64, ttl: i64) -> Result<i64, CoreError> {
+        Ok(Replica::lease_grant(self, id, ttl).await?.id)
     }
 }
 
@@ -95,8 +97,8 @@ fn unchanged(k: &str, rev: i64) -> Compare {
 }
 
 impl State {
-    pub fn new(node: Arc<Node>) -> State {
-        State::over(Replicated(node))
+    pub fn new(replica: Arc<Replica>) -> State {
+        State::over(replica)
     }
 
     /// The state in `keyspace`.
@@ -108,12 +110,12 @@ impl State {
     }
 
     /// A linearizable read of `k`.
-    pub async fn get(&self, k: &str) -> Result<Option<Stored>, ApiError> {
+    pub async fn get(&self, k: &str) -> Result<Option<Stored>, CoreError> {
         Ok(self.list_range(key(k), Vec::new()).await?.into_iter().next().map(|(_, s)| s))
     }
 
     /// Every value under `prefix` (linearizable), by key.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Stored)>, ApiError> {
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Stored)>, CoreError> {
         let start = key(prefix);
         let mut end = start.clone();
         if let Some(last) = end.last_mut() {
@@ -122,7 +124,7 @@ impl State {
         self.list_range(start, end).await
     }
 
-    async fn list_range(&self, start: Vec<u8>, end: Vec<u8>) -> Result<Vec<(String, Stored)>, ApiError> {
+    async fn list_range(&self, start: Vec<u8>, end: Vec<u8>) -> Result<Vec<(String, Stored)>, CoreError> {
         let req = RangeRequest {
             key: start,
             range_end: end,
@@ -149,26 +151,23 @@ impl State {
 
     /// Writes every `(key, value)` if each `(key, revision)` in `expect` is unchanged;
     /// `false` when one changed (someone else won).
-    pub async fn write_if(&self, expect: &[(&str, i64)], writes: &[(&str, &Value)]) -> Result<bool, ApiError> {
+    pub async fn write_if(&self, expect: &[(&str, i64)], writes: &[(&str, &Value)]) -> Result<bool, CoreError> {
         let txn = TxnRequest {
             compare: expect.iter().map(|(k, rev)| unchanged(k, *rev)).collect(),
             success: writes.iter().map(|(k, v)| put_op(k, v, 0)).collect(),
             failure: vec![],
         };
-        match self.keyspace.propose(Command::Txn(txn)).await? {
-            CommandResult::Txn(resp) => Ok(resp.succeeded),
-            other => Err(ApiError::Internal(format!("unexpected result of a mesh txn: {other:?}"))),
-        }
+        Ok(self.keyspace.txn(txn).await?.succeeded)
     }
 
     /// Writes unconditionally.
-    pub async fn put(&self, k: &str, value: &Value) -> Result<(), ApiError> {
+    pub async fn put(&self, k: &str, value: &Value) -> Result<(), CoreError> {
         self.write_if(&[], &[(k, value)]).await.map(|_| ())
     }
 
     /// Claims `nonce` in `scope` once: `false` if it was claimed before (a replay). The
     /// claim expires with its lease after about `NONCE_TTL_SECS`.
-    pub async fn claim_nonce(&self, scope: &str, nonce: &str) -> Result<bool, ApiError> {
+    pub async fn claim_nonce(&self, scope: &str, nonce: &str) -> Result<bool, CoreError> {
         let k = format!("nonces/{scope}/{nonce}");
         for _ in 0..2 {
             let lease = self.nonce_lease().await?;
@@ -177,19 +176,19 @@ impl State {
                 success: vec![put_op(&k, &Value::Null, lease)],
                 failure: vec![],
             };
-            match self.keyspace.propose(Command::Txn(txn)).await {
-                Ok(CommandResult::Txn(resp)) => return Ok(resp.succeeded),
-                Ok(other) => return Err(ApiError::Internal(format!("unexpected result of a nonce claim: {other:?}"))),
+            match self.keyspace.txn(txn).await {
+                Ok(resp) => return Ok(resp.succeeded),
                 // The minute's lease expired under us: take a new one and retry once.
-                Err(ApiError::Mvcc(crate::mvcc::MvccError::LeaseNotFound)) => *self.nonce_lease.lock().await = None,
+                Err(CoreError::Apply(MvccError::LeaseNotFound)) => *self.nonce_lease.lock().await = None,
                 Err(e) => return Err(e),
             }
         }
-        Err(ApiError::Internal("no lease for the nonce claim".into()))
+        // The lease expired twice in a row: a clock far off, or leases expiring at once.
+        Err(MvccError::LeaseNotFound.into())
     }
 
     /// One lease per minute for that minute's nonces, living `NONCE_TTL_SECS` past it.
-    async fn nonce_lease(&self) -> Result<i64, ApiError> {
+    async fn nonce_lease(&self) -> Result<i64, CoreError> {
         let minute = time::OffsetDateTime::now_utc().unix_timestamp() / 60;
         let mut current = self.nonce_lease.lock().await;
         if let Some((m, id)) = *current {
@@ -197,21 +196,9 @@ impl State {
                 return Ok(id);
             }
         }
-        let id = crate::lease::new_lease_id();
-        match self
-            .keyspace
-            .propose(Command::LeaseGrant {
-                id,
-                ttl: NONCE_TTL_SECS + 60,
-            })
-            .await?
-        {
-            CommandResult::LeaseGrant(resp) => {
-                *current = Some((minute, resp.id));
-                Ok(resp.id)
-            }
-            other => Err(ApiError::Internal(format!("unexpected lease grant result: {other:?}"))),
-        }
+        let id = self.keyspace.lease_grant(0, NONCE_TTL_SECS + 60).await?;
+        *current = Some((minute, id));
+        Ok(id)
     }
 }
 
@@ -220,9 +207,9 @@ impl State {
 pub mod memory {
     use std::sync::Mutex;
 
-    use crate::api::errors::ApiError;
-    use crate::mvcc::{AppliedMeta, Command, CommandResult, Reader, Store};
-    use crate::proto::etcdserverpb::RangeRequest;
+    use crate::core::CoreError;
+    use crate::mvcc::{AppliedMeta, Command, CommandResult, MvccError, Reader, Store};
+    use crate::proto::etcdserverpb::{RangeRequest, TxnRequest, TxnResponse};
     use crate::proto::mvccpb::KeyValue;
 
     pub struct Keyspace {
@@ -242,20 +229,42 @@ pub mod memory {
                 _dir: dir,
             })
         }
+
+        fn apply(&self, cmd: Command) -> Result<CommandResult, CoreError> {
+            let mut store = self.store.lock().map_err(|_| MvccError::Storage("poisoned test store".into()))?;
+            match store.apply_batch(&[Some(cmd)], &AppliedMeta::default())?.pop() {
+                Some(CommandResult::Error(e)) => Err(e.into()),
+                Some(result) => Ok(result),
+                None => Err(MvccError::Storage("no result".into()).into()),
+            }
+        }
+    }
+
+    fn unexpected(wanted: &'static str, got: CommandResult) -> CoreError {
+        CoreError::UnexpectedResult {
+            wanted,
+            got: format!("{got:?}"),
+        }
     }
 
     #[async_trait::async_trait]
     impl super::Keyspace for Keyspace {
-        async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, ApiError> {
+        async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, CoreError> {
             Ok(self.reader.run(move |r| r.range(&req)).await?.kvs)
         }
 
-        async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
-            let mut store = self.store.lock().map_err(|_| ApiError::Internal("poisoned test store".into()))?;
-            match store.apply_batch(&[Some(cmd)], &AppliedMeta::default())?.pop() {
-                Some(CommandResult::Error(e)) => Err(ApiError::Mvcc(e)),
-                Some(result) => Ok(result),
-                None => Err(ApiError::Internal("no result".into())),
+        async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, CoreError> {
+            match self.apply(Command::Txn(req))? {
+                CommandResult::Txn(resp) => Ok(resp),
+                other => Err(unexpected("txn", other)),
+            }
+        }
+
+        async fn lease_grant(&self, id: i64, ttl: i64) -> Result<i64, CoreError> {
+            let id = if id == 0 { crate::lease::new_lease_id() } else { id };
+            match self.apply(Command::LeaseGrant { id, ttl })? {
+                CommandResult::LeaseGrant(resp) => Ok(resp.id),
+                other => Err(unexpected("lease grant", other)),
             }
         }
     }

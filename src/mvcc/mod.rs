@@ -7,6 +7,7 @@
 //! Revisions are assigned here, at apply time, so every replica is byte-identical.
 
 pub mod boot;
+pub mod checkpoint;
 mod hash;
 mod history;
 pub mod import;

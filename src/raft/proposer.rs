@@ -30,7 +30,7 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 const MAX_IN_FLIGHT: usize = 1;
 
 /// Why a proposal or a linearizable read did not complete.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     #[error("no leader")]
     NoLeader,
@@ -42,14 +42,23 @@ pub enum ProposeError {
     /// The leader could not reach a quorum to confirm it still leads.
     #[error("no quorum")]
     NoQuorum,
-    #[error("{0}")]
-    Internal(String),
+    /// Anything else openraft reported, kept as the cause.
+    #[error("raft failed")]
+    Internal(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+/// A batch came back with a different number of results than it had commands.
+#[derive(Debug, thiserror::Error)]
+#[error("the state machine gave {results} results for {commands} commands")]
+struct ResultCount {
+    results: usize,
+    commands: usize,
 }
 
 /// Maps an openraft error to what a client can act on.
 pub fn classify<E>(e: RaftError<u64, E>) -> ProposeError
 where
-    E: std::fmt::Debug + std::fmt::Display + openraft::TryAsRef<ForwardToLeader<u64, super::PeerNode>>,
+    E: std::error::Error + Send + Sync + 'static + openraft::TryAsRef<ForwardToLeader<u64, super::PeerNode>>,
 {
     if let RaftError::Fatal(_) = &e {
         return ProposeError::Stopped;
@@ -57,7 +66,7 @@ where
     match e.forward_to_leader::<super::PeerNode>() {
         Some(f) if f.leader_id.is_some() => ProposeError::LeaderChanged,
         Some(_) => ProposeError::NoLeader,
-        None => ProposeError::Internal(e.to_string()),
+        None => ProposeError::Internal(Arc::new(e)),
     }
 }
 
@@ -130,7 +139,10 @@ async fn propose_loop(raft: NetsyRaft, mut rx: mpsc::UnboundedReceiver<Pending>)
                     }
                 }
                 Ok(resp) => {
-                    let e = ProposeError::Internal(format!("{} results for {} commands", resp.data.len(), replies.len()));
+                    let e = ProposeError::Internal(Arc::new(ResultCount {
+                        results: resp.data.len(),
+                        commands: replies.len(),
+                    }));
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::reply::{json_response, request_id};
-use crate::api::errors::ApiError;
+use crate::core::CoreError;
 use crate::mesh::auth;
 
 /// Revocation reasons the NA accepts.
@@ -29,7 +29,7 @@ pub enum Error {
     #[error("Too many requests")]
     RateLimited,
     #[error("keyspace unavailable: {0}")]
-    Keyspace(#[from] ApiError),
+    Keyspace(#[from] CoreError),
     #[error("Response could not be encoded")]
     Encode(#[source] serde_json::Error),
     /// `/readyz`: the keyspace does not answer.
@@ -262,7 +262,7 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         match &self {
-            Error::Keyspace(e) => tracing::warn!(error = %e, "mesh authority: keyspace request failed"),
+            Error::Keyspace(e) => tracing::warn!(error = %crate::error_chain(e), "mesh authority: keyspace request failed"),
             Error::Encode(e) => tracing::error!(error = %e, "mesh authority: a response did not encode"),
             _ => {}
         }

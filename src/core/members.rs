@@ -9,13 +9,17 @@ use std::time::{Duration, Instant};
 
 use openraft::ChangeMembers;
 
-use super::Node;
-use crate::api::errors::ApiError;
-use crate::proto::peer::{JoinRequest, RemoveMemberRequest};
+use super::route::Leader;
+use super::{CoreError, Replica};
+use crate::raft::proposer::classify;
 use crate::raft::{NodeId, PeerNode};
 
 /// A join waits this long for the leader (the learner's catch-up included).
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a starting node waits to join and see a leader (a new member catches up,
+/// snapshot included, before it becomes a voter).
+pub const JOIN_WAIT: Duration = Duration::from_secs(180);
 
 /// One member as the Raft membership records it.
 #[derive(Debug, Clone)]
@@ -25,17 +29,14 @@ pub struct MemberInfo {
     pub voter: bool,
 }
 
-fn membership_error<E>(e: openraft::error::RaftError<NodeId, E>) -> ApiError
+fn membership_error<E>(e: openraft::error::RaftError<NodeId, E>) -> CoreError
 where
-    E: std::fmt::Display + std::fmt::Debug + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, PeerNode>>,
+    E: std::error::Error + Send + Sync + 'static + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, PeerNode>>,
 {
-    match crate::raft::proposer::classify(e) {
-        crate::raft::proposer::ProposeError::Internal(m) => ApiError::Internal(format!("membership change: {m}")),
-        other => other.into(),
-    }
+    classify(e).into()
 }
 
-impl Node {
+impl Replica {
     /// Every member in the current membership, voters first.
     pub fn members(&self) -> Vec<MemberInfo> {
         let metrics = self.raft.metrics();
@@ -61,22 +62,30 @@ impl Node {
         m.membership_config.membership().get_node(&raft_id).map(|n| n.name.clone())
     }
 
+    /// Whether the member with etcd id `member_id` is in the membership.
+    pub fn check_member(&self, member_id: u64) -> Result<(), CoreError> {
+        match self.members().iter().any(|m| m.node.member_id == member_id) {
+            true => Ok(()),
+            false => Err(CoreError::MemberNotFound),
+        }
+    }
+
+    /// etcd's MemberPromote: learners become voters by themselves once caught up;
+    /// promoting one finishes its join now (waiting for it to catch up).
+    pub async fn promote(&self, member_id: u64) -> Result<(), CoreError> {
+        self.check_member(member_id)?;
+        let members = self.members();
+        let Some(learner) = members.iter().find(|m| m.node.member_id == member_id && !m.voter) else {
+            return Err(CoreError::MemberNotLearner);
+        };
+        self.join(learner.raft_id, learner.node.clone()).await
+    }
+
     /// Admits Raft node `raft_id` (`node`) as a voter, replacing any other incarnation
     /// of the same name. Forwarded to the leader when this node follows.
-    pub async fn join(&self, raft_id: NodeId, node: PeerNode) -> Result<(), ApiError> {
-        if !self.is_leader() {
-            let (leader, leader_node) = self.leader().ok_or(ApiError::NoLeader)?;
-            let mut client = self.peer_client(leader, &leader_node)?;
-            let mut request = tonic::Request::new(JoinRequest {
-                name: node.name.clone(),
-                member_id: node.member_id,
-                raft_id,
-                peer_url: node.peer_url.clone(),
-                client_url: node.client_url.clone(),
-            });
-            request.set_timeout(JOIN_TIMEOUT);
-            client.join(request).await.map_err(|s| ApiError::from_peer(&s))?;
-            return Ok(());
+    pub async fn join(&self, raft_id: NodeId, node: PeerNode) -> Result<(), CoreError> {
+        if let Leader::There(leader, leader_node) = self.current_leader()? {
+            return self.forward_join(leader, &leader_node, raft_id, &node).await;
         }
         let _one_change_at_a_time = self.membership_lock.lock().await;
         let current = self.members();
@@ -107,7 +116,7 @@ impl Node {
 
     /// Removes those of `ids` still in the membership (as learners: a voter change does
     /// not cover nodes that never became voters).
-    async fn drop_learners(&self, ids: &BTreeSet<NodeId>) -> Result<(), ApiError> {
+    async fn drop_learners(&self, ids: &BTreeSet<NodeId>) -> Result<(), CoreError> {
         let left: BTreeSet<NodeId> = self
             .members()
             .iter()
@@ -124,7 +133,7 @@ impl Node {
     }
 
     /// Removes the member with etcd member id `member_id` (every incarnation).
-    pub async fn remove_member(&self, member_id: u64) -> Result<(), ApiError> {
+    pub async fn remove_member(&self, member_id: u64) -> Result<(), CoreError> {
         let ids: BTreeSet<NodeId> = self
             .members()
             .iter()
@@ -132,16 +141,10 @@ impl Node {
             .map(|m| m.raft_id)
             .collect();
         if ids.is_empty() {
-            return Err(ApiError::MemberNotFound);
+            return Err(CoreError::MemberNotFound);
         }
-        if !self.is_leader() {
-            let (leader, leader_node) = self.leader().ok_or(ApiError::NoLeader)?;
-            let mut client = self.peer_client(leader, &leader_node)?;
-            client
-                .remove_member(RemoveMemberRequest { member_id })
-                .await
-                .map_err(|s| ApiError::from_peer(&s))?;
-            return Ok(());
+        if let Leader::There(leader, leader_node) = self.current_leader()? {
+            return self.forward_remove(leader, &leader_node, member_id).await;
         }
         self.remove_raft_nodes(&ids).await?;
         tracing::info!(member_id = format!("{member_id:x}"), "member removed");
@@ -150,7 +153,7 @@ impl Node {
 
     /// On the leader: takes the Raft nodes `ids` out of the membership (voters and
     /// learners), one membership change at a time.
-    async fn remove_raft_nodes(&self, ids: &BTreeSet<NodeId>) -> Result<(), ApiError> {
+    async fn remove_raft_nodes(&self, ids: &BTreeSet<NodeId>) -> Result<(), CoreError> {
         let _one_change_at_a_time = self.membership_lock.lock().await;
         let voters: BTreeSet<NodeId> = self
             .members()
@@ -159,7 +162,7 @@ impl Node {
             .map(|m| m.raft_id)
             .collect();
         if voters.is_empty() {
-            return Err(ApiError::Internal("cannot remove the last voter".into()));
+            return Err(CoreError::LastVoter);
         }
         self.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
@@ -170,7 +173,7 @@ impl Node {
 
     /// On the leader, removes members that have not answered a Raft RPC for `after`: a
     /// StatefulSet scaled down leaves its surplus pods unreachable for good (a pod that
-    /// comes back later asks to join again, see `Node::start`). A voter is removed only
+    /// comes back later asks to join again, see `join_via`). A voter is removed only
     /// while the other reachable voters are a majority of the current voters, so the
     /// removal itself can commit; one member per check.
     pub async fn deregister_unreachable(self: std::sync::Arc<Self>, after: Duration) {
@@ -184,7 +187,7 @@ impl Node {
             }
             let since = *leading_since.get_or_insert_with(Instant::now);
             let members = self.members();
-            let me = self.identity.raft_id;
+            let me = self.ids.raft_id;
             let silent = |m: &MemberInfo| {
                 let heard = self.peers.last_answer(m.raft_id).map_or(since, |t| t.max(since));
                 m.raft_id != me && heard.elapsed() >= after
@@ -210,8 +213,47 @@ impl Node {
             );
             match self.remove_raft_nodes(&BTreeSet::from([gone.raft_id])).await {
                 Ok(()) => tracing::info!(raft_id = gone.raft_id, node = %gone.node, "unreachable member removed"),
-                Err(e) => tracing::warn!(raft_id = gone.raft_id, error = %e, "could not remove the unreachable member"),
+                Err(e) => {
+                    tracing::warn!(raft_id = gone.raft_id, error = %crate::error_chain(&e), "could not remove the unreachable member")
+                }
             }
         }
     }
+
+    /// On a starting node: asks the running cluster (through any of `via`: peer URL and
+    /// name) to admit this node; retries until one answers or `JOIN_WAIT` passes.
+    pub async fn join_via(&self, via: &[(String, String)]) -> Result<(), JoinFailed> {
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        let me = &self.ids.me;
+        let mut last = String::new();
+        loop {
+            for (url, name) in via {
+                let Ok(mut client) = self.peers.client_at(url, name) else {
+                    continue;
+                };
+                let mut request = tonic::Request::new(super::forward::join_request(self.ids.raft_id, me));
+                request.set_timeout(JOIN_TIMEOUT);
+                match client.join(request).await {
+                    Ok(_) => {
+                        tracing::info!(via = %name, raft_id = self.ids.raft_id, "joined the cluster");
+                        return Ok(());
+                    }
+                    Err(e) => last = format!("{name} ({url}): {}", e.message()),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JoinFailed { last });
+            }
+            tracing::info!(error = %last, "join not accepted yet; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// No member admitted this node before `JOIN_WAIT`.
+#[derive(Debug, thiserror::Error)]
+#[error("could not join the cluster: {last}")]
+pub struct JoinFailed {
+    /// The last member's answer.
+    pub last: String,
 }

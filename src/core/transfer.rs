@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Node;
-use crate::api::errors::ApiError;
-use crate::proto::peer::{CampaignRequest, TransferLeadershipRequest};
+use super::route::Leader;
+use super::{CoreError, Replica};
+use crate::proto::peer::CampaignRequest;
 use crate::raft::NodeId;
 
 /// How long MoveLeader, or handing over at shutdown, may take.
@@ -28,36 +28,31 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the transferee is asked to campaign.
 const CAMPAIGN_EVERY: Duration = Duration::from_millis(250);
 
-impl Node {
+impl Replica {
     /// MoveLeader to the member with etcd id `member_id`, from any member (a follower
     /// forwards it to the leader). Returns once that member leads.
-    pub async fn move_leader(&self, member_id: u64) -> Result<(), ApiError> {
+    pub async fn move_leader(&self, member_id: u64) -> Result<(), CoreError> {
         let target = self
             .members()
             .into_iter()
             .find(|m| m.voter && m.node.member_id == member_id)
-            .ok_or(ApiError::BadLeaderTransferee)?
+            .ok_or(CoreError::BadLeaderTransferee)?
             .raft_id;
-        let (leader, leader_node) = self.leader().ok_or(ApiError::NoLeader)?;
-        if leader == target {
-            return Ok(());
-        }
-        if leader != self.identity.raft_id {
-            let mut client = self.peer_client(leader, &leader_node)?;
-            let mut request = tonic::Request::new(TransferLeadershipRequest { member_id });
-            request.set_timeout(TRANSFER_TIMEOUT + Duration::from_secs(1));
-            client.transfer_leadership(request).await.map_err(|s| ApiError::from_peer(&s))?;
-            return Ok(());
+        match self.current_leader()? {
+            Leader::There(leader, _) if leader == target => return Ok(()),
+            Leader::There(leader, leader_node) => return self.forward_transfer(leader, &leader_node, member_id).await,
+            Leader::Here if self.ids.raft_id == target => return Ok(()),
+            Leader::Here => {}
         }
         match self.transfer_leadership(Some(target), TRANSFER_TIMEOUT).await? {
             new if new == target => Ok(()),
-            _ => Err(ApiError::LeaderChanged),
+            _ => Err(CoreError::LeaderChanged),
         }
     }
 
     /// On the leader: hands leadership to voter `target`, or to the most caught-up other
     /// voter. Returns the raft id of the member that leads afterwards.
-    pub async fn transfer_leadership(&self, target: Option<NodeId>, timeout: Duration) -> Result<NodeId, ApiError> {
+    pub async fn transfer_leadership(&self, target: Option<NodeId>, timeout: Duration) -> Result<NodeId, CoreError> {
         let _one_change_at_a_time = self.membership_lock.lock().await;
         let _proposals_held = self.handover.write().await;
         self.require_leader()?;
@@ -68,13 +63,13 @@ impl Node {
         runtime.heartbeat(true);
         match &result {
             Ok(leader) => tracing::info!(leader, elapsed_ms = started.elapsed().as_millis() as u64, "leadership transferred"),
-            Err(e) => tracing::warn!(error = %e, "leadership transfer failed"),
+            Err(e) => tracing::warn!(error = %crate::error_chain(e), "leadership transfer failed"),
         }
         result
     }
 
-    async fn hand_over(&self, target: Option<NodeId>, deadline: Instant) -> Result<NodeId, ApiError> {
-        let me = self.identity.raft_id;
+    async fn hand_over(&self, target: Option<NodeId>, deadline: Instant) -> Result<NodeId, CoreError> {
+        let me = self.ids.raft_id;
         let mut metrics = self.raft.metrics();
         let mut next_campaign = Instant::now();
         loop {
@@ -89,7 +84,7 @@ impl Node {
                 };
                 let to = match target {
                     Some(t) if voters.contains(&t) => Some(t),
-                    Some(_) => return Err(ApiError::BadLeaderTransferee),
+                    Some(_) => return Err(CoreError::BadLeaderTransferee),
                     None => voters.iter().copied().max_by_key(|v| matched(v)),
                 };
                 let last = m.last_log_index.unwrap_or(0);
@@ -99,14 +94,14 @@ impl Node {
                 Some(l) if l != me => return Ok(l),
                 _ => {}
             }
-            let to = to.ok_or(ApiError::BadLeaderTransferee)?;
+            let to = to.ok_or(CoreError::BadLeaderTransferee)?;
             if caught_up && Instant::now() >= next_campaign {
                 next_campaign = Instant::now() + CAMPAIGN_EVERY;
                 self.ask_to_campaign(to, deadline).await;
             }
             let wake = deadline.min(Instant::now() + CAMPAIGN_EVERY);
             if Instant::now() >= deadline {
-                return Err(ApiError::LeaderTransferTimeout);
+                return Err(CoreError::LeaderTransferTimeout);
             }
             let _ = tokio::time::timeout_at(wake, metrics.changed()).await;
         }
@@ -134,11 +129,5 @@ impl Node {
         if self.is_leader() && voters > 1 {
             let _ = self.transfer_leadership(None, TRANSFER_TIMEOUT).await;
         }
-    }
-
-    /// On the transferee: start an election now.
-    pub async fn campaign(&self) -> Result<(), ApiError> {
-        self.raft.trigger().elect().await.map_err(|_| ApiError::Stopped)?;
-        Ok(())
     }
 }
