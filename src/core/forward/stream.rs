@@ -24,7 +24,6 @@ use super::wire;
 use crate::core::CoreError;
 use crate::mvcc::{Command, CommandResult};
 use crate::proto::peer::peer_client::PeerClient;
-use crate::proto::peer::proposal_result::Outcome as Answer;
 use crate::proto::peer::{Proposal, ProposalResult};
 use crate::raft::{codec, NodeId};
 
@@ -163,15 +162,16 @@ fn open(mut client: PeerClient<Channel>, leader: NodeId) -> Stream {
     Stream { leader, tx, waiting }
 }
 
-fn decode(r: ProposalResult) -> Outcome {
-    match r.outcome {
-        Some(Answer::Result(bytes)) => Ok((codec::decode_result(&bytes)?, r.index)),
-        Some(Answer::Error(e)) => Err(wire::from_pb(e)),
-        None => Err(CoreError::Leader(format!(
-            "proposal {} was answered with neither a result nor an error",
-            r.id
-        ))),
+pub(super) fn decode(r: ProposalResult) -> Outcome {
+    if let Some(e) = r.error {
+        return Err(wire::from_pb(e));
     }
+    if r.code != 0 {
+        // A netsy 0.2.0 leader's failure: its kind is only in a string, never parsed.
+        tracing::debug!(code = r.code, message = %r.message, "a forwarded write failed on an older leader");
+        return Err(CoreError::Timeout);
+    }
+    Ok((codec::decode_result(&r.result)?, r.index))
 }
 
 /// The leader's answer to proposal `id`, for the `Proposals` stream.
@@ -179,13 +179,19 @@ pub(super) fn answer(id: u64, outcome: Outcome) -> ProposalResult {
     match outcome {
         Ok((result, index)) => ProposalResult {
             id,
-            outcome: Some(Answer::Result(codec::encode_result(&result))),
+            result: codec::encode_result(&result),
             index,
+            ..Default::default()
         },
-        Err(e) => ProposalResult {
-            id,
-            outcome: Some(Answer::Error(wire::to_pb(&e))),
-            index: 0,
-        },
+        Err(e) => {
+            let status = wire::to_status(&e);
+            ProposalResult {
+                id,
+                error: Some(wire::to_pb(&e)),
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                ..Default::default()
+            }
+        }
     }
 }

@@ -221,3 +221,25 @@ async fn a_new_leader_gets_a_new_stream() {
     assert_eq!(one.streams.load(Ordering::SeqCst), 1);
     assert_eq!(two.streams.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn a_refusal_travels_typed_and_an_older_leaders_string_is_never_parsed() {
+    use super::stream::decode;
+    let refused = answer(7, Err(CoreError::Apply(crate::mvcc::MvccError::LeaseNotFound)));
+    assert!(refused.code != 0 && !refused.message.is_empty(), "0.2.0 members read these");
+    match decode(refused) {
+        Err(CoreError::Apply(crate::mvcc::MvccError::LeaseNotFound)) => {}
+        other => panic!("{other:?}"),
+    }
+    // What a netsy 0.2.0 leader sends: only a code and etcd's string.
+    let older = ProposalResult {
+        id: 7,
+        code: tonic::Code::NotFound as i32,
+        message: "etcdserver: requested lease not found".into(),
+        ..Default::default()
+    };
+    assert!(
+        matches!(decode(older), Err(CoreError::Timeout)),
+        "unknown outcome, never a parsed string"
+    );
+}
