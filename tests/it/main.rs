@@ -14,6 +14,7 @@ mod durability;
 mod etcdctl_differential;
 mod helm;
 mod kv;
+mod layers;
 mod lease;
 mod linearizability;
 mod mesh;
