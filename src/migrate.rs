@@ -125,8 +125,9 @@ pub async fn from_etcd(
     std::fs::create_dir_all(scratch).map_err(|e| MigrateError::Database(format!("{}: {e}", scratch.display())))?;
     let db = scratch.join(format!("migrate-{}.db", rand::random::<u32>()));
     let result = copy_keys(&mut kv, &db, revision, &leases).await;
+    let replay = crate::raft::state_machine::archive_replay();
     let outcome = match result {
-        Ok(keys) => bootstrap::open_epoch(store, cluster_id, None, &db, None, scratch)
+        Ok(keys) => bootstrap::open_epoch(store, cluster_id, None, &db, None, scratch, &replay)
             .await
             .map(|epoch| MigrateReport {
                 revision,

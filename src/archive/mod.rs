@@ -7,10 +7,15 @@
 //! - `snapshot` + `snapshotter` + `gc`: snapshots of the applied state, and cleanup.
 //! - `restore` + `bootstrap`: an empty node rebuilds from the newest snapshot and the
 //!   segments after it, then opens a new epoch.
+//! - `log`: what the archive needs from the Raft layer, as traits and plain values that
+//!   the Raft layer implements and the server passes in (`LogSource`, `Progress`,
+//!   `Replay`). The archive sits below Raft: it never imports `raft`, and treats log
+//!   entries as opaque bytes tagged with their encoding.
 
 pub mod admin;
 pub mod bootstrap;
 pub mod gc;
+pub mod log;
 pub mod manifest;
 pub mod restore;
 pub mod segment;

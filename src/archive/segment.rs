@@ -10,9 +10,10 @@
 //! body = zstd( frame* )           frame = u32 len | u32 crc32c(entry) | u64 index | entry
 //! ```
 //!
-//! `entry` is the Raft log entry exactly as the log store encodes it (`raft::codec`).
-//! Segments of netsy 0.1 ("NETSYSG1") have the same layout with bincode entries; they
-//! are still read, and `decode` says which encoding the entries are in. Decoding checks
+//! `entry` is the Raft log entry exactly as the log store encodes it (the Raft layer's
+//! codec; the archive never decodes it). Segments of netsy 0.1 ("NETSYSG1") have the
+//! same layout with bincode entries; they are still read, and `decode` says which
+//! encoding the entries are in. Decoding checks
 //! the magic, both checksums, that the frames are exactly `first..=last` in order, and
 //! that the object's name agrees, so a corrupt, truncated or misnamed object is an error
 //! naming the object, never a silently partial restore.
@@ -144,9 +145,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// How the entries of a segment are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryEncoding {
-    /// netsy's own (`raft::codec::decode_entry`).
+    /// netsy's own, as the log store writes it (format byte + protobuf).
     Current,
-    /// netsy 0.1's bincode (`raft::codec::legacy::decode_entry`).
+    /// netsy 0.1's bincode of openraft's entry.
     Bincode,
 }
 

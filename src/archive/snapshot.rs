@@ -26,6 +26,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::log::Replay;
 use crate::mvcc::{read_applied_meta, read_revisions, MvccError};
 
 const MAGIC: &[u8; 8] = b"NETSYSN1";
@@ -106,10 +107,13 @@ pub struct SnapshotHeader {
     pub created_unix: u64,
 }
 
-/// Describes the database at `db` (which nothing else writes) as a snapshot of `epoch`.
-pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64) -> Result<SnapshotHeader, SnapshotError> {
+/// Describes the database at `db` (which nothing else writes) as a snapshot of `epoch`,
+/// at the last entry its Raft bookkeeping records (read through `replay`).
+pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64, replay: &dyn Replay) -> Result<SnapshotHeader, SnapshotError> {
     let meta = read_applied_meta(db)?;
-    let (last, _) = crate::raft::state_machine::decode_applied_meta(&meta).map_err(|e| SnapshotError::Database(crate::error_chain(&e)))?;
+    let last = replay
+        .applied(&meta)
+        .map_err(|e| SnapshotError::Database(crate::error_chain(e.as_ref())))?;
     let revs = read_revisions(db)?;
     let mut file = File::open(db).map_err(io_err(db))?;
     let mut crc = 0u32;
@@ -128,7 +132,7 @@ pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64) -> Result<SnapshotHea
         cluster_id: cluster_id.to_string(),
         epoch,
         index: last.map_or(0, |l| l.index),
-        term: last.map_or(0, |l| l.leader_id.term),
+        term: last.map_or(0, |l| l.term),
         revision: revs.current,
         compact_revision: revs.compacted,
         db_bytes: bytes,
@@ -244,20 +248,21 @@ pub async fn upload(store: &Arc<dyn ObjectStore>, name: &SnapshotName, file: &Fs
 }
 
 /// Snapshots the database file `db` (which nothing else writes) as a snapshot of
-/// `epoch` at the index its Raft bookkeeping names, through a temporary file in
-/// `scratch`, and uploads it. Returns its header.
+/// `epoch` at the index its Raft bookkeeping names (read through `replay`), through a
+/// temporary file in `scratch`, and uploads it. Returns its header.
 pub async fn publish(
     store: &Arc<dyn ObjectStore>,
     db: &FsPath,
     cluster_id: &str,
     epoch: u64,
     scratch: &FsPath,
+    replay: &Arc<dyn Replay>,
 ) -> Result<SnapshotHeader, SnapshotError> {
     let started = std::time::Instant::now();
     let file = scratch.join(format!("upload-{epoch}.snap"));
-    let (db2, file2, cluster) = (db.to_path_buf(), file.clone(), cluster_id.to_string());
+    let (db2, file2, cluster, replay) = (db.to_path_buf(), file.clone(), cluster_id.to_string(), replay.clone());
     let (header, size) = tokio::task::spawn_blocking(move || {
-        let header = describe(&db2, &cluster, epoch)?;
+        let header = describe(&db2, &cluster, epoch, replay.as_ref())?;
         let size = encode_file(&db2, &header, &file2)?;
         Ok::<_, SnapshotError>((header, size))
     })
@@ -334,6 +339,7 @@ pub async fn list(store: &dyn ObjectStore, epoch: u64) -> Result<Vec<(SnapshotNa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::log::testing::NothingApplied;
     use crate::mvcc::Store;
 
     fn sample_db(dir: &FsPath) -> PathBuf {
@@ -353,7 +359,7 @@ mod tests {
     async fn snapshots_round_trip_and_corruption_names_the_object() {
         let dir = tempfile::tempdir().unwrap();
         let db = sample_db(dir.path());
-        let header = describe(&db, "c", 3).unwrap();
+        let header = describe(&db, "c", 3, &NothingApplied).unwrap();
         assert_eq!((header.epoch, header.index, header.revision), (3, 0, 2));
         let file = dir.path().join("out.snap");
         encode_file(&db, &header, &file).unwrap();
@@ -383,7 +389,7 @@ mod tests {
     fn a_snapshot_of_a_newer_format_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let db = sample_db(dir.path());
-        let mut header = describe(&db, "c", 3).unwrap();
+        let mut header = describe(&db, "c", 3, &NothingApplied).unwrap();
         header.format = HEADER_FORMAT + 1;
         let file = dir.path().join("out.snap");
         encode_file(&db, &header, &file).unwrap();

@@ -13,18 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::log::{Progress, Replay};
 use super::snapshot::{self, SnapshotError, SnapshotHeader};
 use crate::config::ArchivePolicy;
 use crate::mvcc::Reader;
-use crate::raft::NetsyRaft;
 
 pub struct Snapshotter {
     pub store: Arc<dyn ObjectStore>,
     pub reader: Reader,
-    pub raft: NetsyRaft,
-    pub raft_id: u64,
+    /// Whether this node leads and how far it has applied (from the Raft layer).
+    pub progress: watch::Receiver<Progress>,
+    /// Reads the applied entry recorded in a copy of the state (the snapshot's index).
+    pub replay: Arc<dyn Replay>,
     pub cluster_id: String,
     pub epoch: u64,
     pub policy: ArchivePolicy,
@@ -50,11 +53,7 @@ impl Snapshotter {
         let mut last: Option<Option<Last>> = None; // None: not looked up yet
         loop {
             tick.tick().await;
-            let (leader, applied) = {
-                let m = self.raft.metrics();
-                let m = m.borrow();
-                (m.current_leader == Some(self.raft_id), m.last_applied.map_or(0, |l| l.index))
-            };
+            let Progress { leader, applied } = *self.progress.borrow();
             if !leader {
                 last = None;
                 continue;
@@ -126,7 +125,7 @@ impl Snapshotter {
         tokio::task::spawn_blocking(move || reader.backup_to(&copy2))
             .await
             .map_err(|e| SnapshotError::Database(e.to_string()))??;
-        let published = snapshot::publish(&self.store, &copy, &self.cluster_id, self.epoch, &self.scratch).await;
+        let published = snapshot::publish(&self.store, &copy, &self.cluster_id, self.epoch, &self.scratch, &self.replay).await;
         let _ = std::fs::remove_file(&copy);
         published
     }

@@ -80,6 +80,7 @@ pub fn run(command: SnapshotCmd) -> ExitCode {
 /// archive in object storage.
 fn archive_command(command: SnapshotCmd) -> Result<String, String> {
     use netsy::archive::admin;
+    use netsy::raft::state_machine::archive_replay;
     let config_path = match &command {
         SnapshotCmd::List { config, .. } => Some(config.clone()),
         SnapshotCmd::Inspect { point, .. } | SnapshotCmd::Restore { point, .. } | SnapshotCmd::Export { point, .. } => point.config.clone(),
@@ -123,7 +124,7 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
             }
             SnapshotCmd::Restore { point, data_dir, .. } => {
                 let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
-                let r = admin::restore_into(store, epoch, point.index, &data_dir).await?;
+                let r = admin::restore_into(store, epoch, point.index, &data_dir, &archive_replay()).await?;
                 Ok(format!(
                     "restored epoch {epoch} through index {} (revision {}) into {}",
                     r.last_index,
@@ -133,7 +134,7 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
             }
             SnapshotCmd::Export { point, output } => {
                 let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
-                let r = admin::export(store, epoch, point.index, &output, &scratch).await?;
+                let r = admin::export(store, epoch, point.index, &output, &scratch, &archive_replay()).await?;
                 Ok(format!(
                     "exported epoch {epoch} through index {} (revision {}) to {}",
                     r.last_index,

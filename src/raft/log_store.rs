@@ -516,6 +516,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// The archive uploader reads the log through this: entries re-encoded exactly as
+/// `raft.db` holds them (`codec::encode_entry`, the segments' current encoding).
+#[async_trait::async_trait]
+impl crate::archive::log::LogSource for LogStore {
+    async fn entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, crate::archive::log::BoxError> {
+        let entries = self.clone().try_get_log_entries(from..=to).await?;
+        Ok(entries.iter().map(|e| (e.log_id.index, codec::encode_entry(e))).collect())
+    }
+
+    fn set_purge_floor(&self, index: u64) {
+        LogStore::set_purge_floor(self, index);
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
