@@ -30,6 +30,17 @@ pub enum AdminError {
     NoCluster(String),
     #[error("{0}")]
     Target(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{object}: {source}")]
+    Verify { object: String, source: rusqlite::Error },
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AdminError + '_ {
+    move |source| AdminError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -119,7 +130,10 @@ pub async fn inspect(
         snapshot::download(store, &name, &db).await?;
         let counted = rusqlite::Connection::open(&db)
             .and_then(|c| c.query_row("SELECT COUNT(*) FROM current", [], |r| r.get(0)))
-            .map_err(|e| AdminError::Target(format!("{}: {e}", name.path())));
+            .map_err(|source| AdminError::Verify {
+                object: name.path().to_string(),
+                source,
+            });
         let _ = std::fs::remove_file(&db);
         Some(counted?)
     } else {
@@ -143,7 +157,7 @@ pub async fn restore_into(
     data_dir: &Path,
     replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, AdminError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| AdminError::Target(format!("{}: {e}", data_dir.display())))?;
+    std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
     for existing in ["state.db", "raft.db", "node.json"] {
         if data_dir.join(existing).exists() {
             return Err(AdminError::Target(format!(
@@ -166,7 +180,7 @@ pub async fn export(
     scratch: &Path,
     replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, AdminError> {
-    std::fs::create_dir_all(scratch).map_err(|e| AdminError::Target(format!("{}: {e}", scratch.display())))?;
+    std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
     let db = scratch.join(format!("export-{}.db", rand::random::<u32>()));
     let report = restore::restore(store, epoch, &db, upto, replay).await?;
     let written = (|| -> std::io::Result<()> {
@@ -186,6 +200,6 @@ pub async fn export(
         out.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
     let _ = std::fs::remove_file(&db);
-    written.map_err(|e| AdminError::Target(format!("{}: {e}", output.display())))?;
+    written.map_err(io_err(output))?;
     Ok(report)
 }

@@ -46,7 +46,11 @@ pub enum BootstrapError {
     #[error("another node opened epoch {epoch} first; restart this node to rebuild from it")]
     LostRace { epoch: u64 },
     #[error("{0}")]
-    Database(String),
+    Database(#[from] crate::mvcc::MvccError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("startup task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What the data directory holds.
@@ -277,11 +281,11 @@ pub async fn open_epoch(
 ) -> Result<u64, BootstrapError> {
     let epoch = current.map_or(1, |m| m.value.epoch + 1);
     let db2 = db.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::mvcc::clear_raft_meta(&db2, false))
-        .await
-        .map_err(|e| BootstrapError::Database(e.to_string()))?
-        .map_err(|e| BootstrapError::Database(e.to_string()))?;
-    std::fs::create_dir_all(scratch).map_err(|e| BootstrapError::Database(format!("{}: {e}", scratch.display())))?;
+    tokio::task::spawn_blocking(move || crate::mvcc::clear_raft_meta(&db2, false)).await??;
+    std::fs::create_dir_all(scratch).map_err(|source| BootstrapError::Io {
+        path: scratch.display().to_string(),
+        source,
+    })?;
     let header = snapshot::publish(store, db, cluster_id, epoch, scratch, replay).await?;
     let moved = manifest::write_cluster(
         store.as_ref(),

@@ -19,7 +19,7 @@ use super::log::{BoxError, Replay, ReplayError};
 use super::segment::{self, SegmentError, SegmentName};
 use super::snapshot::{self, SnapshotError};
 use crate::metrics::{RESTORE_BYTES, RESTORE_ENTRIES, RESTORE_IN_PROGRESS};
-use crate::mvcc::Store;
+use crate::mvcc::{MvccError, Store};
 
 /// Segments fetched ahead of the one being applied.
 const PREFETCH: usize = 8;
@@ -52,6 +52,10 @@ pub enum RestoreError {
     },
     #[error("restore target {0}: {1}")]
     Target(String, String),
+    #[error("restore target {path}: {source}")]
+    Database { path: String, source: MvccError },
+    #[error("restore task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("epoch {epoch} has no snapshot at or below index {index}")]
     NoSnapshot { epoch: u64, index: u64 },
 }
@@ -160,10 +164,13 @@ async fn run(
         "restore: replaying segments"
     );
     let dest_path = dest.to_path_buf();
+    let database = |source| RestoreError::Database {
+        path: dest.display().to_string(),
+        source,
+    };
     let mut db = tokio::task::spawn_blocking(move || Store::open(&dest_path))
-        .await
-        .map_err(|e| RestoreError::Target(dest.display().to_string(), e.to_string()))?
-        .map_err(|e| RestoreError::Target(dest.display().to_string(), e.to_string()))?;
+        .await?
+        .map_err(database)?;
     let mut fetches = futures::stream::iter(wanted.into_iter().map(|(name, _)| async move {
         let path = name.path();
         let data = async { store.get(&path).await?.bytes().await }
@@ -183,9 +190,8 @@ async fn run(
         bytes += data.len() as u64;
         RESTORE_BYTES.inc_by(data.len() as u64);
         let replay = replay.clone();
-        let (store_back, n) = tokio::task::spawn_blocking(move || replay_segment(db, replay.as_ref(), &name, &data, applied, limit))
-            .await
-            .map_err(|e| RestoreError::Target(String::new(), e.to_string()))??;
+        let (store_back, n) =
+            tokio::task::spawn_blocking(move || replay_segment(db, replay.as_ref(), &name, &data, applied, limit)).await??;
         db = store_back;
         applied += n;
         entries += n;
@@ -205,10 +211,7 @@ async fn run(
         }
     }
     let revision = db.revision();
-    tokio::task::spawn_blocking(move || db.checkpoint())
-        .await
-        .map_err(|e| RestoreError::Target(String::new(), e.to_string()))?
-        .map_err(|e| RestoreError::Target(String::new(), e.to_string()))?;
+    tokio::task::spawn_blocking(move || db.checkpoint()).await?.map_err(database)?;
     let report = RestoreReport {
         epoch,
         snapshot_index: base.map(|(n, _)| n.index),

@@ -72,7 +72,7 @@ impl Snapshotter {
                         l
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot list archive snapshots");
+                        tracing::warn!(error = %crate::error_chain(&e), "cannot list archive snapshots");
                         continue;
                     }
                 },
@@ -90,11 +90,11 @@ impl Snapshotter {
                     crate::metrics::ARCHIVE_SNAPSHOT_INDEX.set(header.index as i64);
                     crate::metrics::ARCHIVE_SNAPSHOTS.inc();
                     if let Err(e) = super::gc::collect(self.store.as_ref(), self.epoch, self.policy.snapshots_to_keep).await {
-                        tracing::warn!(error = %e, "archive garbage collection failed; it is retried after the next snapshot");
+                        tracing::warn!(error = %crate::error_chain(&e), "archive garbage collection failed; it is retried after the next snapshot");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "snapshot upload failed; retrying");
+                    tracing::warn!(error = %crate::error_chain(&e), "snapshot upload failed; retrying");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }
@@ -122,9 +122,7 @@ impl Snapshotter {
         let copy = self.scratch.join("archive-copy.db");
         let _ = std::fs::remove_file(&copy);
         let (reader, copy2) = (self.reader.clone(), copy.clone());
-        tokio::task::spawn_blocking(move || reader.backup_to(&copy2))
-            .await
-            .map_err(|e| SnapshotError::Database(e.to_string()))??;
+        tokio::task::spawn_blocking(move || reader.backup_to(&copy2)).await??;
         let published = snapshot::publish(&self.store, &copy, &self.cluster_id, self.epoch, &self.scratch, &self.replay).await;
         let _ = std::fs::remove_file(&copy);
         published

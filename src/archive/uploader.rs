@@ -247,4 +247,83 @@ mod tests {
         assert_eq!(stored_watermark(&faulty, 1).await.unwrap(), 7);
         assert_eq!(stored_watermark(&faulty, 2).await.unwrap(), 0);
     }
+
+    /// A log of entries `first..=last` (or one that fails every read).
+    struct FakeLog {
+        first: u64,
+        last: u64,
+        fail: bool,
+        floor: AtomicU64,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk on fire")]
+    struct Fire;
+
+    #[async_trait::async_trait]
+    impl LogSource for FakeLog {
+        async fn entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, BoxError> {
+            if self.fail {
+                return Err(Box::new(Fire));
+            }
+            Ok((from.max(self.first)..=to.min(self.last)).map(|i| (i, vec![i as u8; 10])).collect())
+        }
+
+        fn set_purge_floor(&self, index: u64) {
+            self.floor.store(index, Ordering::Release);
+        }
+    }
+
+    fn uploader(store: Arc<dyn ObjectStore>, first: u64, fail: bool) -> (Uploader, Arc<FakeLog>) {
+        let log = Arc::new(FakeLog {
+            first,
+            last: 9,
+            fail,
+            floor: AtomicU64::new(u64::MAX),
+        });
+        let (_, progress) = watch::channel(Progress::default());
+        let cfg = UploaderConfig {
+            epoch: 4,
+            segment_max_bytes: 35,
+            segment_max_delay: Duration::from_millis(10),
+            eager: false,
+        };
+        (Uploader::new(store, log.clone(), progress, cfg), log)
+    }
+
+    #[tokio::test]
+    async fn the_log_is_shipped_in_segments_and_its_failures_keep_their_cause() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (mut up, log) = uploader(store.clone(), 1, false);
+        assert_eq!(log.floor.load(Ordering::Acquire), 0, "nothing is purged before it is uploaded");
+        assert_eq!(up.upload_through(0, 9).await.unwrap(), 9);
+        let names: Vec<(u64, u64)> = segment::list(store.as_ref(), 4)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(n, _)| (n.first, n.last))
+            .collect();
+        assert_eq!(
+            names,
+            vec![(1, 4), (5, 8), (9, 9)],
+            "at most segment_max_bytes (35) each, then one more entry"
+        );
+        let (name, _) = segment::list(store.as_ref(), 4).await.unwrap()[1];
+        let bytes = store.get(&name.path()).await.unwrap().bytes().await.unwrap();
+        let decoded = segment::decode(&bytes, &name).unwrap();
+        assert_eq!(decoded.encoding, segment::EntryEncoding::Current);
+        assert_eq!(decoded.entries[0], (5, vec![5; 10]), "the log's bytes, as they are");
+
+        let (mut up, _) = uploader(store.clone(), 1, true);
+        let err = up.upload_through(0, 9).await.unwrap_err();
+        assert!(matches!(err, UploadError::Log(_)), "{err:?}");
+        let source = std::error::Error::source(&err).expect("the log's error is the source");
+        assert!(source.downcast_ref::<Fire>().is_some(), "{source:?}");
+        assert_eq!(crate::error_chain(&err), "raft log: disk on fire");
+
+        let (mut up, _) = uploader(store, 5, false);
+        let err = up.upload_through(2, 9).await.unwrap_err();
+        assert!(matches!(err, UploadError::Purged(2)), "{err:?}");
+        assert!(err.to_string().contains("entries after 2 are no longer in the local log"), "{err}");
+    }
 }

@@ -29,12 +29,18 @@ pub struct StateMachine {
     applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-fn sm_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_state_machine(&super::io_error(e)).into()
+// openraft keeps the error's chain of causes (`AnyError`).
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
 }
 
-fn snap_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_snapshot(None, &super::io_error(e)).into()
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+/// The store's lock was poisoned by a panic while it was held.
+fn poisoned<T>(_: std::sync::PoisonError<T>) -> StorageError {
+    sm_err(super::io_error("the state store's lock is poisoned (a panic while it was held)"))
 }
 
 /// A file operation's result, with "not found" as `None`.
@@ -246,7 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
         let store = self.store.clone();
-        let meta = Self::blocking(move || store.lock().map_err(sm_err)?.applied_meta().map_err(sm_err)).await?;
+        let meta = Self::blocking(move || store.lock().map_err(poisoned)?.applied_meta().map_err(sm_err)).await?;
         let (last, membership) = decode_meta(&meta)?;
         self.set_applied(last);
         Ok((last, membership))
@@ -266,7 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = entries.last().map(|e| e.log_id);
         let store = self.store.clone();
         let results = Self::blocking(move || {
-            let mut store = store.lock().map_err(sm_err)?;
+            let mut store = store.lock().map_err(poisoned)?;
             apply_entries(&mut store, entries).map_err(sm_err)
         })
         .await?;
@@ -315,7 +321,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = meta.last_log_id;
         Self::blocking(move || {
             std::fs::copy(&received, &installed).map_err(snap_err)?;
-            let mut store = store.lock().map_err(sm_err)?;
+            let mut store = store.lock().map_err(poisoned)?;
             store.replace_with(&installed).map_err(sm_err)?;
             reader.reset();
             store.announce_replaced();
@@ -393,7 +399,7 @@ impl StateMachine {
         let this = self.clone();
         Self::blocking(move || {
             let (last, revision) = {
-                let store = this.store.lock().map_err(sm_err)?;
+                let store = this.store.lock().map_err(poisoned)?;
                 (decode_meta(&store.applied_meta().map_err(sm_err)?)?.0, store.revision())
             };
             match last {
