@@ -23,8 +23,8 @@ const PAGE: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("cannot reach etcd at {url}: {msg}")]
-    Connect { url: String, msg: String },
+    #[error("cannot reach etcd at {url}: {source}")]
+    Connect { url: String, source: tonic::transport::Error },
     #[error("etcd {call}: {status}")]
     Etcd { call: &'static str, status: Box<tonic::Status> },
     #[error("object storage already holds cluster {cluster:?} at epoch {epoch}; migrate into an empty cluster (a new `storage.key_prefix` or bucket)")]
@@ -34,13 +34,11 @@ pub enum MigrateError {
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
     #[error("local database: {0}")]
-    Database(String),
-}
-
-impl From<MvccError> for MigrateError {
-    fn from(e: MvccError) -> Self {
-        MigrateError::Database(e.to_string())
-    }
+    Database(#[from] MvccError),
+    #[error("local database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
 }
 
 fn etcd(call: &'static str) -> impl Fn(tonic::Status) -> MigrateError {
@@ -64,13 +62,13 @@ pub async fn connect(url: &str) -> Result<Channel, MigrateError> {
     } else {
         format!("http://{url}")
     };
-    let err = |msg: String| MigrateError::Connect { url: url.clone(), msg };
+    let err = |source| MigrateError::Connect { url: url.clone(), source };
     Endpoint::from_shared(url.clone())
-        .map_err(|e| err(e.to_string()))?
+        .map_err(err)?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| err(e.to_string()))
+        .map_err(err)
 }
 
 /// Copies etcd's keys at its current revision into a new archive for `cluster_id`,
@@ -122,11 +120,15 @@ pub async fn from_etcd(
         }
     }
 
-    std::fs::create_dir_all(scratch).map_err(|e| MigrateError::Database(format!("{}: {e}", scratch.display())))?;
+    std::fs::create_dir_all(scratch).map_err(|source| MigrateError::Io {
+        path: scratch.display().to_string(),
+        source,
+    })?;
     let db = scratch.join(format!("migrate-{}.db", rand::random::<u32>()));
     let result = copy_keys(&mut kv, &db, revision, &leases).await;
+    let replay = crate::raft::state_machine::archive_replay();
     let outcome = match result {
-        Ok(keys) => bootstrap::open_epoch(store, cluster_id, None, &db, None, scratch)
+        Ok(keys) => bootstrap::open_epoch(store, cluster_id, None, &db, None, scratch, &replay)
             .await
             .map(|epoch| MigrateReport {
                 revision,
@@ -144,7 +146,7 @@ pub async fn from_etcd(
 async fn copy_keys(kv: &mut KvClient<Channel>, db: &Path, revision: i64, leases: &[(i64, i64)]) -> Result<u64, MigrateError> {
     let store = Store::open(db)?;
     drop(store);
-    let mut conn = rusqlite::Connection::open(db).map_err(|e| MigrateError::Database(e.to_string()))?;
+    let mut conn = rusqlite::Connection::open(db)?;
     crate::mvcc::import::begin(&conn, revision)?;
     crate::mvcc::import::leases(&mut conn, leases)?;
     let live: std::collections::HashSet<i64> = leases.iter().map(|l| l.0).collect();

@@ -20,7 +20,7 @@ pub enum RestoreError {
     #[error("data directory {0}: {1}")]
     DataDir(String, std::io::Error),
     #[error("snapshot is not a netsy database: {0}")]
-    Database(String),
+    Database(#[from] crate::mvcc::MvccError),
 }
 
 /// Verifies `file` and writes `data_dir/state.db`, dropping the source's Raft bookkeeping
@@ -57,10 +57,8 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
         let _ = std::fs::remove_file(&dest);
         return Err(e);
     }
-    let revision = crate::mvcc::read_revisions(&dest)
-        .map_err(|e| RestoreError::Database(e.to_string()))?
-        .current;
-    crate::mvcc::clear_raft_meta(&dest, true).map_err(|e| RestoreError::Database(e.to_string()))?;
+    let revision = crate::mvcc::read_revisions(&dest)?.current;
+    crate::mvcc::clear_raft_meta(&dest, true)?;
     Ok(revision)
 }
 

@@ -3,12 +3,14 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::log::Replay;
 use super::manifest::{self, ClusterManifest, ManifestError};
 use super::restore::{self, RestoreError, RestoreReport};
 use super::segment;
@@ -28,6 +30,17 @@ pub enum AdminError {
     NoCluster(String),
     #[error("{0}")]
     Target(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{object}: {source}")]
+    Verify { object: String, source: rusqlite::Error },
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AdminError + '_ {
+    move |source| AdminError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -117,7 +130,10 @@ pub async fn inspect(
         snapshot::download(store, &name, &db).await?;
         let counted = rusqlite::Connection::open(&db)
             .and_then(|c| c.query_row("SELECT COUNT(*) FROM current", [], |r| r.get(0)))
-            .map_err(|e| AdminError::Target(format!("{}: {e}", name.path())));
+            .map_err(|source| AdminError::Verify {
+                object: name.path().to_string(),
+                source,
+            });
         let _ = std::fs::remove_file(&db);
         Some(counted?)
     } else {
@@ -132,9 +148,16 @@ pub async fn inspect(
 }
 
 /// Rebuilds `epoch` (up to entry `upto`) into `data_dir/state.db`, an empty data
-/// directory; `netsy serve` over it opens the cluster's next epoch from that state.
-pub async fn restore_into(store: &dyn ObjectStore, epoch: u64, upto: Option<u64>, data_dir: &Path) -> Result<RestoreReport, AdminError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| AdminError::Target(format!("{}: {e}", data_dir.display())))?;
+/// directory, applying entries through `replay`; `netsy serve` over it opens the
+/// cluster's next epoch from that state.
+pub async fn restore_into(
+    store: &dyn ObjectStore,
+    epoch: u64,
+    upto: Option<u64>,
+    data_dir: &Path,
+    replay: &Arc<dyn Replay>,
+) -> Result<RestoreReport, AdminError> {
+    std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
     for existing in ["state.db", "raft.db", "node.json"] {
         if data_dir.join(existing).exists() {
             return Err(AdminError::Target(format!(
@@ -143,22 +166,23 @@ pub async fn restore_into(store: &dyn ObjectStore, epoch: u64, upto: Option<u64>
             )));
         }
     }
-    Ok(restore::restore(store, epoch, &data_dir.join("state.db"), upto).await?)
+    Ok(restore::restore(store, epoch, &data_dir.join("state.db"), upto, replay).await?)
 }
 
 /// Rebuilds `epoch` (up to entry `upto`) and writes it to `output` as a snapshot file in
 /// the format `etcdctl snapshot save` gets from netsy (the database and its SHA-256),
-/// which `netsy snapshot restore FILE` reads.
+/// which `netsy snapshot restore FILE` reads. Entries are applied through `replay`.
 pub async fn export(
     store: &dyn ObjectStore,
     epoch: u64,
     upto: Option<u64>,
     output: &Path,
     scratch: &Path,
+    replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, AdminError> {
-    std::fs::create_dir_all(scratch).map_err(|e| AdminError::Target(format!("{}: {e}", scratch.display())))?;
+    std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
     let db = scratch.join(format!("export-{}.db", rand::random::<u32>()));
-    let report = restore::restore(store, epoch, &db, upto).await?;
+    let report = restore::restore(store, epoch, &db, upto, replay).await?;
     let written = (|| -> std::io::Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
         let mut hasher = Sha256::new();
@@ -176,6 +200,6 @@ pub async fn export(
         out.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
     let _ = std::fs::remove_file(&db);
-    written.map_err(|e| AdminError::Target(format!("{}: {e}", output.display())))?;
+    written.map_err(io_err(output))?;
     Ok(report)
 }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 
+use super::log::Replay;
 use super::manifest::{self, ClusterManifest, ManifestError, Member, NodeRecord, Versioned};
 use super::restore::{RestoreError, RestoreReport};
 use super::snapshot::{self, SnapshotError};
@@ -45,7 +46,11 @@ pub enum BootstrapError {
     #[error("another node opened epoch {epoch} first; restart this node to rebuild from it")]
     LostRace { epoch: u64 },
     #[error("{0}")]
-    Database(String),
+    Database(#[from] crate::mvcc::MvccError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("startup task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What the data directory holds.
@@ -118,6 +123,9 @@ async fn find_live(probe: &dyn Probe, candidates: &[(String, String)], epoch: u6
     }
 }
 
+/// Decides how this node starts (see the module documentation) and registers it.
+/// `probe` asks other nodes whether they run the current epoch; `replay` applies
+/// archived entries and reads a state's Raft bookkeeping (the Raft layer's).
 pub async fn prepare(
     store: &Arc<dyn ObjectStore>,
     cfg: &Config,
@@ -125,6 +133,7 @@ pub async fn prepare(
     state_db: &Path,
     scratch: &Path,
     probe: &dyn Probe,
+    replay: &Arc<dyn Replay>,
 ) -> Result<Startup, BootstrapError> {
     let cluster_id = cfg.cluster_id.as_str();
     let found = manifest::read_cluster(store.as_ref(), cluster_id).await?;
@@ -155,7 +164,7 @@ pub async fn prepare(
         }
         Local::Seeded => {
             tracing::warn!("the data directory holds a seeded state without a Raft log; it becomes the next epoch of the cluster");
-            let epoch = open_epoch(store, cluster_id, Some(cfg), state_db, found.as_ref(), scratch).await?;
+            let epoch = open_epoch(store, cluster_id, Some(cfg), state_db, found.as_ref(), scratch, replay).await?;
             let member = manifest::register_member(store.as_ref(), cluster_id, &cfg.node_id, None).await?;
             Startup {
                 epoch,
@@ -191,7 +200,7 @@ pub async fn prepare(
                         break Startup {
                             epoch,
                             member,
-                            restored: joiner_base(store.as_ref(), epoch, state_db).await?,
+                            restored: joiner_base(store.as_ref(), epoch, state_db, replay).await?,
                             mode: Mode::Join { via },
                         };
                     }
@@ -200,8 +209,8 @@ pub async fn prepare(
                 tracing::info!(epoch, "empty data directory: restoring from object storage");
                 let target = state_db.with_extension("restoring");
                 crate::mvcc::remove_database(&target);
-                let report = super::restore::restore(store.as_ref(), epoch, &target, None).await?;
-                match open_epoch(store, cluster_id, Some(cfg), &target, Some(&m), scratch).await {
+                let report = super::restore::restore(store.as_ref(), epoch, &target, None, replay).await?;
+                match open_epoch(store, cluster_id, Some(cfg), &target, Some(&m), scratch, replay).await {
                     Ok(epoch) => {
                         break Startup {
                             epoch,
@@ -237,10 +246,15 @@ pub async fn prepare(
 /// The state a member joining `epoch` starts from: the epoch's base snapshot (index 0),
 /// on which the leader's Raft log applies (or which a Raft snapshot replaces). Epoch 1
 /// started empty and has no such snapshot.
-async fn joiner_base(store: &dyn ObjectStore, epoch: u64, state_db: &Path) -> Result<Option<(RestoreReport, PathBuf)>, BootstrapError> {
+async fn joiner_base(
+    store: &dyn ObjectStore,
+    epoch: u64,
+    state_db: &Path,
+    replay: &Arc<dyn Replay>,
+) -> Result<Option<(RestoreReport, PathBuf)>, BootstrapError> {
     let target = state_db.with_extension("restoring");
     crate::mvcc::remove_database(&target);
-    match super::restore::restore(store, epoch, &target, Some(0)).await {
+    match super::restore::restore(store, epoch, &target, Some(0), replay).await {
         Ok(report) if report.snapshot_index == Some(0) => Ok(Some((report, target))),
         Ok(_) => {
             crate::mvcc::remove_database(&target);
@@ -254,7 +268,8 @@ async fn joiner_base(store: &dyn ObjectStore, epoch: u64, state_db: &Path) -> Re
 /// Makes the state database `db` the base of a new epoch (after `current`, or epoch 1),
 /// opened by the node `opener` configures (none: an offline tool such as `migrate`):
 /// forgets its Raft bookkeeping, uploads it as the epoch's snapshot 0, then moves
-/// `cluster.json` to the new epoch. Returns the new epoch.
+/// `cluster.json` to the new epoch. Returns the new epoch. `replay` reads the state's
+/// (now empty) Raft bookkeeping for the snapshot's header.
 pub async fn open_epoch(
     store: &Arc<dyn ObjectStore>,
     cluster_id: &str,
@@ -262,15 +277,16 @@ pub async fn open_epoch(
     db: &Path,
     current: Option<&Versioned<ClusterManifest>>,
     scratch: &Path,
+    replay: &Arc<dyn Replay>,
 ) -> Result<u64, BootstrapError> {
     let epoch = current.map_or(1, |m| m.value.epoch + 1);
     let db2 = db.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::mvcc::clear_raft_meta(&db2, false))
-        .await
-        .map_err(|e| BootstrapError::Database(e.to_string()))?
-        .map_err(|e| BootstrapError::Database(e.to_string()))?;
-    std::fs::create_dir_all(scratch).map_err(|e| BootstrapError::Database(format!("{}: {e}", scratch.display())))?;
-    let header = snapshot::publish(store, db, cluster_id, epoch, scratch).await?;
+    tokio::task::spawn_blocking(move || crate::mvcc::clear_raft_meta(&db2, false)).await??;
+    std::fs::create_dir_all(scratch).map_err(|source| BootstrapError::Io {
+        path: scratch.display().to_string(),
+        source,
+    })?;
+    let header = snapshot::publish(store, db, cluster_id, epoch, scratch, replay).await?;
     let moved = manifest::write_cluster(
         store.as_ref(),
         &match opener {

@@ -26,8 +26,8 @@ const CAS_ATTEMPTS: usize = 10;
 pub enum ManifestError {
     #[error("object storage: {path}: {source}")]
     Store { path: String, source: object_store::Error },
-    #[error("{path} is not a valid netsy control object: {msg}")]
-    Invalid { path: String, msg: String },
+    #[error("{path} is not a valid netsy control object: {source}")]
+    Invalid { path: String, source: serde_json::Error },
     #[error("{path} belongs to cluster {found:?}, not {expected:?}; check `cluster_id`, `storage.bucket_name` and `storage.key_prefix`")]
     WrongCluster { path: String, found: String, expected: String },
     #[error("{path} was written by a newer netsy (format {found}); upgrade this node")]
@@ -147,9 +147,9 @@ struct Format {
 
 /// Parses a JSON control object, refusing one a newer netsy wrote.
 pub fn parse<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, ManifestError> {
-    let invalid = |e: serde_json::Error| ManifestError::Invalid {
+    let invalid = |source| ManifestError::Invalid {
         path: path.to_string(),
-        msg: e.to_string(),
+        source,
     };
     let format: Format = serde_json::from_slice(bytes).map_err(invalid)?;
     if format.format_version > FORMAT_VERSION {
@@ -185,9 +185,9 @@ pub async fn write<T: Serialize>(
     value: &T,
     expected: Option<&UpdateVersion>,
 ) -> Result<bool, ManifestError> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| ManifestError::Invalid {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| ManifestError::Invalid {
         path: path.to_string(),
-        msg: e.to_string(),
+        source,
     })?;
     let mode = match expected {
         None => PutMode::Create,
@@ -287,7 +287,7 @@ pub async fn list_nodes(store: &dyn ObjectStore) -> Result<Vec<NodeRecord>, Mani
         match read::<NodeRecord>(store, &meta.location).await {
             Ok(Some(r)) => out.push(r.value),
             Ok(None) => {}
-            Err(e) => tracing::warn!(path = %meta.location, error = %e, "skipping an unreadable node record"),
+            Err(e) => tracing::warn!(path = %meta.location, error = %crate::error_chain(&e), "skipping an unreadable node record"),
         }
     }
     Ok(out)
@@ -296,9 +296,9 @@ pub async fn list_nodes(store: &dyn ObjectStore) -> Result<Vec<NodeRecord>, Mani
 /// Writes `nodes/{node_id}.json` (plain put: only the node itself writes it).
 pub async fn publish_node(store: &dyn ObjectStore, record: &NodeRecord) -> Result<(), ManifestError> {
     let path = Path::from(format!("nodes/{}.json", record.node_id));
-    let bytes = serde_json::to_vec_pretty(record).map_err(|e| ManifestError::Invalid {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|source| ManifestError::Invalid {
         path: path.to_string(),
-        msg: e.to_string(),
+        source,
     })?;
     store.put(&path, bytes.into()).await.map_err(|e| store_err(&path, e))?;
     Ok(())

@@ -8,11 +8,16 @@
 //! - `fence`: a running node stops once `cluster.json` names a newer epoch than its own.
 //! - `restore` + `bootstrap`: an empty node rebuilds from the newest snapshot and the
 //!   segments after it, then opens a new epoch.
+//! - `log`: what the archive needs from the Raft layer, as traits and plain values that
+//!   the Raft layer implements and the server passes in (`LogSource`, `Progress`,
+//!   `Replay`). The archive sits below Raft: it never imports `raft`, and treats log
+//!   entries as opaque bytes tagged with their encoding.
 
 pub mod admin;
 pub mod bootstrap;
 pub mod fence;
 pub mod gc;
+pub mod log;
 pub mod manifest;
 pub mod restore;
 pub mod segment;

@@ -1,6 +1,7 @@
 //! Rebuilding the applied state of one epoch from object storage: the newest snapshot,
-//! then every later segment, replayed through the same apply code as live entries
-//! (`raft::state_machine::apply_entries`).
+//! then every later segment, replayed through the same apply code as live entries. The
+//! archive does not decode entries itself: each segment's entries go, as bytes with
+//! their encoding, to the caller's [`Replay`] (the Raft layer's state machine).
 //!
 //! Every object is verified (checksums, the index range its name claims) and the
 //! entries must continue the snapshot without a gap; anything missing or corrupt is an
@@ -12,11 +13,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use std::sync::Arc;
+
+use super::log::{BoxError, Replay, ReplayError};
 use super::segment::{self, SegmentError, SegmentName};
 use super::snapshot::{self, SnapshotError};
 use crate::metrics::{RESTORE_BYTES, RESTORE_ENTRIES, RESTORE_IN_PROGRESS};
-use crate::mvcc::Store;
-use crate::raft::state_machine::{apply_entries, ApplyError};
+use crate::mvcc::{MvccError, Store};
 
 /// Segments fetched ahead of the one being applied.
 const PREFETCH: usize = 8;
@@ -32,12 +35,27 @@ pub enum RestoreError {
     Store { path: String, source: object_store::Error },
     #[error("epoch {epoch}: entries {from}..={to} are missing from object storage (after {after})")]
     Gap { epoch: u64, from: u64, to: u64, after: String },
-    #[error("{object}: entry {index} cannot be decoded: {msg}")]
-    Entry { object: String, index: u64, msg: String },
+    #[error("{object}: entry {index} cannot be decoded: {source}")]
+    Entry {
+        object: String,
+        index: u64,
+        #[source]
+        source: BoxError,
+    },
+    /// Applying the batch that starts at entry `index` failed.
     #[error("{object}: applying entry {index}: {source}")]
-    Apply { object: String, index: u64, source: ApplyError },
+    Apply {
+        object: String,
+        index: u64,
+        #[source]
+        source: BoxError,
+    },
     #[error("restore target {0}: {1}")]
     Target(String, String),
+    #[error("restore target {path}: {source}")]
+    Database { path: String, source: MvccError },
+    #[error("restore task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("epoch {epoch} has no snapshot at or below index {index}")]
     NoSnapshot { epoch: u64, index: u64 },
 }
@@ -57,13 +75,20 @@ pub struct RestoreReport {
 }
 
 /// Rebuilds epoch `epoch` (up to entry `upto`, else everything) into the new database
-/// file `dest`. On error `dest` is removed.
-pub async fn restore(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u64>) -> Result<RestoreReport, RestoreError> {
+/// file `dest`, applying the segments' entries through `replay`. On error `dest` is
+/// removed.
+pub async fn restore(
+    store: &dyn ObjectStore,
+    epoch: u64,
+    dest: &FsPath,
+    upto: Option<u64>,
+    replay: &Arc<dyn Replay>,
+) -> Result<RestoreReport, RestoreError> {
     if dest.exists() {
         return Err(RestoreError::Target(dest.display().to_string(), "already exists".into()));
     }
     RESTORE_IN_PROGRESS.set(1);
-    let result = run(store, epoch, dest, upto).await;
+    let result = run(store, epoch, dest, upto, replay).await;
     RESTORE_IN_PROGRESS.set(0);
     if result.is_err() {
         crate::mvcc::remove_database(dest);
@@ -71,7 +96,13 @@ pub async fn restore(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: O
     result
 }
 
-async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u64>) -> Result<RestoreReport, RestoreError> {
+async fn run(
+    store: &dyn ObjectStore,
+    epoch: u64,
+    dest: &FsPath,
+    upto: Option<u64>,
+    replay: &Arc<dyn Replay>,
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let limit = upto.unwrap_or(u64::MAX);
     let snapshots = snapshot::list(store, epoch).await?;
@@ -133,10 +164,13 @@ async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u6
         "restore: replaying segments"
     );
     let dest_path = dest.to_path_buf();
+    let database = |source| RestoreError::Database {
+        path: dest.display().to_string(),
+        source,
+    };
     let mut db = tokio::task::spawn_blocking(move || Store::open(&dest_path))
-        .await
-        .map_err(|e| RestoreError::Target(dest.display().to_string(), e.to_string()))?
-        .map_err(|e| RestoreError::Target(dest.display().to_string(), e.to_string()))?;
+        .await?
+        .map_err(database)?;
     let mut fetches = futures::stream::iter(wanted.into_iter().map(|(name, _)| async move {
         let path = name.path();
         let data = async { store.get(&path).await?.bytes().await }
@@ -155,9 +189,9 @@ async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u6
         let (name, data) = fetched?;
         bytes += data.len() as u64;
         RESTORE_BYTES.inc_by(data.len() as u64);
-        let (store_back, n) = tokio::task::spawn_blocking(move || replay(db, &name, &data, applied, limit))
-            .await
-            .map_err(|e| RestoreError::Target(String::new(), e.to_string()))??;
+        let replay = replay.clone();
+        let (store_back, n) =
+            tokio::task::spawn_blocking(move || replay_segment(db, replay.as_ref(), &name, &data, applied, limit)).await??;
         db = store_back;
         applied += n;
         entries += n;
@@ -177,10 +211,7 @@ async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u6
         }
     }
     let revision = db.revision();
-    tokio::task::spawn_blocking(move || db.checkpoint())
-        .await
-        .map_err(|e| RestoreError::Target(String::new(), e.to_string()))?
-        .map_err(|e| RestoreError::Target(String::new(), e.to_string()))?;
+    tokio::task::spawn_blocking(move || db.checkpoint()).await?.map_err(database)?;
     let report = RestoreReport {
         epoch,
         snapshot_index: base.map(|(n, _)| n.index),
@@ -195,42 +226,132 @@ async fn run(store: &dyn ObjectStore, epoch: u64, dest: &FsPath, upto: Option<u6
     Ok(report)
 }
 
-/// Applies the entries of one segment after `applied` (and up to `limit`); returns the
-/// store and how many entries it applied.
-fn replay(mut db: Store, name: &SegmentName, data: &[u8], applied: u64, limit: u64) -> Result<(Store, u64), RestoreError> {
-    let object = name.path().to_string();
-    let mut batch = Vec::new();
+/// Applies the entries of one segment after `applied` (and up to `limit`) through
+/// `replay`; returns the store and how many entries it applied.
+fn replay_segment(
+    mut db: Store,
+    replay: &dyn Replay,
+    name: &SegmentName,
+    data: &[u8],
+    applied: u64,
+    limit: u64,
+) -> Result<(Store, u64), RestoreError> {
     let decoded = segment::decode(data, name)?;
-    let decode_entry = match decoded.encoding {
-        segment::EntryEncoding::Current => crate::raft::codec::decode_entry,
-        segment::EntryEncoding::Bincode => crate::raft::codec::legacy::decode_entry,
+    let batch: Vec<(u64, Vec<u8>)> = decoded
+        .entries
+        .into_iter()
+        .filter(|(index, _)| *index > applied && *index <= limit)
+        .collect();
+    let Some(&(first, _)) = batch.first() else {
+        return Ok((db, 0));
     };
-    for (index, raw) in decoded.entries {
-        if index <= applied || index > limit {
-            continue;
-        }
-        let entry = decode_entry(&raw).map_err(|e| RestoreError::Entry {
-            object: object.clone(),
-            index,
-            msg: crate::error_chain(&e),
-        })?;
-        if entry.log_id.index != index {
-            return Err(RestoreError::Entry {
+    replay.apply(&mut db, decoded.encoding, &batch).map_err(|e| {
+        let object = name.path().to_string();
+        match e {
+            ReplayError::Entry { index, source } => RestoreError::Entry { object, index, source },
+            ReplayError::Apply(source) => RestoreError::Apply {
                 object,
-                index,
-                msg: format!("frame says {index}, entry says {}", entry.log_id.index),
-            });
+                index: first,
+                source,
+            },
         }
-        batch.push(entry);
+    })?;
+    Ok((db, batch.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::log::Applied;
+    use crate::mvcc::AppliedMeta;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("boom at {0}")]
+    struct Boom(u64);
+
+    /// Fails decoding entry `bad`, or (with `None`) fails applying; records what it got.
+    struct Failing {
+        bad: Option<u64>,
+        seen: std::sync::Mutex<Vec<u64>>,
     }
-    let n = batch.len() as u64;
-    let first = batch.first().map_or(0, |e| e.log_id.index);
-    if n > 0 {
-        apply_entries(&mut db, batch).map_err(|source| RestoreError::Apply {
-            object,
-            index: first,
-            source,
-        })?;
+
+    impl Replay for Failing {
+        fn apply(&self, _: &mut Store, _: segment::EntryEncoding, entries: &[(u64, Vec<u8>)]) -> Result<(), ReplayError> {
+            self.seen.lock().unwrap().extend(entries.iter().map(|e| e.0));
+            match self.bad {
+                Some(index) => Err(ReplayError::Entry {
+                    index,
+                    source: Box::new(Boom(index)),
+                }),
+                None => Err(ReplayError::Apply(Box::new(Boom(0)))),
+            }
+        }
+
+        fn applied(&self, _: &AppliedMeta) -> Result<Option<Applied>, BoxError> {
+            Ok(None)
+        }
     }
-    Ok((db, n))
+
+    fn segment_3_to_6() -> (SegmentName, Vec<u8>) {
+        let name = SegmentName {
+            epoch: 2,
+            first: 3,
+            last: 6,
+        };
+        let bytes = segment::encode(&(3..=6).map(|i| (i, vec![i as u8])).collect::<Vec<_>>()).unwrap();
+        (name, bytes)
+    }
+
+    #[test]
+    fn replay_errors_name_the_object_and_the_entry_and_keep_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, bytes) = segment_3_to_6();
+        let object = name.path().to_string();
+
+        let replay = Failing {
+            bad: Some(5),
+            seen: Default::default(),
+        };
+        let db = Store::open(&dir.path().join("a.db")).unwrap();
+        let err = replay_segment(db, &replay, &name, &bytes, 3, 5).err().expect("decode fails");
+        assert!(
+            matches!(&err, RestoreError::Entry { object: o, index: 5, .. } if *o == object),
+            "{err:?}"
+        );
+        let source = std::error::Error::source(&err).expect("the cause is kept");
+        assert_eq!(source.downcast_ref::<Boom>().map(|b| b.0), Some(5));
+        assert_eq!(crate::error_chain(&err), format!("{object}: entry 5 cannot be decoded: boom at 5"));
+        // Only the entries after `applied` (3) and up to the limit (5) are handed over.
+        assert_eq!(*replay.seen.lock().unwrap(), vec![4, 5]);
+        drop(replay);
+
+        let replay = Failing {
+            bad: None,
+            seen: Default::default(),
+        };
+        let db = Store::open(&dir.path().join("b.db")).unwrap();
+        let err = replay_segment(db, &replay, &name, &bytes, 3, 5).err().expect("apply fails");
+        // An apply failure names the first entry of the batch.
+        assert!(
+            matches!(&err, RestoreError::Apply { object: o, index: 4, .. } if *o == object),
+            "{err:?}"
+        );
+        let source = std::error::Error::source(&err).expect("the cause is kept");
+        assert!(source.downcast_ref::<Boom>().is_some(), "{source:?}");
+        assert_eq!(crate::error_chain(&err), format!("{object}: applying entry 4: boom at 0"));
+    }
+
+    #[test]
+    fn a_segment_wholly_applied_already_is_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, bytes) = segment_3_to_6();
+        let replay = Failing {
+            bad: Some(3),
+            seen: Default::default(),
+        };
+        let db = Store::open(&dir.path().join("a.db")).unwrap();
+        let (_, n) = replay_segment(db, &replay, &name, &bytes, 6, u64::MAX).expect("nothing to apply");
+        assert_eq!(n, 0);
+        assert!(replay.seen.lock().unwrap().is_empty());
+    }
 }

@@ -10,9 +10,10 @@
 //! body = zstd( frame* )           frame = u32 len | u32 crc32c(entry) | u64 index | entry
 //! ```
 //!
-//! `entry` is the Raft log entry exactly as the log store encodes it (`raft::codec`).
-//! Segments of netsy 0.1 ("NETSYSG1") have the same layout with bincode entries; they
-//! are still read, and `decode` says which encoding the entries are in. Decoding checks
+//! `entry` is the Raft log entry exactly as the log store encodes it (the Raft layer's
+//! codec; the archive never decodes it). Segments of netsy 0.1 ("NETSYSG1") have the
+//! same layout with bincode entries; they are still read, and `decode` says which
+//! encoding the entries are in. Decoding checks
 //! the magic, both checksums, that the frames are exactly `first..=last` in order, and
 //! that the object's name agrees, so a corrupt, truncated or misnamed object is an error
 //! naming the object, never a silently partial restore.
@@ -28,7 +29,7 @@ const HEADER_LEN: usize = 8 + 8 + 8 + 4 + 4;
 /// zstd level: fast, still several times smaller for typical Kubernetes objects.
 const ZSTD_LEVEL: i32 = 3;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
     #[error("segment {name}: not a netsy segment (bad magic)")]
     BadMagic { name: String },
@@ -40,14 +41,16 @@ pub enum SegmentError {
     Truncated { name: String },
     #[error("segment {name}: checksum mismatch in {part}")]
     Checksum { name: String, part: String },
-    #[error("segment {name}: cannot decompress: {msg}")]
-    Decompress { name: String, msg: String },
+    #[error("segment {name}: cannot decompress: {source}")]
+    Decompress { name: String, source: std::io::Error },
     #[error("segment {name}: expected entry {expected}, found {found}")]
     Gap { name: String, expected: u64, found: u64 },
     #[error("segment {name}: holds {first}..={last}, its name says otherwise")]
     Misnamed { name: String, first: u64, last: u64 },
     #[error("cannot encode a segment: {0}")]
     Encode(String),
+    #[error("cannot encode a segment: {0}")]
+    Compress(#[source] std::io::Error),
 }
 
 /// Where a segment lives, and which entries it must hold.
@@ -117,7 +120,7 @@ pub fn encode(entries: &[(u64, Vec<u8>)]) -> Result<Vec<u8>, SegmentError> {
         frames.extend_from_slice(&index.to_le_bytes());
         frames.extend_from_slice(entry);
     }
-    let body = zstd::bulk::compress(&frames, ZSTD_LEVEL).map_err(|e| SegmentError::Encode(e.to_string()))?;
+    let body = zstd::bulk::compress(&frames, ZSTD_LEVEL).map_err(SegmentError::Compress)?;
     let body_len = u32::try_from(body.len()).map_err(|_| SegmentError::Encode("segment over 4 GiB".into()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(MAGIC);
@@ -144,9 +147,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// How the entries of a segment are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryEncoding {
-    /// netsy's own (`raft::codec::decode_entry`).
+    /// netsy's own, as the log store writes it (format byte + protobuf).
     Current,
-    /// netsy 0.1's bincode (`raft::codec::legacy::decode_entry`).
+    /// netsy 0.1's bincode of openraft's entry.
     Bincode,
 }
 
@@ -200,9 +203,9 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError>
         Ok(Some(n)) if n <= 1 << 32 => n as usize,
         _ => body_len.saturating_mul(64).max(1 << 20),
     };
-    let frames = zstd::bulk::decompress(body, limit).map_err(|e| SegmentError::Decompress {
+    let frames = zstd::bulk::decompress(body, limit).map_err(|source| SegmentError::Decompress {
         name: label.clone(),
-        msg: e.to_string(),
+        source,
     })?;
     let mut out = Vec::new();
     let mut at = 0;
@@ -332,6 +335,15 @@ mod tests {
             last: 49,
         };
         assert!(matches!(decode(&bytes, &other), Err(SegmentError::Misnamed { .. })));
+        // A body that passes its checksum but does not decompress keeps zstd's error.
+        let mut garbled = bytes[..HEADER_LEN].to_vec();
+        let body = b"not zstd at all".to_vec();
+        garbled[24..28].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        garbled[28..32].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        garbled.extend_from_slice(&body);
+        let err = decode(&garbled, &name).unwrap_err();
+        assert!(matches!(err, SegmentError::Decompress { .. }), "{err:?}");
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>()), "{err:?}");
         assert!(encode(&[(1, vec![1]), (3, vec![3])]).is_err(), "entries must be consecutive");
         assert!(encode(&[]).is_err());
     }

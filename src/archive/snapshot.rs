@@ -26,6 +26,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::log::{BoxError, Replay};
 use crate::mvcc::{read_applied_meta, read_revisions, MvccError};
 
 const MAGIC: &[u8; 8] = b"NETSYSN1";
@@ -42,16 +43,21 @@ pub enum SnapshotError {
     Store { path: String, source: object_store::Error },
     #[error("snapshot {path}: {msg}")]
     Corrupt { path: String, msg: String },
+    #[error("snapshot {path}: bad header: {source}")]
+    BadHeader { path: String, source: serde_json::Error },
+    #[error("snapshot {path}: cannot decompress: {source}")]
+    Decompress { path: String, source: std::io::Error },
     #[error("snapshot file {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("snapshot database: {0}")]
-    Database(String),
-}
-
-impl From<MvccError> for SnapshotError {
-    fn from(e: MvccError) -> Self {
-        SnapshotError::Database(e.to_string())
-    }
+    Database(#[from] MvccError),
+    /// The Raft bookkeeping in the database cannot be read (see `Replay::applied`).
+    #[error("snapshot database: {0}")]
+    Bookkeeping(#[source] BoxError),
+    #[error("snapshot header: {0}")]
+    Header(#[source] serde_json::Error),
+    #[error("snapshot task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 fn io_err(path: &FsPath) -> impl Fn(std::io::Error) -> SnapshotError + '_ {
@@ -106,10 +112,11 @@ pub struct SnapshotHeader {
     pub created_unix: u64,
 }
 
-/// Describes the database at `db` (which nothing else writes) as a snapshot of `epoch`.
-pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64) -> Result<SnapshotHeader, SnapshotError> {
+/// Describes the database at `db` (which nothing else writes) as a snapshot of `epoch`,
+/// at the last entry its Raft bookkeeping records (read through `replay`).
+pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64, replay: &dyn Replay) -> Result<SnapshotHeader, SnapshotError> {
     let meta = read_applied_meta(db)?;
-    let (last, _) = crate::raft::state_machine::decode_applied_meta(&meta).map_err(|e| SnapshotError::Database(crate::error_chain(&e)))?;
+    let last = replay.applied(&meta).map_err(SnapshotError::Bookkeeping)?;
     let revs = read_revisions(db)?;
     let mut file = File::open(db).map_err(io_err(db))?;
     let mut crc = 0u32;
@@ -128,7 +135,7 @@ pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64) -> Result<SnapshotHea
         cluster_id: cluster_id.to_string(),
         epoch,
         index: last.map_or(0, |l| l.index),
-        term: last.map_or(0, |l| l.leader_id.term),
+        term: last.map_or(0, |l| l.term),
         revision: revs.current,
         compact_revision: revs.compacted,
         db_bytes: bytes,
@@ -139,7 +146,7 @@ pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64) -> Result<SnapshotHea
 
 /// Writes the snapshot object for `db` to the local file `out`.
 pub fn encode_file(db: &FsPath, header: &SnapshotHeader, out: &FsPath) -> Result<u64, SnapshotError> {
-    let json = serde_json::to_vec(header).map_err(|e| SnapshotError::Database(e.to_string()))?;
+    let json = serde_json::to_vec(header).map_err(SnapshotError::Header)?;
     let mut w = BufWriter::new(File::create(out).map_err(io_err(out))?);
     w.write_all(MAGIC).map_err(io_err(out))?;
     w.write_all(&(json.len() as u32).to_le_bytes()).map_err(io_err(out))?;
@@ -170,7 +177,10 @@ fn read_header(r: &mut impl Read, path: &str) -> Result<SnapshotHeader, Snapshot
     }
     let mut json = vec![0u8; len as usize];
     r.read_exact(&mut json).map_err(|_| corrupt("truncated header"))?;
-    let header: SnapshotHeader = serde_json::from_slice(&json).map_err(|e| corrupt(&format!("bad header: {e}")))?;
+    let header: SnapshotHeader = serde_json::from_slice(&json).map_err(|source| SnapshotError::BadHeader {
+        path: path.to_string(),
+        source,
+    })?;
     if header.format > HEADER_FORMAT {
         return Err(corrupt(&format!(
             "header format {} is newer than this netsy reads (up to {HEADER_FORMAT}); run a netsy at least as new as the one that wrote it",
@@ -191,9 +201,9 @@ pub fn decode_file(src: &FsPath, object: &str, dest: &FsPath) -> Result<Snapshot
     let mut bytes = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = dec.read(&mut buf).map_err(|e| SnapshotError::Corrupt {
+        let n = dec.read(&mut buf).map_err(|source| SnapshotError::Decompress {
             path: object.to_string(),
-            msg: format!("cannot decompress: {e}"),
+            source,
         })?;
         if n == 0 {
             break;
@@ -244,25 +254,25 @@ pub async fn upload(store: &Arc<dyn ObjectStore>, name: &SnapshotName, file: &Fs
 }
 
 /// Snapshots the database file `db` (which nothing else writes) as a snapshot of
-/// `epoch` at the index its Raft bookkeeping names, through a temporary file in
-/// `scratch`, and uploads it. Returns its header.
+/// `epoch` at the index its Raft bookkeeping names (read through `replay`), through a
+/// temporary file in `scratch`, and uploads it. Returns its header.
 pub async fn publish(
     store: &Arc<dyn ObjectStore>,
     db: &FsPath,
     cluster_id: &str,
     epoch: u64,
     scratch: &FsPath,
+    replay: &Arc<dyn Replay>,
 ) -> Result<SnapshotHeader, SnapshotError> {
     let started = std::time::Instant::now();
     let file = scratch.join(format!("upload-{epoch}.snap"));
-    let (db2, file2, cluster) = (db.to_path_buf(), file.clone(), cluster_id.to_string());
+    let (db2, file2, cluster, replay) = (db.to_path_buf(), file.clone(), cluster_id.to_string(), replay.clone());
     let (header, size) = tokio::task::spawn_blocking(move || {
-        let header = describe(&db2, &cluster, epoch)?;
+        let header = describe(&db2, &cluster, epoch, replay.as_ref())?;
         let size = encode_file(&db2, &header, &file2)?;
         Ok::<_, SnapshotError>((header, size))
     })
-    .await
-    .map_err(|e| SnapshotError::Database(e.to_string()))??;
+    .await??;
     let name = SnapshotName {
         epoch,
         index: header.index,
@@ -291,9 +301,7 @@ pub async fn download(store: &dyn ObjectStore, name: &SnapshotName, dest: &FsPat
     out.flush().await.map_err(io_err(&part))?;
     drop(out);
     let (part2, dest2, object) = (part.clone(), dest.to_path_buf(), path.to_string());
-    let header = tokio::task::spawn_blocking(move || decode_file(&part2, &object, &dest2))
-        .await
-        .map_err(|e| SnapshotError::Database(e.to_string()))??;
+    let header = tokio::task::spawn_blocking(move || decode_file(&part2, &object, &dest2)).await??;
     let _ = std::fs::remove_file(&part);
     Ok(header)
 }
@@ -334,6 +342,7 @@ pub async fn list(store: &dyn ObjectStore, epoch: u64) -> Result<Vec<(SnapshotNa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::log::testing::NothingApplied;
     use crate::mvcc::Store;
 
     fn sample_db(dir: &FsPath) -> PathBuf {
@@ -353,7 +362,7 @@ mod tests {
     async fn snapshots_round_trip_and_corruption_names_the_object() {
         let dir = tempfile::tempdir().unwrap();
         let db = sample_db(dir.path());
-        let header = describe(&db, "c", 3).unwrap();
+        let header = describe(&db, "c", 3, &NothingApplied).unwrap();
         assert_eq!((header.epoch, header.index, header.revision), (3, 0, 2));
         let file = dir.path().join("out.snap");
         encode_file(&db, &header, &file).unwrap();
@@ -383,7 +392,7 @@ mod tests {
     fn a_snapshot_of_a_newer_format_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let db = sample_db(dir.path());
-        let mut header = describe(&db, "c", 3).unwrap();
+        let mut header = describe(&db, "c", 3, &NothingApplied).unwrap();
         header.format = HEADER_FORMAT + 1;
         let file = dir.path().join("out.snap");
         encode_file(&db, &header, &file).unwrap();
@@ -398,5 +407,30 @@ mod tests {
         let n = SnapshotName { epoch: 2, index: 99 };
         assert_eq!(SnapshotName::parse(&n.path()), Some(n));
         assert_eq!(SnapshotName::parse(&Path::from("epochs/2/wal/x.seg")), None);
+    }
+
+    #[test]
+    fn unreadable_raft_bookkeeping_keeps_its_cause() {
+        use crate::archive::log::{Applied, ReplayError};
+        use crate::mvcc::AppliedMeta;
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("bad bookkeeping")]
+        struct Bad;
+        struct Refusing;
+        impl Replay for Refusing {
+            fn apply(&self, _: &mut Store, _: crate::archive::segment::EntryEncoding, _: &[(u64, Vec<u8>)]) -> Result<(), ReplayError> {
+                Ok(())
+            }
+            fn applied(&self, _: &AppliedMeta) -> Result<Option<Applied>, BoxError> {
+                Err(Box::new(Bad))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = sample_db(dir.path());
+        let err = describe(&db, "c", 3, &Refusing).unwrap_err();
+        assert!(matches!(err, SnapshotError::Bookkeeping(_)), "{err:?}");
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.downcast_ref::<Bad>().is_some()));
+        assert_eq!(crate::error_chain(&err), "snapshot database: bad bookkeeping");
     }
 }

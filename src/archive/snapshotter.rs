@@ -13,18 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::log::{Progress, Replay};
 use super::snapshot::{self, SnapshotError, SnapshotHeader};
 use crate::config::ArchivePolicy;
 use crate::mvcc::Reader;
-use crate::raft::NetsyRaft;
 
 pub struct Snapshotter {
     pub store: Arc<dyn ObjectStore>,
     pub reader: Reader,
-    pub raft: NetsyRaft,
-    pub raft_id: u64,
+    /// Whether this node leads and how far it has applied (from the Raft layer).
+    pub progress: watch::Receiver<Progress>,
+    /// Reads the applied entry recorded in a copy of the state (the snapshot's index).
+    pub replay: Arc<dyn Replay>,
     pub cluster_id: String,
     pub epoch: u64,
     pub policy: ArchivePolicy,
@@ -50,11 +53,7 @@ impl Snapshotter {
         let mut last: Option<Option<Last>> = None; // None: not looked up yet
         loop {
             tick.tick().await;
-            let (leader, applied) = {
-                let m = self.raft.metrics();
-                let m = m.borrow();
-                (m.current_leader == Some(self.raft_id), m.last_applied.map_or(0, |l| l.index))
-            };
+            let Progress { leader, applied } = *self.progress.borrow();
             if !leader {
                 last = None;
                 continue;
@@ -73,7 +72,7 @@ impl Snapshotter {
                         l
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot list archive snapshots");
+                        tracing::warn!(error = %crate::error_chain(&e), "cannot list archive snapshots");
                         continue;
                     }
                 },
@@ -91,11 +90,11 @@ impl Snapshotter {
                     crate::metrics::ARCHIVE_SNAPSHOT_INDEX.set(header.index as i64);
                     crate::metrics::ARCHIVE_SNAPSHOTS.inc();
                     if let Err(e) = super::gc::collect(self.store.as_ref(), self.epoch, self.policy.snapshots_to_keep).await {
-                        tracing::warn!(error = %e, "archive garbage collection failed; it is retried after the next snapshot");
+                        tracing::warn!(error = %crate::error_chain(&e), "archive garbage collection failed; it is retried after the next snapshot");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "snapshot upload failed; retrying");
+                    tracing::warn!(error = %crate::error_chain(&e), "snapshot upload failed; retrying");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }
@@ -123,10 +122,8 @@ impl Snapshotter {
         let copy = self.scratch.join("archive-copy.db");
         let _ = std::fs::remove_file(&copy);
         let (reader, copy2) = (self.reader.clone(), copy.clone());
-        tokio::task::spawn_blocking(move || reader.backup_to(&copy2))
-            .await
-            .map_err(|e| SnapshotError::Database(e.to_string()))??;
-        let published = snapshot::publish(&self.store, &copy, &self.cluster_id, self.epoch, &self.scratch).await;
+        tokio::task::spawn_blocking(move || reader.backup_to(&copy2)).await??;
+        let published = snapshot::publish(&self.store, &copy, &self.cluster_id, self.epoch, &self.scratch, &self.replay).await;
         let _ = std::fs::remove_file(&copy);
         published
     }

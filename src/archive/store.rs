@@ -29,15 +29,28 @@ use crate::config::StorageConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("object storage ({provider}): {msg}")]
-    Build { provider: String, msg: String },
+    #[error("object storage ({provider}): {source}")]
+    Build {
+        provider: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("object storage ({provider}): cannot create {path}: {source}")]
+    Dir {
+        provider: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object storage ({provider}): unknown provider {provider:?}")]
+    UnknownProvider { provider: String },
 }
 
 /// Builds the configured object store, metered, under `key_prefix`.
 pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    let err = |e: &dyn fmt::Display| StoreError::Build {
+    let err = |source: object_store::Error| StoreError::Build {
         provider: cfg.provider.clone(),
-        msg: e.to_string(),
+        source,
     };
     let retry = RetryConfig {
         max_retries: 10,
@@ -62,31 +75,39 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
             match cfg.sse.as_deref() {
                 Some("aws:kms") => b = b.with_sse_kms_encryption(cfg.sse_kms_key_id.clone().unwrap_or_default()),
                 Some(other) => {
-                    let key = "aws_server_side_encryption".parse().map_err(|e| err(&e))?;
+                    let key = "aws_server_side_encryption".parse().map_err(err)?;
                     b = b.with_config(key, other)
                 }
                 None => {}
             }
-            Arc::new(b.build().map_err(|e| err(&e))?)
+            Arc::new(b.build().map_err(err)?)
         }
         "gcs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(&cfg.bucket_name)
                 .with_retry(retry)
                 .build()
-                .map_err(|e| err(&e))?,
+                .map_err(err)?,
         ),
         "file" => {
             let dir = cfg.path.clone().unwrap_or_default();
-            std::fs::create_dir_all(&dir).map_err(|e| err(&format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Dir {
+                provider: cfg.provider.clone(),
+                path: dir.display().to_string(),
+                source,
+            })?;
             let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| err(&e))?
+                .map_err(err)?
                 .with_fsync(true);
             cas_lock = Some(dir.join(".netsy-cas.lock"));
             Arc::new(local)
         }
         "memory" => Arc::new(object_store::memory::InMemory::new()),
-        other => return Err(err(&format!("unknown provider {other:?}"))),
+        _ => {
+            return Err(StoreError::UnknownProvider {
+                provider: cfg.provider.clone(),
+            })
+        }
     };
     let inner: Arc<dyn ObjectStore> = if cfg.storage_class.is_some() || cas_lock.is_some() {
         Arc::new(WritePolicyStore {

@@ -6,20 +6,21 @@
 //! overwrite a segment, and a retry after a lost response finds its own segment already
 //! there (verified byte for byte) and moves on. Failures are retried with backoff; the
 //! backlog stays in the local Raft log meanwhile: the log is never purged past the
-//! watermark (`LogStore::set_purge_floor`). The watermark is published for
+//! watermark (`LogSource::set_purge_floor`). The watermark is published for
 //! `object-storage` durability and for metrics.
+//!
+//! The log and this node's progress come from the Raft layer as a [`LogSource`] (entries
+//! already encoded) and a [`Progress`] channel; the uploader never decodes an entry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::{ObjectStore, ObjectStoreExt, PutMode};
-use openraft::RaftLogReader;
 use tokio::sync::watch;
 
+use super::log::{BoxError, LogSource, Progress};
 use super::segment::{self, SegmentName};
-use crate::raft::log_store::LogStore;
-use crate::raft::NetsyRaft;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -30,7 +31,9 @@ pub enum UploadError {
     #[error(transparent)]
     Snapshot(#[from] super::snapshot::SnapshotError),
     #[error("raft log: {0}")]
-    Log(String),
+    Log(#[source] BoxError),
+    #[error("raft log: entries after {0} are no longer in the local log (purged before upload); a snapshot upload must cover them")]
+    Purged(u64),
     #[error("{0} already exists with different content (another leader wrote this range)")]
     Conflict(String),
 }
@@ -73,9 +76,8 @@ pub async fn stored_watermark(store: &dyn ObjectStore, epoch: u64) -> Result<u64
 
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
-    log: LogStore,
-    raft: NetsyRaft,
-    raft_id: u64,
+    log: Arc<dyn LogSource>,
+    progress: watch::Receiver<Progress>,
     cfg: UploaderConfig,
     uploaded: watch::Sender<u64>,
     uploaded_bytes: Arc<AtomicU64>,
@@ -85,15 +87,15 @@ pub struct Uploader {
 const FOLLOWER_WATERMARK_EVERY: Duration = Duration::from_secs(10);
 
 impl Uploader {
-    pub fn new(store: Arc<dyn ObjectStore>, log: LogStore, raft: NetsyRaft, raft_id: u64, cfg: UploaderConfig) -> Uploader {
+    /// Ships the entries of `log` to `store` while `progress` says this node leads.
+    pub fn new(store: Arc<dyn ObjectStore>, log: Arc<dyn LogSource>, progress: watch::Receiver<Progress>, cfg: UploaderConfig) -> Uploader {
         let (uploaded, _) = watch::channel(0);
         // Nothing is known to be uploaded yet: keep the whole log until it is.
         log.set_purge_floor(0);
         Uploader {
             store,
             log,
-            raft,
-            raft_id,
+            progress,
             cfg,
             uploaded,
             uploaded_bytes: Arc::default(),
@@ -114,7 +116,6 @@ impl Uploader {
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(100);
         let mut watermark: Option<u64> = None;
-        let mut metrics = self.raft.metrics();
         // Followers learn the archive's watermark now and then, so that they too purge
         // their log only up to what object storage has (they need the rest if they lead).
         let mut follower_check = tokio::time::Instant::now();
@@ -122,25 +123,25 @@ impl Uploader {
             if self.cfg.eager {
                 // Whatever was applied meanwhile, and what a pending upload let queue up,
                 // goes out together; wait only when there is nothing to send.
-                let behind = metrics.borrow().last_applied.map_or(0, |l| l.index) > watermark.unwrap_or(0);
+                let behind = self.progress.borrow().applied > watermark.unwrap_or(0);
                 if !behind {
-                    let _ = tokio::time::timeout(self.cfg.segment_max_delay, metrics.changed()).await;
+                    let waited = tokio::time::timeout(self.cfg.segment_max_delay, self.progress.changed()).await;
+                    if let Ok(Err(_)) = waited {
+                        // Raft has stopped: nothing changes any more; do not spin.
+                        tokio::time::sleep(self.cfg.segment_max_delay).await;
+                    }
                 }
             } else {
                 tokio::time::sleep(self.cfg.segment_max_delay).await;
             }
-            let (leader, applied) = {
-                let m = self.raft.metrics();
-                let m = m.borrow();
-                (m.current_leader == Some(self.raft_id), m.last_applied.map_or(0, |l| l.index))
-            };
+            let Progress { leader, applied } = *self.progress.borrow_and_update();
             if !leader {
                 watermark = None; // re-read it if leadership comes back
                 if follower_check.elapsed() >= FOLLOWER_WATERMARK_EVERY {
                     follower_check = tokio::time::Instant::now();
                     match stored_watermark(self.store.as_ref(), self.cfg.epoch).await {
                         Ok(mark) => self.log.set_purge_floor(mark),
-                        Err(e) => tracing::debug!(error = %e, "cannot read the archive watermark"),
+                        Err(e) => tracing::debug!(error = %crate::error_chain(&e), "cannot read the archive watermark"),
                     }
                 }
                 continue;
@@ -165,7 +166,7 @@ impl Uploader {
                 Err(e) => {
                     // Look again next time: a snapshot may have covered what is missing.
                     watermark = None;
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "segment upload failed; the backlog stays in the local log");
+                    tracing::warn!(error = %crate::error_chain(&e), retry_in_ms = backoff.as_millis() as u64, "segment upload failed; the backlog stays in the local log");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -176,25 +177,16 @@ impl Uploader {
     /// Uploads entries `mark+1..=applied`; returns the new watermark.
     async fn upload_through(&mut self, mut mark: u64, applied: u64) -> Result<u64, UploadError> {
         while mark < applied {
-            let entries = self
-                .log
-                .try_get_log_entries(mark + 1..=applied)
-                .await
-                .map_err(|e| UploadError::Log(e.to_string()))?;
+            let entries = self.log.entries(mark + 1, applied).await.map_err(UploadError::Log)?;
             match entries.first() {
-                Some(e) if e.log_id.index == mark + 1 => {}
-                _ => {
-                    return Err(UploadError::Log(format!(
-                        "entries after {mark} are no longer in the local log (purged before upload); a snapshot upload must cover them"
-                    )))
-                }
+                Some((index, _)) if *index == mark + 1 => {}
+                _ => return Err(UploadError::Purged(mark)),
             }
             let mut batch = Vec::new();
             let mut bytes = 0;
-            for e in entries {
-                let raw = crate::raft::codec::encode_entry(&e);
+            for (index, raw) in entries {
                 bytes += raw.len();
-                batch.push((e.log_id.index, raw));
+                batch.push((index, raw));
                 if bytes >= self.cfg.segment_max_bytes {
                     break;
                 }
@@ -254,5 +246,84 @@ mod tests {
         .unwrap();
         assert_eq!(stored_watermark(&faulty, 1).await.unwrap(), 7);
         assert_eq!(stored_watermark(&faulty, 2).await.unwrap(), 0);
+    }
+
+    /// A log of entries `first..=last` (or one that fails every read).
+    struct FakeLog {
+        first: u64,
+        last: u64,
+        fail: bool,
+        floor: AtomicU64,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk on fire")]
+    struct Fire;
+
+    #[async_trait::async_trait]
+    impl LogSource for FakeLog {
+        async fn entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, BoxError> {
+            if self.fail {
+                return Err(Box::new(Fire));
+            }
+            Ok((from.max(self.first)..=to.min(self.last)).map(|i| (i, vec![i as u8; 10])).collect())
+        }
+
+        fn set_purge_floor(&self, index: u64) {
+            self.floor.store(index, Ordering::Release);
+        }
+    }
+
+    fn uploader(store: Arc<dyn ObjectStore>, first: u64, fail: bool) -> (Uploader, Arc<FakeLog>) {
+        let log = Arc::new(FakeLog {
+            first,
+            last: 9,
+            fail,
+            floor: AtomicU64::new(u64::MAX),
+        });
+        let (_, progress) = watch::channel(Progress::default());
+        let cfg = UploaderConfig {
+            epoch: 4,
+            segment_max_bytes: 35,
+            segment_max_delay: Duration::from_millis(10),
+            eager: false,
+        };
+        (Uploader::new(store, log.clone(), progress, cfg), log)
+    }
+
+    #[tokio::test]
+    async fn the_log_is_shipped_in_segments_and_its_failures_keep_their_cause() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (mut up, log) = uploader(store.clone(), 1, false);
+        assert_eq!(log.floor.load(Ordering::Acquire), 0, "nothing is purged before it is uploaded");
+        assert_eq!(up.upload_through(0, 9).await.unwrap(), 9);
+        let names: Vec<(u64, u64)> = segment::list(store.as_ref(), 4)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(n, _)| (n.first, n.last))
+            .collect();
+        assert_eq!(
+            names,
+            vec![(1, 4), (5, 8), (9, 9)],
+            "at most segment_max_bytes (35) each, then one more entry"
+        );
+        let (name, _) = segment::list(store.as_ref(), 4).await.unwrap()[1];
+        let bytes = store.get(&name.path()).await.unwrap().bytes().await.unwrap();
+        let decoded = segment::decode(&bytes, &name).unwrap();
+        assert_eq!(decoded.encoding, segment::EntryEncoding::Current);
+        assert_eq!(decoded.entries[0], (5, vec![5; 10]), "the log's bytes, as they are");
+
+        let (mut up, _) = uploader(store.clone(), 1, true);
+        let err = up.upload_through(0, 9).await.unwrap_err();
+        assert!(matches!(err, UploadError::Log(_)), "{err:?}");
+        let source = std::error::Error::source(&err).expect("the log's error is the source");
+        assert!(source.downcast_ref::<Fire>().is_some(), "{source:?}");
+        assert_eq!(crate::error_chain(&err), "raft log: disk on fire");
+
+        let (mut up, _) = uploader(store, 5, false);
+        let err = up.upload_through(2, 9).await.unwrap_err();
+        assert!(matches!(err, UploadError::Purged(2)), "{err:?}");
+        assert!(err.to_string().contains("entries after 2 are no longer in the local log"), "{err}");
     }
 }

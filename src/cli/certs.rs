@@ -52,6 +52,6 @@ pub fn run(command: CertsCmd) -> ExitCode {
             out: out.clone(),
         })
         .map(|written| format!("wrote {} files under {}", written.len(), out.display()))
-        .map_err(|e| e.to_string()),
+        .map_err(|e| netsy::error_chain(&e)),
     )
 }

@@ -96,7 +96,7 @@ fn admin_call(operator: OperatorArgs, method: &str, path: &str, body: Option<ser
     let (status, reply) = operator
         .operator()
         .call(method, path, "", body.as_ref())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| netsy::error_chain(&e))?;
     if (200..300).contains(&status) {
         Ok(reply)
     } else {
@@ -121,7 +121,7 @@ pub fn run(command: MeshCmd) -> Result<String, String> {
                     files.join("\n  ")
                 )
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|e| netsy::error_chain(&e)),
         MeshCmd::Invite {
             operator,
             roles,

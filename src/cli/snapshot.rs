@@ -70,7 +70,7 @@ pub fn run(command: SnapshotCmd) -> ExitCode {
         } => report(
             netsy::snapshot::restore(&file, &data_dir)
                 .map(|rev| format!("restored {} into {} (revision {rev})", file.display(), data_dir.display()))
-                .map_err(|e| format!("restore failed: {e}")),
+                .map_err(|e| format!("restore failed: {}", netsy::error_chain(&e))),
         ),
         command => report(archive_command(command)),
     }
@@ -80,13 +80,14 @@ pub fn run(command: SnapshotCmd) -> ExitCode {
 /// archive in object storage.
 fn archive_command(command: SnapshotCmd) -> Result<String, String> {
     use netsy::archive::admin;
+    use netsy::raft::state_machine::archive_replay;
     let config_path = match &command {
         SnapshotCmd::List { config, .. } => Some(config.clone()),
         SnapshotCmd::Inspect { point, .. } | SnapshotCmd::Restore { point, .. } | SnapshotCmd::Export { point, .. } => point.config.clone(),
     };
     let config_path = config_path.ok_or("give a snapshot FILE, or --config FILE (or NETSY_CONFIG) to work on the archive")?;
-    let config = Config::load_cluster(&config_path).map_err(|e| e.to_string())?;
-    let store = netsy::archive::build(&config.storage).map_err(|e| e.to_string())?;
+    let config = Config::load_cluster(&config_path).map_err(|e| netsy::error_chain(&e))?;
+    let store = netsy::archive::build(&config.storage).map_err(|e| netsy::error_chain(&e))?;
     let scratch = std::env::temp_dir();
     let cluster = config.cluster_id.clone();
     let result: Result<String, admin::AdminError> = runtime()?.block_on(async {
@@ -123,7 +124,7 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
             }
             SnapshotCmd::Restore { point, data_dir, .. } => {
                 let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
-                let r = admin::restore_into(store, epoch, point.index, &data_dir).await?;
+                let r = admin::restore_into(store, epoch, point.index, &data_dir, &archive_replay()).await?;
                 Ok(format!(
                     "restored epoch {epoch} through index {} (revision {}) into {}",
                     r.last_index,
@@ -133,7 +134,7 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
             }
             SnapshotCmd::Export { point, output } => {
                 let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
-                let r = admin::export(store, epoch, point.index, &output, &scratch).await?;
+                let r = admin::export(store, epoch, point.index, &output, &scratch, &archive_replay()).await?;
                 Ok(format!(
                     "exported epoch {epoch} through index {} (revision {}) to {}",
                     r.last_index,
@@ -143,5 +144,5 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
             }
         }
     });
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| netsy::error_chain(&e))
 }

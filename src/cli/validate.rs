@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use netsy::config::{process_env, Config};
 
 pub fn run(path: &Path) -> ExitCode {
-    let checked = Config::load(path, &process_env).map_err(|e| e.to_string()).and_then(|c| {
-        netsy::tls::Tls::from_config(&c).map_err(|e| format!("TLS: {e}"))?;
+    let checked = Config::load(path, &process_env).map_err(|e| netsy::error_chain(&e)).and_then(|c| {
+        netsy::tls::Tls::from_config(&c).map_err(|e| format!("TLS: {}", netsy::error_chain(&e)))?;
         match &c.mesh {
             Some(m) => netsy::mesh::service::Material::load(m)
                 .map(|_| ())
-                .map_err(|e| format!("mesh authority: {e}")),
+                .map_err(|e| format!("mesh authority: {}", netsy::error_chain(&e))),
             None => Ok(()),
         }
     });

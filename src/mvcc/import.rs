@@ -8,7 +8,7 @@ use super::MvccError;
 use crate::proto::mvccpb::KeyValue;
 
 fn storage(e: rusqlite::Error) -> MvccError {
-    MvccError::Storage(e.to_string())
+    MvccError::storage(&e)
 }
 
 /// Starts an import into an empty store at `revision`; refuses a store with data.

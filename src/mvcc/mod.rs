@@ -48,9 +48,19 @@ pub enum MvccError {
     Storage(String),
 }
 
+impl MvccError {
+    /// A disk or SQLite failure as `Storage`, with its whole chain of causes as text:
+    /// `MvccError` must stay `Clone`, comparable and serializable (it travels in
+    /// forwarded results and is the etcd client's error), so it cannot hold the source
+    /// itself; the chain at least reaches the log and the message intact.
+    pub fn storage(e: &dyn std::error::Error) -> MvccError {
+        MvccError::Storage(crate::error_chain(e))
+    }
+}
+
 impl From<rusqlite::Error> for MvccError {
     fn from(e: rusqlite::Error) -> Self {
-        MvccError::Storage(e.to_string())
+        MvccError::storage(&e)
     }
 }
 

@@ -58,7 +58,7 @@ fn stored_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 /// Creates the tables of a new database, or upgrades one written by an older netsy. A
 /// database written by a newer netsy is refused: its layout cannot be read safely here.
 pub fn create(conn: &Connection) -> Result<(), MvccError> {
-    let storage = |e: rusqlite::Error| MvccError::Storage(e.to_string());
+    let storage = |e: rusqlite::Error| MvccError::storage(&e);
     if let Some(version) = stored_version(conn).map_err(storage)? {
         if version > SCHEMA_VERSION {
             return Err(MvccError::Storage(format!(

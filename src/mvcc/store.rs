@@ -89,7 +89,7 @@ pub struct Store {
 }
 
 fn storage(e: rusqlite::Error) -> MvccError {
-    MvccError::Storage(e.to_string())
+    MvccError::storage(&e)
 }
 
 impl Store {
@@ -261,7 +261,7 @@ impl Store {
             p.push(suffix);
             let _ = std::fs::remove_file(PathBuf::from(p));
         }
-        std::fs::rename(src, &self.path).map_err(|e| MvccError::Storage(e.to_string()))?;
+        std::fs::rename(src, &self.path).map_err(|e| MvccError::storage(&e))?;
         let conn = Connection::open(&self.path).map_err(storage)?;
         schema::configure(&conn, true).map_err(storage)?;
         schema::create(&conn)?;
@@ -349,12 +349,7 @@ impl Reader {
 
     /// Runs blocking reads `f` on a blocking thread once a pooled connection is free.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce(&Reader) -> Result<T, MvccError> + Send + 'static) -> Result<T, MvccError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| MvccError::Storage(e.to_string()))?;
+        let permit = self.permits.clone().acquire_owned().await.map_err(|e| MvccError::storage(&e))?;
         let reader = self.clone();
         tokio::task::spawn_blocking(move || {
             let out = f(&reader);
@@ -362,7 +357,7 @@ impl Reader {
             out
         })
         .await
-        .map_err(|e| MvccError::Storage(e.to_string()))?
+        .map_err(|e| MvccError::storage(&e))?
     }
 
     fn take(&self) -> Result<(u64, Connection), MvccError> {

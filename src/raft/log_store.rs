@@ -25,7 +25,9 @@ use tokio::sync::oneshot;
 use super::codec::{self, legacy, FormatError};
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
-type Ack = oneshot::Sender<Result<(), String>>;
+/// The writer's outcome for one queued operation; every operation of a batch shares
+/// the batch's SQLite error, hence the `Arc`.
+type Ack = oneshot::Sender<Result<(), Arc<rusqlite::Error>>>;
 
 enum Op {
     Append {
@@ -353,7 +355,7 @@ impl LogStore {
     async fn send_and_wait(&self, make: impl FnOnce(Ack) -> Op) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
         self.ops.send(make(tx)).map_err(|_| msg_err("raft log writer stopped".into()))?;
-        rx.await.map_err(|_| msg_err("raft log writer stopped".into()))?.map_err(msg_err)
+        rx.await.map_err(|_| msg_err("raft log writer stopped".into()))?.map_err(sto)
     }
 }
 
@@ -390,7 +392,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, shared: Arc<Shared>
             }
         }
         let timer = crate::metrics::WAL_FSYNC_DURATION.start_timer();
-        let result = write_batch(&mut conn, &batch).map_err(|e| e.to_string());
+        let result = write_batch(&mut conn, &batch).map_err(Arc::new);
         timer.observe_duration();
         if result.is_ok() {
             if let Ok(mut sizes) = shared.sizes.lock() {
@@ -407,7 +409,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, shared: Arc<Shared>
             match op {
                 Op::Append { entries, done } => {
                     flushed.extend(entries.iter().map(|(idx, seq, _)| (*idx, *seq)));
-                    done.log_io_completed(result.clone().map_err(super::io_error));
+                    done.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
                 Op::Truncate { ack, .. } | Op::Purge { ack, .. } => {
                     let _ = ack.send(result.clone());
@@ -513,6 +515,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
             result.push(e);
         }
         Ok(result)
+    }
+}
+
+/// The archive uploader reads the log through this: entries re-encoded exactly as
+/// `raft.db` holds them (`codec::encode_entry`, the segments' current encoding).
+#[async_trait::async_trait]
+impl crate::archive::log::LogSource for LogStore {
+    async fn entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, crate::archive::log::BoxError> {
+        let entries = self.clone().try_get_log_entries(from..=to).await?;
+        Ok(entries.iter().map(|e| (e.log_id.index, codec::encode_entry(e))).collect())
+    }
+
+    fn set_purge_floor(&self, index: u64) {
+        LogStore::set_purge_floor(self, index);
     }
 }
 

@@ -114,6 +114,33 @@ pub async fn wait_for_leader(raft: &NetsyRaft, timeout: Duration) -> bool {
         .is_ok()
 }
 
+/// This node's progress for the archive's leader-only tasks (`archive::log::Progress`:
+/// whether it leads, the last applied index), following openraft's metrics until Raft
+/// stops or every receiver is gone.
+pub fn archive_progress(raft: &NetsyRaft, raft_id: NodeId) -> tokio::sync::watch::Receiver<crate::archive::log::Progress> {
+    let progress = move |m: &openraft::RaftMetrics<NodeId, PeerNode>| crate::archive::log::Progress {
+        leader: m.current_leader == Some(raft_id),
+        applied: m.last_applied.map_or(0, |l| l.index),
+    };
+    let mut metrics = raft.metrics();
+    let (tx, rx) = tokio::sync::watch::channel(progress(&metrics.borrow_and_update()));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+            let now = progress(&metrics.borrow_and_update());
+            tx.send_if_modified(|p| std::mem::replace(p, now) != now);
+        }
+    });
+    rx
+}
+
 pub(crate) fn io_error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }

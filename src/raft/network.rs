@@ -44,20 +44,30 @@ type RpcError<E> = RPCError<NodeId, PeerNode, RaftError<NodeId, E>>;
 type RpcResult<T, E> = Result<T, RpcError<E>>;
 type Client = crate::proto::peer::peer_client::PeerClient<tonic::transport::Channel>;
 
+/// A member this node cannot reach, and why (openraft keeps the cause's chain).
+#[derive(Debug, thiserror::Error)]
+#[error("{node} (node {target}): {source}")]
+struct PeerUnreachable {
+    node: String,
+    target: NodeId,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 impl Link {
-    fn unreachable<E: std::error::Error>(&self, e: &dyn std::fmt::Display) -> RpcError<E> {
-        RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
-            "{} (node {}): {e}",
-            self.node, self.target
-        ))))
+    fn unreachable<E: std::error::Error>(&self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> RpcError<E> {
+        RPCError::Unreachable(Unreachable::new(&PeerUnreachable {
+            node: self.node.to_string(),
+            target: self.target,
+            source: source.into(),
+        }))
     }
 
     /// A peer client for the target, with the RPC's deadline on `request`.
     fn client<T, E: std::error::Error>(&self, message: T, option: &RPCOption) -> Result<(Client, tonic::Request<T>), RpcError<E>> {
         if self.target == self.self_id {
-            return Err(self.unreachable(&"a node never sends Raft RPCs to itself"));
+            return Err(self.unreachable("a node never sends Raft RPCs to itself"));
         }
-        let client = self.peers.client(self.target, &self.node).map_err(|e| self.unreachable(&e))?;
+        let client = self.peers.client(self.target, &self.node).map_err(|e| self.unreachable(e))?;
         let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
         Ok((client, request))
@@ -82,7 +92,7 @@ impl Link {
                     target: self.target,
                     timeout: option.hard_ttl(),
                 }),
-                tonic::Code::Unavailable | tonic::Code::FailedPrecondition => self.unreachable(&status.message()),
+                tonic::Code::Unavailable | tonic::Code::FailedPrecondition => self.unreachable(status),
                 _ => RPCError::Network(NetworkError::new(&status)),
             }),
         }

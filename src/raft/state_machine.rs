@@ -13,6 +13,8 @@ use tokio::io::AsyncSeekExt;
 
 use super::codec::{self, legacy};
 use super::{LogId, NodeId, StorageError, TypeConfig};
+use crate::archive::log::{Applied, BoxError, Replay, ReplayError};
+use crate::archive::segment::EntryEncoding;
 use crate::mvcc::{read_applied_meta, AppliedMeta, Command, CommandResult, MvccError, Reader, Store};
 
 type Membership = StoredMembership<NodeId, super::PeerNode>;
@@ -27,12 +29,18 @@ pub struct StateMachine {
     applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-fn sm_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_state_machine(&super::io_error(e)).into()
+// openraft keeps the error's chain of causes (`AnyError`).
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
 }
 
-fn snap_err(e: impl std::fmt::Display) -> StorageError {
-    StorageIOError::write_snapshot(None, &super::io_error(e)).into()
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+/// The store's lock was poisoned by a panic while it was held.
+fn poisoned<T>(_: std::sync::PoisonError<T>) -> StorageError {
+    sm_err(super::io_error("the state store's lock is poisoned (a panic while it was held)"))
 }
 
 /// A file operation's result, with "not found" as `None`.
@@ -184,12 +192,67 @@ pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>
         .collect())
 }
 
+/// Archived entries applied through [`apply_entries`]: the restore from object storage
+/// (`archive::restore`) hands each segment's entries here as bytes, and reads a state's
+/// applied entry here for snapshot headers. The archive does not decode entries itself.
+pub struct ArchiveReplay;
+
+/// The [`ArchiveReplay`] the archive's restore, bootstrap and snapshot functions take.
+pub fn archive_replay() -> Arc<dyn Replay> {
+    Arc::new(ArchiveReplay)
+}
+
+/// A segment frame and the entry in it disagree about the entry's index.
+#[derive(Debug, thiserror::Error)]
+#[error("frame says {frame}, entry says {entry}")]
+pub struct IndexMismatch {
+    pub frame: u64,
+    pub entry: u64,
+}
+
+impl Replay for ArchiveReplay {
+    fn apply(&self, db: &mut Store, encoding: EntryEncoding, entries: &[(u64, Vec<u8>)]) -> Result<(), ReplayError> {
+        let decode = match encoding {
+            EntryEncoding::Current => codec::decode_entry,
+            EntryEncoding::Bincode => legacy::decode_entry,
+        };
+        let mut batch = Vec::with_capacity(entries.len());
+        for (index, raw) in entries {
+            let index = *index;
+            let entry = decode(raw).map_err(|e| ReplayError::Entry {
+                index,
+                source: Box::new(e),
+            })?;
+            if entry.log_id.index != index {
+                return Err(ReplayError::Entry {
+                    index,
+                    source: Box::new(IndexMismatch {
+                        frame: index,
+                        entry: entry.log_id.index,
+                    }),
+                });
+            }
+            batch.push(entry);
+        }
+        apply_entries(db, batch).map_err(|e| ReplayError::Apply(Box::new(e)))?;
+        Ok(())
+    }
+
+    fn applied(&self, meta: &AppliedMeta) -> Result<Option<Applied>, BoxError> {
+        let (last, _) = decode_applied_meta(meta)?;
+        Ok(last.map(|l| Applied {
+            index: l.index,
+            term: l.leader_id.term,
+        }))
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
         let store = self.store.clone();
-        let meta = Self::blocking(move || store.lock().map_err(sm_err)?.applied_meta().map_err(sm_err)).await?;
+        let meta = Self::blocking(move || store.lock().map_err(poisoned)?.applied_meta().map_err(sm_err)).await?;
         let (last, membership) = decode_meta(&meta)?;
         self.set_applied(last);
         Ok((last, membership))
@@ -209,7 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = entries.last().map(|e| e.log_id);
         let store = self.store.clone();
         let results = Self::blocking(move || {
-            let mut store = store.lock().map_err(sm_err)?;
+            let mut store = store.lock().map_err(poisoned)?;
             apply_entries(&mut store, entries).map_err(sm_err)
         })
         .await?;
@@ -258,7 +321,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let last = meta.last_log_id;
         Self::blocking(move || {
             std::fs::copy(&received, &installed).map_err(snap_err)?;
-            let mut store = store.lock().map_err(sm_err)?;
+            let mut store = store.lock().map_err(poisoned)?;
             store.replace_with(&installed).map_err(sm_err)?;
             reader.reset();
             store.announce_replaced();
@@ -336,7 +399,7 @@ impl StateMachine {
         let this = self.clone();
         Self::blocking(move || {
             let (last, revision) = {
-                let store = this.store.lock().map_err(sm_err)?;
+                let store = this.store.lock().map_err(poisoned)?;
                 (decode_meta(&store.applied_meta().map_err(sm_err)?)?.0, store.revision())
             };
             match last {
@@ -473,5 +536,80 @@ mod tests {
         assert_eq!(std::fs::read(&state).expect("read"), b"snapshot bytes");
         assert!(!dir.path().join("state.db-wal").exists());
         assert_eq!(std::fs::read(snapshots.join("current.db")).expect("kept"), b"snapshot bytes");
+    }
+
+    fn put_entry(index: u64, key: &str) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(4, 1), index),
+            payload: EntryPayload::Normal(vec![Command::Put(crate::proto::etcdserverpb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })]),
+        }
+    }
+
+    /// The archive's restore, over segments of real entries, applies them through
+    /// `apply_entries` and records the last one; a snapshot of the result names it.
+    #[tokio::test]
+    async fn archived_entries_replay_into_the_state_and_its_bookkeeping() {
+        use crate::archive::{restore, segment};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let objects: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let blank = openraft::Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(4, 1), 1),
+            payload: EntryPayload::Blank,
+        };
+        let mut first = vec![(1, codec::encode_entry(&blank))];
+        first.extend((2..=3).map(|i| (i, codec::encode_entry(&put_entry(i, &format!("k{i}"))))));
+        let second: Vec<(u64, Vec<u8>)> = (4..=6).map(|i| (i, codec::encode_entry(&put_entry(i, &format!("k{i}"))))).collect();
+        for entries in [first, second] {
+            let name = segment::SegmentName {
+                epoch: 1,
+                first: entries[0].0,
+                last: entries[entries.len() - 1].0,
+            };
+            crate::archive::uploader::put_segment(objects.as_ref(), &name, segment::encode(&entries).expect("encode"))
+                .await
+                .expect("put");
+        }
+        let dest = dir.path().join("restored.db");
+        let report = restore::restore(objects.as_ref(), 1, &dest, Some(5), &archive_replay())
+            .await
+            .expect("restore");
+        assert_eq!((report.last_index, report.entries, report.segments), (5, 5, 2));
+        assert_eq!(report.revision, 5, "four puts on an empty store");
+        let meta = read_applied_meta(&dest).expect("meta");
+        assert_eq!(ArchiveReplay.applied(&meta).expect("applied"), Some(Applied { index: 5, term: 4 }));
+        let header = crate::archive::snapshot::describe(&dest, "c", 1, &ArchiveReplay).expect("describe");
+        assert_eq!((header.index, header.term, header.revision), (5, 4, 5));
+    }
+
+    #[test]
+    fn an_entry_that_is_not_what_its_frame_says_is_refused_with_its_index_and_cause() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut db = Store::open(&dir.path().join("s.db")).expect("open");
+        let entries = vec![
+            (7, codec::encode_entry(&put_entry(7, "a"))),
+            (8, codec::encode_entry(&put_entry(9, "b"))),
+        ];
+        let err = ArchiveReplay
+            .apply(&mut db, EntryEncoding::Current, &entries)
+            .expect_err("mismatch");
+        let ReplayError::Entry { index: 8, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(source.downcast_ref::<IndexMismatch>().is_some(), "{source:?}");
+        assert_eq!(err.to_string(), "entry 8 cannot be decoded: frame says 8, entry says 9");
+
+        let garbage = vec![(7, vec![codec::FORMAT, 0xff, 0xff])];
+        let err = ArchiveReplay.apply(&mut db, EntryEncoding::Current, &garbage).expect_err("garbage");
+        let ReplayError::Entry { index: 7, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(source.downcast_ref::<codec::FormatError>().is_some(), "{source:?}");
+        // The decoder's own cause is still behind it.
+        assert!(crate::error_chain(&err).matches(": ").count() >= 3, "{}", crate::error_chain(&err));
+        assert_eq!(db.revision(), 1, "nothing was applied");
     }
 }

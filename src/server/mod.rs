@@ -173,7 +173,8 @@ impl Node {
             dialer: dialer.clone(),
             cluster_id: config.cluster_id.clone(),
         };
-        let startup = match prepare(&objects, &config, local, &state_path, &scratch, &probe).await {
+        let replay = raft::state_machine::archive_replay();
+        let startup = match prepare(&objects, &config, local, &state_path, &scratch, &probe, &replay).await {
             // The cluster was rebuilt from object storage without this node: what its disk
             // holds is of an older epoch (anything acknowledged there and not archived was
             // already given up by that rebuild). Set it aside and rejoin as a new
@@ -186,7 +187,7 @@ impl Node {
                     aside = %aside.display(),
                     "this data directory holds an older epoch than object storage (the cluster was rebuilt without this node): set it aside, rejoining as a new incarnation"
                 );
-                prepare(&objects, &config, Local::Empty, &state_path, &scratch, &probe).await
+                prepare(&objects, &config, Local::Empty, &state_path, &scratch, &probe, &replay).await
             }
             other => other,
         }
@@ -228,11 +229,11 @@ impl Node {
         let raft = raft::start(identity.raft_id, &config.cluster_id, &config.raft, peers.clone(), log, sm)
             .await
             .map_err(StartError::Raft)?;
+        let progress = raft::archive_progress(&raft, identity.raft_id);
         let uploader = Uploader::new(
             objects.clone(),
-            log_reader.clone(),
-            raft.clone(),
-            identity.raft_id,
+            Arc::new(log_reader.clone()),
+            progress.clone(),
             UploaderConfig {
                 epoch: identity.epoch,
                 segment_max_bytes: config.archive.segment_max_bytes,
@@ -243,8 +244,8 @@ impl Node {
         let snapshotter = Snapshotter {
             store: objects.clone(),
             reader: reader.clone(),
-            raft: raft.clone(),
-            raft_id: identity.raft_id,
+            progress,
+            replay,
             cluster_id: config.cluster_id.clone(),
             epoch: identity.epoch,
             policy: config.archive.clone(),

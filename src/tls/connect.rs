@@ -15,8 +15,18 @@ use super::Tls;
 pub enum ConnectError {
     #[error("invalid peer address {addr:?}: {msg}")]
     Address { addr: String, msg: String },
+    #[error("invalid peer address {addr:?}: {source}")]
+    Invalid { addr: String, source: tonic::transport::Error },
     #[error("cannot connect to {addr}: {source}")]
     Transport { addr: String, source: tonic::transport::Error },
+}
+
+/// A peer URL whose host is not a valid TLS server name.
+#[derive(Debug, thiserror::Error)]
+#[error("{host}: {source}")]
+struct BadHost {
+    host: String,
+    source: rustls::pki_types::InvalidDnsNameError,
 }
 
 /// `http://host:port` for tonic (TLS, when used, comes from our connector).
@@ -76,9 +86,9 @@ impl Dialer {
 
 fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
     Ok(Endpoint::from_shared(endpoint_uri(addr))
-        .map_err(|e| ConnectError::Address {
+        .map_err(|source| ConnectError::Invalid {
             addr: addr.to_string(),
-            msg: e.to_string(),
+            source,
         })?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
@@ -149,7 +159,12 @@ where
                 .trim_end_matches(']')
                 .to_string();
             let port = uri.port_u16().unwrap_or(443);
-            let name = ServerName::try_from(host.clone()).map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+            let name = ServerName::try_from(host.clone()).map_err(|source| {
+                std::io::Error::other(BadHost {
+                    host: host.clone(),
+                    source,
+                })
+            })?;
             let tcp = connect_tcp(source, &host, port).await?;
             tcp.set_nodelay(true)?;
             let stream = tokio_rustls::TlsConnector::from(config()?).connect(name, tcp).await?;

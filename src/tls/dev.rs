@@ -13,8 +13,8 @@ use time::{Duration, OffsetDateTime};
 use super::identity::{self, Role};
 use super::TlsError;
 
-fn gen_err(e: impl std::fmt::Display) -> TlsError {
-    TlsError::Generate(e.to_string())
+fn gen_err(e: rcgen::Error) -> TlsError {
+    TlsError::Generate(e)
 }
 
 /// A certificate authority that can issue leaves.
@@ -152,7 +152,10 @@ pub struct DevCerts {
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
-    let io = |e: std::io::Error| TlsError::Generate(format!("{}: {e}", path.display()));
+    let io = |source| TlsError::GenerateFile {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -188,8 +191,10 @@ pub fn write_dev_certs(opts: &DevCerts) -> Result<Vec<PathBuf>, TlsError> {
         }
     }
     for client in &opts.clients {
-        identity::parse_uri(&format!("netsy://{}/client/{client}", opts.cluster_id))
-            .map_err(|e| TlsError::Config(format!("--clients: {e}")))?;
+        identity::parse_uri(&format!("netsy://{}/client/{client}", opts.cluster_id)).map_err(|e| TlsError::ConfigCause {
+            what: "--clients",
+            source: Box::new(e),
+        })?;
     }
     if opts.days < 1 {
         return Err(TlsError::Config("--days must be at least 1".into()));
@@ -206,7 +211,12 @@ pub fn write_dev_certs(opts: &DevCerts) -> Result<Vec<PathBuf>, TlsError> {
     let ca_key = opts.out.join("ca.key");
     let mut written = Vec::new();
     let ca = if ca_crt.exists() && ca_key.exists() {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| TlsError::Generate(format!("{}: {e}", p.display())));
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| TlsError::GenerateFile {
+                path: p.display().to_string(),
+                source,
+            })
+        };
         Ca::from_pem(&read(&ca_crt)?, &read(&ca_key)?)?
     } else {
         let ca = Ca::new(&format!("{}-ca", opts.cluster_id))?;

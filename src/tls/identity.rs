@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Error};
 
 /// What a certificate may do: talk Raft on the peer port, or use the client API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,10 +36,10 @@ impl fmt::Display for Identity {
 }
 
 /// Why a certificate carries no usable identity.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum IdentityError {
     #[error("the certificate cannot be parsed: {0}")]
-    Unparsable(String),
+    Unparsable(#[source] X509Error),
     #[error("the certificate has no URI SAN of the form netsy://{{cluster_id}}/{{peer|client}}/{{name}}")]
     Missing,
     #[error("URI SAN {uri:?} is malformed: {reason}")]
@@ -113,10 +113,13 @@ pub struct CertInfo {
 
 /// Reads the identity (the first `netsy://` URI SAN) and the CN from a DER certificate.
 pub fn from_der(der: &[u8]) -> Result<CertInfo, IdentityError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Unparsable(e.to_string()))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| {
+        IdentityError::Unparsable(match e {
+            x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
+            x509_parser::nom::Err::Incomplete(_) => X509Error::InvalidCertificate,
+        })
+    })?;
+    let san = cert.subject_alternative_name().map_err(IdentityError::Unparsable)?;
     let uri = san
         .iter()
         .flat_map(|ext| ext.value.general_names.iter())
@@ -267,5 +270,10 @@ mod tests {
     fn garbage_der_is_an_error() {
         assert!(matches!(from_der(b"not a certificate"), Err(IdentityError::Unparsable(_))));
         assert!(matches!(from_der(&[]), Err(IdentityError::Unparsable(_))));
+        let err = from_der(b"not a certificate").unwrap_err();
+        assert!(
+            std::error::Error::source(&err).is_some_and(|s| s.is::<X509Error>()),
+            "the parser's error is the source: {err:?}"
+        );
     }
 }

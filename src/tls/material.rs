@@ -50,10 +50,25 @@ fn file_error(key: &'static str, path: &Path, msg: impl Into<String>) -> TlsErro
     }
 }
 
+/// What is wrong with the file `key` names, found by the library error `source`.
+fn file_cause(
+    key: &'static str,
+    path: &Path,
+    msg: impl Into<String>,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> TlsError {
+    TlsError::FileCause {
+        key,
+        path: path.display().to_string(),
+        msg: msg.into(),
+        source: source.into(),
+    }
+}
+
 fn certs(key: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(key, path, format!("is not a PEM certificate file: {e}")))?;
+        .map_err(|e| file_cause(key, path, "is not a PEM certificate file", e))?;
     if certs.is_empty() {
         return Err(file_error(key, path, "holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")"));
     }
@@ -61,7 +76,7 @@ fn certs(key: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDe
 }
 
 fn private_key(key: &'static str, path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| file_error(key, path, format!("holds no PEM private key: {e}")))
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| file_cause(key, path, "holds no PEM private key", e))
 }
 
 fn format_time(unix: i64) -> String {
@@ -110,23 +125,24 @@ impl Material {
         let provider = super::provider();
         let mut roots = RootCertStore::empty();
         for ca in certs("NETSY_TLS_CA_CERT", &files.ca_cert, &raw.ca)? {
-            roots.add(ca).map_err(|e| {
-                file_error(
-                    "NETSY_TLS_CA_CERT",
-                    &files.ca_cert,
-                    format!("holds an unusable CA certificate: {e}"),
-                )
-            })?;
+            roots
+                .add(ca)
+                .map_err(|e| file_cause("NETSY_TLS_CA_CERT", &files.ca_cert, "holds an unusable CA certificate", e))?;
         }
         let pair = |cert_key: &'static str, cert_path: &Path, cert_pem: &[u8], key_key: &'static str, key_path: &Path, key_pem: &[u8]| {
             let chain = certs(cert_key, cert_path, cert_pem)?;
-            let info = identity::from_der(&chain[0]).map_err(|e| file_error(cert_key, cert_path, e.to_string()))?;
+            let info = identity::from_der(&chain[0]).map_err(|source| TlsError::Identity {
+                key: cert_key,
+                path: cert_path.display().to_string(),
+                source,
+            })?;
             let key = private_key(key_key, key_path, key_pem)?;
             let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-                file_error(
+                file_cause(
                     key_key,
                     key_path,
-                    format!("does not belong to the certificate in {cert_key} ({}): {e}", cert_path.display()),
+                    format!("does not belong to the certificate in {cert_key} ({})", cert_path.display()),
+                    e,
                 )
             })?;
             Ok::<_, TlsError>((Arc::new(certified), info))
@@ -207,7 +223,7 @@ impl Material {
         // covers every host peers and clients are told to dial.
         let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
             .build()
-            .map_err(|e| file_error("NETSY_TLS_CA_CERT", &self.files.ca_cert, e.to_string()))?;
+            .map_err(|e| file_cause("NETSY_TLS_CA_CERT", &self.files.ca_cert, "cannot verify certificates against it", e))?;
         let chain = &self.server.cert;
         for host in hosts {
             let name = ServerName::try_from(host.as_str())
@@ -220,30 +236,34 @@ impl Material {
                 &[],
                 now,
             )
-            .map_err(|e| {
-                file_error(
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => file_error(
                     "NETSY_TLS_SERVER_CERT",
                     &self.files.server_cert,
-                    match e {
-                        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
-                        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => format!(
-                            "does not cover the advertised host {host:?} (NETSY_ADVERTISE_CLIENT / NETSY_ADVERTISE_PEER); add it as a DNS or IP SAN"
-                        ),
-                        other => format!("fails verification against NETSY_TLS_CA_CERT for host {host:?}: {other}"),
-                    },
-                )
+                    format!(
+                        "does not cover the advertised host {host:?} (NETSY_ADVERTISE_CLIENT / NETSY_ADVERTISE_PEER); add it as a DNS or IP SAN"
+                    ),
+                ),
+                other => file_cause(
+                    "NETSY_TLS_SERVER_CERT",
+                    &self.files.server_cert,
+                    format!("fails verification against NETSY_TLS_CA_CERT for host {host:?}"),
+                    other,
+                ),
             })?;
         }
         // The client certificate chains to the CA and is for client authentication.
         let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider)
             .build()
-            .map_err(|e| file_error("NETSY_TLS_CA_CERT", &self.files.ca_cert, e.to_string()))?;
+            .map_err(|e| file_cause("NETSY_TLS_CA_CERT", &self.files.ca_cert, "cannot verify certificates against it", e))?;
         let chain = &self.client.cert;
         client_verifier.verify_client_cert(&chain[0], &chain[1..], now).map_err(|e| {
-            file_error(
+            file_cause(
                 "NETSY_TLS_CLIENT_CERT",
                 &self.files.client_cert,
-                format!("fails verification against NETSY_TLS_CA_CERT as a client certificate: {e}"),
+                "fails verification against NETSY_TLS_CA_CERT as a client certificate",
+                e,
             )
         })?;
         Ok(())

@@ -36,10 +36,34 @@ pub enum TlsError {
     },
     #[error("{key} ({path}): {msg}")]
     File { key: &'static str, path: String, msg: String },
+    /// What is wrong with a file, and the library error that found it.
+    #[error("{key} ({path}): {msg}: {source}")]
+    FileCause {
+        key: &'static str,
+        path: String,
+        msg: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{key} ({path}): {source}")]
+    Identity {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: identity::IdentityError,
+    },
     #[error("{0}")]
     Config(String),
+    #[error("{what}: {source}")]
+    ConfigCause {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("certificate generation: {0}")]
-    Generate(String),
+    Generate(#[source] rcgen::Error),
+    #[error("certificate generation: {path}: {source}")]
+    GenerateFile { path: String, source: std::io::Error },
 }
 
 /// The one rustls provider netsy uses (aws-lc-rs, which object_store's HTTP client also
@@ -206,7 +230,7 @@ impl Tls {
                 Ok(Ok(false)) => failing = false,
                 Ok(Err(e)) if !failing => {
                     failing = true;
-                    tracing::warn!(error = %e, "changed TLS files do not load; still using the previous certificates, retrying");
+                    tracing::warn!(error = %crate::error_chain(&e), "changed TLS files do not load; still using the previous certificates, retrying");
                 }
                 Ok(Err(_)) => {}
                 Err(e) => tracing::error!(error = %e, "TLS reload task failed"),

@@ -182,6 +182,20 @@ fn versions(allow_tls12: bool) -> &'static [&'static rustls::SupportedProtocolVe
     }
 }
 
+fn protocol_error(e: rustls::Error) -> TlsError {
+    TlsError::ConfigCause {
+        what: "TLS protocol versions",
+        source: Box::new(e),
+    }
+}
+
+fn ca_error(e: rustls::client::VerifierBuilderError) -> TlsError {
+    TlsError::ConfigCause {
+        what: "NETSY_TLS_CA_CERT",
+        source: Box::new(e),
+    }
+}
+
 /// The server configuration of one listener.
 pub fn server_config(
     material: &Material,
@@ -192,7 +206,7 @@ pub fn server_config(
     let provider = super::provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(allow_tls12))
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(protocol_error)?;
     let role = match listener {
         Listener::Client => Some(Role::Client),
         Listener::Peer => Some(Role::Peer),
@@ -202,7 +216,7 @@ pub fn server_config(
         Some(role) => {
             let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider)
                 .build()
-                .map_err(|e| TlsError::Config(format!("NETSY_TLS_CA_CERT: {e}")))?;
+                .map_err(ca_error)?;
             builder.with_client_cert_verifier(Arc::new(ClientIdentityVerifier {
                 inner,
                 cluster_id: cluster_id.to_string(),
@@ -229,10 +243,10 @@ pub fn peer_client_config(
     let provider = super::provider();
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(material.roots.clone(), provider.clone())
         .build()
-        .map_err(|e| TlsError::Config(format!("NETSY_TLS_CA_CERT: {e}")))?;
+        .map_err(ca_error)?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(allow_tls12))
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(protocol_error)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PeerServerVerifier {
             inner,

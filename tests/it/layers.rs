@@ -67,7 +67,13 @@ fn every_module_imports_only_lower_layers() {
     let mut seen = BTreeSet::new();
     for file in &files {
         let rel = file.strip_prefix(&src).expect("under src");
-        let first = rel.components().next().expect("a component").as_os_str().to_string_lossy().into_owned();
+        let first = rel
+            .components()
+            .next()
+            .expect("a component")
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned();
         let module = first.trim_end_matches(".rs").to_string();
         let (module, prefix) = match module.as_str() {
             "lib" | "proto" => continue,

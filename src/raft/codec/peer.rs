@@ -85,7 +85,7 @@ fn fatal_to_wire(f: &Fatal<NodeId>) -> wire::RaftFailure {
         Fatal::StorageError(_) => Kind::Storage,
     };
     let mut out = wire::RaftFailure {
-        message: f.to_string(),
+        message: crate::error_chain(f),
         ..Default::default()
     };
     out.set_kind(kind);
