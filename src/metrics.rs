@@ -52,16 +52,6 @@ pub static TLS_CERT_NOT_AFTER: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Records the expiry of the certificates now in use.
-pub fn set_tls_expiry(material: &crate::tls::material::Material) {
-    TLS_CERT_NOT_AFTER
-        .with_label_values(&["server"])
-        .set(material.server_info.not_after);
-    TLS_CERT_NOT_AFTER
-        .with_label_values(&["client"])
-        .set(material.client_info.not_after);
-}
-
 pub static DB_TOTAL_SIZE: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "etcd_mvcc_db_total_size_in_bytes",

@@ -9,8 +9,6 @@ use std::time::Duration;
 use super::file::{ClusterFile, Durability, TlsSettings};
 use super::validate::{duration_at_least_100ms, parse_auto_compaction, validate_limits, validate_name, validate_storage, validate_version};
 use super::{invalid, Config, ConfigError, EnvFn};
-use crate::mesh::config::{MeshConfig, MeshSettings};
-use crate::mesh::MeshError;
 
 /// The validated TLS settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,18 +186,9 @@ impl Config {
             bind_peer,
             advertise_peer,
             bind_health,
-            mesh: resolve_mesh(env, file.mesh.as_ref())?,
+            mesh: super::mesh::resolve(env, file.mesh.as_ref())?,
         })
     }
-}
-
-/// The mesh authority's settings (`crate::mesh::config::resolve`); an error names the
-/// variable, as the node's own settings' errors do.
-fn resolve_mesh(env: EnvFn, section: Option<&MeshSettings>) -> Result<Option<MeshConfig>, ConfigError> {
-    crate::mesh::config::resolve(env, section).map_err(|e| match e {
-        MeshError::Config { key, msg } => invalid(&key, msg),
-        other => invalid("NETSY_MESH_ENV_FILE", other.to_string()),
-    })
 }
 
 fn advertise_of(addr: SocketAddr) -> String {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::mesh::config::MeshSettings;
+use super::mesh::MeshSettings;
 
 /// Where object storage lives. The archive itself uses it; the keys exist from the start.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

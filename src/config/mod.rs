@@ -5,7 +5,7 @@
 //! - `file`: the cluster file as written (its sections and defaults);
 //! - `validate`: the checks of the cluster-wide settings, and durations;
 //! - `env`: this node's resolution: the `NETSY_*` overrides, its certificate files, its
-//!   listen addresses, and the mesh authority's settings (`crate::mesh::config`).
+//!   listen addresses, and the mesh authority's settings (`mesh.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,13 +13,15 @@ use std::time::Duration;
 
 mod env;
 mod file;
+mod mesh;
 mod validate;
 
 pub use env::{TlsFiles, TlsPolicy, TLS_ENV};
 pub use file::{
     ArchiveSettings, AutoCompaction, ClusterFile, Durability, Limits, NodeDefaults, RaftSettings, StorageConfig, TlsSettings, WatchSettings,
 };
-pub use validate::{parse_duration, ArchivePolicy, AutoCompactionPolicy};
+pub use mesh::{MeshConfig, MeshSettings};
+pub use validate::{is_identifier, parse_duration, ArchivePolicy, AutoCompactionPolicy};
 use validate::{validate_name, validate_storage};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +69,7 @@ pub struct Config {
     pub bind_health: SocketAddr,
     /// The mesh authority (port 8443), when `GENESIS_FILE` is set (directly or in the
     /// env file named by `NETSY_MESH_ENV_FILE`).
-    pub mesh: Option<crate::mesh::config::MeshConfig>,
+    pub mesh: Option<MeshConfig>,
 }
 
 /// Source of environment variables (a closure so tests need not touch the process env).

@@ -77,9 +77,20 @@ pub enum AutoCompactionPolicy {
     Revision(i64),
 }
 
+/// Netsy's identifier rule (cluster and node ids, and so the names in certificates): 1-32 lowercase letters, digits and
+/// single hyphens, not starting or ending with a hyphen.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
 /// Lowercase alphanumerics and single hyphens, at most 32 characters (Netsy's rule).
 pub(super) fn validate_name(key: &str, value: &str) -> Result<(), ConfigError> {
-    if crate::tls::identity::is_identifier(value) {
+    if is_identifier(value) {
         Ok(())
     } else {
         Err(invalid(key, format!("{value:?} must be 1-32 lowercase letters, digits and single hyphens, not starting or ending with a hyphen (e.g. \"prod-1\")")))

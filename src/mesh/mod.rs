@@ -4,12 +4,11 @@
 //! - `canonical`, `timefmt`, `keys`: the wire forms every signature depends on;
 //! - `models`: the signed documents (genesis, certificates, policy, CRL);
 //! - `auth`: operator (v2) and node request signatures;
-//! - `config`: the settings; `state`: the authority's state in the keyspace;
+//! - `state`: the authority's state in the keyspace (its settings are in `config::mesh`);
 //! - `service`: the HTTP service, one handler per route; `tools`: `netsy mesh ...`.
 
 pub mod auth;
 pub mod canonical;
-pub mod config;
 pub mod keys;
 pub mod models;
 pub mod service;

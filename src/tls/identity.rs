@@ -5,6 +5,8 @@ use std::fmt;
 
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Error};
 
+pub use crate::config::is_identifier;
+
 /// What a certificate may do: talk Raft on the peer port, or use the client API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -44,17 +46,6 @@ pub enum IdentityError {
     Missing,
     #[error("URI SAN {uri:?} is malformed: {reason}")]
     Malformed { uri: String, reason: &'static str },
-}
-
-/// Netsy's identifier rule (cluster and node ids): 1-32 lowercase letters, digits and
-/// single hyphens, not starting or ending with a hyphen.
-pub fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
 }
 
 /// A client name: printable ASCII without `/`, `?`, `#`, `%` or spaces, at most 128 bytes

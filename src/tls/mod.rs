@@ -123,7 +123,7 @@ impl Tls {
         let (material, fingerprint) = Material::load(files)?;
         material.check(cluster_id, node_id, &hosts)?;
         let built = build(Arc::new(material), policy, cluster_id)?;
-        crate::metrics::set_tls_expiry(&built.material);
+        set_expiry_metric(&built.material);
         Ok(Arc::new(Tls {
             files: files.clone(),
             policy: policy.clone(),
@@ -196,7 +196,7 @@ impl Tls {
         };
         match result {
             Ok((built, fingerprint)) => {
-                crate::metrics::set_tls_expiry(&built.material);
+                set_expiry_metric(&built.material);
                 match self.current.write() {
                     Ok(mut c) => *c = Arc::new(built),
                     Err(poisoned) => *poisoned.into_inner() = Arc::new(built),
@@ -247,4 +247,15 @@ fn build(material: Arc<Material>, policy: &TlsPolicy, cluster_id: &str) -> Resul
         health: server(Listener::Health)?,
         material: material.clone(),
     })
+}
+
+/// Records the expiry of the certificates now in use.
+fn set_expiry_metric(material: &material::Material) {
+    use crate::metrics::TLS_CERT_NOT_AFTER;
+    TLS_CERT_NOT_AFTER
+        .with_label_values(&["server"])
+        .set(material.server_info.not_after);
+    TLS_CERT_NOT_AFTER
+        .with_label_values(&["client"])
+        .set(material.client_info.not_after);
 }

@@ -22,10 +22,10 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::auth::Tier;
-use super::config::MeshConfig;
 use super::models::Genesis;
 use super::state::State;
 use super::{keys, MeshError};
+use crate::config::MeshConfig;
 
 mod admin;
 mod crl;

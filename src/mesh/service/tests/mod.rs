@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::{router, Authority, Material};
+use crate::config::MeshConfig;
 use crate::mesh::auth::{self, AdminHeaders};
-use crate::mesh::config::MeshConfig;
 use crate::mesh::models::Genesis;
 use crate::mesh::state::{memory, State};
 use crate::mesh::{keys, timefmt};

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::MeshError;
+use super::{invalid, ConfigError};
 
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -78,7 +78,7 @@ impl MeshSettings {
 /// the env file `NETSY_MESH_ENV_FILE` names (the format `genesis-mesh init --env-file`
 /// writes), or the cluster file's `mesh` section, in that order. `None` when
 /// `GENESIS_FILE` is set in none of them.
-pub fn resolve(env: &dyn Fn(&str) -> Option<String>, section: Option<&MeshSettings>) -> Result<Option<MeshConfig>, MeshError> {
+pub fn resolve(env: &dyn Fn(&str) -> Option<String>, section: Option<&MeshSettings>) -> Result<Option<MeshConfig>, ConfigError> {
     let mut file = match env("NETSY_MESH_ENV_FILE") {
         Some(path) => read_env_file(Path::new(&path))?,
         None => BTreeMap::new(),
@@ -90,16 +90,9 @@ pub fn resolve(env: &dyn Fn(&str) -> Option<String>, section: Option<&MeshSettin
     MeshConfig::from_env(env, &file)
 }
 
-fn invalid(key: &str, msg: impl Into<String>) -> MeshError {
-    MeshError::Config {
-        key: key.to_string(),
-        msg: msg.into(),
-    }
-}
-
 /// Reads a `KEY=VALUE` env file (`#` comments, duplicate names refused); relative paths
 /// of the file settings resolve against the file's directory.
-pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, MeshError> {
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let key = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| invalid(&key, e.to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -123,14 +116,14 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, MeshError>
     Ok(out)
 }
 
-fn json_map(key: &str, v: Option<String>) -> Result<BTreeMap<String, String>, MeshError> {
+fn json_map(key: &str, v: Option<String>) -> Result<BTreeMap<String, String>, ConfigError> {
     match v {
         None => Ok(BTreeMap::new()),
         Some(s) => serde_json::from_str(&s).map_err(|e| invalid(key, format!("must be a JSON object of strings: {e}"))),
     }
 }
 
-fn number<T: std::str::FromStr>(key: &str, v: Option<String>, default: T) -> Result<T, MeshError> {
+fn number<T: std::str::FromStr>(key: &str, v: Option<String>, default: T) -> Result<T, ConfigError> {
     match v {
         None => Ok(default),
         Some(s) => s.trim().parse().map_err(|_| invalid(key, format!("{s:?} is not a number"))),
@@ -140,7 +133,7 @@ fn number<T: std::str::FromStr>(key: &str, v: Option<String>, default: T) -> Res
 impl MeshConfig {
     /// `None` when `GENESIS_FILE` is unset (no mesh authority). `env` is the process
     /// environment, falling back to `file` (an env file's settings).
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>, file: &BTreeMap<String, String>) -> Result<Option<MeshConfig>, MeshError> {
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>, file: &BTreeMap<String, String>) -> Result<Option<MeshConfig>, ConfigError> {
         let get = |k: &str| env(k).or_else(|| file.get(k).cloned());
         let Some(genesis_file) = get("GENESIS_FILE") else {
             return Ok(None);
