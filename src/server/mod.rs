@@ -113,7 +113,7 @@ impl HealthPort {
                 .with_graceful_shutdown(async move { stopped.cancelled().await })
                 .await
             {
-                tracing::error!(error = %e, "health server failed");
+                tracing::error!(error = %crate::error_chain(&e), "health server failed");
             }
         });
         Ok(HealthPort { health, stop, task })
@@ -357,7 +357,7 @@ impl Node {
         let stop = self.peer_stop.clone();
         tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
-                tracing::error!(error = %e, "peer gRPC server failed");
+                tracing::error!(error = %crate::error_chain(&e), "peer gRPC server failed");
             }
         });
         Ok(())
@@ -410,7 +410,7 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
             .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await })
             .await
         {
-            tracing::error!(error = %e, "gRPC server failed");
+            tracing::error!(error = %crate::error_chain(&e), "gRPC server failed");
         }
     });
     health.health.ready(replica.clone());
@@ -428,7 +428,7 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
                 .with_graceful_shutdown(async move { mesh_stop.cancelled().await })
                 .await
             {
-                tracing::error!(error = %e, "mesh authority server failed");
+                tracing::error!(error = %crate::error_chain(&e), "mesh authority server failed");
             }
         });
     }

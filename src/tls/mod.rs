@@ -233,7 +233,7 @@ impl Tls {
                     tracing::warn!(error = %crate::error_chain(&e), "changed TLS files do not load; still using the previous certificates, retrying");
                 }
                 Ok(Err(_)) => {}
-                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+                Err(e) => tracing::error!(error = %crate::error_chain(&e), "TLS reload task failed"),
             }
         }
     }
