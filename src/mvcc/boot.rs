@@ -9,10 +9,18 @@
 //! the log (see `raft::state_machine::rebuild_state`). Where the boot cannot be told
 //! (no `/proc/sys/kernel/random/boot_id`), commits keep SQLite's `NORMAL` syncs and the
 //! database is always trusted.
+//!
+//! A clean shutdown fsyncs the database and replaces the marker with `synced` (see
+//! `seal`): such a database is trusted in any boot, so a data directory that was stopped
+//! cleanly may move to another machine or outlive a reboot without a rebuild. The next
+//! start records its boot again before its first unsynced commit.
 
 use std::path::Path;
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The marker of a database fsynced by a clean shutdown.
+pub const SEALED: &str = "synced";
 
 /// This boot of the OS, or `None` where it cannot be told.
 pub fn current_boot() -> Option<String> {
@@ -45,7 +53,7 @@ pub fn check(marker: &Path, current: Option<&str>) -> std::io::Result<Trust> {
         return Ok(Trust::Intact);
     };
     match std::fs::read_to_string(marker) {
-        Ok(recorded) if recorded.trim() == current => Ok(Trust::Intact),
+        Ok(recorded) if recorded.trim() == current || recorded.trim() == SEALED => Ok(Trust::Intact),
         Ok(recorded) => Ok(Trust::LostPageCache {
             recorded: recorded.trim().to_string(),
         }),
@@ -61,6 +69,12 @@ pub fn record(marker: &Path, current: Option<&str>) -> std::io::Result<()> {
         Some(boot) => crate::fsutil::write_durably(marker, boot.as_bytes()),
         None => Ok(()),
     }
+}
+
+/// Marks the state database as complete on disk in any boot: call only after it was
+/// fsynced and before nothing else commits to it (a clean shutdown).
+pub fn seal(marker: &Path) -> std::io::Result<()> {
+    crate::fsutil::write_durably(marker, SEALED.as_bytes())
 }
 
 #[cfg(test)]
@@ -83,6 +97,21 @@ mod tests {
         assert_eq!(check(&marker, None).expect("check"), Trust::Intact);
         record(&marker, Some("boot-b")).expect("record");
         assert_eq!(check(&marker, Some("boot-b")).expect("check"), Trust::Intact);
+    }
+
+    #[test]
+    fn a_sealed_database_is_trusted_in_any_boot_until_the_next_start_records_its_own() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let marker = dir.path().join("state.boot");
+        record(&marker, Some("boot-a")).expect("record");
+        seal(&marker).expect("seal");
+        assert_eq!(check(&marker, Some("boot-b")).expect("check"), Trust::Intact);
+        // Opened again (in boot b): unsynced commits follow, so a later boot must not trust it.
+        record(&marker, Some("boot-b")).expect("record");
+        assert_eq!(
+            check(&marker, Some("boot-c")).expect("check"),
+            Trust::LostPageCache { recorded: "boot-b".into() }
+        );
     }
 
     #[test]

@@ -471,8 +471,12 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
         tasks.abort_all();
     }
     health.stop().await;
-    let _ = replica.raft().shutdown().await;
+    let raft_stopped = replica.raft().shutdown().await;
     peer_stop.cancel();
+    match raft_stopped {
+        Ok(()) => datadir::seal_state(&cfg.data_dir, replica.store()),
+        Err(e) => tracing::warn!(error = %crate::error_chain(&e), "Raft did not stop cleanly: not sealing the state database"),
+    }
     match fenced {
         Some(current) => Err(StartError::Fenced {
             own: identity.epoch,
