@@ -29,6 +29,7 @@
 mod checker;
 mod history;
 mod observe;
+mod stale_leader;
 mod traffic;
 mod watches;
 
