@@ -139,7 +139,7 @@ impl Peer for PeerService {
     }
 
     async fn lease_keep_alive(&self, request: Request<LeaseKeepAliveRequest>) -> Result<Response<LeaseKeepAliveResponse>, Status> {
-        Ok(Response::new(self.served.lease_keep_alive(request.into_inner())?))
+        Ok(Response::new(self.served.lease_keep_alive(request.into_inner()).await?))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {

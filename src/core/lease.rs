@@ -64,16 +64,23 @@ impl Replica {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         self.via_leader(deadline, |leader| async move {
             match leader {
-                Leader::Here => self.lease_deadline_here(id, renew),
+                Leader::Here => self.lease_deadline_here(id, renew, deadline).await,
                 Leader::There(leader, node) => self.forward_lease_deadline(leader, &node, id, renew, deadline).await,
             }
         })
         .await
     }
 
-    /// On the leader: see `lease_deadline`.
-    pub(super) fn lease_deadline_here(&self, id: i64, renew: bool) -> Result<(i64, i64), CoreError> {
-        self.require_leader()?;
+    /// On the leader: see `lease_deadline`. A renewal first confirms leadership with a
+    /// quorum (a ReadIndex round), as etcd's LeaseRenew does: an openraft leader cut off
+    /// from the others keeps its role, and renewing there would answer a full TTL while
+    /// the majority's new leader lets the lease expire.
+    pub(super) async fn lease_deadline_here(&self, id: i64, renew: bool, deadline: Instant) -> Result<(i64, i64), CoreError> {
+        if renew {
+            self.confirmed_read_index(deadline).await?;
+        } else {
+            self.require_leader()?;
+        }
         Ok(self.lessor.deadline(&self.reader, id, renew)?)
     }
 

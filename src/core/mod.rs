@@ -80,6 +80,11 @@ pub struct Parts {
     pub applied: watch::Receiver<u64>,
 }
 
+/// How long a leader may go without a quorum's acknowledgement before its members count
+/// as having no leader (see `Replica::has_leader`): two of netsy's longest election
+/// timeouts, by when the others have elected a new leader.
+const QUORUM_SILENCE: std::time::Duration = std::time::Duration::from_millis(2000);
+
 pub struct Replica {
     ids: Ids,
     settings: Settings,
@@ -179,9 +184,23 @@ impl Replica {
         self.raft.metrics().borrow().current_leader == Some(self.ids.raft_id)
     }
 
-    /// Whether this node currently knows a Raft leader.
+    /// Whether this node currently knows a Raft leader, in etcd's sense (`hasleader`): a
+    /// leader that has not heard from a quorum for `QUORUM_SILENCE` does not count. An
+    /// openraft 0.9 leader cut off from the others keeps its role, where etcd's steps down
+    /// after an election timeout (CheckQuorum) and its members then have no leader.
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        self.live_leader(&self.raft.metrics().borrow())
+    }
+
+    fn live_leader(&self, m: &openraft::RaftMetrics<NodeId, crate::raft::PeerNode>) -> bool {
+        match m.current_leader {
+            None => false,
+            Some(leader) if leader == self.ids.raft_id => {
+                let alone = m.membership_config.membership().voter_ids().nth(1).is_none();
+                alone || m.millis_since_quorum_ack.is_none_or(|ms| ms <= QUORUM_SILENCE.as_millis() as u64)
+            }
+            Some(_) => true,
+        }
     }
 
     /// The Raft id of the leader this node knows (0: none).
@@ -196,11 +215,11 @@ impl Replica {
         m.current_leader.is_some() && m.last_applied.is_some()
     }
 
-    /// Resolves when no leader is known (or Raft stops).
+    /// Resolves when no leader is known (see `has_leader`) or Raft stops.
     pub async fn leader_lost(&self) {
         let mut metrics = self.raft.metrics();
         loop {
-            if metrics.borrow().current_leader.is_none() {
+            if !self.live_leader(&metrics.borrow()) {
                 return;
             }
             if metrics.changed().await.is_err() {

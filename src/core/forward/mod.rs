@@ -166,8 +166,13 @@ impl Served {
         Ok(ReadIndexResponse { index })
     }
 
-    pub fn lease_keep_alive(&self, req: LeaseKeepAliveRequest) -> Result<LeaseKeepAliveResponse, Status> {
-        let (ttl, remaining) = self.0.lease_deadline_here(req.id, req.renew).map_err(|e| wire::to_status(&e))?;
+    pub async fn lease_keep_alive(&self, req: LeaseKeepAliveRequest) -> Result<LeaseKeepAliveResponse, Status> {
+        let deadline = Instant::now() + super::REQUEST_TIMEOUT;
+        let (ttl, remaining) = self
+            .0
+            .lease_deadline_here(req.id, req.renew, deadline)
+            .await
+            .map_err(|e| wire::to_status(&e))?;
         Ok(LeaseKeepAliveResponse { ttl, remaining })
     }
 

@@ -2,20 +2,20 @@
 //! the guarantees below (`history::check_lease`, `observe`) but seldom hit these cases
 //! (their partitions heal before a lease's TTL runs out); these tests do it on purpose.
 //!
-//! Both fail today, for one reason: an openraft 0.9 leader that cannot reach a quorum
-//! does not step down (etcd's leader does, after an election timeout: CheckQuorum), so
-//! its Raft state says it leads for as long as the partition lasts.
+//! An openraft 0.9 leader that cannot reach a quorum does not step down (etcd's leader
+//! does, after an election timeout: CheckQuorum), so its Raft state says it leads for as
+//! long as the partition lasts. netsy makes up for it where a client can tell:
 //! - A lease must not expire before its TTL has passed since its last acknowledged
-//!   keep-alive. netsy's leader answers a keep-alive after checking only its own Raft
-//!   state (`core::lease`, `lease_deadline_here` → `require_leader`), renews the lease
-//!   in its own lessor and answers with the full TTL, while the majority's new leader
-//!   (which started the TTL afresh when elected) lets the lease expire and revokes it.
-//!   etcd's LeaseRenew confirms leadership with the quorum first (`ensureLeadership`).
-//! - A watch opened with `hasleader` must end when its member has no leader. On the
-//!   cut-off leader it stays open and silent for the whole partition (the member never
-//!   loses its leader: itself), so a kube-apiserver bound to it does not fail over.
+//!   keep-alive. The majority's new leader starts every TTL afresh when elected and then
+//!   expires leases, so a renewal must first confirm leadership with a quorum (a ReadIndex
+//!   round, `core::lease`, as etcd's LeaseRenew does with `ensureLeadership`); before that
+//!   fix the cut-off leader answered every keep-alive with the full TTL and the lease
+//!   expired up to a TTL early.
+//! - A watch opened with `hasleader` must end when its member has no leader. A leader
+//!   that has not heard from a quorum for two election timeouts counts as none
+//!   (`Replica::has_leader`); before that fix the stream stayed open and silent for the
+//!   whole partition, and a kube-apiserver bound to that member did not fail over.
 //!
-//! Run them with `cargo nextest run --run-ignored only -E 'test(/cut_off_leader/)'`.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,6 @@ use crate::common::Cluster;
 use etcd_client::{Client, ConnectOptions, EventType, PutOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "netsy bug: a leader cut off from the others still renews leases (see the module docs)"]
 async fn keep_alives_to_a_cut_off_leader_do_not_outlive_the_lease() {
     const TTL: i64 = 2;
     let cluster = Cluster::start(3, super::CLUSTER_CONFIG);
@@ -85,7 +84,6 @@ async fn keep_alives_to_a_cut_off_leader_do_not_outlive_the_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "netsy bug: a leader cut off from the others keeps its hasleader watches open (see the module docs)"]
 async fn a_hasleader_watch_on_a_cut_off_leader_ends() {
     let cluster = Cluster::start(3, super::CLUSTER_CONFIG);
     let leader = cluster.wait_leader();
