@@ -9,6 +9,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::stream::from_task;
+use super::transport;
 use crate::core::Replica;
 use crate::proto::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
@@ -41,12 +42,20 @@ impl Lease for LeaseService {
     type LeaseKeepAliveStream = KeepAliveStream;
 
     /// Keep-alives are leader-local, as in etcd (a follower forwards them); the stream
-    /// ends at the first failure, with its error.
+    /// ends at the first failure, with its error: the keep-alive's, or the input's (a
+    /// message that does not decode, or is too large) in etcd's words.
     async fn lease_keep_alive(&self, request: Request<Streaming<LeaseKeepAliveRequest>>) -> Result<Response<KeepAliveStream>, Status> {
         let replica = self.replica.clone();
         let mut input = request.into_inner();
         let output = from_task(move |tx| async move {
-            while let Some(Ok(req)) = input.next().await {
+            while let Some(received) = input.next().await {
+                let req = match received {
+                    Ok(req) => req,
+                    Err(status) => {
+                        let _ = tx.send(Err(transport::received(status))).await;
+                        break;
+                    }
+                };
                 let item = replica.lease_keep_alive(req.id).await.map_err(Status::from);
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {

@@ -1,5 +1,6 @@
-//! The etcd v3 gRPC API: one file per etcd service, one error table (`errors.rs`). Each
-//! service checks its requests and calls the replica (`core`).
+//! The etcd v3 gRPC API: one file per etcd service, one error table (`errors.rs`), and
+//! the transport's own refusals in etcd's words (`transport.rs`). Each service checks its
+//! requests and calls the replica (`core`).
 
 pub mod auth;
 pub mod cluster;
@@ -8,11 +9,13 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 mod stream;
+pub mod transport;
 pub mod watch;
 
 use std::sync::Arc;
 
 use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
 
 use crate::config::Config;
 use crate::core::Replica;
@@ -26,7 +29,7 @@ use crate::proto::etcdserverpb::{
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Builds the gRPC server with every etcd service this node serves.
-pub fn router(replica: Arc<Replica>, config: &Config) -> Router {
+pub fn router(replica: Arc<Replica>, config: &Config) -> Router<Stack<transport::EtcdStatusLayer, Identity>> {
     let limits = &config.limits;
     let max = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let kv = kv::KvService::new(replica.clone(), limits.max_txn_ops);
@@ -35,6 +38,7 @@ pub fn router(replica: Arc<Replica>, config: &Config) -> Router {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .layer(transport::EtcdStatusLayer)
         .add_service(
             KvServer::new(kv)
                 .max_decoding_message_size(max)

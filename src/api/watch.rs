@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::transport;
 use crate::core::{CoreError, Replica};
 use crate::proto::etcdserverpb::{watch_server::Watch, WatchRequest, WatchResponse};
 use crate::watch::{WatchError, WatchStream};
@@ -60,7 +62,19 @@ impl Watch for WatchService {
         let stream = WatchStream::new(replica.reader().clone(), tx.clone(), header, self.max_response_bytes)
             .await
             .map_err(status)?;
-        let input = request.into_inner();
+        // An input that fails (a message that does not decode, or is too large) ends
+        // the stream with that error in etcd's words; `watch::run` sees the input end.
+        let (failed_tx, mut failed) = oneshot::channel();
+        let mut failed_tx = Some(failed_tx);
+        let input = request.into_inner().map_while(move |received| match received {
+            Ok(req) => Some(Ok(req)),
+            Err(status) => {
+                if let Some(failed_tx) = failed_tx.take() {
+                    let _ = failed_tx.send(status);
+                }
+                None
+            }
+        });
         let interval = self.progress_interval;
         tokio::spawn(async move {
             crate::metrics::WATCH_STREAMS.inc();
@@ -74,7 +88,12 @@ impl Watch for WatchService {
             let result = crate::watch::run(stream, input, commits, interval, lost).await;
             crate::metrics::WATCH_STREAMS.dec();
             match result {
-                Ok(()) | Err(WatchError::Closed) => {}
+                Ok(()) => {
+                    if let Ok(status) = failed.try_recv() {
+                        let _ = tx.send(Err(transport::received(status))).await;
+                    }
+                }
+                Err(WatchError::Closed) => {}
                 Err(e) => {
                     if let WatchError::Storage(s) = &e {
                         tracing::warn!(error = %crate::error_chain(s), "watch stream failed");

@@ -30,6 +30,7 @@ pub use members::{JoinFailed, MemberInfo, JOIN_TIMEOUT, JOIN_WAIT};
 pub use read::SnapshotCopy;
 pub use route::REQUEST_TIMEOUT;
 pub use transfer::TRANSFER_TIMEOUT;
+pub use write::MAX_TXN_NESTING;
 
 use crate::config::{Durability, Limits};
 use crate::lease::Lessor;

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use super::route::{Leader, REQUEST_TIMEOUT};
 use super::{CoreError, Replica};
 use crate::config::Durability;
+use crate::mvcc::validate::InvalidRequest;
 use crate::mvcc::{Command, CommandResult};
 use crate::proto::etcdserverpb::{
     AlarmMember, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
@@ -64,6 +65,7 @@ impl Replica {
     /// A txn: replicated when a branch writes (checking the quota when one puts),
     /// otherwise a read (linearizable unless every range in it is serializable).
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, CoreError> {
+        check_nesting(&req)?;
         if !writes(&req) {
             return self.txn_read(req).await;
         }
@@ -145,6 +147,11 @@ impl Replica {
     /// On the leader: replicates `cmd` and returns its applied result and log index (in
     /// `object-storage` durability, once the entry is in object storage).
     async fn propose_here(&self, cmd: Command, size: usize) -> Result<(CommandResult, u64), CoreError> {
+        // Also for a command another member forwarded: nothing enters the log that the
+        // log cannot read back.
+        if let Command::Txn(t) = &cmd {
+            check_nesting(t)?;
+        }
         let revoked = match &cmd {
             Command::LeaseRevoke { id } => Some(*id),
             _ => None,
@@ -194,6 +201,33 @@ fn unexpected(wanted: &'static str, got: CommandResult) -> CoreError {
         wanted,
         got: format!("{got:?}"),
     }
+}
+
+/// The deepest txn nesting netsy takes (a txn alone is 1). prost decodes at most 100
+/// nested messages, each level of a nested txn is two (`TxnRequest`, `RequestOp`), and a
+/// Raft log entry wraps a command in three more (`Entry`, `Commands`, `Command`): a txn
+/// nested 49 deep still decodes from a client, but its log entry does not decode again,
+/// so Raft stops on the member that reads it back (every request then answers `server
+/// stopped`) and the entry stays in the log. 32 leaves room in every message that
+/// carries a txn or its response. etcd's limit is its operation budget (`max_txn_ops`
+/// levels); deeper than this, netsy answers as etcd does past its own.
+pub const MAX_TXN_NESTING: usize = 32;
+
+fn check_nesting(t: &TxnRequest) -> Result<(), CoreError> {
+    if nesting(t) > MAX_TXN_NESTING {
+        return Err(InvalidRequest::TooManyOps.into());
+    }
+    Ok(())
+}
+
+/// How deep txns nest in `t` (1: no txn inside).
+fn nesting(t: &TxnRequest) -> usize {
+    use crate::proto::etcdserverpb::request_op::Request;
+    let inner = branches(t).filter_map(|r| match r {
+        Request::RequestTxn(t) => Some(nesting(t)),
+        _ => None,
+    });
+    1 + inner.max().unwrap_or(0)
 }
 
 fn branches(t: &TxnRequest) -> impl Iterator<Item = &crate::proto::etcdserverpb::request_op::Request> {

@@ -25,6 +25,8 @@ pub enum InvalidRequest {
     DuplicateKey,
     #[error("invalid sort option")]
     InvalidSortOption,
+    /// No longer answered (etcd answers an empty range); kept because the Raft codec
+    /// names it in results that members exchange.
     #[error("range end must be greater than or equal to key")]
     RangeEndBeforeKey,
     #[error("revision must not be negative")]
@@ -46,13 +48,7 @@ pub fn check_range(r: &RangeRequest) -> Result<(), InvalidRequest> {
     if r.limit < 0 {
         return Err(InvalidRequest::NegativeLimit);
     }
-    check_range_end(&r.key, &r.range_end)
-}
-
-fn check_range_end(key: &[u8], range_end: &[u8]) -> Result<(), InvalidRequest> {
-    if !range_end.is_empty() && range_end != [0] && range_end < key {
-        return Err(InvalidRequest::RangeEndBeforeKey);
-    }
+    // A `range_end` before `key` is no error: the range is empty (as in etcd).
     Ok(())
 }
 
@@ -73,7 +69,7 @@ pub fn check_delete(r: &DeleteRangeRequest) -> Result<(), InvalidRequest> {
     if r.key.is_empty() {
         return Err(InvalidRequest::EmptyKey);
     }
-    check_range_end(&r.key, &r.range_end)
+    Ok(())
 }
 
 pub fn check_txn(r: &TxnRequest, max_txn_ops: usize) -> Result<(), InvalidRequest> {
@@ -239,7 +235,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_range(&r("", "")), Err(InvalidRequest::EmptyKey));
-        assert_eq!(check_range(&r("b", "a")), Err(InvalidRequest::RangeEndBeforeKey));
+        assert_eq!(check_range(&r("b", "a")), Ok(()), "an empty range, as in etcd");
         assert_eq!(check_range(&r("b", "\0")), Ok(()));
         assert_eq!(
             check_range(&RangeRequest {

@@ -11,6 +11,7 @@ mod archive_faults;
 mod cluster;
 mod compat;
 mod durability;
+mod edge;
 mod etcdctl_differential;
 mod helm;
 mod kv;
