@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::StreamExt;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::transport;
@@ -62,19 +61,7 @@ impl Watch for WatchService {
         let stream = WatchStream::new(replica.reader().clone(), tx.clone(), header, self.max_response_bytes)
             .await
             .map_err(status)?;
-        // An input that fails (a message that does not decode, or is too large) ends
-        // the stream with that error in etcd's words; `watch::run` sees the input end.
-        let (failed_tx, mut failed) = oneshot::channel();
-        let mut failed_tx = Some(failed_tx);
-        let input = request.into_inner().map_while(move |received| match received {
-            Ok(req) => Some(Ok(req)),
-            Err(status) => {
-                if let Some(failed_tx) = failed_tx.take() {
-                    let _ = failed_tx.send(status);
-                }
-                None
-            }
-        });
+        let input = request.into_inner();
         let interval = self.progress_interval;
         tokio::spawn(async move {
             crate::metrics::WATCH_STREAMS.inc();
@@ -88,12 +75,7 @@ impl Watch for WatchService {
             let result = crate::watch::run(stream, input, commits, interval, lost).await;
             crate::metrics::WATCH_STREAMS.dec();
             match result {
-                Ok(()) => {
-                    if let Ok(status) = failed.try_recv() {
-                        let _ = tx.send(Err(transport::received(status))).await;
-                    }
-                }
-                Err(WatchError::Closed) => {}
+                Ok(()) | Err(WatchError::Closed) => {}
                 Err(e) => {
                     if let WatchError::Storage(s) = &e {
                         tracing::warn!(error = %crate::error_chain(s), "watch stream failed");
@@ -111,5 +93,7 @@ fn status(e: WatchError) -> Status {
         WatchError::Storage(e) => e.into(),
         WatchError::NoLeader => CoreError::NoLeader.into(),
         WatchError::Closed => Status::cancelled("etcdserver: watch stream closed"),
+        // In etcd's (grpc-go's) words.
+        WatchError::Input(status) => transport::received(status),
     }
 }

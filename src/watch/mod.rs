@@ -51,6 +51,9 @@ pub enum WatchError {
     /// The client asked for `hasleader` and the cluster lost its leader.
     #[error("no leader")]
     NoLeader,
+    /// A request on the stream could not be received (it does not decode, or is too large).
+    #[error("cannot receive a watch request: {0}")]
+    Input(tonic::Status),
     #[error(transparent)]
     Storage(#[from] MvccError),
 }
@@ -389,8 +392,10 @@ impl Drop for WatchStream {
     }
 }
 
-/// Serves one Watch stream until the client leaves (`Ok`), the client is gone
-/// (`Closed`), storage fails, or `leader_lost` resolves (`NoLeader`).
+/// Serves one Watch stream until the client is gone (`Closed`; a client that only
+/// closes its sending side goes on receiving, as from etcd), a request cannot be received
+/// (`Input`), storage fails, or `leader_lost` resolves (`NoLeader`). `Ok` when the
+/// commit stream ends (the server stops).
 pub async fn run<S>(
     mut stream: WatchStream,
     mut input: S,
@@ -403,10 +408,18 @@ where
 {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + progress_interval, progress_interval);
     tokio::pin!(leader_lost);
+    let mut input_open = true;
     loop {
         tokio::select! {
-            req = input.next() => {
-                let Some(Ok(req)) = req else { return Ok(()) };
+            req = input.next(), if input_open => {
+                let req = match req {
+                    Some(Ok(req)) => req,
+                    Some(Err(status)) => return Err(WatchError::Input(status)),
+                    None => {
+                        input_open = false;
+                        continue;
+                    }
+                };
                 match req.request_union {
                     Some(RequestUnion::CreateRequest(c)) => {
                         stream.drain(&mut commits).await?;
@@ -427,6 +440,7 @@ where
             },
             _ = ticker.tick() => stream.progress_tick().await?,
             _ = &mut leader_lost => return Err(WatchError::NoLeader),
+            _ = stream.out.closed() => return Err(WatchError::Closed),
         }
     }
 }
@@ -494,7 +508,7 @@ mod tests {
     /// `run` delivers committed events, and ends with `NoLeader` when the leader is lost
     /// (the `hasleader` contract), or quietly when the client closes its side.
     #[tokio::test]
-    async fn run_delivers_and_stops_on_leader_loss_or_client_close() {
+    async fn run_delivers_after_a_half_close_and_stops_on_leader_loss_or_client_close() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = crate::mvcc::Store::open(&dir.path().join("s.db")).unwrap();
         let reader = Reader::new(store.path());
@@ -527,8 +541,13 @@ mod tests {
                 lost_tx.send(()).unwrap();
                 assert!(matches!(task.await.unwrap(), Err(WatchError::NoLeader)));
             } else {
+                // A half-close: events go on until the client is gone.
                 drop(req_tx);
-                assert!(task.await.unwrap().is_ok());
+                store.apply_batch(&[Some(put("k"))], &Default::default()).unwrap();
+                let ev = out.recv().await.unwrap().unwrap();
+                assert_eq!(ev.events.len(), 1);
+                drop(out);
+                assert!(matches!(task.await.unwrap(), Err(WatchError::Closed)));
                 drop(lost_tx);
             }
         }

@@ -573,3 +573,24 @@ async fn slow_consumer_compacted_meanwhile_is_canceled() {
     }
     assert!(expected < last, "the stream was behind when the compaction happened");
 }
+
+/// A client that closes its sending side (no more watch requests) goes on receiving
+/// events until it cancels the call: etcd's recvLoop ends quietly at EOF and the stream
+/// stays open. The same on netsy and on real etcd.
+#[tokio::test]
+async fn a_watch_goes_on_after_the_client_closes_its_sending_side() {
+    let netsy = Netsy::start();
+    let etcd = crate::common::Etcd::start();
+    for endpoint in [netsy.endpoint(), etcd.endpoint()] {
+        let mut c = Client::connect([endpoint.clone()], None).await.expect("connect");
+        let w = c.watch("half/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+        let (tx, mut rx) = w.split();
+        let created = recv_split(&mut rx).await;
+        assert!(created.created(), "{endpoint}: {created:?}");
+        drop(tx);
+        let rev = put(&mut c, "half/a", "1").await;
+        let r = recv_split(&mut rx).await;
+        let revs: Vec<i64> = r.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).collect();
+        assert_eq!(revs, vec![rev], "{endpoint}: the event after the half-close");
+    }
+}
