@@ -11,7 +11,7 @@ GENESIS_MESH := genesis-mesh==1.8.1
 PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test bench build release image deps venv mesh-venv protoc nextest lint fmt clean
+.PHONY: run run-tls test bench fuzz build release image deps venv mesh-venv protoc nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -40,6 +40,26 @@ test: deps
 bench: venv
 	cargo build --release --locked --bin netsy --bin netsy-bench
 	./target/release/netsy-bench suite --etcd-bin $(VENV)/bin/etcd --netsy-bin ./target/release/netsy --out bench
+
+## fuzz: every fuzz target (fuzz/, cargo-fuzz on nightly) for FUZZ_SECONDS each; see docs/reliability.md
+# FUZZ_TARGETS picks some; FUZZ_PARALLEL runs that many at once. Each target starts from
+# its committed seeds (fuzz/corpus/<target>) and keeps what it finds in fuzz/work
+# (gitignored): the growing corpus, crash artifacts and a log per target.
+FUZZ_SECONDS ?= 600
+FUZZ_PARALLEL ?= 1
+FUZZ_TARGETS ?= raft_records peer_payloads segment snapshot_header manifests config mesh_json etcd_requests
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	cargo +nightly fuzz build --debug-assertions
+	mkdir -p fuzz/work/logs
+	printf '%s\n' $(FUZZ_TARGETS) | xargs -P $(FUZZ_PARALLEL) -I{} sh -c '\
+	  mkdir -p fuzz/work/corpus/{} fuzz/work/artifacts/{}; \
+	  echo "fuzzing {} for $(FUZZ_SECONDS)s (log: fuzz/work/logs/{}.log)"; \
+	  ASAN_OPTIONS=detect_odr_violation=0 cargo +nightly fuzz run --debug-assertions {} fuzz/work/corpus/{} fuzz/corpus/{} -- \
+	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=fuzz/work/artifacts/{}/ -print_final_stats=1 \
+	    >fuzz/work/logs/{}.log 2>&1 || { echo "{}: FAILED, see fuzz/work/logs/{}.log"; exit 1; }; \
+	  echo "{}: $$(grep -ah "stat::number_of_executed_units" fuzz/work/logs/{}.log | tail -1)"'
 
 ## image: the container image (Dockerfile; needs a Docker or Podman engine)
 IMAGE ?= ghcr.io/netsy-dev/netsy:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

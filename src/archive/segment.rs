@@ -43,6 +43,10 @@ pub enum SegmentError {
     Checksum { name: String, part: String },
     #[error("segment {name}: cannot decompress: {source}")]
     Decompress { name: String, source: std::io::Error },
+    #[error("segment {name}: decompresses to more than {limit} bytes")]
+    Overlong { name: String, limit: u64 },
+    #[error("segment {name}: bad range {first}..={last}")]
+    BadRange { name: String, first: u64, last: u64 },
     #[error("segment {name}: expected entry {expected}, found {found}")]
     Gap { name: String, expected: u64, found: u64 },
     #[error("segment {name}: holds {first}..={last}, its name says otherwise")]
@@ -197,16 +201,14 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError>
             part: "body".into(),
         });
     }
-    // The frame header records the decompressed size (`encode` compresses in one shot);
-    // cap it so a corrupt header cannot ask for an absurd allocation.
-    let limit = match zstd::zstd_safe::get_frame_content_size(body) {
-        Ok(Some(n)) if n <= 1 << 32 => n as usize,
-        _ => body_len.saturating_mul(64).max(1 << 20),
-    };
-    let frames = zstd::bulk::decompress(body, limit).map_err(|source| SegmentError::Decompress {
+    // The index after the last entry; a range ending at u64::MAX has none.
+    let bad_range = || SegmentError::BadRange {
         name: label.clone(),
-        source,
-    })?;
+        first,
+        last,
+    };
+    let end = last.checked_add(1).filter(|_| first <= last).ok_or_else(bad_range)?;
+    let frames = decompress(body, &label)?;
     let mut out = Vec::new();
     let mut at = 0;
     let mut expected = first;
@@ -228,17 +230,58 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError>
             });
         }
         out.push((index, entry.to_vec()));
-        expected += 1;
+        expected = expected.checked_add(1).ok_or_else(bad_range)?;
         at += 16 + len;
     }
-    if expected != last + 1 {
+    if expected != end {
         return Err(SegmentError::Gap {
             name: label,
             expected,
-            found: last + 1,
+            found: end,
         });
     }
     Ok(Decoded { encoding, entries: out })
+}
+
+/// The most a segment's frames may decompress to. `encode` writes one zstd frame that
+/// records its decompressed size, and the uploader cuts segments at
+/// `archive.segment_max_bytes` (default 4 MiB) plus one entry; a body must fit in
+/// 4 GiB, and so must its frames.
+const MAX_FRAMES: u64 = 1 << 32;
+
+/// Decompresses a segment's body, streamed: memory grows only with what the body really
+/// holds, up to the size its frame header declares (`MAX_FRAMES` when it declares none,
+/// an error when it declares more), so a corrupt or hostile body cannot ask for an
+/// absurd allocation nor inflate past its claim.
+fn decompress(body: &[u8], label: &str) -> Result<Vec<u8>, SegmentError> {
+    use std::io::Read;
+    let overlong = |limit| SegmentError::Overlong {
+        name: label.to_string(),
+        limit,
+    };
+    let failed = |source| SegmentError::Decompress {
+        name: label.to_string(),
+        source,
+    };
+    let declared = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(n)) if n > MAX_FRAMES => return Err(overlong(MAX_FRAMES)),
+        Ok(n) => n,
+        Err(_) => None,
+    };
+    let limit = declared.unwrap_or(MAX_FRAMES);
+    let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(failed)?;
+    let mut frames = Vec::with_capacity(limit.min(1 << 20) as usize);
+    decoder.take(limit + 1).read_to_end(&mut frames).map_err(failed)?;
+    if frames.len() as u64 > limit {
+        return Err(overlong(limit));
+    }
+    if declared.is_some_and(|n| n != frames.len() as u64) {
+        return Err(failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes where the frame header declares {limit}", frames.len()),
+        )));
+    }
+    Ok(frames)
 }
 
 #[cfg(test)]
@@ -346,6 +389,100 @@ mod tests {
         assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>()), "{err:?}");
         assert!(encode(&[(1, vec![1]), (3, vec![3])]).is_err(), "entries must be consecutive");
         assert!(encode(&[]).is_err());
+    }
+
+    /// A header and `body` as `encode` lays them out, checksums right.
+    fn with_body(first: u64, last: u64, body: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(&last.to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// One frame for entry `index`.
+    fn frame(index: u64, entry: &[u8]) -> Vec<u8> {
+        let mut out = (entry.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc32c::crc32c(entry).to_le_bytes());
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(entry);
+        out
+    }
+
+    /// Found by `make fuzz` (segment): a range ending at u64::MAX overflowed.
+    #[test]
+    fn a_range_ending_at_u64_max_is_a_bad_range() {
+        let max = u64::MAX;
+        let name = SegmentName {
+            epoch: 1,
+            first: max,
+            last: max,
+        };
+        let body = zstd::bulk::compress(&frame(max, b"x"), ZSTD_LEVEL).unwrap();
+        let err = decode(&with_body(max, max, &body), &name).unwrap_err();
+        assert!(matches!(err, SegmentError::BadRange { .. }), "{err:?}");
+        assert!(err.to_string().contains("bad range"), "{err}");
+        // The next-to-last index still decodes.
+        let name = SegmentName {
+            epoch: 1,
+            first: max - 1,
+            last: max - 1,
+        };
+        let body = zstd::bulk::compress(&frame(max - 1, b"x"), ZSTD_LEVEL).unwrap();
+        assert_eq!(
+            decode(&with_body(max - 1, max - 1, &body), &name).unwrap().entries,
+            vec![(max - 1, b"x".to_vec())]
+        );
+    }
+
+    /// Found by `make fuzz` (segment): a frame header declaring gigabytes was allocated
+    /// up front. Memory now follows what the body really holds, never past its claim.
+    #[test]
+    fn hostile_zstd_frames_are_refused_without_allocating_their_claim() {
+        let name = SegmentName {
+            epoch: 1,
+            first: 1,
+            last: 1,
+        };
+        // A valid frame of 100 bytes whose header is rewritten to declare 3 GiB: zstd
+        // finds the body short, and nothing near 3 GiB is allocated.
+        let mut pledge = zstd::zstd_safe::CCtx::create();
+        pledge.set_pledged_src_size(Some(3 << 30)).unwrap();
+        let mut body = vec![0u8; 256];
+        let mut out = zstd::zstd_safe::OutBuffer::around(&mut body[..]);
+        let mut input = zstd::zstd_safe::InBuffer::around(&[7u8; 100][..]);
+        pledge
+            .compress_stream2(&mut out, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush)
+            .unwrap();
+        let n = out.pos();
+        body.truncate(n);
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&body).unwrap(), Some(3 << 30));
+        let err = decode(&with_body(1, 1, &body), &name).unwrap_err();
+        assert!(matches!(err, SegmentError::Decompress { .. }), "{err:?}");
+        // A claim past the 4 GiB a segment can hold is refused before decompressing.
+        let mut pledge = zstd::zstd_safe::CCtx::create();
+        pledge.set_pledged_src_size(Some(MAX_FRAMES + 1)).unwrap();
+        let mut body = vec![0u8; 256];
+        let mut out = zstd::zstd_safe::OutBuffer::around(&mut body[..]);
+        let mut input = zstd::zstd_safe::InBuffer::around(&[7u8; 100][..]);
+        pledge
+            .compress_stream2(&mut out, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush)
+            .unwrap();
+        let n = out.pos();
+        body.truncate(n);
+        let err = decode(&with_body(1, 1, &body), &name).unwrap_err();
+        assert!(matches!(err, SegmentError::Overlong { .. }), "{err:?}");
+        // A second frame after the declared one: more than the header declares.
+        let one = frame(1, b"one");
+        let mut body = zstd::bulk::compress(&one, ZSTD_LEVEL).unwrap();
+        body.extend(zstd::bulk::compress(&frame(2, b"two"), ZSTD_LEVEL).unwrap());
+        let err = decode(&with_body(1, 1, &body), &name).unwrap_err();
+        assert!(
+            matches!(err, SegmentError::Overlong { limit, .. } if limit == one.len() as u64),
+            "{err:?}"
+        );
     }
 
     #[test]

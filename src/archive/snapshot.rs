@@ -159,7 +159,9 @@ pub fn encode_file(db: &FsPath, header: &SnapshotHeader, out: &FsPath) -> Result
     Ok(file.metadata().map_err(io_err(out))?.len())
 }
 
-fn read_header(r: &mut impl Read, path: &str) -> Result<SnapshotHeader, SnapshotError> {
+/// Reads and checks the magic and header at the start of a snapshot object (`path` names it
+/// in errors).
+pub fn read_header(r: &mut impl Read, path: &str) -> Result<SnapshotHeader, SnapshotError> {
     let corrupt = |msg: &str| SnapshotError::Corrupt {
         path: path.to_string(),
         msg: msg.to_string(),

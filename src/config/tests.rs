@@ -111,3 +111,15 @@ fn durations() {
     assert_eq!(parse_duration("5"), None);
     assert_eq!(parse_duration("m"), None);
 }
+
+/// Found by `make fuzz` (config): a duration with a huge number overflowed (a panic).
+#[test]
+fn overlong_durations_are_an_error_that_names_the_key() {
+    assert_eq!(parse_duration("18446744073709551615h"), None);
+    assert_eq!(parse_duration("5124095576030432h"), None);
+    assert_eq!(parse_duration("18446744073709551615s1s"), None);
+    assert_eq!(parse_duration("18446744073709551615ms"), Some(Duration::from_millis(u64::MAX)));
+    let bad = DEV.replace("\"node\"", "\"discovery_timeout\": \"18446744073709551615h\", \"node\"");
+    let err = load(&bad).expect_err("refused").to_string();
+    assert!(err.contains("discovery_timeout") && err.contains("18446744073709551615h"), "{err}");
+}

@@ -230,7 +230,8 @@ pub(super) fn duration_at_least_100ms(key: &str, v: &str, hint: &str) -> Result<
     }
 }
 
-/// Parses durations such as "90s", "5m", "1h30m", "500ms".
+/// Parses durations such as "90s", "5m", "1h30m", "500ms". `None` for anything else,
+/// and for a duration too long to represent (every caller's error then names its key).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s.is_empty() {
@@ -248,13 +249,14 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        total += match unit {
+        let part = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
             _ => return None,
         };
+        total = total.checked_add(part)?;
     }
     Some(total)
 }

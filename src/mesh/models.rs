@@ -38,6 +38,12 @@ fn string(v: &Value, field: &str) -> Result<String, MeshError> {
 fn stamp(v: &Value, field: &str) -> Result<Value, MeshError> {
     let s = string(v, field)?;
     let t = timefmt::parse(&s).ok_or_else(|| invalid(format!("`{field}` is not an ISO 8601 time: {s:?}")))?;
+    // pydantic refuses an offset with seconds (Python's `fromisoformat` takes it).
+    if t.at.offset().seconds_past_minute() != 0 {
+        return Err(invalid(format!(
+            "`{field}` has an offset with seconds, which Genesis Mesh refuses: {s:?}"
+        )));
+    }
     Ok(Value::String(timefmt::pydantic_stamp(&t)))
 }
 
@@ -52,7 +58,8 @@ fn strings(v: &Value, field: &str, default: &[&str]) -> Result<Value, MeshError>
 impl Genesis {
     pub fn load(path: &Path) -> Result<Genesis, MeshError> {
         let text = std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| invalid(format!("{} is not JSON: {e}", path.display())))?;
+        let raw: Value =
+            super::canonical::from_slice(text.as_bytes()).map_err(|e| invalid(format!("{} is not JSON: {e}", path.display())))?;
         Self::from_value(&raw)
     }
 
@@ -229,6 +236,16 @@ mod tests {
         let mut bad = golden_genesis();
         bad["network_name"] = json!("EVIL");
         assert!(Genesis::from_value(&bad).is_err());
+    }
+
+    /// Found by `make fuzz` (mesh_json): an offset with seconds was re-emitted without
+    /// them. pydantic refuses such a genesis, and so does netsy, by name.
+    #[test]
+    fn a_genesis_time_whose_offset_has_seconds_is_refused_by_name() {
+        let mut v = golden_genesis();
+        v["network_authority"]["valid_from"] = json!("2026-11-22T03:10:00.097066+01:00:30");
+        let err = Genesis::from_value(&v).expect_err("refused").to_string();
+        assert!(err.contains("valid_from") && err.contains("offset with seconds"), "{err}");
     }
 
     #[test]

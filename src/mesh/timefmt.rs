@@ -40,11 +40,17 @@ fn date_time(t: OffsetDateTime) -> String {
     }
 }
 
+/// `±HH:MM`, and `:SS` when the offset has seconds (as Python's `isoformat()`), so a
+/// re-emitted stamp always names the instant it was parsed from.
 fn offset(o: UtcOffset) -> String {
     let secs = o.whole_seconds();
     let sign = if secs < 0 { '-' } else { '+' };
     let secs = secs.abs();
-    format!("{sign}{:02}:{:02}", secs / 3600, secs % 3600 / 60)
+    let hm = format!("{sign}{:02}:{:02}", secs / 3600, secs % 3600 / 60);
+    match secs % 60 {
+        0 => hm,
+        s => format!("{hm}:{s:02}"),
+    }
 }
 
 /// pydantic v2 JSON form of an aware UTC time: `Z`, six fraction digits only when the
@@ -70,14 +76,22 @@ pub fn isoformat(t: OffsetDateTime) -> String {
     format!("{}+00:00", date_time(micros(t).to_offset(UtcOffset::UTC)))
 }
 
-fn num(s: &str) -> Option<u32> {
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+/// A field of exactly `width` ASCII digits (Python's `fromisoformat` takes no other
+/// width), so no value can be out of its type's range.
+fn digits(s: &str, width: usize) -> Option<u16> {
+    (s.len() == width && s.bytes().all(|b| b.is_ascii_digit()))
         .then(|| s.parse().ok())
         .flatten()
 }
 
+fn two(s: &str) -> Option<u8> {
+    digits(s, 2).and_then(|n| u8::try_from(n).ok())
+}
+
 /// Parses like Python 3.11+'s `datetime.fromisoformat`: `YYYY-MM-DD[T| ]HH:MM[:SS[.f+]]`
-/// with an optional `Z` or `±HH:MM[:SS]`. A date alone is midnight.
+/// with an optional `Z` or `±HH:MM[:SS]` (strictly within a day either way, like
+/// Python's `timezone`). Every field has its fixed number of digits; a value out of range
+/// is refused, never wrapped. A date alone is midnight.
 pub fn parse(s: &str) -> Option<Stamp> {
     let s = s.trim();
     if s.len() < 10 || !s.is_ascii() {
@@ -85,11 +99,11 @@ pub fn parse(s: &str) -> Option<Stamp> {
     }
     let (date, rest) = s.split_at(10);
     let mut d = date.split('-');
-    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
-    if d.next().is_some() || date.as_bytes()[4] != b'-' {
+    let (y, m, day) = (digits(d.next()?, 4)?, two(d.next()?)?, two(d.next()?)?);
+    if d.next().is_some() {
         return None;
     }
-    let date = Date::from_calendar_date(y as i32, Month::try_from(m as u8).ok()?, day as u8).ok()?;
+    let date = Date::from_calendar_date(i32::from(y), Month::try_from(m).ok()?, day).ok()?;
     let mut time = Time::MIDNIGHT;
     let mut zone: Option<UtcOffset> = None;
     if !rest.is_empty() {
@@ -100,10 +114,10 @@ pub fn parse(s: &str) -> Option<Stamp> {
         };
         let (hms, frac) = clock.split_once('.').map_or((clock, None), |(a, b)| (a, Some(b)));
         let mut parts = hms.split(':');
-        let h = num(parts.next()?)?;
-        let mi = num(parts.next()?)?;
+        let h = two(parts.next()?)?;
+        let mi = two(parts.next()?)?;
         let sec = match parts.next() {
-            Some(p) => num(p)?,
+            Some(p) => two(p)?,
             None => 0,
         };
         if parts.next().is_some() {
@@ -117,17 +131,28 @@ pub fn parse(s: &str) -> Option<Stamp> {
             }
             Some(_) => return None,
         };
-        time = Time::from_hms_micro(h as u8, mi as u8, sec as u8, us).ok()?;
+        time = Time::from_hms_micro(h, mi, sec, us).ok()?;
         if !tz.is_empty() {
             zone = Some(if tz.eq_ignore_ascii_case("z") {
                 UtcOffset::UTC
             } else {
                 let sign: i32 = if tz.starts_with('-') { -1 } else { 1 };
                 let mut p = tz[1..].split(':');
-                let oh = num(p.next()?)? as i32;
-                let om = num(p.next()?)? as i32;
-                let os = p.next().map(num).unwrap_or(Some(0))? as i32;
-                UtcOffset::from_whole_seconds(sign * (oh * 3600 + om * 60 + os)).ok()?
+                let oh = i32::from(two(p.next()?)?);
+                let om = i32::from(two(p.next()?)?);
+                let os = match p.next() {
+                    Some(p) => i32::from(two(p)?),
+                    None => 0,
+                };
+                if p.next().is_some() {
+                    return None;
+                }
+                // At most 99 * 3600 + 99 * 60 + 99: no overflow.
+                let secs = oh * 3600 + om * 60 + os;
+                if secs >= 24 * 3600 {
+                    return None;
+                }
+                UtcOffset::from_whole_seconds(sign * secs).ok()?
             });
         }
     }
@@ -178,5 +203,35 @@ mod tests {
         ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
+    }
+
+    /// Found by `make fuzz` (mesh_json): an offset's seconds were dropped on re-emission
+    /// (another instant), and out-of-range fields wrapped (`T256:00` read as midnight) or
+    /// overflowed (`+99999999:00`, a panic) instead of being refused.
+    #[test]
+    fn offsets_keep_their_seconds_and_out_of_range_fields_are_refused() {
+        let s = parse("2026-11-22T03:10:11+01:00:30").expect("seconds in the offset");
+        assert_eq!(pydantic_stamp(&s), "2026-11-22T03:10:11+01:00:30");
+        assert_eq!(parse(&pydantic_stamp(&s)).expect("again"), s);
+        let neg = parse("2026-11-22T03:10:11-00:00:30").expect("negative");
+        assert_eq!(pydantic_stamp(&neg), "2026-11-22T03:10:11-00:00:30");
+        // Python accepts two-digit minutes past 59 in an offset, within a day.
+        assert_eq!(parse("2026-11-22T03:10:11+00:60").expect("p").at.offset().whole_seconds(), 3600);
+        for bad in [
+            "2026-11-22T256:00",
+            "2026-11-22T03:256:00",
+            "2026-11-22T03:10:256",
+            "2026-1-257",
+            "2026-11-22T3:10:11Z",
+            "2026-11-22T03:10:11+99999999:00",
+            "2026-11-22T03:10:11+01:4294967296",
+            "2026-11-22T03:10:11+24:00",
+            "2026-11-22T03:10:11-23:59:60",
+            "2026-11-22T03:10:11+01:00:00:00",
+            "2026-11-22T03:10:11+1:00",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+        assert!(parse("2026-11-22T03:10:11+23:59:59").is_some());
     }
 }

@@ -61,7 +61,9 @@ pub(super) fn prepare_data_dir(dir: &Path) -> Result<File, StartError> {
     }
 }
 
-pub(super) fn load_identity(dir: &Path) -> Result<Option<NodeIdentity>, StartError> {
+/// `node.json` in `dir`: `None` when there is none; an error naming the data directory when
+/// it cannot be read, is corrupt or was written by a newer netsy.
+pub fn load_identity(dir: &Path) -> Result<Option<NodeIdentity>, StartError> {
     match std::fs::read(dir.join("node.json")) {
         Ok(raw) => {
             let identity: NodeIdentity =

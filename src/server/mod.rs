@@ -1,7 +1,7 @@
 //! Wiring only: read the data directory, open the stores, start Raft and the replica,
 //! start the background tasks, serve the ports, shut down.
 
-mod datadir;
+pub mod datadir;
 
 use std::fs::File;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! How the service reads a request, the same for every route: the percent-decoded path
 //! (what routing matches and admin signatures cover), the query and headers (`Head`), and
 //! the body (`Body`): at most `NA_MAX_REQUEST_BYTES` (else 413), JSON only when the content
-//! type says so (else `{}`), a UTF-8 BOM skipped; malformed JSON is 400 `invalid_json`.
+//! type says so (else `{}`), a UTF-8 BOM skipped; malformed JSON (or an integer beyond 64 bits, see
+//! `canonical::from_slice`) is 400 `invalid_json`.
 //! Every handler takes the body, so those refusals come first on every route, unknown
 //! paths too, as they always did.
 
@@ -128,7 +129,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<Authority>> for Body<T> {
             .map_err(|source| Error::TooLarge { limit, source })?;
         let raw = if json && !bytes.is_empty() {
             let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
-            serde_json::from_slice::<Value>(text).map_err(Error::InvalidJson)?
+            crate::mesh::canonical::from_slice(text).map_err(Error::InvalidJson)?
         } else {
             Value::Object(Map::new())
         };
