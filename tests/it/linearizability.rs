@@ -236,9 +236,13 @@ fn nemesis(cluster: &mut Cluster, seed: u64, until: Instant) -> Vec<String> {
     done
 }
 
+/// Injects faults into the cluster until the deadline (cluster, seed, until); returns
+/// descriptions of the faults injected. It must leave every member running.
+pub type Nemesis = Box<dyn FnOnce(&mut Cluster, u64, Instant) -> Vec<String> + Send>;
+
 /// A run: `nodes` members, clients and the nemesis for `length`, then final reads of every
 /// key from every member, then the check.
-async fn run(cluster: Cluster, seed: u64, length: Duration) {
+pub async fn run_with(cluster: Cluster, seed: u64, length: Duration, nemesis: Nemesis) {
     let n = cluster.nodes.len();
     let endpoints = cluster.endpoints();
     let cluster = Arc::new(Mutex::new(cluster));
@@ -316,11 +320,11 @@ async fn run(cluster: Cluster, seed: u64, length: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_members_stay_linearizable_under_kills_partitions_and_wiped_disks() {
     let seed = seed();
-    run(Cluster::start(3, ""), seed, Duration::from_secs(20)).await;
+    run_with(Cluster::start(3, ""), seed, Duration::from_secs(20), Box::new(nemesis)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_members_on_s3_stay_linearizable_under_kills_partitions_and_wiped_disks() {
     let seed = seed();
-    run(Cluster::start_s3(5, ""), seed, Duration::from_secs(20)).await;
+    run_with(Cluster::start_s3(5, ""), seed, Duration::from_secs(20), Box::new(nemesis)).await;
 }

@@ -5,6 +5,7 @@
 
 pub mod moto;
 pub mod net;
+pub mod s3proxy;
 pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
