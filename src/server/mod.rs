@@ -46,6 +46,12 @@ pub enum StartError {
     Mesh(#[from] crate::mesh::MeshError),
     #[error("object storage moved to epoch {current} while this node serves epoch {own}: the cluster was rebuilt from object storage without it; stopping, so that a restart rejoins the new epoch")]
     Fenced { own: u64, current: u64 },
+    /// openraft's core stopped on an error, such as a log write that failed because the
+    /// disk is full: this process can no longer take part in the cluster (it would answer
+    /// every request with "server stopped" for ever), so it exits, as etcd does when its
+    /// WAL cannot be written; its restart resumes from the data directory.
+    #[error("Raft stopped on an error; stopping, so that a restart resumes from the data directory once the cause is fixed (for a full disk: once space is freed)")]
+    RaftFailed(#[source] Box<openraft::error::Fatal<raft::NodeId>>),
     #[error("cannot listen on {addr} ({key})")]
     Bind {
         key: &'static str,
@@ -450,19 +456,26 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
     }
 
     tracing::info!(client = %cfg.bind_client, peer = %cfg.bind_peer, health = %cfg.bind_health, tls = tls.is_some(), member_id = format!("{:x}", identity.member_id), "ready to serve client requests");
-    let fenced = tokio::select! {
+    let failed = tokio::select! {
         _ = shutdown => None,
-        current = crate::archive::fence::newer_epoch(objects.as_ref(), &cfg.cluster_id, identity.epoch) => Some(current),
+        current = crate::archive::fence::newer_epoch(objects.as_ref(), &cfg.cluster_id, identity.epoch) => {
+            tracing::error!(
+                own = identity.epoch,
+                current,
+                "object storage moved to a newer epoch: this node's cluster was replaced; stopping"
+            );
+            Some(StartError::Fenced { own: identity.epoch, current })
+        }
+        fatal = raft_failure(replica.raft().metrics()) => {
+            tracing::error!(error = %crate::error_chain(&fatal), "Raft stopped on an error; stopping");
+            Some(StartError::RaftFailed(Box::new(fatal)))
+        }
     };
-    if let Some(current) = fenced {
-        tracing::error!(
-            own = identity.epoch,
-            current,
-            "object storage moved to a newer epoch: this node's cluster was replaced; stopping"
-        );
-    }
     tracing::info!("shutting down");
-    replica.hand_over_before_stopping().await;
+    // A stopped Raft core can hand nothing over.
+    if !matches!(failed, Some(StartError::RaftFailed(_))) {
+        replica.hand_over_before_stopping().await;
+    }
     replica.flush_archive(Duration::from_secs(10)).await;
     stop.cancel();
     // Give in-flight requests a moment, then close connections that clients keep open.
@@ -474,15 +487,29 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
     let raft_stopped = replica.raft().shutdown().await;
     peer_stop.cancel();
     match raft_stopped {
-        Ok(()) => datadir::seal_state(&cfg.data_dir, replica.store()),
+        // After a Raft failure (a failed write, e.g. a full disk) nothing is sealed.
+        Ok(()) if !matches!(failed, Some(StartError::RaftFailed(_))) => datadir::seal_state(&cfg.data_dir, replica.store()),
+        Ok(()) => {}
         Err(e) => tracing::warn!(error = %crate::error_chain(&e), "Raft did not stop cleanly: not sealing the state database"),
     }
-    match fenced {
-        Some(current) => Err(StartError::Fenced {
-            own: identity.epoch,
-            current,
-        }),
+    match failed {
+        Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Resolves once openraft's core has stopped on an error (a failed write to the Raft log
+/// or the state database, e.g. a full disk), with that error.
+async fn raft_failure(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<raft::NodeId, raft::PeerNode>>,
+) -> openraft::error::Fatal<raft::NodeId> {
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.clone();
+        }
+        if metrics.changed().await.is_err() {
+            return openraft::error::Fatal::Stopped;
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 
 mod archive;
 mod archive_faults;
+mod chaos;
 mod cluster;
 mod compat;
 mod durability;

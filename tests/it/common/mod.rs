@@ -5,6 +5,8 @@
 
 pub mod moto;
 pub mod net;
+pub mod s3proxy;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +42,9 @@ pub fn etcd_bin_dir() -> PathBuf {
 
 /// A running netsy process. Killed (by PID) when dropped.
 pub struct Netsy {
+    /// A small filesystem mounted over the data directory (`tmpfs`), unmounted after the
+    /// process is killed and before `dir` is deleted (fields drop in this order).
+    pub disk: Option<tmpfs::Tmpfs>,
     pub dir: tempfile::TempDir,
     pub client_port: u16,
     pub health_port: u16,
@@ -82,6 +87,7 @@ impl Netsy {
     /// variables (e.g. `NETSY_TLS_*`). Start it with `spawn` or `try_spawn`.
     pub fn new(extra: &str, envs: &[(&str, String)]) -> Netsy {
         Netsy {
+            disk: None,
             dir: tempfile::tempdir().expect("tempdir"),
             client_port: 0,
             health_port: 0,
@@ -186,9 +192,27 @@ impl Netsy {
         self.dir.path().join("objects")
     }
 
-    /// Deletes the data directory (the node must be stopped).
+    /// Deletes the data directory (the node must be stopped). When it is a mount point
+    /// (`disk`), it is emptied instead.
     pub fn wipe(&self) {
-        std::fs::remove_dir_all(self.data_dir()).expect("wipe the data directory");
+        if self.disk.is_none() {
+            std::fs::remove_dir_all(self.data_dir()).expect("wipe the data directory");
+            return;
+        }
+        for entry in std::fs::read_dir(self.data_dir()).expect("list the data directory") {
+            let path = entry.expect("list the data directory").path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.unwrap_or_else(|e| panic!("wipe {}: {e}", path.display()));
+        }
+    }
+
+    /// Whether the process has exited by itself (it was started and not killed here).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// A metric's value from `/metrics` (the first sample of that name), 0 when absent.
@@ -409,7 +433,7 @@ impl Cluster {
     pub fn start_with_env(n: usize, extra: &str, env: impl Fn(usize) -> Vec<(&'static str, String)>, etcdctl_flags: &[String]) -> Cluster {
         let objects = tempfile::tempdir().expect("tempdir");
         let storage = format!("{{ \"provider\": \"file\", \"path\": \"{}\" }}", objects.path().display());
-        Self::start_on(n, extra, &storage, objects, None, &env, etcdctl_flags)
+        Self::start_on(n, extra, &storage, objects, None, &env, etcdctl_flags, &|_, _| {})
     }
 
     /// Like `start`, with moto's S3 server as the object store.
@@ -422,10 +446,23 @@ impl Cluster {
             env.extend(moto::ENV.iter().map(|(k, v)| (*k, v.to_string())));
             env
         };
-        Self::start_on(n, extra, &storage, tempfile::tempdir().expect("tempdir"), Some(moto), &env, &[])
+        Self::start_on(
+            n,
+            extra,
+            &storage,
+            tempfile::tempdir().expect("tempdir"),
+            Some(moto),
+            &env,
+            &[],
+            &|_, _| {},
+        )
     }
 
-    fn start_on(
+    /// Starts `n` members on the object store `storage` (the cluster file's `storage`
+    /// object), with member i's environment from `env(i)`; `prepare(i, node)` runs just
+    /// before member i first starts (e.g. to mount a small disk over its data directory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_on(
         n: usize,
         extra: &str,
         storage: &str,
@@ -433,6 +470,7 @@ impl Cluster {
         moto: Option<moto::Moto>,
         env: &dyn Fn(usize) -> Vec<(&'static str, String)>,
         etcdctl_flags: &[String],
+        prepare: &dyn Fn(usize, &mut Netsy),
     ) -> Cluster {
         let net = net::Net::new();
         let mut nodes = Vec::new();
@@ -447,6 +485,7 @@ impl Cluster {
             node.peer_port = free_port();
             let target = std::net::SocketAddr::from((node.peer_ip, node.peer_port));
             node.advertised_peer_port = Some(net.front(i, target));
+            prepare(i, &mut node);
             node.spawn();
             nodes.push(node);
         }

@@ -89,11 +89,18 @@ impl Net {
 
     /// Cuts the links between `a` and `b`, both ways.
     pub fn cut(&self, a: usize, b: usize) {
+        self.cut_one_way(a, b);
+        self.cut_one_way(b, a);
+    }
+
+    /// Cuts one direction: connections `from` dials to `to` black-hole (established ones
+    /// are reset, new ones never answered), while connections `to` dials to `from` still
+    /// work, their replies included (a firewall that drops one direction's SYNs).
+    pub fn cut_one_way(&self, from: usize, to: usize) {
         let mut state = self.state.lock().unwrap();
-        state.cut.insert((a, b));
-        state.cut.insert((b, a));
+        state.cut.insert((from, to));
         state.live.retain(|c| {
-            let cut = (c.from, c.to) == (a, b) || (c.from, c.to) == (b, a);
+            let cut = (c.from, c.to) == (from, to);
             if cut {
                 for end in &c.ends {
                     let _ = end.shutdown(Shutdown::Both);
@@ -107,6 +114,15 @@ impl Net {
     pub fn isolate(&self, i: usize, n: usize) {
         for j in (0..n).filter(|&j| j != i) {
             self.cut(i, j);
+        }
+    }
+
+    /// Splits the `n` members in two: `side` and the rest, cut off from each other.
+    pub fn partition(&self, side: &[usize], n: usize) {
+        for &i in side {
+            for j in (0..n).filter(|j| !side.contains(j)) {
+                self.cut(i, j);
+            }
         }
     }
 
