@@ -23,7 +23,8 @@
 //!
 //! `three_members_on_s3_stay_linearizable_under_mixed_faults` runs in `make test`. The
 //! long runs are ignored tests for `make chaos` (`SEED=`, `DURATION=`, `MEMBERS=`,
-//! `DURABILITY=`), configured by `NETSY_CHAOS_SEED` and `NETSY_CHAOS_DURATION`.
+//! `DURABILITY=`), configured by `NETSY_CHAOS_SEED` and `NETSY_CHAOS_DURATION`; with
+//! `NETSY_CHAOS_LOGS=<dir>` the members' logs are kept there (`make chaos`: target/chaos-logs).
 //! The same seed gives the same fault sequence (and the same client operations).
 
 use std::collections::BTreeMap;
@@ -253,10 +254,8 @@ fn nemesis(c: &mut Cluster, rig: &Rig, plan: &Plan, seed: u64, until: Instant) -
             repaired.elapsed().as_secs_f64()
         ));
         *rig.report.lock().unwrap().counts.entry(fault).or_default() += 1;
-        save_logs(c);
     }
     settle(c, rig);
-    save_logs(c);
     let report = rig.report.lock().unwrap();
     println!(
         "chaos faults: {} injected: {:?}; members that exited by themselves: {:?}",
@@ -267,16 +266,25 @@ fn nemesis(c: &mut Cluster, rig: &Rig, plan: &Plan, seed: u64, until: Instant) -
     done
 }
 
-/// With `NETSY_CHAOS_LOGS=<dir>`, copies every member's log there (after each fault), to
-/// read after a run.
-fn save_logs(c: &Cluster) {
-    let Ok(dir) = std::env::var("NETSY_CHAOS_LOGS") else {
-        return;
-    };
-    std::fs::create_dir_all(&dir).expect("create NETSY_CHAOS_LOGS");
+/// With `NETSY_CHAOS_LOGS=<dir>`, every member's log is also linked (a hard link, so it
+/// outlives the member's temp dir, also when the test fails) as
+/// `<dir>/<members>-<durability>-<seed>/netsy-<i>.log`. Returns that directory.
+fn keep_logs(c: &Cluster, plan: &Plan, seed: u64) -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var("NETSY_CHAOS_LOGS").ok()?).join(format!("{}-{}-{seed}", plan.members, plan.durability.name()));
+    std::fs::create_dir_all(&dir).expect("create the log directory");
     for (i, node) in c.nodes.iter().enumerate() {
-        std::fs::write(PathBuf::from(&dir).join(format!("netsy-{i}.log")), node.log()).expect("save a log");
+        let kept = dir.join(format!("netsy-{i}.log"));
+        let _ = std::fs::remove_file(&kept);
+        let log = node.dir.path().join(format!("netsy-{}.log", node.client_port));
+        std::fs::hard_link(&log, &kept).unwrap_or_else(|e| {
+            panic!(
+                "link {} to {} (NETSY_CHAOS_LOGS must be on the temp dir's filesystem): {e}",
+                log.display(),
+                kept.display()
+            )
+        });
     }
+    Some(dir)
 }
 
 /// Another member than `leader`, from `r`.
@@ -670,6 +678,9 @@ fn duration() -> Duration {
 /// Runs `plan` for `length` with the linearizability traffic; prints one summary line.
 async fn run(plan: Plan, seed: u64, length: Duration) {
     let (cluster, rig) = tokio::task::block_in_place(|| start(&plan));
+    if let Some(dir) = keep_logs(&cluster, &plan, seed) {
+        println!("chaos logs in {}", dir.display());
+    }
     let (members, durability) = (plan.members, plan.durability);
     let started = Instant::now();
     let nemesis_rig = rig.clone();
