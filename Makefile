@@ -37,6 +37,7 @@ test: deps
 ## chaos: long seeded fault-injection runs (tests/it/chaos.rs), one after another, each
 ## printing a summary line. SEED= (default: a new one per run), DURATION= (10m; 90s, 1h),
 ## MEMBERS= (3 5), DURABILITY= (quorum object-storage). Needs root (it mounts a tmpfs).
+## The members' logs are kept in target/chaos-logs/<members>-<durability>-<seed>/.
 SEED ?=
 DURATION ?= 10m
 MEMBERS ?= 3 5
@@ -47,10 +48,10 @@ CHAOS_TESTS = test(/^chaos::long_($(subst $(space),|,$(strip $(MEMBERS))))_membe
 chaos: deps
 	@mkdir -p target
 	set -o pipefail; NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin \
-	NETSY_CHAOS_SEED=$(SEED) NETSY_CHAOS_DURATION=$(DURATION) \
+	NETSY_CHAOS_SEED=$(SEED) NETSY_CHAOS_DURATION=$(DURATION) NETSY_CHAOS_LOGS=$(CURDIR)/target/chaos-logs \
 	cargo nextest run --locked --config-file tests/it/chaos/nextest.toml --profile chaos \
 		--run-ignored only --no-capture -E '$(CHAOS_TESTS)' 2>&1 | tee target/chaos.log; \
-	status=$$?; echo; grep -E '^chaos (seed|summary)' target/chaos.log; exit $$status
+	status=$$?; echo; grep -E '^chaos (seed|logs|summary)' target/chaos.log; exit $$status
 
 ## bench: netsy vs real etcd 3.5.1 side by side; writes bench/results.md, .svg, .json
 # netsy-bench (the workspace member in bench/) is built and run in release, against the

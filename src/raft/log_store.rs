@@ -607,10 +607,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Keep what the archive does not have yet; a later purge takes the rest.
+        // Keep what the archive does not have yet; a later purge takes the rest. That is
+        // possible only while the log holds the entry purged up to: a purge past the
+        // stored entries (a snapshot installed from the leader) takes everything, or the
+        // kept entries would be cut off from those that follow the snapshot, and the
+        // purge would go unrecorded (a restart then reads the log from index 0 and fails).
         let floor = self.shared.purge_floor.load(Ordering::Acquire);
         let already = self.state()?.last_purged.map_or(0, |l| l.index);
-        let log_id = match purge_target(log_id.index, floor, already) {
+        let stored = !self.try_get_log_entries(log_id.index..=log_id.index).await?.is_empty();
+        let target = if stored {
+            purge_target(log_id.index, floor, already)
+        } else {
+            PurgeTarget::Requested
+        };
+        let log_id = match target {
             PurgeTarget::Requested => log_id,
             PurgeTarget::Nothing => return Ok(()),
             PurgeTarget::Through(index) => match self.try_get_log_entries(index..=index).await?.pop() {
@@ -693,6 +703,48 @@ mod tests {
             PurgeTarget::Nothing,
             "nothing uploaded yet: keep everything"
         );
+    }
+
+    /// A purge past the stored entries (a snapshot installed from the leader on a member
+    /// whose log is empty or shorter) is recorded even below the archive floor, so that
+    /// a restart knows where the log starts; one within them keeps what the archive lacks.
+    #[tokio::test]
+    async fn a_purge_past_the_stored_entries_is_recorded_whatever_the_archive_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.db");
+        let id = |index| LogId::new(openraft::CommittedLeaderId::new(1, 1), index);
+        drop(LogStore::open(&path).expect("create"));
+        {
+            let conn = open(&path).expect("open");
+            for index in 1..=5 {
+                let entry = Entry::<TypeConfig> {
+                    log_id: id(index),
+                    payload: openraft::EntryPayload::Blank,
+                };
+                conn.execute(
+                    "INSERT INTO log (idx, entry) VALUES (?1, ?2)",
+                    params![index as i64, codec::encode_entry(&entry)],
+                )
+                .expect("insert");
+            }
+        }
+        let mut store = LogStore::open(&path).expect("open");
+        store.set_purge_floor(0); // nothing is in object storage yet
+        store.purge(id(3)).await.expect("purge within the log");
+        assert_eq!(
+            store.get_log_state().await.expect("state").last_purged_log_id,
+            None,
+            "kept for the archive"
+        );
+        store.purge(id(1999)).await.expect("purge past the log");
+        for _ in 0..2 {
+            let state = store.get_log_state().await.expect("state");
+            assert_eq!(state.last_purged_log_id, Some(id(1999)));
+            assert_eq!(state.last_log_id, Some(id(1999)));
+            assert!(store.try_get_log_entries(0..).await.expect("read").is_empty());
+            drop(store);
+            store = LogStore::open(&path).expect("reopen");
+        }
     }
 
     fn unhex(s: &str) -> Vec<u8> {

@@ -23,7 +23,8 @@
 //!
 //! `three_members_on_s3_stay_linearizable_under_mixed_faults` runs in `make test`. The
 //! long runs are ignored tests for `make chaos` (`SEED=`, `DURATION=`, `MEMBERS=`,
-//! `DURABILITY=`), configured by `NETSY_CHAOS_SEED` and `NETSY_CHAOS_DURATION`.
+//! `DURABILITY=`), configured by `NETSY_CHAOS_SEED` and `NETSY_CHAOS_DURATION`; with
+//! `NETSY_CHAOS_LOGS=<dir>` the members' logs are kept there (`make chaos`: target/chaos-logs).
 //! The same seed gives the same fault sequence (and the same client operations).
 
 use std::collections::BTreeMap;
@@ -254,10 +255,8 @@ fn nemesis(c: &mut Cluster, rig: &Rig, plan: &Plan, seed: u64, until: Instant) -
             repaired.elapsed().as_secs_f64()
         ));
         *rig.report.lock().unwrap().counts.entry(fault).or_default() += 1;
-        save_logs(c);
     }
     settle(c, rig);
-    save_logs(c);
     let report = rig.report.lock().unwrap();
     println!(
         "chaos faults: {} injected: {:?}; members that exited by themselves: {:?}",
@@ -268,16 +267,25 @@ fn nemesis(c: &mut Cluster, rig: &Rig, plan: &Plan, seed: u64, until: Instant) -
     done
 }
 
-/// With `NETSY_CHAOS_LOGS=<dir>`, copies every member's log there (after each fault), to
-/// read after a run.
-fn save_logs(c: &Cluster) {
-    let Ok(dir) = std::env::var("NETSY_CHAOS_LOGS") else {
-        return;
-    };
-    std::fs::create_dir_all(&dir).expect("create NETSY_CHAOS_LOGS");
+/// With `NETSY_CHAOS_LOGS=<dir>`, every member's log is also linked (a hard link, so it
+/// outlives the member's temp dir, also when the test fails) as
+/// `<dir>/<members>-<durability>-<seed>/netsy-<i>.log`. Returns that directory.
+fn keep_logs(c: &Cluster, plan: &Plan, seed: u64) -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var("NETSY_CHAOS_LOGS").ok()?).join(format!("{}-{}-{seed}", plan.members, plan.durability.name()));
+    std::fs::create_dir_all(&dir).expect("create the log directory");
     for (i, node) in c.nodes.iter().enumerate() {
-        std::fs::write(PathBuf::from(&dir).join(format!("netsy-{i}.log")), node.log()).expect("save a log");
+        let kept = dir.join(format!("netsy-{i}.log"));
+        let _ = std::fs::remove_file(&kept);
+        let log = node.dir.path().join(format!("netsy-{}.log", node.client_port));
+        std::fs::hard_link(&log, &kept).unwrap_or_else(|e| {
+            panic!(
+                "link {} to {} (NETSY_CHAOS_LOGS must be on the temp dir's filesystem): {e}",
+                log.display(),
+                kept.display()
+            )
+        });
     }
+    Some(dir)
 }
 
 /// Another member than `leader`, from `r`.
@@ -671,6 +679,9 @@ fn duration() -> Duration {
 /// Runs `plan` for `length` with the linearizability traffic; prints one summary line.
 async fn run(plan: Plan, seed: u64, length: Duration) {
     let (cluster, rig) = tokio::task::block_in_place(|| start(&plan));
+    if let Some(dir) = keep_logs(&cluster, &plan, seed) {
+        println!("chaos logs in {}", dir.display());
+    }
     let (members, durability) = (plan.members, plan.durability);
     let started = Instant::now();
     let nemesis_rig = rig.clone();
@@ -830,4 +841,51 @@ async fn a_member_whose_disk_fills_up_stops_and_comes_back_once_space_is_freed()
     for key in &acked {
         assert!(keys.contains(key), "{key} was acknowledged but netsy-2 does not have it");
     }
+}
+
+/// A member that lost its disk joins from a Raft snapshot (the leader's log no longer
+/// starts at the beginning) and can restart with its disk afterwards. Its log store used
+/// to skip the purge of the installed snapshot's entries (below the archive floor it
+/// keeps entries for object storage, and a fresh member's floor is 0) without recording
+/// it, so a restart read the log from index 0 and failed: "'LogIndex(0)' violates: 'try
+/// to get log at index 0 but got None'".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_joined_from_a_raft_snapshot_restarts_with_its_disk() {
+    use etcd_client::{Client, GetOptions};
+    let mut c = tokio::task::block_in_place(|| Cluster::start(3, r#""raft": { "snapshot_log_entries": 50 },"#));
+    let leader = c.wait_leader();
+    let joiner = (leader + 1) % 3;
+    let writer = (leader + 2) % 3;
+    let mut client = Client::connect([c.nodes[writer].endpoint()], None).await.expect("connect");
+    for i in 0..300 {
+        client.put(format!("k{i:03}"), "v", None).await.expect("put");
+    }
+    tokio::task::block_in_place(|| {
+        c.nodes[joiner].kill9();
+        c.nodes[joiner].wipe();
+        c.nodes[joiner].spawn();
+        c.wait_members(3);
+    });
+    assert!(
+        c.nodes[joiner].log().contains("installing raft snapshot"),
+        "the joiner catches up from a snapshot:\n{}",
+        c.nodes[joiner].log()
+    );
+    // Entries after the snapshot reach its log too.
+    for i in 300..320 {
+        client.put(format!("k{i:03}"), "v", None).await.expect("put");
+    }
+    tokio::task::block_in_place(|| {
+        c.nodes[joiner].kill9();
+        if let Err(log) = c.nodes[joiner].try_spawn() {
+            panic!("the member does not start again with its disk:\n{log}");
+        }
+        c.wait_members(3);
+    });
+    let mut back = Client::connect([c.nodes[joiner].endpoint()], None).await.expect("connect");
+    let keys = back
+        .get("k", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .expect("read through the restarted member");
+    assert_eq!(keys.count(), 320);
 }
