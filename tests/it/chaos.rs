@@ -137,6 +137,8 @@ struct Report {
     lease_reads: usize,
     /// Objects moto kept across each of its restarts.
     moto_objects: Vec<usize>,
+    /// The longest wait for the cluster to recover after a fault, and for what.
+    longest_wait: Option<(&'static str, Duration)>,
 }
 
 /// The fault injectors a cluster is built with.
@@ -248,12 +250,14 @@ fn nemesis(c: &mut Cluster, rig: &Rig, plan: &Plan, seed: u64, until: Instant) -
         let what = inject(c, rig, fault, hold, r);
         let repaired = Instant::now();
         supervise(c, rig);
-        c.wait_members(n);
-        done.push(format!(
+        wait_voters(c, rig, n);
+        let line = format!(
             "{fault:?} {what} [{:.1}s, then {:.1}s until every member was a voter]",
             repaired.duration_since(started).as_secs_f64(),
             repaired.elapsed().as_secs_f64()
-        ));
+        );
+        println!("chaos fault {} at {}: {line}", done.len() + 1, wall_clock());
+        done.push(line);
         *rig.report.lock().unwrap().counts.entry(fault).or_default() += 1;
     }
     settle(c, rig);
@@ -288,6 +292,76 @@ fn keep_logs(c: &Cluster, plan: &Plan, seed: u64) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// How long the cluster may be without a leader, or without every member a voter, after
+/// a fault: far more than an election takes, because on a loaded machine (heartbeats
+/// time out at 100 ms) elections can fail again and again for tens of seconds. The
+/// longest wait is reported.
+const RECOVERY: Duration = Duration::from_secs(180);
+
+/// The member that reports itself leader, if any (a member that cannot answer, e.g.
+/// because it just stopped, is not).
+fn leader_now(c: &Cluster) -> Option<usize> {
+    c.nodes.iter().position(|node| {
+        node.child.is_some()
+            && crate::common::try_http_get(node.health_port, "/metrics").is_ok_and(|(_, body)| {
+                body.lines()
+                    .filter_map(|l| l.strip_prefix("etcd_server_is_leader "))
+                    .any(|v| v.trim().parse() == Ok(1.0))
+            })
+    })
+}
+
+/// The current leader, waiting up to `RECOVERY` for one.
+fn wait_leader(c: &Cluster, rig: &Rig) -> usize {
+    let waiting = Instant::now();
+    loop {
+        if let Some(leader) = leader_now(c) {
+            note_wait(rig, "a leader", waiting.elapsed());
+            return leader;
+        }
+        assert!(waiting.elapsed() < RECOVERY, "no leader for {RECOVERY:?}\n{}", c.logs());
+        std::thread::sleep(ms(50));
+    }
+}
+
+/// Waits up to `RECOVERY` until a member lists `n` started voters.
+fn wait_voters(c: &Cluster, rig: &Rig, n: usize) {
+    let waiting = Instant::now();
+    loop {
+        let listed = (0..c.nodes.len()).filter(|&i| c.nodes[i].child.is_some()).find_map(|i| {
+            let (ok, out, _) = ctl(c, i, &["member", "list"]);
+            ok.then(|| out.lines().filter(|l| l.contains(", started, ") && l.ends_with("false")).count())
+        });
+        if listed == Some(n) {
+            note_wait(rig, "every member a voter", waiting.elapsed());
+            return;
+        }
+        assert!(
+            waiting.elapsed() < RECOVERY,
+            "fewer than {n} voters for {RECOVERY:?} ({listed:?})\n{}",
+            c.logs()
+        );
+        std::thread::sleep(ms(100));
+    }
+}
+
+fn note_wait(rig: &Rig, what: &'static str, waited: Duration) {
+    let mut report = rig.report.lock().unwrap();
+    if report.longest_wait.is_none_or(|(_, w)| waited > w) {
+        report.longest_wait = Some((what, waited));
+    }
+}
+
+/// The wall-clock time of day, to find a moment in the members' logs (those of a member
+/// whose clock is stepped are off by the step meanwhile).
+fn wall_clock() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = now.as_secs() % 86_400;
+    format!("{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, now.subsec_millis())
+}
+
 /// Another member than `leader`, from `r`.
 fn other(leader: usize, n: usize, r: u64) -> usize {
     (leader + 1 + (r % (n as u64 - 1)) as usize) % n
@@ -304,7 +378,7 @@ fn restart_all(c: &mut Cluster) {
 /// Injects `fault`, holds it for `hold`, repairs it; returns what it did.
 fn inject(c: &mut Cluster, rig: &Rig, fault: Fault, hold: Duration, r: [u64; 4]) -> String {
     let n = c.nodes.len();
-    let leader = c.wait_leader();
+    let leader = wait_leader(c, rig);
     let follower = other(leader, n, r[0]);
     match fault {
         KillLeader | KillFollower => {
@@ -316,7 +390,7 @@ fn inject(c: &mut Cluster, rig: &Rig, fault: Fault, hold: Duration, r: [u64; 4])
         }
         SigtermLeader => {
             let stopped = terminate(c, leader);
-            let next = c.leader();
+            let next = leader_now(c);
             std::thread::sleep(hold);
             let starting = Instant::now();
             c.nodes[leader].spawn();
@@ -373,7 +447,7 @@ fn inject(c: &mut Cluster, rig: &Rig, fault: Fault, hold: Duration, r: [u64; 4])
             std::thread::sleep(hold);
             let restarting = Instant::now();
             restart_all(c);
-            c.wait_leader();
+            wait_leader(c, rig);
             format!("down for {hold:?}, serving again {:.1?} after the restart", restarting.elapsed())
         }
         S3Outage | S3Slow | S3LostResponses => {
@@ -463,7 +537,7 @@ fn ctl(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
 /// it stopped).
 fn disk_full(c: &mut Cluster, rig: &Rig, hold: Duration) -> String {
     let i = rig.disk_member;
-    let role = if c.leader() == Some(i) { "leader" } else { "follower" };
+    let role = if leader_now(c) == Some(i) { "leader" } else { "follower" };
     let log_before = c.nodes[i].log().len();
     let filled = c.nodes[i].disk.as_ref().expect("the disk member has a tmpfs").fill();
     // Hold at least until the member has had to write something.
@@ -539,7 +613,7 @@ fn disk_full(c: &mut Cluster, rig: &Rig, hold: Duration) -> String {
 /// just before; the lease's key must stay until its TTL has passed; steps back after `hold`.
 fn clock_step(c: &mut Cluster, rig: &Rig, hold: Duration, r: [u64; 4]) -> String {
     let n = c.nodes.len();
-    let leader = c.wait_leader();
+    let leader = wait_leader(c, rig);
     let target = if r[1].is_multiple_of(2) {
         leader
     } else {
@@ -610,17 +684,26 @@ fn settle(c: &mut Cluster, rig: &Rig) {
     rig.proxy.set_mode(Mode::Pass);
     c.net.heal();
     supervise(c, rig);
-    c.wait_members(c.nodes.len());
+    wait_voters(c, rig, c.nodes.len());
     for i in 0..c.nodes.len() {
-        wait_until(Duration::from_secs(60), &format!("netsy-{i} to serve"), || {
-            ctl(c, i, &["get", "chaos/settle"]).0
-        });
+        wait_until(RECOVERY, &format!("netsy-{i} to serve"), || ctl(c, i, &["get", "chaos/settle"]).0);
+    }
+    // The same leader for a few seconds, so the traffic ends on a settled cluster.
+    let settling = Instant::now();
+    let (mut leader, mut since) = (leader_now(c), Instant::now());
+    while since.elapsed() < Duration::from_secs(3) {
+        assert!(settling.elapsed() < RECOVERY, "the leader keeps changing\n{}", c.logs());
+        let now = leader_now(c);
+        if now.is_none() || now != leader {
+            (leader, since) = (now, Instant::now());
+        }
+        std::thread::sleep(ms(100));
     }
     let report = rig.report.lock().unwrap();
     for key in &report.disk_acked {
         for i in 0..c.nodes.len() {
             let mut out = String::new();
-            wait_until(Duration::from_secs(60), &format!("a read of {key} through netsy-{i}"), || {
+            wait_until(RECOVERY, &format!("a read of {key} through netsy-{i}"), || {
                 let (ok, o, _) = ctl(c, i, &["get", key]);
                 out = o;
                 ok
@@ -698,7 +781,7 @@ async fn run(plan: Plan, seed: u64, length: Duration) {
     println!(
         "chaos summary: seed={seed} members={members} durability={} ran={:.0}s faults={faults} [{}] \
          exits={} disk_probes={} (acked {}, errors {:?}) nospace_alarms={} leases={} (reads {}) \
-         moto_objects_kept={:?} result=ok",
+         moto_objects_kept={:?} longest_recovery=\"{}\" result=ok",
         durability.name(),
         started.elapsed().as_secs_f64(),
         counts.join(" "),
@@ -710,6 +793,10 @@ async fn run(plan: Plan, seed: u64, length: Duration) {
         report.leases.len(),
         report.lease_reads,
         report.moto_objects,
+        report
+            .longest_wait
+            .map(|(what, waited)| format!("{waited:.1?} for {what}"))
+            .unwrap_or_default(),
     );
 }
 
