@@ -2,7 +2,7 @@
 //! encoders, so each target starts from real records: `cargo run --example fuzz_seeds --
 //! fuzz/corpus`. Each seed is the target's selector byte followed by one record (see the
 //! target's doc comment in fuzz/fuzz_targets/). Deterministic: the same netsy writes the
-//! same seeds (but the nonce of one signed admin payload).
+//! same seeds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use netsy::archive::segment;
 use netsy::archive::snapshot::{self, SnapshotHeader};
 use netsy::core::forward::wire as errors;
 use netsy::core::CoreError;
-use netsy::mesh::{auth, canonical, keys, models, timefmt};
+use netsy::mesh::{canonical, keys, models, timefmt};
 use netsy::mvcc::validate::InvalidRequest;
 use netsy::mvcc::{Command, CommandResult, MvccError};
 use netsy::proto::etcdserverpb::{
@@ -367,7 +367,8 @@ fn snapshots(root: &Path, scratch: &Path) -> Result {
 
 fn manifests(root: &Path) -> Result {
     let mut c = Corpus::new(root, "manifests")?;
-    let cluster = ClusterManifest::new("prod", 3).opened_by("netsy-0", "https://netsy-0:2381");
+    let mut cluster = ClusterManifest::new("prod", 3).opened_by("netsy-0", "https://netsy-0:2381");
+    cluster.updated_unix = 1_790_000_000;
     c.add(0, &serde_json::to_vec_pretty(&cluster)?)?;
     let members = Members {
         format_version: 1,
@@ -522,17 +523,8 @@ fn mesh(root: &Path) -> Result {
     c.add(4, &req(1 | 2, 18, "op/revoke", r#"{"reason":"rotated"}"#))?;
     c.add(4, &req(1, 200, "/heal%74hz?x=1", ""))?;
     c.add(4, &req(1 | 16, 10, "", "{\"invite_token\": 18446744073709551616}"))?;
-    // An admin payload's parts as `netsy mesh` signs them.
-    let h = auth::sign_admin(
-        &key(4),
-        "op",
-        "POST",
-        "/admin/invite",
-        &serde_json::Map::new(),
-        &keys::public_b64(&key(2)),
-        &json!({}),
-    );
-    c.add(3, format!("key_id={}&nonce={}\n{{}}", h.key_id, h.nonce).as_bytes())?;
+    // A query and body as `netsy mesh` signs them (the target signs them itself).
+    c.add(3, b"key_id=op&nonce=ad769df3-4bf9-4e56-a52f-8eaf7e2701f9\n{}")?;
     Ok(())
 }
 

@@ -221,7 +221,8 @@ impl Req {
             body = body.replace(&format!("${name}"), value);
         }
         let mut headers = vec![];
-        if flags & 1 != 0 || flags & 14 != 0 {
+        // Signed bodies are JSON.
+        if flags & 0b1111 != 0 {
             headers.push(("content-type".to_string(), "application/json".to_string()));
         }
         let mut raw = body.into_bytes();

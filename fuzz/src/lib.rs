@@ -66,11 +66,6 @@ impl MemKeyspace {
         }))
     }
 
-    /// The store's revision.
-    pub fn revision(&self) -> i64 {
-        self.0.store.lock().expect("store").revision()
-    }
-
     fn apply(&self, cmd: Command) -> Result<CommandResult, CoreError> {
         let mut store = self.0.store.lock().map_err(|_| MvccError::Storage("poisoned".into()))?;
         match store.apply_batch(&[Some(cmd)], &AppliedMeta::default())?.pop() {
