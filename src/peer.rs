@@ -174,6 +174,9 @@ impl Peer for PeerService {
     }
 }
 
+/// Streams a peer may reset before the peer port accepts them (see `router`).
+const PEER_PENDING_RESETS: usize = 10_000;
+
 /// Builds the gRPC server of the peer port.
 pub fn router(identity: Identity, replica: Arc<Replica>) -> tonic::transport::server::Router {
     let service = PeerService {
@@ -185,6 +188,14 @@ pub fn router(identity: Identity, replica: Arc<Replica>) -> tonic::transport::se
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        // A leader cancels every Raft RPC that outlives its timeout (100 ms for
+        // AppendEntries). On a loaded member such streams are reset before the server
+        // accepts them, and h2's default limit for those (20, a guard against rapid-reset
+        // floods from strangers) made the server drop the whole connection, failing every
+        // RPC on it, so more timed out: a follower cut off for minutes, deposing the
+        // leader again and again (seen in the chaos runs). Peers are members of the
+        // cluster; allow them many.
+        .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
         .add_service(
             PeerServer::new(service)
                 .max_decoding_message_size(usize::MAX)

@@ -240,14 +240,14 @@ pub async fn run_with(cluster: Cluster, seed: u64, length: Duration, nemesis: Ne
         for k in 0..REGISTERS {
             let key = traffic::register(k);
             let call = start.elapsed().as_nanos() as u64;
-            let got = retry(endpoint, Duration::from_secs(30), |mut c| {
+            let got = retry(endpoint, Duration::from_secs(60), |mut c| {
                 let key = key.clone();
                 async move { c.get(key, None).await }
             })
             .await;
             let ret = start.elapsed().as_nanos() as u64;
             let Some(resp) = got else {
-                violations.push(format!("netsy-{i} did not answer a read of {key} within 30 s after the faults"));
+                violations.push(format!("netsy-{i} did not answer a read of {key} within 60 s after the faults"));
                 continue;
             };
             rec.reads.push(history::Read {
@@ -278,7 +278,7 @@ pub async fn run_with(cluster: Cluster, seed: u64, length: Duration, nemesis: Ne
     }
 
     // The last revision every watch must get to: a write after everything else.
-    let final_rev = retry(&endpoints[0], Duration::from_secs(30), |mut c| async move {
+    let final_rev = retry(&endpoints[0], Duration::from_secs(60), |mut c| async move {
         c.put("lin/final", "end", None).await
     })
     .await
