@@ -112,7 +112,7 @@ fn durations() {
     assert_eq!(parse_duration("m"), None);
 }
 
-/// Found by `make fuzz` (config): a duration with a huge number overflowed (a panic).
+/// A duration with a huge number overflowed (a panic at startup).
 #[test]
 fn overlong_durations_are_an_error_that_names_the_key() {
     assert_eq!(parse_duration("18446744073709551615h"), None);

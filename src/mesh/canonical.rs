@@ -218,7 +218,7 @@ mod tests {
         );
     }
 
-    /// Found by `make fuzz` (mesh_json): integers beyond 64 bits became floats (Python
+    /// Integers beyond 64 bits became floats (Python
     /// keeps them exact: another canonical form, another signature), `-0` became `-0.0`
     /// (Python: `0`), and some floats did not parse back to the same value.
     #[test]

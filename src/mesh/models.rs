@@ -238,8 +238,9 @@ mod tests {
         assert!(Genesis::from_value(&bad).is_err());
     }
 
-    /// Found by `make fuzz` (mesh_json): an offset with seconds was re-emitted without
-    /// them. pydantic refuses such a genesis, and so does netsy, by name.
+    /// An offset with seconds was re-emitted without them (the `mesh_json` fuzz target
+    /// finds it at once in the unfixed code). pydantic refuses such a genesis, and so does
+    /// netsy, by name.
     #[test]
     fn a_genesis_time_whose_offset_has_seconds_is_refused_by_name() {
         let mut v = golden_genesis();
