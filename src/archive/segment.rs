@@ -438,6 +438,21 @@ mod tests {
         );
     }
 
+    /// A zstd frame of 100 bytes whose header declares `size` bytes.
+    fn frame_claiming(size: u64) -> Vec<u8> {
+        let mut pledge = zstd::zstd_safe::CCtx::create();
+        pledge.set_pledged_src_size(Some(size)).unwrap();
+        let mut body = vec![0u8; 256];
+        let mut out = zstd::zstd_safe::OutBuffer::around(&mut body[..]);
+        let mut input = zstd::zstd_safe::InBuffer::around(&[7u8; 100][..]);
+        pledge
+            .compress_stream2(&mut out, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush)
+            .unwrap();
+        let n = out.pos();
+        body.truncate(n);
+        body
+    }
+
     /// A frame header declaring gigabytes was allocated up front (the `segment` fuzz
     /// target runs out of memory on the unfixed code within minutes). Memory now follows
     /// what the body really holds, never past its claim.
@@ -450,30 +465,12 @@ mod tests {
         };
         // A valid frame of 100 bytes whose header is rewritten to declare 3 GiB: zstd
         // finds the body short, and nothing near 3 GiB is allocated.
-        let mut pledge = zstd::zstd_safe::CCtx::create();
-        pledge.set_pledged_src_size(Some(3 << 30)).unwrap();
-        let mut body = vec![0u8; 256];
-        let mut out = zstd::zstd_safe::OutBuffer::around(&mut body[..]);
-        let mut input = zstd::zstd_safe::InBuffer::around(&[7u8; 100][..]);
-        pledge
-            .compress_stream2(&mut out, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush)
-            .unwrap();
-        let n = out.pos();
-        body.truncate(n);
+        let body = frame_claiming(3 << 30);
         assert_eq!(zstd::zstd_safe::get_frame_content_size(&body).unwrap(), Some(3 << 30));
         let err = decode(&with_body(1, 1, &body), &name).unwrap_err();
         assert!(matches!(err, SegmentError::Decompress { .. }), "{err:?}");
         // A claim past the 4 GiB a segment can hold is refused before decompressing.
-        let mut pledge = zstd::zstd_safe::CCtx::create();
-        pledge.set_pledged_src_size(Some(MAX_FRAMES + 1)).unwrap();
-        let mut body = vec![0u8; 256];
-        let mut out = zstd::zstd_safe::OutBuffer::around(&mut body[..]);
-        let mut input = zstd::zstd_safe::InBuffer::around(&[7u8; 100][..]);
-        pledge
-            .compress_stream2(&mut out, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush)
-            .unwrap();
-        let n = out.pos();
-        body.truncate(n);
+        let body = frame_claiming(MAX_FRAMES + 1);
         let err = decode(&with_body(1, 1, &body), &name).unwrap_err();
         assert!(matches!(err, SegmentError::Overlong { .. }), "{err:?}");
         // A second frame after the declared one: more than the header declares.
