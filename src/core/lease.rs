@@ -72,7 +72,8 @@ impl Replica {
     }
 
     /// On the leader: see `lease_deadline`. A renewal first confirms leadership with a
-    /// quorum (a ReadIndex round), as etcd's LeaseRenew does: an openraft leader cut off
+    /// quorum (a ReadIndex round; etcd relies on CheckQuorum instead, and its LeaseRenew
+    /// runs a ReadIndex only when its Raft loop has stalled): an openraft leader cut off
     /// from the others keeps its role, and renewing there would answer a full TTL while
     /// the majority's new leader lets the lease expire.
     pub(super) async fn lease_deadline_here(&self, id: i64, renew: bool, deadline: Instant) -> Result<(i64, i64), CoreError> {

@@ -8,7 +8,7 @@
 //! - A lease must not expire before its TTL has passed since its last acknowledged
 //!   keep-alive. The majority's new leader starts every TTL afresh when elected and then
 //!   expires leases, so a renewal must first confirm leadership with a quorum (a ReadIndex
-//!   round, `core::lease`, as etcd's LeaseRenew does with `ensureLeadership`); before that
+//!   round, `core::lease`; etcd's CheckQuorum steps such a leader down instead); before that
 //!   fix the cut-off leader answered every keep-alive with the full TTL and the lease
 //!   expired up to a TTL early.
 //! - A watch opened with `hasleader` must end when its member has no leader. A leader
