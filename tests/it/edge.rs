@@ -190,9 +190,8 @@ fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     types
 }
 
-#[tokio::test]
-async fn garbage_instead_of_http2_closes_the_connection_and_changes_nothing() {
-    let both = Both::start();
+/// Puts a=1 on both servers; returns each one's state after it.
+async fn seed_a(both: &Both) -> [(i64, Vec<(Vec<u8>, Vec<u8>, i64, i64)>); 2] {
     for endpoint in both.endpoints() {
         kv(&endpoint)
             .await
@@ -204,7 +203,13 @@ async fn garbage_instead_of_http2_closes_the_connection_and_changes_nothing() {
             .await
             .expect("put");
     }
-    let before = [state(&both.endpoints()[0]).await, state(&both.endpoints()[1]).await];
+    [state(&both.endpoints()[0]).await, state(&both.endpoints()[1]).await]
+}
+
+#[tokio::test]
+async fn garbage_instead_of_http2_closes_the_connection_and_changes_nothing() {
+    let both = Both::start();
+    let before = seed_a(&both).await;
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     let cases: [(&str, Vec<u8>); 4] = [
         ("binary garbage", b"\x00\x01\x02garbage garbage garbage\r\n\r\n".to_vec()),
@@ -235,18 +240,7 @@ async fn garbage_instead_of_http2_closes_the_connection_and_changes_nothing() {
 #[tokio::test]
 async fn malformed_grpc_messages_get_etcds_codes_and_messages_and_change_nothing() {
     let both = Both::start();
-    for endpoint in both.endpoints() {
-        kv(&endpoint)
-            .await
-            .put(pb::PutRequest {
-                key: b"a".to_vec(),
-                value: b"1".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .expect("put");
-    }
-    let before = [state(&both.endpoints()[0]).await, state(&both.endpoints()[1]).await];
+    let before = seed_a(&both).await;
     let put = pb::PutRequest {
         key: b"a".to_vec(),
         value: b"changed".to_vec(),
@@ -761,15 +755,6 @@ fn refusal(reply: &(u16, Value)) -> (u16, &str, &str) {
     (reply.0, e["code"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""))
 }
 
-/// A signed node body (join, heartbeat).
-fn node_body(key: &ed25519_dalek::SigningKey, mut body: Value) -> Value {
-    body["node_public_key"] = json!(keys::public_b64(key));
-    body["timestamp"] = json!(netsy::mesh::timefmt::isoformat(netsy::mesh::timefmt::now()));
-    body["nonce"] = json!(netsy::mesh::models::uuid4());
-    auth::sign_node_body(&mut body, key);
-    body
-}
-
 #[tokio::test]
 async fn mesh_refusals_change_nothing() {
     const LIMIT: usize = 64 * 1024;
@@ -804,7 +789,7 @@ async fn mesh_refusals_change_nothing() {
     let joined = post(
         "/join",
         &[],
-        &node_body(&node, json!({"invite_token": r.1["token_id"].as_str().expect("token")})),
+        &crate::mesh::node_body(&node, json!({"invite_token": r.1["token_id"].as_str().expect("token")})),
     );
     assert_eq!(joined.0, 201, "{joined:?}");
     let cert_id = joined.1["cert_id"].as_str().expect("cert id").to_string();
@@ -840,7 +825,7 @@ async fn mesh_refusals_change_nothing() {
 
     // A JSON body under another content type is not read: the route sees no fields,
     // and a signature over the real body does not match the empty one.
-    let heartbeat = node_body(&node, json!({"cert_id": cert_id, "status": "healthy"}));
+    let heartbeat = crate::mesh::node_body(&node, json!({"cert_id": cert_id, "status": "healthy"}));
     let r = mesh_post(port, "/heartbeat", "text/plain", &[], &heartbeat.to_string());
     assert_eq!(
         refusal(&r),
@@ -893,7 +878,7 @@ async fn mesh_refusals_change_nothing() {
 
     // Still serving.
     assert_eq!(tools::request(&na, "GET", "/healthz", &[], None).expect("healthz").0, 200);
-    let fresh = node_body(&node, json!({"cert_id": cert_id, "status": "healthy"}));
+    let fresh = crate::mesh::node_body(&node, json!({"cert_id": cert_id, "status": "healthy"}));
     assert_eq!(post("/heartbeat", &[], &fresh).0, 200);
     still_serves(&n.endpoint()).await;
 }

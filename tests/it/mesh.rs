@@ -429,7 +429,7 @@ fn netsy_made_keys_drive_the_python_tools_through_the_reference_scenario() {
 }
 
 /// A signed node request body (join, heartbeat, renew).
-fn node_body(key: &ed25519_dalek::SigningKey, mut body: Value) -> Value {
+pub(crate) fn node_body(key: &ed25519_dalek::SigningKey, mut body: Value) -> Value {
     body["node_public_key"] = json!(keys::public_b64(key));
     body["timestamp"] = json!(netsy::mesh::timefmt::isoformat(netsy::mesh::timefmt::now()));
     body["nonce"] = json!(netsy::mesh::models::uuid4());
