@@ -438,9 +438,11 @@ pub async fn run_with(cluster: Cluster, seed: u64, length: Duration, nemesis: Ne
         ));
     }
     if !violations.is_empty() {
-        let logs = cluster.lock().expect("cluster").logs();
+        // The members' logs first and the verdict last, so that the end of the output
+        // (all a CI summary may show) says what failed and how to replay it.
+        eprintln!("{}", cluster.lock().expect("cluster").logs());
         panic!(
-            "seed {seed}: {} violation(s):\n{}\nfaults: {faults:?}\n{logs}",
+            "seed {seed}: {} violation(s) (replay with NETSY_LINZ_SEED={seed}):\n{}\nfaults: {faults:?}",
             violations.len(),
             violations.join("\n")
         );
