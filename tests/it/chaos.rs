@@ -5,8 +5,8 @@
 //! empty disk, every member killed and restarted (with its disk, or, in `object-storage`
 //! durability, with every disk empty so the cluster comes back from object storage),
 //! object-store outages, slowness and lost responses, moto itself restarted (with its
-//! objects: `Moto::restart_keeping`), a member's disk filled up, and a member's wall clock
-//! stepped by minutes.
+//! objects: `Moto::restart_keeping`), a member's disk filled up, a member's fsync made
+//! slow or failing, and a member's wall clock stepped by minutes.
 //!
 //! How the faults are made:
 //! - every member's S3 endpoint is a proxy in front of moto (`common::s3proxy`);
@@ -14,12 +14,14 @@
 //!   that a filler file runs out of space;
 //! - every member runs under libfaketime (Debian package `faketime`) with its own
 //!   `FAKETIME_TIMESTAMP_FILE` and `FAKETIME_DONT_FAKE_MONOTONIC=1`, so a step moves only
-//!   its wall clock. A lease granted just before a step must not expire early.
+//!   its wall clock. A lease granted just before a step must not expire early;
+//! - every member also preloads `netsy-fsync-fault` (`common::fsync_fault`), whose control
+//!   file makes its fsync and fdatasync calls slow, or fail with EIO without syncing.
 //!
 //! Beyond the history check, the nemesis checks that writes acknowledged by the member
 //! whose disk was full are kept, that leases expire neither early nor never, that a
-//! member left without disk space stops (and serves again once restarted with space), and
-//! that no member panicked.
+//! member left without disk space or whose fsync failed stops or keeps serving (and serves
+//! again once restarted), and that no member panicked.
 //!
 //! `three_members_on_s3_stay_linearizable_under_mixed_faults` runs in `make test`. The
 //! long runs are ignored tests for `make chaos` (`SEED=`, `DURATION=`, `MEMBERS=`,
@@ -38,6 +40,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::common::fsync_fault::{self, FsyncFault};
 use crate::common::moto::{self, Moto};
 use crate::common::s3proxy::{Mode, S3Proxy};
 use crate::common::tmpfs::Tmpfs;
@@ -60,13 +63,15 @@ enum Fault {
     S3LostResponses,
     MotoRestart,
     DiskFull,
+    SlowFsync,
+    FsyncError,
     ClockStep,
 }
 
 use Fault::*;
 
 /// Every fault, for the long runs (`FullWipe` only in `object-storage` durability).
-const ALL: [Fault; 15] = [
+const ALL: [Fault; 17] = [
     KillLeader,
     KillFollower,
     SigtermLeader,
@@ -81,6 +86,8 @@ const ALL: [Fault; 15] = [
     S3LostResponses,
     MotoRestart,
     DiskFull,
+    SlowFsync,
+    FsyncError,
     ClockStep,
 ];
 
@@ -136,6 +143,8 @@ struct Report {
     /// Leases granted around clock steps: key, when granted (before the request), TTL.
     leases: Vec<(String, Instant, Duration)>,
     lease_reads: usize,
+    /// Per failed-fsync fault: syncs that failed, and whether the member stopped.
+    fsync_failures: Vec<(usize, bool)>,
     /// Objects moto kept across each of its restarts.
     moto_objects: Vec<usize>,
     /// The longest wait for the cluster to recover after a fault, and for what.
@@ -147,6 +156,8 @@ struct Rig {
     proxy: S3Proxy,
     /// Each member's libfaketime offset file.
     clocks: Vec<PathBuf>,
+    /// Each member's fsync control file.
+    fsync: Vec<FsyncFault>,
     /// The member whose data directory is a tmpfs.
     disk_member: usize,
     report: Mutex<Report>,
@@ -179,7 +190,10 @@ fn start(plan: &Plan) -> (Cluster, Arc<Rig>) {
     for c in &clocks {
         std::fs::write(c, "+0").expect("write a clock offset");
     }
-    let lib = libfaketime();
+    let fsync: Vec<FsyncFault> = (0..plan.members)
+        .map(|i| FsyncFault::new(dir.path().join(format!("fsync-{i}"))))
+        .collect();
+    let preload = format!("{} {}", libfaketime().display(), fsync_fault::library().display());
     let storage = format!(
         r#"{{ "provider": "s3", "bucket_name": "{BUCKET}", "key_prefix": "clusters/test", "region": "us-east-1",
              "endpoint": "http://127.0.0.1:{}", "force_path_style": true }}"#,
@@ -195,7 +209,8 @@ fn start(plan: &Plan) -> (Cluster, Arc<Rig>) {
     let env = |i: usize| {
         let mut env = vec![("NETSY_NODE_ID", format!("netsy-{i}"))];
         env.extend(moto::ENV.iter().map(|(k, v)| (*k, v.to_string())));
-        env.push(("LD_PRELOAD", lib.display().to_string()));
+        env.push(("LD_PRELOAD", preload.clone()));
+        env.push(("NETSY_FSYNC_FAULT_FILE", fsync[i].file.display().to_string()));
         env.push(("FAKETIME_TIMESTAMP_FILE", clocks[i].display().to_string()));
         env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()));
         env.push(("FAKETIME_CACHE_DURATION", "1".into()));
@@ -219,6 +234,7 @@ fn start(plan: &Plan) -> (Cluster, Arc<Rig>) {
     let rig = Rig {
         proxy,
         clocks,
+        fsync,
         disk_member,
         report: Mutex::new(Report::default()),
         _dir: dir,
@@ -477,6 +493,15 @@ fn inject(c: &mut Cluster, rig: &Rig, fault: Fault, hold: Duration, r: [u64; 4])
             format!("down for {hold:?}, {kept} objects kept")
         }
         DiskFull => disk_full(c, rig, hold),
+        SlowFsync => {
+            let i = if r[1].is_multiple_of(2) { leader } else { follower };
+            let delay = ms(20 + r[2] % 480);
+            rig.fsync[i].delay(delay);
+            std::thread::sleep(hold);
+            rig.fsync[i].pass();
+            format!("netsy-{i} ({}): each sync {delay:?} slower for {hold:?}", role(i, leader))
+        }
+        FsyncError => fsync_error(c, rig, if r[1].is_multiple_of(2) { leader } else { follower }, leader, hold),
         ClockStep => clock_step(c, rig, hold, r),
     }
 }
@@ -573,25 +598,8 @@ fn disk_full(c: &mut Cluster, rig: &Rig, hold: Duration) -> String {
         let (ok, out, err) = ctl(c, any, &["alarm", "disarm"]);
         assert!(ok, "alarm disarm: {out} {err}");
     }
-    // Space is back: the member serves (a linearizable read through it) or has stopped
-    // (and is restarted below); still running and not serving after a minute is a hang.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if c.nodes[i].exited().is_some() {
-            break;
-        }
-        let (ok, _, last) = ctl(c, i, &["get", "chaos/disk/0"]);
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "netsy-{i} ran out of disk space and neither serves nor stopped a minute after the space was freed: {last}\n{}",
-            c.nodes[i].log()
-        );
-        std::thread::sleep(ms(250));
-    }
-    let stopped = c.nodes[i].exited();
+    // Space is back: the member serves or has stopped (and is restarted below).
+    let stopped = serves_or_stops(c, i, "ran out of disk space");
     let complaints: Vec<String> = c.nodes[i].log()[log_before..]
         .lines()
         .filter(|l| l.contains(" ERROR netsy") || l.starts_with("netsy failed"))
@@ -601,13 +609,65 @@ fn disk_full(c: &mut Cluster, rig: &Rig, hold: Duration) -> String {
     format!(
         "netsy-{i} ({role}) filled with {} MiB for {hold:?}: {acked} writes through it acknowledged, {failed} failed; it {}{}",
         filled >> 20,
-        if stopped.is_some() {
-            "stopped and was restarted"
-        } else {
-            "kept running"
-        },
+        if stopped { "stopped and was restarted" } else { "kept running" },
         complaints.iter().take(2).map(|l| format!("; {l}")).collect::<String>()
     )
+}
+
+/// Makes every sync of member `i` fail with EIO for `hold` (or until it stops); then the
+/// member must serve again or have stopped (it is restarted).
+fn fsync_error(c: &mut Cluster, rig: &Rig, i: usize, leader: usize, hold: Duration) -> String {
+    let log_before = c.nodes[i].log().len();
+    rig.fsync[i].fail();
+    let until = Instant::now() + hold;
+    while Instant::now() < until && c.nodes[i].exited().is_none() {
+        std::thread::sleep(ms(50));
+    }
+    rig.fsync[i].pass();
+    let stopped = serves_or_stops(c, i, "had its fsync fail");
+    let failed = c.nodes[i].log()[log_before..].matches(fsync_fault::INJECTED).count();
+    let why = last_error(&c.nodes[i].log()[log_before..]);
+    rig.report.lock().unwrap().fsync_failures.push((failed, stopped));
+    supervise(c, rig);
+    format!(
+        "netsy-{i} ({}): every sync failed for {hold:?}, {failed} did; it {}",
+        role(i, leader),
+        if stopped {
+            format!("stopped ({why}) and was restarted")
+        } else {
+            "kept running".into()
+        }
+    )
+}
+
+fn role(i: usize, leader: usize) -> &'static str {
+    if i == leader {
+        "leader"
+    } else {
+        "follower"
+    }
+}
+
+/// After a fault on member `i` is repaired, it serves (a linearizable read through it)
+/// or has stopped (a supervisor restarts it); still running and not serving after a
+/// minute is a hang. Returns whether it stopped.
+fn serves_or_stops(c: &mut Cluster, i: usize, what: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if c.nodes[i].exited().is_some() {
+            return true;
+        }
+        let (ok, _, last) = ctl(c, i, &["get", "chaos/serves"]);
+        if ok {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "netsy-{i} {what} and neither serves nor stopped a minute after the fault was repaired: {last}\n{}",
+            c.nodes[i].log()
+        );
+        std::thread::sleep(ms(250));
+    }
 }
 
 /// Steps the wall clock of the leader or another member by minutes, with a lease granted
@@ -682,6 +742,7 @@ fn settle(c: &mut Cluster, rig: &Rig) {
     for clock in &rig.clocks {
         std::fs::write(clock, "+0").expect("reset a clock");
     }
+    rig.fsync.iter().for_each(FsyncFault::pass);
     rig.proxy.set_mode(Mode::Pass);
     c.net.heal();
     supervise(c, rig);
@@ -781,7 +842,7 @@ async fn run(plan: Plan, seed: u64, length: Duration) {
     let counts: Vec<String> = report.counts.iter().map(|(f, k)| format!("{f:?}={k}")).collect();
     println!(
         "chaos summary: seed={seed} members={members} durability={} ran={:.0}s faults={faults} [{}] \
-         exits={} disk_probes={} (acked {}, errors {:?}) nospace_alarms={} leases={} (reads {}) \
+         exits={} disk_probes={} (acked {}, errors {:?}) nospace_alarms={} fsync_failures={:?} leases={} (reads {}) \
          moto_objects_kept={:?} longest_recovery=\"{}\" result=ok",
         durability.name(),
         started.elapsed().as_secs_f64(),
@@ -791,6 +852,7 @@ async fn run(plan: Plan, seed: u64, length: Duration) {
         report.disk_acked.len(),
         report.disk_errors,
         report.alarms.len(),
+        report.fsync_failures,
         report.leases.len(),
         report.lease_reads,
         report.moto_objects,
@@ -802,16 +864,25 @@ async fn run(plan: Plan, seed: u64, length: Duration) {
 }
 
 /// The short variant in `make test`: three members on moto (`object-storage`
-/// durability), every fault kind below once in a seeded order (SIGTERM hand-over and the
-/// object-store faults included), then random ones until 30 s have passed.
+/// durability), every fault kind below once in a seeded order (SIGTERM hand-over, the
+/// object-store faults and a failing fsync included), then random ones until 30 s have passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_members_on_s3_stay_linearizable_under_mixed_faults() {
     let seed = seed();
-    let cover = vec![SigtermLeader, S3Outage, S3LostResponses, MotoRestart, OneWay, ClockStep, DiskFull];
+    let cover = vec![
+        SigtermLeader,
+        S3Outage,
+        S3LostResponses,
+        MotoRestart,
+        OneWay,
+        ClockStep,
+        DiskFull,
+        FsyncError,
+    ];
     let plan = Plan {
         members: 3,
         durability: Durability::ObjectStorage,
-        pool: vec![KillLeader, KillFollower, IsolateFollower, S3Slow, S3Outage, OneWay],
+        pool: vec![KillLeader, KillFollower, IsolateFollower, S3Slow, S3Outage, OneWay, SlowFsync],
         cover,
         hold_ms: 1000..2500,
         pause_ms: 200..800,
@@ -929,6 +1000,73 @@ async fn a_member_whose_disk_fills_up_stops_and_comes_back_once_space_is_freed()
     for key in &acked {
         assert!(keys.contains(key), "{key} was acknowledged but netsy-2 does not have it");
     }
+}
+
+/// A member whose fsync fails stops, with an error that says so, and acknowledges no
+/// write it could not sync (etcd panics on a failed WAL sync for the same reason: after a
+/// failed fsync, what reached the disk is unknown). Restarted with a working disk, it has
+/// every write it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_fsync_fails_stops_without_acknowledging_and_comes_back() {
+    use etcd_client::Client;
+    let objects = tempfile::tempdir().expect("tempdir");
+    let storage = format!(r#"{{ "provider": "file", "path": "{}" }}"#, objects.path().display());
+    let control = tempfile::tempdir().expect("tempdir");
+    let fault = FsyncFault::new(control.path().join("fsync"));
+    let env = |_: usize| {
+        vec![
+            ("NETSY_NODE_ID", "netsy-0".to_string()),
+            ("LD_PRELOAD", fsync_fault::library().display().to_string()),
+            ("NETSY_FSYNC_FAULT_FILE", fault.file.display().to_string()),
+        ]
+    };
+    let mut c = tokio::task::block_in_place(|| Cluster::start_on(1, "", &storage, objects, None, &env, &[], &|_, _| {}));
+    let mut client = Client::connect([c.nodes[0].endpoint()], None).await.expect("connect");
+    for i in 0..20 {
+        client
+            .put(format!("sync/{i:02}"), "before", None)
+            .await
+            .expect("a put with a working disk");
+    }
+    fault.fail();
+    let put = tokio::time::timeout(Duration::from_secs(20), client.put("sync/failed", "x", None)).await;
+    assert!(
+        !put.as_ref().is_ok_and(|r| r.is_ok()),
+        "a put was acknowledged while every fsync failed: {put:?}\n{}",
+        c.nodes[0].log()
+    );
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(60), "netsy-0 to stop after its fsync failed", || {
+            c.nodes[0].exited().is_some()
+        })
+    });
+    let status = c.nodes[0].exited().expect("exited");
+    let log = c.nodes[0].log();
+    assert!(!status.success(), "{status}");
+    assert!(
+        log.contains(fsync_fault::INJECTED) && log.contains("Raft stopped on an error") && log.contains("disk I/O error"),
+        "the log says why it stopped:\n{log}"
+    );
+
+    fault.pass();
+    c.nodes[0].child = None;
+    tokio::task::block_in_place(|| {
+        c.nodes[0].spawn();
+        c.wait_members(1);
+    });
+    let mut back = Client::connect([c.nodes[0].endpoint()], None).await.expect("connect");
+    let kvs = back
+        .get("sync/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .expect("a read after the restart");
+    let keys: Vec<String> = kvs.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+    for i in 0..20 {
+        assert!(
+            keys.contains(&format!("sync/{i:02}")),
+            "sync/{i:02} was acknowledged but is gone: {keys:?}"
+        );
+    }
+    back.put("sync/after", "after", None).await.expect("a put after the restart");
 }
 
 /// A member that lost its disk joins from a Raft snapshot (the leader's log no longer

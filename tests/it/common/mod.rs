@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fsync_fault;
 pub mod moto;
 pub mod net;
 pub mod s3proxy;
