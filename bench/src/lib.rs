@@ -85,6 +85,9 @@ pub struct Summary {
     pub p99: f64,
     pub p999: f64,
     pub max: f64,
+    /// CPU time the server spent per request, in microseconds (user + system, every
+    /// member of the group, from /proc); 0 when not measured (`netsy-bench` alone).
+    pub server_cpu_us: f64,
 }
 
 impl Summary {
@@ -112,6 +115,7 @@ impl Summary {
             p99: pct(0.99),
             p999: pct(0.999),
             max: latencies.last().map_or(0.0, |d| ms(*d)),
+            server_cpu_us: 0.0,
         }
     }
 

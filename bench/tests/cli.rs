@@ -189,8 +189,13 @@ fn quick_suite_writes_reports() {
         "watch-latency",
         "lease keep-alive",
         "RSS (MiB)",
-        "3 members: put",
+        "data on disk (MiB)",
+        "3 members: put, 100 clients",
+        "3 members: put, 1 client",
         "failover: leader kill",
+        "server CPU/request ≤ 0.7×",
+        "p50 / (fdatasync p50 + 0.15 ms) ≤ 1.0×",
+        "fdatasync of a 4 KiB append p50",
     ] {
         assert!(md.contains(row), "missing {row} in\n{md}");
     }
@@ -205,7 +210,18 @@ fn quick_suite_writes_reports() {
         assert_eq!(c["etcd"]["errors"], 0, "{c}\n{log}");
         assert_eq!(c["netsy"]["errors"], 0, "{c}\n{log}");
         assert!(c["netsy"]["requests"].as_u64().unwrap() > 0);
+        // Both servers' CPU for the puts, from /proc (in 10 ms ticks: only the larger
+        // workloads are sure to measure above zero).
+        if c["name"].as_str().unwrap().contains("put, 100 clients") {
+            assert!(c["etcd"]["server_cpu_us"].as_f64().unwrap() > 0.0, "{c}");
+            assert!(c["netsy"]["server_cpu_us"].as_f64().unwrap() > 0.0, "{c}");
+        }
     }
+    let disk = &json["disk_sync"];
+    assert!(
+        disk["samples"].as_u64().unwrap() > 0 && disk["p50_ms"].as_f64().unwrap() > 0.0,
+        "{disk}"
+    );
     for side in json["failover_seconds"].as_array().unwrap() {
         let rounds = side.as_array().unwrap();
         assert_eq!(rounds.len(), 1);
