@@ -10,6 +10,9 @@ use super::{CoreError, Replica};
 use crate::mvcc::MvccError;
 use crate::proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseStatus, LeaseTimeToLiveResponse};
 
+/// How often a keep-alive for an expired lease checks whether its revocation is done.
+const EXPIRING_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Replica {
     /// Renews lease `id`; TTL 0 in the answer: no such lease (as etcd answers).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, CoreError> {
@@ -79,10 +82,20 @@ impl Replica {
     pub(super) async fn lease_deadline_here(&self, id: i64, renew: bool, deadline: Instant) -> Result<(i64, i64), CoreError> {
         if renew {
             self.confirmed_read_index(deadline).await?;
-        } else {
-            self.require_leader()?;
         }
-        Ok(self.lessor.deadline(&self.reader, id, renew)?)
+        loop {
+            self.require_leader()?;
+            if let Some(found) = self.lessor.deadline(&self.reader, id, renew)? {
+                return Ok(found);
+            }
+            // Expired and about to be revoked by the expiry loop (as etcd's Renew, wait
+            // for that and then answer "not found"); if leadership moves meanwhile, the
+            // client retries at the new leader, where the lease has a full TTL again.
+            if Instant::now() + EXPIRING_POLL >= deadline {
+                return Err(CoreError::Timeout);
+            }
+            tokio::time::sleep(EXPIRING_POLL).await;
+        }
     }
 
     /// The leader's lease expiry, until the task is dropped (see `lease::expiry`).
@@ -95,8 +108,10 @@ impl Replica {
 impl crate::lease::expiry::Expire for Replica {
     type Error = CoreError;
 
-    fn leads(&self) -> bool {
-        self.is_leader()
+    fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader == Some(self.ids.raft_id)).then_some(m.current_term)
     }
 
     async fn revoke(&self, id: i64) -> Result<(), CoreError> {

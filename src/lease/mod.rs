@@ -31,6 +31,19 @@ struct Tracked {
     ttl: i64,
 }
 
+/// What a keep-alive found in the leader's tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Renewed: the whole TTL (seconds) is left.
+    Renewed(i64),
+    /// Its deadline has passed: the expiry loop is revoking it (or will at its next tick),
+    /// so it is not renewed. etcd's Renew likewise waits for such a lease's revocation and
+    /// then answers "not found", rather than extending a lease whose keys are about to go.
+    Expired,
+    /// Not tracked here (yet): the lease table decides.
+    Untracked,
+}
+
 /// Taken before reading the lease table: whatever is revoked after it is not brought
 /// back by what that read saw.
 #[derive(Clone, Copy)]
@@ -78,14 +91,16 @@ impl Lessor {
     }
 
     /// On the leader: renews lease `id` (`renew`) or reports its deadline. Returns
-    /// (granted TTL, seconds left); TTL 0: no such lease. Every grant and revoke this
-    /// leader committed is already applied here, so its table is current.
-    pub fn deadline(&self, reader: &Reader, id: i64, renew: bool) -> Result<(i64, i64), MvccError> {
+    /// (granted TTL, seconds left); TTL 0: no such lease; `None`: the lease expired and
+    /// its revocation is pending (ask again once it is revoked). Every grant and revoke
+    /// this leader committed is already applied here, so its table is current.
+    pub fn deadline(&self, reader: &Reader, id: i64, renew: bool) -> Result<Option<(i64, i64)>, MvccError> {
         if renew {
             // Leases this leader granted, synced or renewed before: no table read.
-            if let Some(ttl) = self.keep_alive(id) {
-                // Just renewed: the whole TTL is left.
-                return Ok((ttl, ttl));
+            match self.keep_alive(id) {
+                KeepAlive::Renewed(ttl) => return Ok(Some((ttl, ttl))),
+                KeepAlive::Expired => return Ok(None),
+                KeepAlive::Untracked => {}
             }
         }
         let mark = self.mark();
@@ -94,9 +109,9 @@ impl Lessor {
                 if renew {
                     self.track(mark, id, ttl);
                 }
-                Ok((ttl, self.remaining(id).unwrap_or(ttl)))
+                Ok(Some((ttl, self.remaining(id).unwrap_or(ttl))))
             }
-            None => Ok((0, 0)),
+            None => Ok(Some((0, 0))),
         }
     }
 
@@ -122,13 +137,19 @@ impl Lessor {
         }
     }
 
-    /// Restarts a tracked lease's TTL (a keep-alive); its granted TTL, or `None` if this
-    /// leader does not track the lease (yet).
-    pub fn keep_alive(&self, id: i64) -> Option<i64> {
-        let mut d = self.inner.lock().ok()?;
-        let t = d.leases.get_mut(&id)?;
+    /// Restarts a tracked lease's TTL (a keep-alive), unless its deadline has passed.
+    pub fn keep_alive(&self, id: i64) -> KeepAlive {
+        let Ok(mut d) = self.inner.lock() else {
+            return KeepAlive::Untracked;
+        };
+        let Some(t) = d.leases.get_mut(&id) else {
+            return KeepAlive::Untracked;
+        };
+        if t.deadline <= Instant::now() {
+            return KeepAlive::Expired;
+        }
         *t = Tracked::fresh(t.ttl);
-        Some(t.ttl)
+        KeepAlive::Renewed(t.ttl)
     }
 
     /// The lease was revoked (or never existed).
@@ -194,11 +215,11 @@ mod tests {
         assert!(l.remaining(2).is_some_and(|r| r > 90 && r <= 100));
         l.sync(l.mark(), &[(2, 100)]);
         assert_eq!(l.remaining(1), None);
-        assert_eq!(l.keep_alive(2), Some(100));
-        assert_eq!(l.keep_alive(3), None, "untracked leases are not invented");
+        assert_eq!(l.keep_alive(2), KeepAlive::Renewed(100));
+        assert_eq!(l.keep_alive(3), KeepAlive::Untracked, "untracked leases are not invented");
         l.forget(2);
         assert_eq!(l.remaining(2), None);
-        assert_eq!(l.keep_alive(2), None);
+        assert_eq!(l.keep_alive(2), KeepAlive::Untracked);
     }
 
     /// A revoke that lands between a table read and its use is not undone by it.
@@ -210,13 +231,27 @@ mod tests {
         // ... the table is read here and still holds lease 7; then it is revoked:
         l.forget(7);
         l.sync(mark, &[(7, 60), (8, 30)]);
-        assert_eq!(l.keep_alive(7), None);
-        assert_eq!(l.keep_alive(8), Some(30));
+        assert_eq!(l.keep_alive(7), KeepAlive::Untracked);
+        assert_eq!(l.keep_alive(8), KeepAlive::Renewed(30));
         l.track(mark, 7, 60);
-        assert_eq!(l.keep_alive(7), None);
+        assert_eq!(l.keep_alive(7), KeepAlive::Untracked);
         // A read that starts after the revoke sees the table as it is.
         let later = l.mark();
         l.track(later, 9, 10);
-        assert_eq!(l.keep_alive(9), Some(10));
+        assert_eq!(l.keep_alive(9), KeepAlive::Renewed(10));
+    }
+
+    /// A lease past its deadline is being revoked: a keep-alive does not extend it (it
+    /// used to, answering a full TTL for a lease whose keys went a moment later).
+    #[test]
+    fn an_expired_lease_is_not_renewed() {
+        let l = Lessor::default();
+        l.sync(l.mark(), &[(1, 0), (2, 100)]);
+        assert_eq!(l.keep_alive(1), KeepAlive::Expired);
+        assert_eq!(l.expired(), vec![1], "still expired, for the expiry loop");
+        assert_eq!(l.keep_alive(2), KeepAlive::Renewed(100));
+        // Once revoked, it is unknown here and the table answers.
+        l.forget(1);
+        assert_eq!(l.keep_alive(1), KeepAlive::Untracked);
     }
 }

@@ -44,7 +44,7 @@ use crate::common::fsync_fault::{self, FsyncFault};
 use crate::common::moto::{self, Moto};
 use crate::common::s3proxy::{Mode, S3Proxy};
 use crate::common::tmpfs::Tmpfs;
-use crate::common::{etcdctl, wait_until, Cluster};
+use crate::common::{etcdctl, wait_until, wall_clock, Cluster};
 use crate::linearizability::run_with;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -367,16 +367,6 @@ fn note_wait(rig: &Rig, what: &'static str, waited: Duration) {
     if report.longest_wait.is_none_or(|(_, w)| waited > w) {
         report.longest_wait = Some((what, waited));
     }
-}
-
-/// The wall-clock time of day, to find a moment in the members' logs (those of a member
-/// whose clock is stepped are off by the step meanwhile).
-fn wall_clock() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let s = now.as_secs() % 86_400;
-    format!("{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, now.subsec_millis())
 }
 
 /// Another member than `leader`, from `r`.

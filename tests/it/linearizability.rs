@@ -171,6 +171,9 @@ pub async fn run_with(cluster: Cluster, seed: u64, length: Duration, nemesis: Ne
     let endpoints = cluster.endpoints();
     let cluster = Arc::new(Mutex::new(cluster));
     let start = Instant::now();
+    // The times in the report are seconds since this moment; the members' logs are in
+    // wall-clock time.
+    println!("robustness run: second 0 is {}", crate::common::wall_clock());
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(Progress::default());
     let compactions = Arc::new(Mutex::new(Compactions::default()));

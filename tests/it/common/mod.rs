@@ -164,6 +164,12 @@ impl Netsy {
                     self.advertised_peer_port.unwrap_or(self.peer_port)
                 ),
             )
+            // netsy's default, plus lease tracking and expiry (rare lines that explain a
+            // failed lease check); RUST_LOG in the test's environment or `envs` wins.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn,netsy::lease=debug".into()),
+            )
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -542,4 +548,14 @@ impl Cluster {
             .map(|(i, n)| format!("--- netsy-{i} ---\n{}", n.log()))
             .collect()
     }
+}
+
+/// The wall-clock time of day, to find a moment in the members' logs (those of a member
+/// whose clock is stepped are off by the step meanwhile).
+pub fn wall_clock() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = now.as_secs() % 86_400;
+    format!("{:02}:{:02}:{:02}.{:03}Z", s / 3600, s / 60 % 60, s % 60, now.subsec_millis())
 }
