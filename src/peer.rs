@@ -114,7 +114,14 @@ impl Peer for PeerService {
     }
 
     async fn append_entries(&self, request: Request<AppendEntriesRequest>) -> Result<Response<AppendEntriesReply>, Status> {
-        let rpc = codec::append_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
+        let wire = self.raft_rpc(request)?;
+        // How far the log is in object storage, as the leader knows it; a leader older
+        // than netsy 0.3 does not say, and then what is committed may be applied.
+        let uploaded = wire.archived_index.or(wire.leader_commit.as_ref().map(|c| c.index));
+        let rpc = codec::append_request_from_wire(wire).map_err(undecodable)?;
+        if let Some(index) = uploaded {
+            self.replica.leader_uploaded(index);
+        }
         Ok(Response::new(codec::append_reply_to_wire(&self.raft.append_entries(rpc).await)))
     }
 

@@ -1,6 +1,6 @@
 //! The leader ships committed log entries to object storage as segments.
 //!
-//! Every `segment_max_delay` the leader takes every applied entry after its watermark
+//! Every `segment_max_delay` the leader takes every committed entry after its watermark
 //! (the last index already in object storage) and uploads it in segments of at most
 //! `segment_max_bytes`, each created with `PutMode::Create`: a stale leader can never
 //! overwrite a segment, and a retry after a lost response finds its own segment already
@@ -78,6 +78,9 @@ pub struct Uploader {
     store: Arc<dyn ObjectStore>,
     log: Arc<dyn LogSource>,
     progress: watch::Receiver<Progress>,
+    /// How far the log is committed (the state machine announces it before applying;
+    /// in `object-storage` durability it applies only what this uploads).
+    committed: watch::Receiver<u64>,
     cfg: UploaderConfig,
     uploaded: watch::Sender<u64>,
     uploaded_bytes: Arc<AtomicU64>,
@@ -87,19 +90,32 @@ pub struct Uploader {
 const FOLLOWER_WATERMARK_EVERY: Duration = Duration::from_secs(10);
 
 impl Uploader {
-    /// Ships the entries of `log` to `store` while `progress` says this node leads.
-    pub fn new(store: Arc<dyn ObjectStore>, log: Arc<dyn LogSource>, progress: watch::Receiver<Progress>, cfg: UploaderConfig) -> Uploader {
-        let (uploaded, _) = watch::channel(0);
+    /// Ships the committed entries of `log` to `store` while `progress` says this node
+    /// leads, publishing its watermark in `uploaded` (which it only ever raises).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        log: Arc<dyn LogSource>,
+        progress: watch::Receiver<Progress>,
+        committed: watch::Receiver<u64>,
+        uploaded: watch::Sender<u64>,
+        cfg: UploaderConfig,
+    ) -> Uploader {
         // Nothing is known to be uploaded yet: keep the whole log until it is.
         log.set_purge_floor(0);
         Uploader {
             store,
             log,
             progress,
+            committed,
             cfg,
             uploaded,
             uploaded_bytes: Arc::default(),
         }
+    }
+
+    /// The last index that may be uploaded: committed (or at least applied).
+    fn upload_limit(&self) -> u64 {
+        self.progress.borrow().applied.max(*self.committed.borrow())
     }
 
     /// Bytes of segments uploaded so far (the snapshotter's `snapshot_bytes` threshold).
@@ -123,10 +139,16 @@ impl Uploader {
             if self.cfg.eager {
                 // Whatever was applied meanwhile, and what a pending upload let queue up,
                 // goes out together; wait only when there is nothing to send.
-                let behind = self.progress.borrow().applied > watermark.unwrap_or(0);
+                let behind = self.upload_limit() > watermark.unwrap_or(0);
                 if !behind {
-                    let waited = tokio::time::timeout(self.cfg.segment_max_delay, self.progress.changed()).await;
-                    if let Ok(Err(_)) = waited {
+                    let changed = async {
+                        tokio::select! {
+                            r = self.progress.changed() => r.is_ok(),
+                            r = self.committed.changed() => r.is_ok(),
+                        }
+                    };
+                    let waited = tokio::time::timeout(self.cfg.segment_max_delay, changed).await;
+                    if let Ok(false) = waited {
                         // Raft has stopped: nothing changes any more; do not spin.
                         tokio::time::sleep(self.cfg.segment_max_delay).await;
                     }
@@ -134,7 +156,9 @@ impl Uploader {
             } else {
                 tokio::time::sleep(self.cfg.segment_max_delay).await;
             }
-            let Progress { leader, applied } = *self.progress.borrow_and_update();
+            let leader = self.progress.borrow_and_update().leader;
+            self.committed.borrow_and_update();
+            let limit = self.upload_limit();
             if !leader {
                 watermark = None; // re-read it if leadership comes back
                 if follower_check.elapsed() >= FOLLOWER_WATERMARK_EVERY {
@@ -152,14 +176,20 @@ impl Uploader {
                     None => stored_watermark(self.store.as_ref(), self.cfg.epoch).await?,
                 };
                 watermark = Some(mark);
-                self.upload_through(mark, applied).await
+                self.upload_through(mark, limit).await
             }
             .await;
             match result {
                 Ok(mark) => {
                     watermark = Some(mark);
                     self.log.set_purge_floor(mark);
-                    self.uploaded.send_replace(mark);
+                    self.uploaded.send_if_modified(|w| {
+                        let higher = mark > *w;
+                        if higher {
+                            *w = mark;
+                        }
+                        higher
+                    });
                     crate::metrics::ARCHIVED_INDEX.set(mark as i64);
                     backoff = Duration::from_millis(100);
                 }
@@ -174,10 +204,10 @@ impl Uploader {
         }
     }
 
-    /// Uploads entries `mark+1..=applied`; returns the new watermark.
-    async fn upload_through(&mut self, mut mark: u64, applied: u64) -> Result<u64, UploadError> {
-        while mark < applied {
-            let entries = self.log.entries(mark + 1, applied).await.map_err(UploadError::Log)?;
+    /// Uploads entries `mark+1..=limit`; returns the new watermark.
+    async fn upload_through(&mut self, mut mark: u64, limit: u64) -> Result<u64, UploadError> {
+        while mark < limit {
+            let entries = self.log.entries(mark + 1, limit).await.map_err(UploadError::Log)?;
             match entries.first() {
                 Some((index, _)) if *index == mark + 1 => {}
                 _ => return Err(UploadError::Purged(mark)),
@@ -282,13 +312,17 @@ mod tests {
             floor: AtomicU64::new(u64::MAX),
         });
         let (_, progress) = watch::channel(Progress::default());
+        let (_, committed) = watch::channel(0);
         let cfg = UploaderConfig {
             epoch: 4,
             segment_max_bytes: 35,
             segment_max_delay: Duration::from_millis(10),
             eager: false,
         };
-        (Uploader::new(store, log.clone(), progress, cfg), log)
+        (
+            Uploader::new(store, log.clone(), progress, committed, watch::channel(0).0, cfg),
+            log,
+        )
     }
 
     #[tokio::test]

@@ -36,6 +36,7 @@ use crate::config::{Durability, Limits};
 use crate::lease::Lessor;
 use crate::mvcc::{CommitBatch, Reader, Store};
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::raft::gate::ArchiveGate;
 use crate::raft::log_store::LogStore;
 use crate::raft::peers::Peers;
 use crate::raft::proposer::{Proposer, ReadBarrier};
@@ -75,8 +76,8 @@ pub struct Parts {
     /// The Raft log (for the archive backlog and the snapshot trigger).
     pub log: LogStore,
     pub peers: Arc<Peers>,
-    /// The last log index in object storage.
-    pub archived: watch::Receiver<u64>,
+    /// How far the log is committed and in object storage (`raft::gate`).
+    pub gate: ArchiveGate,
     /// The newest log index applied to this member's store.
     pub applied: watch::Receiver<u64>,
 }
@@ -100,6 +101,8 @@ pub struct Replica {
     quota: quota::Quota,
     lessor: Lessor,
     log: LogStore,
+    gate: ArchiveGate,
+    /// The last log index in object storage (the gate's).
     archived: watch::Receiver<u64>,
     applied: watch::Receiver<u64>,
     peers: Arc<Peers>,
@@ -135,7 +138,8 @@ impl Replica {
             quota,
             lessor: Lessor::default(),
             log: parts.log,
-            archived: parts.archived,
+            archived: parts.gate.uploaded(),
+            gate: parts.gate,
             applied: parts.applied,
             peers: parts.peers,
             forwarder: forward::Forwarder::default(),
@@ -178,6 +182,11 @@ impl Replica {
     /// The last log index in object storage.
     pub fn archived(&self) -> watch::Receiver<u64> {
         self.archived.clone()
+    }
+
+    /// A leader told this follower how far the log is in object storage.
+    pub fn leader_uploaded(&self, index: u64) {
+        self.gate.leader_uploaded(index);
     }
 
     /// Whether this node is the Raft leader.

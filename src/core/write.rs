@@ -15,7 +15,8 @@ use crate::proto::etcdserverpb::{
     LeaseRevokeResponse, PutRequest, PutResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 
-/// How long a write waits for its segment upload in `object-storage` durability.
+/// How long a write waits for its segment upload in `object-storage` durability (its
+/// apply waits for the upload too).
 const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
 
 /// A command's response type: the one place an applied result is matched to the
@@ -160,7 +161,19 @@ impl Replica {
             let _not_during_a_transfer = self.handover.read().await;
             self.require_leader()?;
             let timer = crate::metrics::PROPOSAL_DURATION.start_timer();
-            let res = self.proposer.propose(cmd, size).await;
+            let res = if self.settings.durability == Durability::ObjectStorage {
+                // An entry is applied (and its result known) only once it is in object
+                // storage (`raft::gate`): an outage would hold the reply for ever.
+                match tokio::time::timeout(ARCHIVE_WAIT, self.proposer.propose(cmd, size)).await {
+                    Ok(res) => res,
+                    Err(_) => {
+                        crate::metrics::PROPOSALS_FAILED.inc();
+                        return Err(CoreError::Timeout);
+                    }
+                }
+            } else {
+                self.proposer.propose(cmd, size).await
+            };
             timer.observe_duration();
             res
         };

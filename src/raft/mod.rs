@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)] // openraft fixes the 224-byte StorageError type
 
 pub mod codec;
+pub mod gate;
 pub mod log_store;
 pub mod network;
 pub mod peers;
@@ -89,9 +90,14 @@ pub async fn start(
     peers: Arc<peers::Peers>,
     log: log_store::LogStore,
     sm: state_machine::StateMachine,
+    gate: &gate::ArchiveGate,
 ) -> Result<NetsyRaft, Box<dyn std::error::Error + Send + Sync>> {
     let config = Arc::new(raft_config(cluster_id, tuning).validate()?);
-    let network = network::Network { peers, self_id: raft_id };
+    let network = network::Network {
+        peers,
+        self_id: raft_id,
+        uploaded: gate.uploaded(),
+    };
     Ok(openraft::Raft::new(raft_id, config, network, log, sm).await?)
 }
 

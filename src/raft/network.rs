@@ -18,6 +18,9 @@ use super::{NodeId, PeerNode, TypeConfig};
 pub struct Network {
     pub peers: Arc<Peers>,
     pub self_id: NodeId,
+    /// How far the log is in object storage, sent with every AppendEntries
+    /// (`raft::gate`).
+    pub uploaded: tokio::sync::watch::Receiver<u64>,
 }
 
 pub struct Link {
@@ -25,6 +28,7 @@ pub struct Link {
     target: NodeId,
     node: PeerNode,
     peers: Arc<Peers>,
+    uploaded: tokio::sync::watch::Receiver<u64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -36,6 +40,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             peers: self.peers.clone(),
+            uploaded: self.uploaded.clone(),
         }
     }
 }
@@ -112,7 +117,9 @@ impl RaftNetwork<TypeConfig> for Link {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        let (mut client, request) = self.client(codec::append_request_to_wire(self.target, &rpc), &option)?;
+        let mut wire = codec::append_request_to_wire(self.target, &rpc);
+        wire.archived_index = Some(*self.uploaded.borrow());
+        let (mut client, request) = self.client(wire, &option)?;
         let reply = self.reply(RPCTypes::AppendEntries, &option, client.append_entries(request).await)?;
         self.result(codec::append_reply_from_wire(reply))
     }

@@ -27,6 +27,8 @@ pub struct StateMachine {
     /// The newest log index in the store: waiters (forwarded writes, reads after a
     /// ReadIndex) wake once per applied batch, without cloning openraft's metrics.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Committed entries are applied once through this (`raft::gate`).
+    gate: super::gate::ArchiveGate,
 }
 
 // openraft keeps the error's chain of causes (`AnyError`).
@@ -78,13 +80,19 @@ pub fn decode_applied_meta(meta: &AppliedMeta) -> Result<(Option<LogId>, Members
 }
 
 impl StateMachine {
-    pub fn new(store: Arc<Mutex<Store>>, reader: Reader, snapshot_dir: &Path) -> Result<StateMachine, StorageError> {
+    pub fn new(
+        store: Arc<Mutex<Store>>,
+        reader: Reader,
+        snapshot_dir: &Path,
+        gate: super::gate::ArchiveGate,
+    ) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(snap_err)?;
         Ok(StateMachine {
             store,
             reader,
             snapshot_dir: snapshot_dir.to_path_buf(),
             applied: Arc::new(tokio::sync::watch::channel(0).0),
+            gate,
         })
     }
 
@@ -270,6 +278,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let last = entries.last().map(|e| e.log_id);
+        if let Some(last) = last {
+            self.gate.before_apply(last.index).await;
+        }
         let store = self.store.clone();
         let results = Self::blocking(move || {
             let mut store = store.lock().map_err(poisoned)?;

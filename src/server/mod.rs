@@ -81,9 +81,12 @@ pub struct Node {
     identity: NodeIdentity,
     replica: Arc<Replica>,
     tls: Option<Arc<Tls>>,
-    /// For the epoch fence (uploads go through `uploader`).
+    /// For the epoch fence (uploads go through the uploader).
     objects: Arc<dyn ObjectStore>,
-    uploader: Uploader,
+    /// Stops the uploader. It runs from `start`, before `serve`: in `object-storage`
+    /// durability nothing is applied before it is uploaded (`raft::gate`), the first
+    /// entries of a new cluster included. Dropping it stops the uploader.
+    uploader_stop: tokio_util::sync::DropGuard,
     snapshotter: Snapshotter,
     /// The mesh authority's checked keys.
     mesh: Option<crate::mesh::service::Material>,
@@ -227,12 +230,13 @@ impl Node {
         store.checkpoint_in_background().map_err(storage)?;
         let store = Arc::new(Mutex::new(store));
         let reader = Reader::new(&state_path);
-        let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &scratch).map_err(storage)?;
+        let gate = raft::gate::ArchiveGate::new(config.durability == Durability::ObjectStorage);
+        let sm = raft::state_machine::StateMachine::new(store.clone(), reader.clone(), &scratch, gate.clone()).map_err(storage)?;
         sm.ensure_local_base(log_is_whole).await.map_err(storage)?;
         let applied = sm.applied_index();
         let log_reader = log.clone();
         let peers = raft::peers::Peers::new(dialer, identity.raft_id);
-        let raft = raft::start(identity.raft_id, &config.cluster_id, &config.raft, peers.clone(), log, sm)
+        let raft = raft::start(identity.raft_id, &config.cluster_id, &config.raft, peers.clone(), log, sm, &gate)
             .await
             .map_err(StartError::Raft)?;
         let progress = raft::archive_progress(&raft, identity.raft_id);
@@ -240,6 +244,8 @@ impl Node {
             objects.clone(),
             Arc::new(log_reader.clone()),
             progress.clone(),
+            gate.committed(),
+            gate.upload_sender(),
             UploaderConfig {
                 epoch: identity.epoch,
                 segment_max_bytes: config.archive.segment_max_bytes,
@@ -258,6 +264,16 @@ impl Node {
             scratch,
             uploaded_bytes: uploader.uploaded_bytes(),
         };
+        let uploader_stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = uploader_stop.clone();
+            async move {
+                tokio::select! {
+                    _ = uploader.run() => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
         let ids = Ids {
             cluster_hash: stable_hash(&config.cluster_id),
             member_id: identity.member_id,
@@ -281,7 +297,7 @@ impl Node {
             reader,
             log: log_reader,
             peers,
-            archived: uploader.watermark(),
+            gate,
             applied,
         };
         let replica = Arc::new(Replica::new(ids, settings, parts).map_err(storage)?);
@@ -291,7 +307,7 @@ impl Node {
             identity,
             replica,
             tls,
-            uploader,
+            uploader_stop: uploader_stop.drop_guard(),
             snapshotter,
             mesh,
             health,
@@ -379,7 +395,7 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
         replica,
         tls,
         objects,
-        uploader,
+        uploader_stop,
         snapshotter,
         mesh,
         health,
@@ -440,7 +456,6 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
     }
 
     spawn_until(&mut tasks, &stop, replica.clone().expire_leases());
-    spawn_until(&mut tasks, &stop, uploader.run());
     spawn_until(&mut tasks, &stop, snapshotter.run());
     spawn_until(&mut tasks, &stop, replica.clone().measure(cfg.raft.snapshot_log_bytes));
     spawn_until(
@@ -478,6 +493,7 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
     }
     replica.flush_archive(Duration::from_secs(10)).await;
     stop.cancel();
+    drop(uploader_stop);
     // Give in-flight requests a moment, then close connections that clients keep open.
     let drained = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {

@@ -188,3 +188,58 @@ async fn object_storage_durability_never_acks_what_is_not_uploaded() {
     }
     restored.stop().await;
 }
+
+/// object-storage durability: a write is not visible (to gets, serializable or not, and
+/// to watches) before it is in object storage. Every member may lose its disk, and the
+/// cluster then comes back from object storage alone: what was seen before must be
+/// there. It used to be applied (and watched and read) as soon as it was committed, and
+/// a restore after every disk was lost handed its revision to another write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn object_storage_durability_shows_nothing_before_it_is_uploaded() {
+    use etcd_client::{GetOptions, WatchOptions};
+    let (store, _inner, faults) = faulty();
+    let node = InProcess::start(store, r#""durability": "object-storage","#).await;
+    let mut c = node.client().await;
+    let rev = c.put("before", "v", None).await.unwrap().header().unwrap().revision();
+    let mut events = c
+        .watch("held", Some(WatchOptions::new().with_start_revision(rev + 1)))
+        .await
+        .unwrap();
+    assert!(events.message().await.unwrap().unwrap().created());
+
+    faults.outage.store(true, Ordering::Release);
+    let pending = tokio::spawn({
+        let mut c = c.clone();
+        async move { c.put("held", "v", None).await }
+    });
+    // Long enough for the entry to commit; it must stay invisible.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let serializable = c.get("held", Some(GetOptions::new().with_serializable())).await.unwrap();
+    assert!(
+        serializable.kvs().is_empty(),
+        "a serializable get saw a write not in object storage"
+    );
+    assert!(
+        serializable.header().unwrap().revision() <= rev,
+        "the revision moved past what is uploaded"
+    );
+    let linearizable = tokio::time::timeout(Duration::from_millis(500), c.get("held", None)).await;
+    assert!(
+        !linearizable.as_ref().is_ok_and(|r| r.as_ref().is_ok_and(|r| !r.kvs().is_empty())),
+        "a get saw a write not in object storage: {linearizable:?}"
+    );
+    let watched = tokio::time::timeout(Duration::from_millis(300), events.message()).await;
+    assert!(watched.is_err(), "a watch saw a write not in object storage: {watched:?}");
+
+    faults.outage.store(false, Ordering::Release);
+    let got = tokio::time::timeout(Duration::from_secs(30), events.message())
+        .await
+        .expect("the write is watched once uploaded")
+        .unwrap()
+        .expect("an event");
+    assert_eq!(got.events()[0].kv().unwrap().key(), b"held");
+    assert_eq!(c.get("held", None).await.unwrap().kvs().len(), 1);
+    // The put itself either timed out during the outage or was acknowledged after it.
+    let _ = pending.await.unwrap();
+    node.stop().await;
+}

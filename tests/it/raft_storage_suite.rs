@@ -16,7 +16,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let log = LogStore::open(&dir.path().join("raft.db"))?;
         let state = dir.path().join("state.db");
         let store = Store::open(&state).expect("state store");
-        let sm = StateMachine::new(Arc::new(Mutex::new(store)), Reader::new(&state), &dir.path().join("snapshots"))?;
+        let sm = StateMachine::new(
+            Arc::new(Mutex::new(store)),
+            Reader::new(&state),
+            &dir.path().join("snapshots"),
+            netsy::raft::gate::ArchiveGate::new(false),
+        )?;
         Ok((dir, log, sm))
     }
 }

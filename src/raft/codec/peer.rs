@@ -27,6 +27,8 @@ pub fn append_request_to_wire(target: NodeId, r: &AppendEntriesRequest<TypeConfi
         prev_log_id: r.prev_log_id.as_ref().map(log_id_to_pb),
         entries: r.entries.iter().map(encode_entry).collect(),
         leader_commit: r.leader_commit.as_ref().map(log_id_to_pb),
+        // Not openraft's: the sender adds it (`raft::network`, `raft::gate`).
+        archived_index: None,
     }
 }
 
