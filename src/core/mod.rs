@@ -113,6 +113,8 @@ pub struct Replica {
     /// Proposals share it; a leadership transfer holds it exclusively, so none is
     /// started while the transferee catches up.
     handover: tokio::sync::RwLock<()>,
+    /// (term, index): see `Replica::read_floor`.
+    read_floor: Mutex<(u64, u64)>,
 }
 
 impl Replica {
@@ -145,6 +147,7 @@ impl Replica {
             forwarder: forward::Forwarder::default(),
             membership_lock: tokio::sync::Mutex::new(()),
             handover: tokio::sync::RwLock::new(()),
+            read_floor: Mutex::new((0, 0)),
         };
         replica.refresh_db_size();
         Ok(replica)

@@ -139,8 +139,39 @@ impl Replica {
                 Err(CoreError::Timeout) if Instant::now() + Duration::from_millis(50) < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                Ok(index) => {
+                    let floor = self.read_floor();
+                    if floor <= index {
+                        return Ok(index);
+                    }
+                    self.wait_applied(floor, deadline).await?;
+                    return Ok(floor);
+                }
                 other => return other,
             }
         }
+    }
+
+    /// The lowest index a ReadIndex round may answer in this leader's term: its last log
+    /// index when it first served a read in the term. openraft 0.9 restores a leader that
+    /// restarts as leader at once, with the commit index its state machine had applied,
+    /// and answers a ReadIndex round with that: entries the cluster committed before the
+    /// restart (and other members applied and served) were missing from reads until the
+    /// leader's next commit (a read went back a revision after a full restart, 5-member
+    /// chaos run). A leader's log holds every committed entry, so its last index is a
+    /// safe floor; entries committed later in the term are in openraft's own answer.
+    fn read_floor(&self) -> u64 {
+        let (term, last) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_term, m.last_log_index.unwrap_or(0))
+        };
+        let Ok(mut floor) = self.read_floor.lock() else {
+            return last;
+        };
+        if floor.0 != term {
+            *floor = (term, last);
+        }
+        floor.1
     }
 }
