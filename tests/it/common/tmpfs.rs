@@ -31,8 +31,25 @@ impl Tmpfs {
         Tmpfs { path: path.to_path_buf() }
     }
 
-    /// Fills every free byte with a file; returns its size.
+    /// Whether a tmpfs is still mounted at `path` (per /proc/self/mountinfo).
+    fn mounted(&self) -> bool {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let path = self.path.to_string_lossy();
+        info.lines().any(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            // Field 5 is the mount point; the filesystem type follows the " - " separator.
+            fields.get(4) == Some(&path.as_ref()) && l.split(" - ").nth(1).is_some_and(|t| t.starts_with("tmpfs "))
+        })
+    }
+
+    /// Fills every free byte with a file; returns its size. Refuses when the tmpfs is no
+    /// longer mounted there: the filler would fill the real disk.
     pub fn fill(&self) -> u64 {
+        assert!(
+            self.mounted(),
+            "{} is not a tmpfs mount any more; refusing to fill the disk under it",
+            self.path.display()
+        );
         let mut f = std::fs::File::create(self.path.join(FILLER)).expect("create the filler");
         let mut written = 0u64;
         // Large writes first, then small ones for the last partial blocks.
