@@ -768,13 +768,26 @@ fn settle(c: &mut Cluster, rig: &Rig) {
         }
     }
     if let Some(last) = report.leases.iter().map(|(_, at, ttl)| *at + *ttl).max() {
-        let deadline = last + LEASE_GRACE;
+        // Each new leader gives every lease a full TTL again (etcd's Promote): on a loaded
+        // machine elections go on after the faults, so the deadline follows the term.
+        let longest = report.leases.iter().map(|(_, _, ttl)| *ttl).max().unwrap_or_default();
+        let mut deadline = last + LEASE_GRACE;
+        let mut term = raft_term(c);
         loop {
-            let (ok, out, _) = ctl(c, 0, &["get", "chaos/lease/", "--prefix", "--keys-only"]);
+            let (ok, out, err) = ctl(c, 0, &["get", "chaos/lease/", "--prefix", "--keys-only"]);
             if ok && out.trim().is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "leases never expired: {out}\n{}", c.logs());
+            let now_term = raft_term(c);
+            if now_term > term {
+                term = now_term;
+                deadline = deadline.max(Instant::now() + longest + LEASE_GRACE);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leases never expired (term {term}): {out}{err}\n{}",
+                c.logs()
+            );
             std::thread::sleep(ms(500));
         }
     }
@@ -784,6 +797,18 @@ fn settle(c: &mut Cluster, rig: &Rig) {
             panic!("netsy-{i} panicked: {}", &log[at..log.len().min(at + 2000)]);
         }
     }
+}
+
+/// The highest Raft term a member reports (0 if none answers).
+fn raft_term(c: &Cluster) -> u64 {
+    (0..c.nodes.len())
+        .filter_map(|i| {
+            let (ok, out, _) = ctl(c, i, &["endpoint", "status", "-w", "json"]);
+            let at = out.find("\"raft_term\":").filter(|_| ok)? + "\"raft_term\":".len();
+            out[at..].split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn seed() -> u64 {
