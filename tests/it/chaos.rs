@@ -553,7 +553,7 @@ fn ctl(c: &Cluster, i: usize, args: &[&str]) -> (bool, String, String) {
 /// it stopped).
 fn disk_full(c: &mut Cluster, rig: &Rig, hold: Duration) -> String {
     let i = rig.disk_member;
-    let role = if leader_now(c) == Some(i) { "leader" } else { "follower" };
+    let role = role(i, leader_now(c).unwrap_or(usize::MAX));
     let log_before = c.nodes[i].log().len();
     let filled = c.nodes[i].disk.as_ref().expect("the disk member has a tmpfs").fill();
     // Hold at least until the member has had to write something.
@@ -712,7 +712,7 @@ fn clock_step(c: &mut Cluster, rig: &Rig, hold: Duration, r: [u64; 4]) -> String
     }
     format!(
         "netsy-{target} ({}) stepped {sign}{minutes}m for {hold:?}, lease read {reads} times",
-        if target == leader { "leader" } else { "follower" }
+        role(target, leader)
     )
 }
 
@@ -1002,17 +1002,7 @@ async fn a_member_whose_disk_fills_up_stops_and_comes_back_once_space_is_freed()
     acked.push(after);
 
     c.nodes[2].disk.as_ref().expect("tmpfs").free();
-    c.nodes[2].child = None;
-    tokio::task::block_in_place(|| {
-        c.nodes[2].spawn();
-        c.wait_members(3);
-    });
-    let mut back = Client::connect([c.nodes[2].endpoint()], None).await.expect("connect");
-    let kvs = back
-        .get("disk/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()))
-        .await
-        .expect("read through the restarted member");
-    let keys: Vec<String> = kvs.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+    let keys = restart_and_list(&mut c, 2, "disk/").await;
     for key in &acked {
         assert!(keys.contains(key), "{key} was acknowledged but netsy-2 does not have it");
     }
@@ -1065,17 +1055,8 @@ async fn a_member_whose_fsync_fails_stops_without_acknowledging_and_comes_back()
     );
 
     fault.pass();
-    c.nodes[0].child = None;
-    tokio::task::block_in_place(|| {
-        c.nodes[0].spawn();
-        c.wait_members(1);
-    });
-    let mut back = Client::connect([c.nodes[0].endpoint()], None).await.expect("connect");
-    let kvs = back
-        .get("sync/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()))
-        .await
-        .expect("a read after the restart");
-    let keys: Vec<String> = kvs.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+    let keys = restart_and_list(&mut c, 0, "sync/").await;
+    let mut back = etcd_client::Client::connect([c.nodes[0].endpoint()], None).await.expect("connect");
     for i in 0..20 {
         assert!(
             keys.contains(&format!("sync/{i:02}")),
@@ -1083,6 +1064,22 @@ async fn a_member_whose_fsync_fails_stops_without_acknowledging_and_comes_back()
         );
     }
     back.put("sync/after", "after", None).await.expect("a put after the restart");
+}
+
+/// Restarts member `i`, which stopped by itself, waits until every member is a voter, and
+/// lists the keys under `prefix` through it.
+async fn restart_and_list(c: &mut Cluster, i: usize, prefix: &str) -> Vec<String> {
+    c.nodes[i].child = None;
+    tokio::task::block_in_place(|| {
+        c.nodes[i].spawn();
+        c.wait_members(c.nodes.len());
+    });
+    let mut back = etcd_client::Client::connect([c.nodes[i].endpoint()], None).await.expect("connect");
+    let kvs = back
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .expect("a read through the restarted member");
+    kvs.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
 }
 
 /// A member that lost its disk joins from a Raft snapshot (the leader's log no longer
