@@ -84,8 +84,10 @@ pub struct Store {
     /// Commits never checkpoint the WAL themselves; `Reader::checkpoint` does, off the
     /// apply path (see `checkpoint_in_background`).
     background_checkpoints: bool,
-    /// The Raft bookkeeping rows of netsy 0.1 are still there (the next batch removes them).
-    legacy_meta: bool,
+    /// The Raft bookkeeping as committed (read at open and after a replacement, then
+    /// kept by `apply_batch`, so a batch neither reads nor rewrites what did not change).
+    /// `legacy`: the rows of netsy 0.1 are still there (the next batch removes them).
+    meta: AppliedMeta,
 }
 
 fn storage(e: rusqlite::Error) -> MvccError {
@@ -99,11 +101,11 @@ impl Store {
         schema::configure(&conn, true).map_err(storage)?;
         schema::create(&conn)?;
         let revs = read::revisions(&conn).map_err(storage)?;
-        let legacy_meta = read_meta(&conn).map_err(storage)?.legacy;
+        let meta = read_meta(&conn).map_err(storage)?;
         // Bounded: a watch stream that falls this far behind catches up from history instead.
         let (commits, _) = broadcast::channel(256);
         Ok(Store {
-            legacy_meta,
+            meta,
             conn,
             path: path.to_path_buf(),
             published: Arc::new(std::sync::atomic::AtomicI64::new(revs.current)),
@@ -148,7 +150,7 @@ impl Store {
     }
 
     pub fn applied_meta(&self) -> Result<AppliedMeta, MvccError> {
-        read_meta(&self.conn).map_err(storage)
+        Ok(self.meta.clone())
     }
 
     /// Applies a batch of committed commands in one SQLite transaction. `None` entries are
@@ -199,19 +201,31 @@ impl Store {
                 }
             }
         }
-        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [revs.current])
-            .map_err(storage)?;
-        for (name, value) in [(APPLIED, &meta.last_applied), (MEMBERSHIP, &meta.membership)] {
-            tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(rusqlite::params![name, value]))
+        if revs.current != self.revs.current {
+            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")
+                .and_then(|mut s| s.execute([revs.current]))
                 .map_err(storage)?;
         }
-        if self.legacy_meta {
+        let rewrite = self.meta.legacy;
+        for (name, value, before) in [
+            (APPLIED, &meta.last_applied, &self.meta.last_applied),
+            (MEMBERSHIP, &meta.membership, &self.meta.membership),
+        ] {
+            if rewrite || value != before {
+                tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
+                    .and_then(|mut s| s.execute(rusqlite::params![name, value]))
+                    .map_err(storage)?;
+            }
+        }
+        if rewrite {
             tx.execute("DELETE FROM meta WHERE name IN (?1, ?2)", [LEGACY_APPLIED, LEGACY_MEMBERSHIP])
                 .map_err(storage)?;
         }
         tx.commit().map_err(storage)?;
-        self.legacy_meta = false;
+        self.meta = AppliedMeta {
+            legacy: false,
+            ..meta.clone()
+        };
         let changed = revs != self.revs;
         self.revs = revs;
         self.published.store(revs.current, std::sync::atomic::Ordering::Release);
@@ -269,7 +283,7 @@ impl Store {
             schema::disable_auto_checkpoint(&conn).map_err(storage)?;
         }
         self.revs = read::revisions(&conn).map_err(storage)?;
-        self.legacy_meta = read_meta(&conn).map_err(storage)?.legacy;
+        self.meta = read_meta(&conn).map_err(storage)?;
         self.conn = conn;
         Ok(())
     }
