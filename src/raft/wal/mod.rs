@@ -83,7 +83,7 @@ impl Default for Options {
         Options {
             segment_bytes: 64 << 20,
             cache_bytes: 64 << 20,
-            zero_ahead: 4 << 20,
+            zero_ahead: 1 << 20,
         }
     }
 }
