@@ -36,10 +36,9 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<i64, RestoreError> {
     }
     let dir = data_dir.display().to_string();
     std::fs::create_dir_all(data_dir).map_err(|e| RestoreError::DataDir(dir.clone(), e))?;
-    for existing in ["state.db", "raft.db", "node.json"] {
-        if data_dir.join(existing).exists() {
-            return Err(RestoreError::NotEmpty(dir));
-        }
+    let holds_data = ["state.db", "node.json"].iter().any(|f| data_dir.join(f).exists()) || crate::raft::wal::exists_in(data_dir);
+    if holds_data {
+        return Err(RestoreError::NotEmpty(dir));
     }
     let dest = data_dir.join("state.db");
     let verified = copy_hashed(&mut src, len - 32, &dest)

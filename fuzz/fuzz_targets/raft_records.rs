@@ -1,4 +1,4 @@
-//! Raft records as `raft.db`, the state database, local snapshots and archive segments
+//! Raft records as the Raft log (`raft/`), the state database, local snapshots and archive segments
 //! hold them (src/raft/codec): log entries, votes, log ids (the purge marker, the applied
 //! id), memberships, snapshot metas, commands and results, and netsy 0.1's bincode/JSON
 //! forms. Input: a selector byte, then the record. Every record that decodes re-encodes

@@ -158,7 +158,8 @@ pub async fn restore_into(
     replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, AdminError> {
     std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
-    for existing in ["state.db", "raft.db", "node.json"] {
+    // The Raft log: `raft/`, or the `raft.db` of netsy 0.1 and 0.2.
+    for existing in ["state.db", "raft", "raft.db", "node.json"] {
         if data_dir.join(existing).exists() {
             return Err(AdminError::Target(format!(
                 "{} already holds {existing}; restore into an empty directory",

@@ -37,9 +37,9 @@ use crate::lease::Lessor;
 use crate::mvcc::{CommitBatch, Reader, Store};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::gate::ArchiveGate;
-use crate::raft::log_store::LogStore;
 use crate::raft::peers::Peers;
 use crate::raft::proposer::{Proposer, ReadBarrier};
+use crate::raft::wal::LogStore;
 use crate::raft::{NetsyRaft, NodeId, PeerNode};
 
 /// Who this member is.

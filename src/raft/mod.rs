@@ -5,11 +5,11 @@
 
 pub mod codec;
 pub mod gate;
-pub mod log_store;
 pub mod network;
 pub mod peers;
 pub mod proposer;
 pub mod state_machine;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,7 +88,7 @@ pub async fn start(
     cluster_id: &str,
     tuning: &RaftSettings,
     peers: Arc<peers::Peers>,
-    log: log_store::LogStore,
+    log: wal::LogStore,
     sm: state_machine::StateMachine,
     gate: &gate::ArchiveGate,
 ) -> Result<NetsyRaft, Box<dyn std::error::Error + Send + Sync>> {

@@ -154,7 +154,7 @@ pub(super) fn seal_state(dir: &Path, store: &std::sync::Mutex<crate::mvcc::Store
 /// What the data directory holds (see `archive::bootstrap`).
 pub(super) fn local_state(dir: &Path, identity: Option<&NodeIdentity>) -> Result<Local, StartError> {
     let state = dir.join("state.db").exists();
-    let log = dir.join("raft.db").exists();
+    let log = raft::wal::exists_in(dir);
     match (state, log, identity) {
         (false, false, _) => Ok(Local::Empty),
         (true, false, _) => Ok(Local::Seeded),

@@ -223,7 +223,7 @@ impl Node {
                 "rebuilt from object storage"
             );
         }
-        let log = raft::log_store::LogStore::open(&dir.join("raft.db")).map_err(storage)?;
+        let log = raft::wal::LogStore::open(&dir).map_err(storage)?;
         let log_is_whole = log.holds_every_entry().map_err(storage)?;
         datadir::check_state_survived(&dir, &state_path, &scratch, log_is_whole)?;
         let mut store = Store::open(&state_path).map_err(storage)?;

@@ -586,7 +586,7 @@ async fn a_member_far_behind_catches_up_from_a_snapshot_sent_in_chunks() {
 }
 
 /// openraft counts log entries only; the log's size in bytes also triggers a snapshot
-/// (`raft.snapshot_log_bytes`), so large writes cannot grow raft.db unbounded before the
+/// (`raft.snapshot_log_bytes`), so large writes cannot grow the Raft log unbounded before the
 /// entry count is reached. The node restarts from that snapshot with every key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_large_log_is_snapshotted_long_before_the_entry_count() {

@@ -189,6 +189,20 @@ async fn every_fixture_is_served_from_its_data_directory() {
         same_boot(&n.data_dir());
         n.spawn();
         serves_exactly(&n, &expected, &format!("{} (data directory)", fixture.display())).await;
+        if fixture.join("data/raft.db").exists() {
+            // netsy 0.1 and 0.2 kept the Raft log in SQLite: imported into `raft/`, and gone.
+            assert!(
+                n.data_dir().join("raft").is_dir() && !n.data_dir().join("raft.db").exists(),
+                "{}: raft.db is imported",
+                fixture.display()
+            );
+            assert!(
+                n.log().contains("imported the Raft log from raft.db"),
+                "{}:\n{}",
+                fixture.display(),
+                n.log()
+            );
+        }
         // And again after a restart on what this netsy wrote itself, in another boot: a
         // clean stop seals the state database, so it is trusted without a rebuild.
         n.terminate();

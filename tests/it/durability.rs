@@ -24,22 +24,33 @@ async fn kill9_keeps_every_acknowledged_write() {
     }
     // Concurrent writers while the process is killed: whatever was acknowledged must stay.
     let endpoint = n.endpoint();
-    let writer = tokio::spawn(async move {
-        let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
-        let mut ok = Vec::new();
-        for i in 0..10_000 {
-            match c.put(format!("w{i:05}"), "x", None).await {
-                Ok(_) => ok.push(i),
-                Err(_) => break,
+    let concurrent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let concurrent = concurrent.clone();
+        async move {
+            let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+            let mut ok = Vec::new();
+            for i in 0..10_000 {
+                match c.put(format!("w{i:05}"), "x", None).await {
+                    Ok(_) => {
+                        ok.push(i);
+                        concurrent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(_) => break,
+                }
             }
+            ok
         }
-        ok
     });
-    common::wait_until(std::time::Duration::from_secs(20), "some concurrent writes", || {
-        std::fs::metadata(n.data_dir().join("raft.db-wal"))
-            .map(|m| m.len() > 0)
-            .unwrap_or(false)
-    });
+    // (Awaiting, not blocking: the writer runs on this test's thread.)
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while concurrent.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for some concurrent writes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     n.kill9();
     let acked_concurrent = writer.await.unwrap();

@@ -1,10 +1,10 @@
-//! openraft's storage conformance suite against netsy's SQLite log store and state machine.
+//! openraft's storage conformance suite against netsy's log store and state machine.
 
 use std::sync::{Arc, Mutex};
 
 use netsy::mvcc::{Reader, Store};
-use netsy::raft::log_store::LogStore;
 use netsy::raft::state_machine::StateMachine;
+use netsy::raft::wal::LogStore;
 use netsy::raft::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 
@@ -13,7 +13,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = LogStore::open(&dir.path().join("raft.db"))?;
+        let log = LogStore::open(dir.path())?;
         let state = dir.path().join("state.db");
         let store = Store::open(&state).expect("state store");
         let sm = StateMachine::new(

@@ -2,7 +2,7 @@
 //! openraft's types.
 //!
 //! Every record that outlives the process or crosses a version boundary — a log entry in
-//! `raft.db` or an archive segment, the vote, the applied log id and membership in the
+//! the Raft log's segments or an archive segment, the vote, the applied log id and membership in the
 //! state database, a local snapshot's meta, a forwarded command and its result — is one
 //! byte of format followed by a protobuf message of `proto/netsy/raft.proto`:
 //!
@@ -199,7 +199,7 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry<TypeConfig>, FormatError> {
 
 // ---- records ----
 
-/// A log entry as `raft.db`, archive segments and `AppendEntries` carry it.
+/// A log entry as the Raft log's segments, archive segments and `AppendEntries` carry it.
 pub fn encode_entry(e: &Entry<TypeConfig>) -> Vec<u8> {
     frame(&entry_to_pb(e))
 }
