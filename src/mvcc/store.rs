@@ -588,6 +588,28 @@ mod tests {
         })
     }
 
+    /// A new database gets `schema::PAGE_SIZE` pages; one made with another size keeps it.
+    #[test]
+    fn new_databases_get_the_configured_page_size_and_old_ones_keep_theirs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page_size = |path: &Path| -> i64 {
+            Connection::open(path)
+                .and_then(|c| c.query_row("PRAGMA page_size", [], |r| r.get(0)))
+                .expect("page size")
+        };
+        let new = dir.path().join("new.db");
+        drop(Store::open(&new).expect("open"));
+        assert_eq!(page_size(&new), schema::PAGE_SIZE);
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .and_then(|c| c.execute_batch("PRAGMA page_size = 4096; CREATE TABLE t (x)"))
+            .expect("a database of 4 KiB pages");
+        let mut store = Store::open(&old).expect("open");
+        store.apply_batch(&[Some(put("k", "v"))], &AppliedMeta::default()).expect("apply");
+        drop(store);
+        assert_eq!(page_size(&old), 4096);
+    }
+
     /// Model check: over a seeded random history of puts, deletes, range deletes and
     /// two-key Txns on a few keys, reads at every past revision (ranges, limits, counts)
     /// and the event history (with prev_kv) match a plain in-memory model, before and after
