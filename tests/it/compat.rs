@@ -190,9 +190,12 @@ async fn every_fixture_is_served_from_its_data_directory() {
         n.spawn();
         serves_exactly(&n, &expected, &format!("{} (data directory)", fixture.display())).await;
         if fixture.join("data/raft.db").exists() {
-            // netsy 0.1 and 0.2 kept the Raft log in SQLite: imported into `raft/`, and gone.
+            // netsy 0.1 and 0.2 kept the Raft log in SQLite: imported into `raft/`, and
+            // `raft.db` is now the marker that netsy 0.2 refuses.
             assert!(
-                n.data_dir().join("raft").is_dir() && !n.data_dir().join("raft.db").exists(),
+                n.data_dir().join("raft").is_dir()
+                    && netsy::raft::wal::is_moved_marker(&n.data_dir().join("raft.db")).expect("read raft.db")
+                    && !n.data_dir().join("raft.db-wal").exists(),
                 "{}: raft.db is imported",
                 fixture.display()
             );

@@ -3,9 +3,14 @@
 //! format), imported into segment files at the first open.
 //!
 //! The import is written to `raft.import/` beside `raft.db`, synced, and renamed to
-//! `raft/`; only then is `raft.db` removed. A crash before the rename leaves `raft.db`
+//! `raft/`; only then is `raft.db` replaced. A crash before the rename leaves `raft.db`
 //! as it was (the half-written import is removed and redone at the next open); after
-//! it, the log is whole and `raft.db` is removed at the next open.
+//! it, the log is whole and `raft.db` is replaced at the next open.
+//!
+//! `raft.db` is replaced by a marker rather than removed: an empty SQLite log whose
+//! `raft_meta.format` is [`MOVED`]. netsy 0.2 refuses it by name ("raft.db is in format
+//! 2, newer than this netsy reads"), so a downgrade stops at start instead of taking
+//! `state.db` without a log for a restored state and opening a new archive epoch.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,15 +25,16 @@ use crate::raft::codec::{self, legacy, FormatError};
 /// Brings the log of `data_dir` into `dir` from its `raft.db`, if it has one.
 pub fn upgrade(data_dir: &Path, dir: &Path, options: Options) -> Result<(), WalError> {
     let db = data_dir.join(LEGACY_DB);
-    if !db.exists() {
+    if !db.exists() || is_moved_marker(&db)? {
         return Ok(());
     }
     if !dir.exists() {
         import(&db, dir, options)?;
     }
-    // The WAL and shared-memory files first: `raft.db` itself is what says that this is
-    // still to do.
-    for suffix in ["-wal", "-shm", ""] {
+    // The WAL and shared-memory files first (they belong to the old file), then the
+    // marker takes the old file's place in one rename: `raft.db` itself is what says
+    // whether this is still to do.
+    for suffix in ["-wal", "-shm"] {
         let mut name = db.as_os_str().to_owned();
         name.push(suffix);
         let path = Path::new(&name);
@@ -36,9 +42,62 @@ pub fn upgrade(data_dir: &Path, dir: &Path, options: Options) -> Result<(), WalE
             std::fs::remove_file(path).map_err(WalError::io(path, "remove"))?;
         }
     }
+    let marker = data_dir.join("raft.db.moving");
+    write_moved_marker(&marker)?;
+    std::fs::rename(&marker, &db).map_err(WalError::io(&db, "replace"))?;
     segment::sync_dir(data_dir)?;
-    tracing::info!("removed raft.db: the Raft log is in {}", dir.display());
+    tracing::info!(
+        "the Raft log is in {}; raft.db is now a marker that older netsy releases refuse",
+        dir.display()
+    );
     Ok(())
+}
+
+/// The `raft_meta.format` of the marker left in place of an imported `raft.db`. No
+/// netsy ever wrote a log in this format: it exists to be refused by netsy 0.2.
+pub const MOVED: u8 = 2;
+
+/// Writes the marker: an empty log whose format is [`MOVED`], fsynced.
+fn write_moved_marker(path: &Path) -> Result<(), WalError> {
+    if path.exists() {
+        std::fs::remove_file(path).map_err(WalError::io(path, "remove"))?;
+    }
+    {
+        let conn = Connection::open(path).map_err(sqlite(path))?;
+        conn.execute_batch(
+            "CREATE TABLE log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+             CREATE TABLE raft_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+        )
+        .map_err(sqlite(path))?;
+        conn.execute(
+            "INSERT INTO raft_meta (name, value) VALUES ('format', ?1), ('moved_to', ?2)",
+            params![vec![MOVED], super::LOG_DIR.as_bytes()],
+        )
+        .map_err(sqlite(path))?;
+    }
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(WalError::io(path, "sync"))
+}
+
+/// Whether `db` is the marker an import left (see the module docs).
+pub fn is_moved_marker(db: &Path) -> Result<bool, WalError> {
+    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite(db))?;
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'raft_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sqlite(db))?;
+    if !has_meta {
+        return Ok(false);
+    }
+    let format: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM raft_meta WHERE name = 'format'", [], |r| r.get(0))
+        .optional()
+        .map_err(sqlite(db))?;
+    Ok(format.as_deref() == Some(&[MOVED]))
 }
 
 fn sqlite(db: &Path) -> impl Fn(rusqlite::Error) -> WalError + '_ {
@@ -263,7 +322,12 @@ mod tests {
             assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(5, 2)));
             let state = store.get_log_state().await.expect("state");
             assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
-            assert_eq!(names(dir.path()), vec![LOG_DIR.to_string()], "raft.db and its WAL are gone");
+            assert_eq!(
+                names(dir.path()),
+                vec![LOG_DIR.to_string(), LEGACY_DB.to_string()],
+                "raft.db's WAL is gone, and raft.db is the marker"
+            );
+            assert!(is_moved_marker(&dir.path().join(LEGACY_DB)).expect("read"));
         }
     }
 
@@ -297,13 +361,34 @@ mod tests {
             );
             assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(2, 1)));
         };
+        let after = vec![LOG_DIR.to_string(), LEGACY_DB.to_string()];
         check(LogStore::open(dir.path()).expect("open")).await;
-        assert_eq!(names(dir.path()), vec![LOG_DIR.to_string()]);
+        assert_eq!(names(dir.path()), after);
 
-        // Imported, then stopped before raft.db was removed: raft.db is not read again.
+        // Imported, then stopped before raft.db was replaced: raft.db is not read again.
+        std::fs::remove_file(dir.path().join(LEGACY_DB)).expect("remove the marker");
         legacy_db(dir.path(), &[], &[("format", vec![codec::FORMAT])]);
         check(LogStore::open(dir.path()).expect("open")).await;
-        assert_eq!(names(dir.path()), vec![LOG_DIR.to_string()]);
+        assert_eq!(names(dir.path()), after);
+        check(LogStore::open(dir.path()).expect("open")).await;
+        assert_eq!(names(dir.path()), after);
+    }
+
+    /// netsy 0.2 (the `ensure_format` of its `raft.db` store: formats up to 1) refuses the
+    /// marker left in place of an imported `raft.db`, by name.
+    #[tokio::test]
+    async fn the_marker_is_refused_by_netsy_0_2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        legacy_db(dir.path(), &[], &[("format", vec![codec::FORMAT])]);
+        drop(LogStore::open(dir.path()).expect("open"));
+        let conn = Connection::open(dir.path().join(LEGACY_DB)).expect("open the marker");
+        let format: Vec<u8> = conn
+            .query_row("SELECT value FROM raft_meta WHERE name = 'format'", [], |r| r.get(0))
+            .expect("format row");
+        let entries: i64 = conn.query_row("SELECT count(*) FROM log", [], |r| r.get(0)).expect("log table");
+        // netsy 0.2 accepted exactly `[1]` and refused any larger byte as a newer format.
+        assert!(format.len() == 1 && format[0] > 1, "{format:?}");
+        assert_eq!(entries, 0);
     }
 
     /// A `raft.db` of a format newer than this netsy reads is refused by name, and left
@@ -311,9 +396,9 @@ mod tests {
     #[test]
     fn a_future_raft_db_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        legacy_db(dir.path(), &[], &[("format", vec![codec::FORMAT + 1])]);
+        legacy_db(dir.path(), &[], &[("format", vec![MOVED + 1])]);
         let err = LogStore::open(dir.path()).err().expect("a newer raft.db is refused");
-        assert!(err.to_string().contains("raft.db is in format 2"), "{err}");
+        assert!(err.to_string().contains("raft.db is in format 3"), "{err}");
         assert!(names(dir.path()).contains(&LEGACY_DB.to_string()));
         assert!(!dir.path().join(LOG_DIR).exists() && !dir.path().join("raft.import").exists());
     }

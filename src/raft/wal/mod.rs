@@ -24,6 +24,7 @@
 
 mod cache;
 mod import;
+pub use import::is_moved_marker;
 mod index;
 mod record;
 mod recover;
@@ -62,7 +63,8 @@ const PURGED_FILE: &str = "purged";
 
 /// Whether `data_dir` holds a Raft log (of this netsy, or the `raft.db` of an older one).
 pub fn exists_in(data_dir: &Path) -> bool {
-    data_dir.join(LOG_DIR).exists() || data_dir.join(LEGACY_DB).exists()
+    let legacy = data_dir.join(LEGACY_DB);
+    data_dir.join(LOG_DIR).exists() || (legacy.exists() && !import::is_moved_marker(&legacy).unwrap_or(false))
 }
 
 /// Sizes the log works with.
