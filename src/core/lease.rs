@@ -114,9 +114,17 @@ impl crate::lease::expiry::Expire for Replica {
         (m.current_leader == Some(self.ids.raft_id)).then_some(m.current_term)
     }
 
-    async fn revoke(&self, id: i64) -> Result<(), CoreError> {
-        match self.lease_revoke(id).await {
-            Ok(_) | Err(CoreError::Apply(MvccError::LeaseNotFound)) => Ok(()),
+    async fn revoke(&self, id: i64, term: u64) -> Result<(), CoreError> {
+        // Only as the leader of the term whose deadlines expired it (see the trait).
+        if self.leader_term() != Some(term) {
+            return Err(if self.has_leader() {
+                CoreError::LeaderChanged
+            } else {
+                CoreError::NoLeader
+            });
+        }
+        match self.expire_lease_here(id).await {
+            Ok(()) | Err(CoreError::Apply(MvccError::LeaseNotFound)) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -102,6 +102,18 @@ impl Replica {
         }
     }
 
+    /// Revokes an expired lease as this member, the leader: never forwarded to another
+    /// member (`lease::expiry::Expire::revoke` says why). Fails when this member does not
+    /// lead.
+    pub(super) async fn expire_lease_here(&self, id: i64) -> Result<(), CoreError> {
+        let cmd = Command::LeaseRevoke { id };
+        let size = crate::raft::codec::command::encoded_len(&cmd);
+        match self.propose_here(cmd, size).await?.0 {
+            CommandResult::Error(e) => Err(CoreError::Apply(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Proposes `cmd` and takes its response, with this node's full header.
     async fn write<R: Answer>(&self, cmd: Command) -> Result<R, CoreError> {
         let mut resp = R::from_result(self.propose(cmd).await?).map_err(|other| unexpected(R::WANTED, other))?;

@@ -17,8 +17,11 @@ pub trait Expire: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
     /// The Raft term this member leads in, if it leads (only the leader expires leases).
     fn leader_term(&self) -> Option<u64>;
-    /// Revokes lease `id` through Raft; `Ok` also when it was already gone.
-    async fn revoke(&self, id: i64) -> Result<(), Self::Error>;
+    /// Revokes lease `id` through Raft, proposed by this member as the leader of `term`
+    /// and never forwarded: once another member leads, this member's deadlines are stale
+    /// (the new leader gave every lease a full TTL), so a revoke it forwarded would end a
+    /// lease early. `Ok` also when the lease was already gone.
+    async fn revoke(&self, id: i64, term: u64) -> Result<(), Self::Error>;
 }
 
 /// Runs until the task is dropped.
@@ -52,7 +55,7 @@ pub async fn run(lessor: &Lessor, reader: &Reader, replica: &impl Expire) {
         // Revokes are proposed together so Raft batches them; each is its own revision and
         // other writes interleave with them.
         let revokes = expired.into_iter().map(|id| async move {
-            match replica.revoke(id).await {
+            match replica.revoke(id, term).await {
                 Ok(()) => {
                     lessor.forget(id);
                     tracing::debug!(lease = format!("{id:x}"), "lease expired");
@@ -88,7 +91,8 @@ mod tests {
         fn leader_term(&self) -> Option<u64> {
             Some(self.term)
         }
-        async fn revoke(&self, id: i64) -> Result<(), Never> {
+        async fn revoke(&self, id: i64, term: u64) -> Result<(), Never> {
+            assert_eq!(term, self.term, "a revoke names the term whose deadlines expired the lease");
             self.revoked.lock().unwrap().push((id, Instant::now()));
             Ok(())
         }
