@@ -116,12 +116,9 @@ impl crate::lease::expiry::Expire for Replica {
 
     async fn revoke(&self, id: i64, term: u64) -> Result<(), CoreError> {
         // Only as the leader of the term whose deadlines expired it (see the trait).
+        self.require_leader()?;
         if self.leader_term() != Some(term) {
-            return Err(if self.has_leader() {
-                CoreError::LeaderChanged
-            } else {
-                CoreError::NoLeader
-            });
+            return Err(CoreError::LeaderChanged);
         }
         match self.expire_lease_here(id).await {
             Ok(()) | Err(CoreError::Apply(MvccError::LeaseNotFound)) => Ok(()),

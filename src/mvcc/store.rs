@@ -149,8 +149,9 @@ impl Store {
         self.commits.clone()
     }
 
-    pub fn applied_meta(&self) -> Result<AppliedMeta, MvccError> {
-        Ok(self.meta.clone())
+    /// The Raft bookkeeping as committed (kept in memory; see `meta`).
+    pub fn applied_meta(&self) -> &AppliedMeta {
+        &self.meta
     }
 
     /// Applies a batch of committed commands in one SQLite transaction. `None` entries are

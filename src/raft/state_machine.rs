@@ -168,12 +168,12 @@ pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>
     let membership = match membership {
         Some(m) => Some(codec::encode_membership(&m)),
         None => {
-            let applied = store.applied_meta()?;
+            let applied = store.applied_meta();
             if applied.legacy {
                 // Written by netsy 0.1: carried over in the current encoding.
-                Some(codec::encode_membership(&decode_applied_meta(&applied)?.1))
+                Some(codec::encode_membership(&decode_applied_meta(applied)?.1))
             } else {
-                applied.membership
+                applied.membership.clone()
             }
         }
     };
@@ -260,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
         let store = self.store.clone();
-        let meta = Self::blocking(move || store.lock().map_err(poisoned)?.applied_meta().map_err(sm_err)).await?;
+        let meta = Self::blocking(move || Ok(store.lock().map_err(poisoned)?.applied_meta().clone())).await?;
         let (last, membership) = decode_meta(&meta)?;
         self.set_applied(last);
         Ok((last, membership))
@@ -411,7 +411,7 @@ impl StateMachine {
         Self::blocking(move || {
             let (last, revision) = {
                 let store = this.store.lock().map_err(poisoned)?;
-                (decode_meta(&store.applied_meta().map_err(sm_err)?)?.0, store.revision())
+                (decode_meta(store.applied_meta())?.0, store.revision())
             };
             match last {
                 None if revision > 1 => {
