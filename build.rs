@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Encoded bytes must not depend on a hash map's order (golden tests, checksums).
         .btree_map(".netsy")
+        // prost's codec, with each message's buffer sized before encoding.
+        .codec_path("crate::proto::codec::Codec")
         .build_server(true)
         .build_client(true)
         // The Raft log of netsy 0.1 held the bincode of etcd's requests: reading it back
