@@ -53,7 +53,7 @@ impl Cluster for ClusterService {
         self.replica.check_member(id)?;
         self.replica.remove_member(id).await?;
         Ok(Response::new(MemberRemoveResponse {
-            header: self.replica.current_header(),
+            header: self.replica.cluster_header(),
             members: self.members(),
         }))
     }
@@ -68,7 +68,7 @@ impl Cluster for ClusterService {
             self.replica.linearizable_read().await?;
         }
         Ok(Response::new(MemberListResponse {
-            header: self.replica.current_header(),
+            header: self.replica.cluster_header(),
             members: self.members(),
         }))
     }
@@ -78,7 +78,7 @@ impl Cluster for ClusterService {
     async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
         self.replica.promote(request.into_inner().id).await?;
         Ok(Response::new(MemberPromoteResponse {
-            header: self.replica.current_header(),
+            header: self.replica.cluster_header(),
             members: self.members(),
         }))
     }

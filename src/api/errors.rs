@@ -19,6 +19,17 @@ pub enum ApiError {
     NotCapable,
     #[error("invalid alarm action")]
     InvalidAlarmAction,
+    /// A Downgrade target that is neither `MAJOR.MINOR` nor a semver.
+    #[error("wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    /// netsy cannot run as an older etcd: no downgrade target is valid.
+    #[error("invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// A Downgrade action etcd does not know.
+    #[error("unknown method")]
+    UnknownMethod,
 }
 
 impl From<InvalidRequest> for ApiError {
@@ -35,6 +46,11 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
         ApiError::AuthNotEnabled => return (Code::FailedPrecondition, m("authentication is not enabled")),
         ApiError::NotCapable => return (Code::FailedPrecondition, m("not capable")),
         ApiError::InvalidAlarmAction => return (Code::InvalidArgument, m("invalid alarm action")),
+        ApiError::WrongDowngradeVersionFormat => return (Code::InvalidArgument, m("wrong downgrade target version format")),
+        ApiError::InvalidDowngradeTargetVersion => return (Code::InvalidArgument, m("invalid downgrade target version")),
+        ApiError::NoInflightDowngrade => return (Code::FailedPrecondition, m("no inflight downgrade job")),
+        // Not in etcd's gRPC error table, so it goes out as Unknown.
+        ApiError::UnknownMethod => return (Code::Unknown, m("unknown method")),
     };
     match core {
         CoreError::Apply(err) => match err {
@@ -147,6 +163,22 @@ mod tests {
                 "etcdserver: authentication is not enabled",
             ),
             (ApiError::NotCapable, Code::FailedPrecondition, "etcdserver: not capable"),
+            (
+                ApiError::WrongDowngradeVersionFormat,
+                Code::InvalidArgument,
+                "etcdserver: wrong downgrade target version format",
+            ),
+            (
+                ApiError::InvalidDowngradeTargetVersion,
+                Code::InvalidArgument,
+                "etcdserver: invalid downgrade target version",
+            ),
+            (
+                ApiError::NoInflightDowngrade,
+                Code::FailedPrecondition,
+                "etcdserver: no inflight downgrade job",
+            ),
+            (ApiError::UnknownMethod, Code::Unknown, "etcdserver: unknown method"),
         ];
         for (err, code, msg) in cases {
             let s: Status = err.into();

@@ -13,9 +13,9 @@ use super::errors::ApiError;
 use super::stream::from_task;
 use crate::core::{Replica, SnapshotCopy};
 use crate::proto::etcdserverpb::{
-    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
-    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, downgrade_request::DowngradeAction, maintenance_server::Maintenance, AlarmMember, AlarmRequest,
+    AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::tls::ConnInfo;
 
@@ -117,9 +117,45 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(ApiError::NotCapable.into())
+    /// etcd's answers for a cluster that has no version to downgrade to: netsy serves
+    /// the etcd API at its configured version, and an older netsy cannot read what a
+    /// newer one wrote, so every well-formed target is invalid and there is never a
+    /// downgrade in flight. Checked in etcd's order (format, then a linearizable read).
+    async fn downgrade(&self, request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        let r = request.into_inner();
+        match DowngradeAction::try_from(r.action) {
+            Ok(DowngradeAction::Validate | DowngradeAction::Enable) => {
+                if !is_downgrade_version(&r.version) {
+                    return Err(ApiError::WrongDowngradeVersionFormat.into());
+                }
+                self.replica.linearizable_read().await?;
+                Err(ApiError::InvalidDowngradeTargetVersion.into())
+            }
+            Ok(DowngradeAction::Cancel) => {
+                self.replica.linearizable_read().await?;
+                Err(ApiError::NoInflightDowngrade.into())
+            }
+            Err(_) => Err(ApiError::UnknownMethod.into()),
+        }
     }
+}
+
+/// Whether etcd reads `v` as a cluster version: a semver (`3.5.0`, `3.5.0-rc.1+b`) or
+/// `MAJOR.MINOR`.
+fn is_downgrade_version(v: &str) -> bool {
+    let number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    // Pre-release and build identifiers: empty, or dot-separated runs of [0-9A-Za-z-].
+    let identifiers = |s: &str| {
+        s.is_empty()
+            || s.split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    };
+    let (rest, build) = v.split_once('+').unwrap_or((v, ""));
+    let (core, pre) = rest.split_once('-').unwrap_or((rest, ""));
+    let parts: Vec<&str> = core.split('.').collect();
+    let semver = parts.len() == 3 && parts.iter().all(|p| number(p)) && identifiers(pre) && identifiers(build);
+    let major_minor = !v.contains(['-', '+']) && parts.len() == 2 && parts.iter().all(|p| number(p));
+    semver || major_minor
 }
 
 /// Sends the copy in chunks, then its SHA-256 (as etcd does). A client that went away
@@ -159,4 +195,29 @@ async fn stream_snapshot(
     };
     let _ = tx.send(Ok(msg)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_downgrade_version;
+
+    #[test]
+    fn downgrade_targets_are_read_as_etcd_reads_them() {
+        for v in ["3.5", "3.4.0", "3.6.0-rc.1", "3.5.1+build", "10.20.30"] {
+            assert!(is_downgrade_version(v), "{v}");
+        }
+        for v in [
+            "",
+            "3",
+            "v3.5",
+            "3.5.",
+            "three.five",
+            "3.5.0.1",
+            "3.5-rc",
+            "3.5.0-rc..1",
+            "3.5.0+a_b",
+        ] {
+            assert!(!is_downgrade_version(v), "{v}");
+        }
+    }
 }

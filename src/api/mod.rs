@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod errors;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -35,22 +36,31 @@ pub fn router(replica: Arc<Replica>, config: &Config) -> Router<Stack<transport:
     let kv = kv::KvService::new(replica.clone(), limits.max_txn_ops);
     let watch = watch::WatchService::new(replica.clone(), config.watch_progress_notify_interval, limits.max_request_bytes);
     let maintenance = maintenance::MaintenanceService::new(replica.clone(), config.etcd_version.clone());
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(kv)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        WatchServer::new(watch)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(LeaseServer::new(lease::LeaseService::new(replica.clone())).max_decoding_message_size(max))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(replica.clone())).max_decoding_message_size(max))
+    .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max))
+    .add_service(AuthServer::new(auth::AuthService::new(replica.clone())).max_decoding_message_size(max));
+    // etcd's HTTP endpoints beside the services (HTTP/1.1 or HTTP/2, as etcd serves them).
+    let app = grpc
+        .routes()
+        .into_axum_router()
+        .merge(http::router(replica, config.etcd_version.clone()))
+        .fallback(http::fallback);
     tonic::transport::Server::builder()
+        .accept_http1(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .layer(transport::EtcdStatusLayer)
-        .add_service(
-            KvServer::new(kv)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            WatchServer::new(watch)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(LeaseServer::new(lease::LeaseService::new(replica.clone())).max_decoding_message_size(max))
-        .add_service(ClusterServer::new(cluster::ClusterService::new(replica.clone())).max_decoding_message_size(max))
-        .add_service(MaintenanceServer::new(maintenance).max_decoding_message_size(max))
-        .add_service(AuthServer::new(auth::AuthService::new(replica)).max_decoding_message_size(max))
+        .add_routes(tonic::service::Routes::from(app))
 }

@@ -55,6 +55,15 @@ impl Replica {
         out
     }
 
+    /// Whether this member is in the membership as a learner (not yet a voter).
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let me = self.ids.raft_id;
+        membership.get_node(&me).is_some() && !membership.voter_ids().any(|id| id == me)
+    }
+
     /// The pod name of Raft node `raft_id`, if it is in the membership.
     pub fn member_name(&self, raft_id: NodeId) -> Option<String> {
         let metrics = self.raft.metrics();

@@ -257,6 +257,12 @@ impl Replica {
         Some(self.header(self.revision.load(Ordering::Acquire)))
     }
 
+    /// The header of the Cluster service's responses: ids and term, no revision (etcd's
+    /// cluster server builds its header without one).
+    pub fn cluster_header(&self) -> Option<ResponseHeader> {
+        Some(self.header(0))
+    }
+
     /// Replaces a response's revision-only header with the full one (ids, term).
     fn fill_header(&self, header: &mut Option<ResponseHeader>) {
         let rev = header.as_ref().map_or(0, |h| h.revision);

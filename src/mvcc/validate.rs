@@ -29,8 +29,10 @@ pub enum InvalidRequest {
     /// names it in results that members exchange.
     #[error("range end must be greater than or equal to key")]
     RangeEndBeforeKey,
+    /// No longer answered (etcd reads the current revision); kept for the Raft codec.
     #[error("revision must not be negative")]
     NegativeRevision,
+    /// No longer answered (etcd applies no limit); kept for the Raft codec.
     #[error("limit must not be negative")]
     NegativeLimit,
 }
@@ -42,13 +44,9 @@ pub fn check_range(r: &RangeRequest) -> Result<(), InvalidRequest> {
     if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
         return Err(InvalidRequest::InvalidSortOption);
     }
-    if r.revision < 0 {
-        return Err(InvalidRequest::NegativeRevision);
-    }
-    if r.limit < 0 {
-        return Err(InvalidRequest::NegativeLimit);
-    }
-    // A `range_end` before `key` is no error: the range is empty (as in etcd).
+    // As in etcd, these are no errors: a `range_end` before `key` is an empty range, a
+    // negative `revision` means the current one and a negative `limit` no limit
+    // (`read::range`).
     Ok(())
 }
 
@@ -249,9 +247,11 @@ mod tests {
             check_range(&RangeRequest {
                 key: b"a".to_vec(),
                 limit: -1,
+                revision: -1,
                 ..Default::default()
             }),
-            Err(InvalidRequest::NegativeLimit)
+            Ok(()),
+            "no limit at the current revision, as in etcd"
         );
     }
 }

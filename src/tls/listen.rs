@@ -169,13 +169,18 @@ impl Incoming {
             // Without TCP_NODELAY a small response can wait for the client's delayed ACK.
             let _ = tcp.set_nodelay(true);
             let Some(tls) = &self.tls else {
-                return Poll::Ready(Conn {
+                let conn = Conn {
                     io: Io::Plain(tcp),
                     info: ConnInfo {
                         remote: Some(remote),
                         identity: None,
                     },
-                });
+                };
+                if self.which == Listener::Client {
+                    tokio::spawn(sniff(conn, self.done_tx.clone()));
+                    continue;
+                }
+                return Poll::Ready(conn);
             };
             tokio::spawn(handshake(
                 tcp,
@@ -216,6 +221,72 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, acceptor: tokio_rustls::T
         .await;
 }
 
+/// HTTP/2's connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The most of a first request line looked at (as etcd's listener does).
+const MAX_SNIFF: usize = 4096;
+
+/// A plaintext client connection is served when it opens with HTTP/2's preface (gRPC) or
+/// an HTTP/1 request line, and closed without an answer otherwise, as etcd's client port
+/// does (it matches connections the same way before any server sees them).
+async fn sniff(conn: Conn, done: mpsc::Sender<Conn>) {
+    let Io::Plain(tcp) = &conn.io else { return };
+    let mut buf = vec![0; MAX_SNIFF];
+    let verdict = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            let n = tcp.peek(&mut buf).await?;
+            if n == 0 {
+                return Ok::<bool, io::Error>(false);
+            }
+            if let Some(serve) = protocol_known(&buf[..n]) {
+                return Ok(serve);
+            }
+            // Only part of the first line is here: look again shortly.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    match verdict {
+        Ok(Ok(true)) => {
+            let _ = done.send(conn).await;
+        }
+        Ok(Ok(false)) => tracing::debug!(remote = ?conn.info.remote, "closed a client connection that spoke neither HTTP/2 nor HTTP/1"),
+        Ok(Err(e)) => tracing::debug!(remote = ?conn.info.remote, error = %e, "client connection failed before its first request"),
+        Err(_) => tracing::debug!(remote = ?conn.info.remote, "client connection sent no request in time"),
+    }
+}
+
+/// Whether a connection that began with `head` is served (`None`: not known yet).
+fn protocol_known(head: &[u8]) -> Option<bool> {
+    if head.len() >= PREFACE.len() && head.starts_with(PREFACE) {
+        return Some(true);
+    }
+    if PREFACE.starts_with(head) {
+        return None;
+    }
+    match head.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+            Some(is_http1_request_line(line))
+        }
+        None if head.len() >= MAX_SNIFF => Some(false),
+        None => None,
+    }
+}
+
+/// `METHOD TARGET HTTP/1.x`: three parts split at the first two spaces, the last an
+/// HTTP version of major 1.
+fn is_http1_request_line(line: &[u8]) -> bool {
+    let Ok(line) = std::str::from_utf8(line) else { return false };
+    let Some((_, rest)) = line.split_once(' ') else { return false };
+    let Some((_, proto)) = rest.split_once(' ') else { return false };
+    let Some((major, minor)) = proto.strip_prefix("HTTP/").and_then(|v| v.split_once('.')) else {
+        return false;
+    };
+    let number = |s: &str| !s.is_empty() && s.len() <= 7 && s.bytes().all(|b| b.is_ascii_digit());
+    number(major) && number(minor) && major.parse::<u32>() == Ok(1)
+}
+
 fn refused(which: Listener, remote: SocketAddr, err: &io::Error) {
     let (reason, error) = super::verify::failure(err);
     crate::metrics::TLS_HANDSHAKE_FAILURES
@@ -244,5 +315,37 @@ impl axum::serve::Listener for Incoming {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protocol_known;
+
+    #[test]
+    fn plaintext_connections_are_told_apart_as_etcd_does() {
+        let served: [&[u8]; 4] = [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00",
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /v3/kv/range HTTP/1.0\r\n",
+            b"GARBAGE /x HTTP/1.1\n",
+        ];
+        for head in served {
+            assert_eq!(protocol_known(head), Some(true), "{head:?}");
+        }
+        let closed: [&[u8]; 5] = [
+            b"\x00\x01\x02garbage garbage garbage\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+            b"GET /health\r\n",
+            b"GET / HTTP/2.0\r\n",
+            b"GET / HTTP/x.1\r\n",
+        ];
+        for head in closed {
+            assert_eq!(protocol_known(head), Some(false), "{head:?}");
+        }
+        for head in [&b"PRI * HTTP"[..], b"GET /health HTTP/1.1", b""] {
+            assert_eq!(protocol_known(head), None, "{head:?}: wait for more");
+        }
+        assert_eq!(protocol_known(&[b'a'; 4096]), Some(false), "no line within 4 KiB");
     }
 }

@@ -223,6 +223,10 @@ async fn garbage_instead_of_http2_closes_the_connection_and_changes_nothing() {
     for (what, bytes) in &cases {
         for (port, who) in both.ports().into_iter().zip(["netsy", "etcd"]) {
             let got = send_garbage(port, bytes);
+            if !bytes.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") {
+                // Neither HTTP/2 nor HTTP/1: closed without a byte, by both.
+                assert!(got.is_empty(), "{what}: {who} answered {got:?}");
+            }
             // At most the server's SETTINGS, a GOAWAY and window updates: never an answer.
             let types = frame_types(&got);
             if who == "netsy" {
@@ -695,6 +699,14 @@ async fn huge_and_odd_key_ranges_answer_as_etcd() {
         ("an empty range", range("k/1", "k/1", 0, false)),
         ("range end \\0 from \\0", range("\0", "\0", 0, false)),
         ("a single missing key", range("missing", "", 0, false)),
+        ("a negative limit", range("k/", "k0", -5, false)),
+        (
+            "a negative revision",
+            pb::RangeRequest {
+                revision: -3,
+                ..range("k/00001", "k/00003", 0, false)
+            },
+        ),
     ];
     for (what, r) in cases {
         let netsy = nc.range(r.clone()).await.map(|r| r.into_inner());
@@ -881,4 +893,177 @@ async fn mesh_refusals_change_nothing() {
     let fresh = crate::mesh::node_body(&node, json!({"cert_id": cert_id, "status": "healthy"}));
     assert_eq!(post("/heartbeat", &[], &fresh).0, 200);
     still_serves(&n.endpoint()).await;
+}
+
+// --- Response headers -------------------------------------------------------------------
+
+/// Which fields of a response header are set: (cluster id, member id, revision, term).
+fn header_shape(h: Option<pb::ResponseHeader>) -> (bool, bool, bool, bool) {
+    let h = h.unwrap_or_default();
+    (h.cluster_id != 0, h.member_id != 0, h.revision != 0, h.raft_term != 0)
+}
+
+/// Every RPC's response header carries the fields etcd's does (the Cluster service's
+/// has no revision, for instance), one call of each kind that changes nothing lasting.
+async fn header_shapes(endpoint: &str) -> Vec<(&'static str, (bool, bool, bool, bool))> {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut kv = pb::kv_client::KvClient::new(channel.clone());
+    let mut lease = pb::lease_client::LeaseClient::new(channel.clone());
+    let mut cluster = pb::cluster_client::ClusterClient::new(channel.clone());
+    let mut maintenance = pb::maintenance_client::MaintenanceClient::new(channel.clone());
+    let mut shapes = Vec::new();
+    let put = kv
+        .put(pb::PutRequest {
+            key: b"header/k".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put")
+        .into_inner();
+    shapes.push(("Put", header_shape(put.header)));
+    let range = pb::RangeRequest {
+        key: b"header/k".to_vec(),
+        ..Default::default()
+    };
+    shapes.push((
+        "Range",
+        header_shape(kv.range(range.clone()).await.expect("range").into_inner().header),
+    ));
+    let txn = pb::TxnRequest {
+        success: vec![pb::RequestOp {
+            request: Some(Op::RequestRange(range)),
+        }],
+        ..Default::default()
+    };
+    shapes.push(("Txn", header_shape(kv.txn(txn).await.expect("txn").into_inner().header)));
+    let delete = pb::DeleteRangeRequest {
+        key: b"header/missing".to_vec(),
+        ..Default::default()
+    };
+    shapes.push((
+        "DeleteRange",
+        header_shape(kv.delete_range(delete).await.expect("delete").into_inner().header),
+    ));
+    let grant = lease
+        .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner();
+    shapes.push(("LeaseGrant", header_shape(grant.header)));
+    let ttl = lease
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest { id: grant.id, keys: false })
+        .await
+        .expect("ttl")
+        .into_inner();
+    shapes.push(("LeaseTimeToLive", header_shape(ttl.header)));
+    let leases = lease.lease_leases(pb::LeaseLeasesRequest {}).await.expect("leases").into_inner();
+    shapes.push(("LeaseLeases", header_shape(leases.header)));
+    let revoke = lease
+        .lease_revoke(pb::LeaseRevokeRequest { id: grant.id })
+        .await
+        .expect("revoke")
+        .into_inner();
+    shapes.push(("LeaseRevoke", header_shape(revoke.header)));
+    let members = cluster
+        .member_list(pb::MemberListRequest { linearizable: false })
+        .await
+        .expect("member list")
+        .into_inner();
+    shapes.push(("MemberList", header_shape(members.header)));
+    let members = cluster
+        .member_list(pb::MemberListRequest { linearizable: true })
+        .await
+        .expect("member list")
+        .into_inner();
+    shapes.push(("MemberList linearizable", header_shape(members.header)));
+    let status = maintenance.status(pb::StatusRequest {}).await.expect("status").into_inner();
+    shapes.push(("Status", header_shape(status.header)));
+    let alarms = maintenance
+        .alarm(pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Get as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("alarm")
+        .into_inner();
+    shapes.push(("Alarm get", header_shape(alarms.header)));
+    let hash = maintenance
+        .hash_kv(pb::HashKvRequest { revision: 0 })
+        .await
+        .expect("hashkv")
+        .into_inner();
+    shapes.push(("HashKV", header_shape(hash.header)));
+    shapes
+}
+
+#[tokio::test]
+async fn every_response_header_carries_the_fields_etcds_does() {
+    let both = Both::start();
+    let [n, e] = both.endpoints();
+    let (netsy, etcd) = (header_shapes(&n).await, header_shapes(&e).await);
+    for (n, e) in netsy.iter().zip(&etcd) {
+        assert_eq!(n, e, "(cluster id, member id, revision, term) set in the header of {}", n.0);
+    }
+    assert_eq!(netsy.len(), etcd.len());
+}
+
+// --- Downgrade ---------------------------------------------------------------------------
+
+async fn downgrade(endpoint: &str, action: i32, version: &str) -> (Code, String) {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut maintenance = pb::maintenance_client::MaintenanceClient::new(channel);
+    outcome(
+        maintenance
+            .downgrade(pb::DowngradeRequest {
+                action,
+                version: version.to_string(),
+            })
+            .await,
+    )
+}
+
+#[tokio::test]
+async fn downgrade_requests_get_etcds_answers() {
+    use pb::downgrade_request::DowngradeAction;
+    let both = Both::start();
+    let [n, e] = both.endpoints();
+    let (validate, enable, cancel) = (
+        DowngradeAction::Validate as i32,
+        DowngradeAction::Enable as i32,
+        DowngradeAction::Cancel as i32,
+    );
+    let cases = [
+        (validate, "garbage"),
+        (validate, ""),
+        (validate, "3"),
+        (validate, "v3.4"),
+        (validate, "3.0"),
+        (validate, "3.0.1-rc.1"),
+        (enable, "garbage"),
+        (enable, "2.9"),
+        (cancel, ""),
+        (7, "3.4"),
+    ];
+    for (action, version) in cases {
+        let netsy = downgrade(&n, action, version).await;
+        let etcd = downgrade(&e, action, version).await;
+        assert_eq!(netsy, etcd, "action {action}, version {version:?}");
+        assert_ne!(netsy.0, Code::Ok, "action {action}, version {version:?}");
+    }
+    // etcd 3.5 may go back to 3.4; netsy cannot run as an older etcd, so it refuses
+    // every target with etcd's answer for one it cannot go to.
+    let invalid = (Code::InvalidArgument, "etcdserver: invalid downgrade target version".to_string());
+    assert_eq!(downgrade(&e, validate, "3.4").await.0, Code::Ok);
+    assert_eq!(downgrade(&n, validate, "3.4").await, invalid);
+    assert_eq!(downgrade(&n, enable, "3.4").await, invalid);
+    still_serves(&n).await;
 }

@@ -339,10 +339,10 @@ async fn bad_input_gets_etcd_errors_and_changes_nothing() {
     // As etcd answers (tests/it/edge.rs compares): an empty range, not an error.
     let r = c.get("b", Some(GetOptions::new().with_range("a"))).await.unwrap();
     assert_eq!((r.kvs().len(), r.count()), (0, 0), "range_end < key is an empty range");
-    let (code, _) = grpc_err(c.get("k", Some(GetOptions::new().with_limit(-1))).await.unwrap_err());
-    assert_eq!(code, tonic::Code::InvalidArgument, "negative limit is rejected");
-    let (code, _) = grpc_err(c.get("k", Some(GetOptions::new().with_revision(-1))).await.unwrap_err());
-    assert_eq!(code, tonic::Code::InvalidArgument, "negative revision is rejected");
+    let r = c.get("k", Some(GetOptions::new().with_limit(-1))).await.unwrap();
+    assert_eq!((r.kvs().len(), r.more()), (1, false), "a negative limit is no limit");
+    let r = c.get("k", Some(GetOptions::new().with_revision(-1))).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"v", "a negative revision reads the current one");
 
     assert_eq!(rev().await, before, "no bad request changed the store");
     assert_eq!(c.get("d", None).await.unwrap().kvs().len(), 0);

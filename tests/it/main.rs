@@ -9,6 +9,7 @@ mod common;
 mod archive;
 mod archive_faults;
 mod chaos;
+mod client_http;
 mod cluster;
 mod compat;
 mod durability;

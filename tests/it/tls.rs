@@ -568,3 +568,67 @@ async fn three_members_replicate_and_fail_over_over_mutual_tls() {
     // (The harness's port checks show up as "eof" refusals on the client port.)
     assert!(!logs.contains(r#"TLS handshake refused listener="peer""#), "{logs}");
 }
+
+/// One HTTP/1.1 GET over TLS 1.3 to the client port, presenting `cert` (if any): the
+/// status and body, or the TLS error that ended it.
+fn https_get(port: u16, ca_pem: &[u8], cert: Option<&CertFiles>, path: &str) -> Result<(u16, String), String> {
+    let provider = netsy::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.expect("ca pem")).expect("add ca");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match cert {
+        Some((crt, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(crt)
+                .expect("cert")
+                .collect::<Result<_, _>>()
+                .expect("cert pem");
+            builder
+                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).expect("key pem"))
+                .expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A server that closes without close_notify after answering: keep the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let (status, _, body) = crate::client_http::parse(&String::from_utf8_lossy(&raw));
+    Ok((status, body))
+}
+
+#[test]
+fn etcds_http_endpoints_on_the_client_port_take_the_ports_tls() {
+    let pki = Pki::new();
+    let n = start_tls(&pki, "");
+    let ca = pki.ca.cert_pem().as_bytes().to_vec();
+    let good = pki.client("kube-apiserver");
+    assert_eq!(
+        https_get(n.client_port, &ca, Some(&good), "/health"),
+        Ok((200, r#"{"health":"true","reason":""}"#.to_string()))
+    );
+    assert_eq!(
+        https_get(n.client_port, &ca, Some(&good), "/livez?verbose"),
+        Ok((200, "[+]serializable_read ok\nok\n".to_string()))
+    );
+    // No client certificate: the handshake is refused, as for gRPC.
+    let refused = https_get(n.client_port, &ca, None, "/health");
+    assert!(refused.is_err(), "{refused:?}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert!(common::try_http_get(n.client_port, "/health").is_err());
+}
