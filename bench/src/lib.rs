@@ -88,6 +88,10 @@ pub struct Summary {
     /// CPU time the server spent per request, in microseconds (user + system, every
     /// member of the group, from /proc); 0 when not measured (`netsy-bench` alone).
     pub server_cpu_us: f64,
+    /// The server's largest RSS sampled during the run (the largest member's), in bytes;
+    /// 0 when not measured.
+    #[serde(default)]
+    pub server_peak_rss_bytes: u64,
 }
 
 impl Summary {
@@ -116,6 +120,7 @@ impl Summary {
             p999: pct(0.999),
             max: latencies.last().map_or(0.0, |d| ms(*d)),
             server_cpu_us: 0.0,
+            server_peak_rss_bytes: 0,
         }
     }
 

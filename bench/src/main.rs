@@ -76,6 +76,10 @@ enum BenchCmd {
         populate: usize,
         #[arg(long, default_value_t = 1024)]
         val_size: usize,
+        /// Read with etcd 3.7's RangeStream instead of Range (netsy; etcd 3.5 answers
+        /// Unimplemented).
+        #[arg(long)]
+        stream: bool,
     },
     /// kube-apiserver's four Txn shapes (create, update, delete, compaction CAS).
     TxnMixed {
@@ -212,6 +216,7 @@ fn run(cli: Cli) -> Result<String, String> {
             limit,
             populate,
             val_size,
+            stream,
         } => {
             let linearizable = match consistency.as_str() {
                 "l" => true,
@@ -225,6 +230,7 @@ fn run(cli: Cli) -> Result<String, String> {
                 limit,
                 populate,
                 value_size: val_size,
+                stream,
             }
         }
         BenchCmd::TxnMixed { val_size } => Workload::TxnMixed { value_size: val_size },

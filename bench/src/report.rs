@@ -208,9 +208,9 @@ fn footprint_ratio(etcd: u64, netsy: u64) -> f64 {
 fn table(md: &mut String, comparisons: &[Comparison], disk: &DiskSync) {
     let _ = writeln!(
         md,
-        "| workload | etcd req/s | netsy req/s | etcd p50 / p99 ms | netsy p50 / p99 ms | server CPU µs/req e/n | errors e/n | target | ratio | met |"
+        "| workload | etcd req/s | netsy req/s | etcd p50 / p99 ms | netsy p50 / p99 ms | server CPU µs/req e/n | peak server RSS MiB e/n | errors e/n | target | ratio | met |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---:|:---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|:---:|");
     for c in comparisons {
         let targets: Vec<_> = if c.targets.is_empty() {
             vec![None]
@@ -237,7 +237,7 @@ fn table(md: &mut String, comparisons: &[Comparison], disk: &DiskSync) {
             let name = if i == 0 { c.name.as_str() } else { "″" };
             let _ = writeln!(
                 md,
-                "| {name} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} / {:.0} | {}/{} | {target} | {ratio_s} | {met} |",
+                "| {name} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {}/{} | {target} | {ratio_s} | {met} |",
                 c.etcd.per_second,
                 c.netsy.per_second,
                 c.etcd.p50,
@@ -246,6 +246,8 @@ fn table(md: &mut String, comparisons: &[Comparison], disk: &DiskSync) {
                 c.netsy.p99,
                 c.etcd.server_cpu_us,
                 c.netsy.server_cpu_us,
+                mib(c.etcd.server_peak_rss_bytes),
+                mib(c.netsy.server_peak_rss_bytes),
                 c.etcd.errors,
                 c.netsy.errors
             );

@@ -275,6 +275,9 @@ struct Case {
     conns: usize,
     total: usize,
     workload: Workload,
+    /// What netsy runs instead of `workload`, where the two servers answer the same need
+    /// differently (RangeStream against etcd 3.5's unary Range).
+    netsy_workload: Option<Workload>,
     targets: Vec<Target>,
 }
 
@@ -287,6 +290,7 @@ fn range_one_key() -> Workload {
         limit: 0,
         populate: 0,
         value_size: 0,
+        stream: false,
     }
 }
 
@@ -307,6 +311,7 @@ fn cases(quick: bool) -> Vec<Case> {
             total: n(60_000, 2_000),
             workload: put(KeyOrder::Random),
             targets: vec![t(Metric::Throughput, 1.5), t(Metric::P99, 1.0), t(Metric::CpuPerRequest, 0.7)],
+            netsy_workload: None,
         },
         Case {
             name: "put, 1 client, 256 B",
@@ -317,6 +322,7 @@ fn cases(quick: bool) -> Vec<Case> {
             // etcd 3.5.1 as one member replies before its fdatasync returns (etcd issue
             // #14370), so a durable reply is judged against the disk instead.
             targets: vec![t(Metric::P50OverDiskSync, 1.0)],
+            netsy_workload: None,
         },
         Case {
             name: "txn-mixed (kube-apiserver shapes), 100 clients",
@@ -325,6 +331,7 @@ fn cases(quick: bool) -> Vec<Case> {
             total: n(40_000, 2_000),
             workload: Workload::TxnMixed { value_size: 512 },
             targets: vec![t(Metric::Throughput, 1.5)],
+            netsy_workload: None,
         },
         Case {
             name: "range 1 key, linearizable, 100 clients",
@@ -333,6 +340,7 @@ fn cases(quick: bool) -> Vec<Case> {
             total: n(120_000, 3_000),
             workload: range_one_key(),
             targets: vec![t(Metric::Throughput, 2.0)],
+            netsy_workload: None,
         },
         Case {
             name: "prefix range 1,000 × 1 KiB, 20 clients",
@@ -346,8 +354,10 @@ fn cases(quick: bool) -> Vec<Case> {
                 limit: 0,
                 populate: 1_000,
                 value_size: 1024,
+                stream: false,
             },
             targets: vec![t(Metric::Throughput, 2.0)],
+            netsy_workload: None,
         },
         Case {
             name: "watch-latency, 100 watchers (10 streams), 200 puts/s",
@@ -361,6 +371,7 @@ fn cases(quick: bool) -> Vec<Case> {
                 value_size: 256,
             },
             targets: vec![t(Metric::P99, 1.0)],
+            netsy_workload: None,
         },
         Case {
             name: "lease keep-alive, 100 clients",
@@ -369,6 +380,7 @@ fn cases(quick: bool) -> Vec<Case> {
             total: n(120_000, 3_000),
             workload: Workload::LeaseKeepalive,
             targets: vec![t(Metric::Throughput, 1.0)],
+            netsy_workload: None,
         },
         Case {
             name: "list 10,000 × 1 KiB (1 client)",
@@ -382,10 +394,37 @@ fn cases(quick: bool) -> Vec<Case> {
                 limit: 0,
                 populate: n(10_000, 500),
                 value_size: 1024,
+                stream: false,
             },
             targets: vec![t(Metric::Throughput, 2.0)],
+            netsy_workload: None,
+        },
+        Case {
+            // etcd 3.5 has no RangeStream: the same list, streamed by netsy, unary from
+            // etcd; p50 is the time to the last byte, and the peak RSS column shows what
+            // each server held meanwhile.
+            name: "list 10,000 × 1 KiB: netsy RangeStream vs etcd Range (1 client)",
+            clients: 1,
+            conns: 1,
+            total: n(30, 5),
+            workload: list_workload(false, n(10_000, 500)),
+            targets: vec![],
+            netsy_workload: Some(list_workload(true, n(10_000, 500))),
         },
     ]
+}
+
+/// The list of 10,000 × 1 KiB (`stream`: as a RangeStream).
+fn list_workload(stream: bool, populate: usize) -> Workload {
+    Workload::Range {
+        key: "/list/".into(),
+        prefix: true,
+        linearizable: true,
+        limit: 0,
+        populate,
+        value_size: 1024,
+        stream,
+    }
 }
 
 fn mean(a: &Summary, b: &Summary) -> Summary {
@@ -403,11 +442,13 @@ fn mean(a: &Summary, b: &Summary) -> Summary {
         p999: avg(a.p999, b.p999),
         max: a.max.max(b.max),
         server_cpu_us: avg(a.server_cpu_us, b.server_cpu_us),
+        server_peak_rss_bytes: a.server_peak_rss_bytes.max(b.server_peak_rss_bytes),
     }
 }
 
-/// Runs `case` against a group; the connections are spread over its members.
-async fn run_on(group: &[Server], case: &Case) -> Result<Summary, BenchError> {
+/// Runs `case` (as `workload`) against a group; the connections are spread over its
+/// members. The RSS of the members is sampled meanwhile (the largest is kept).
+async fn run_on(group: &[Server], case: &Case, workload: &Workload) -> Result<Summary, BenchError> {
     let opts = Options {
         endpoints: group.iter().map(|m| m.endpoint.clone()).collect(),
         clients: case.clients,
@@ -415,7 +456,23 @@ async fn run_on(group: &[Server], case: &Case) -> Result<Summary, BenchError> {
         total: case.total,
     };
     let cpu_before = group_cpu_seconds(group);
-    let mut s = run(&opts, &case.workload).await?;
+    let pids: Vec<u32> = group.iter().map(|m| m.child.id()).collect();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                for &pid in &pids {
+                    peak.fetch_max(rss(pid).0, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let result = run(&opts, workload).await;
+    sampler.abort();
+    let mut s = result?;
+    s.server_peak_rss_bytes = peak.load(std::sync::atomic::Ordering::Relaxed);
     let cpu = group_cpu_seconds(group) - cpu_before;
     if s.requests > 0 {
         s.server_cpu_us = cpu * 1e6 / s.requests as f64;
@@ -445,6 +502,7 @@ async fn watchers_rss(server: &Server, streams: usize, per_stream: usize) -> Res
             value_size: 64,
         },
         targets: vec![],
+        netsy_workload: None,
     };
     // The RSS is sampled while the workload (and so its watchers) is running.
     let pid = server.child.id();
@@ -458,7 +516,7 @@ async fn watchers_rss(server: &Server, streams: usize, per_stream: usize) -> Res
             }
         })
     };
-    let result = run_on(std::slice::from_ref(server), &case).await;
+    let result = run_on(std::slice::from_ref(server), &case, &case.workload).await;
     sampler.abort();
     result?;
     Ok(max.load(std::sync::atomic::Ordering::Relaxed))
@@ -505,12 +563,13 @@ async fn compare(etcd: &[Server], netsy: &[Server], cases: Vec<Case>, rounds: us
         let mut etcd_runs = Vec::new();
         let mut netsy_runs = Vec::new();
         for round in 0..rounds.max(1) {
+            let netsy_workload = case.netsy_workload.as_ref().unwrap_or(&case.workload);
             if round % 2 == 0 {
-                etcd_runs.push(run_on(etcd, &case).await?);
-                netsy_runs.push(run_on(netsy, &case).await?);
+                etcd_runs.push(run_on(etcd, &case, &case.workload).await?);
+                netsy_runs.push(run_on(netsy, &case, netsy_workload).await?);
             } else {
-                netsy_runs.push(run_on(netsy, &case).await?);
-                etcd_runs.push(run_on(etcd, &case).await?);
+                netsy_runs.push(run_on(netsy, &case, netsy_workload).await?);
+                etcd_runs.push(run_on(etcd, &case, &case.workload).await?);
             }
         }
         let fold = |runs: Vec<Summary>| runs.iter().skip(1).fold(runs[0].clone(), |a, b| mean(&a, b));
@@ -608,6 +667,7 @@ fn cluster_cases(quick: bool) -> Vec<Case> {
             total: n(60_000, 2_000),
             workload: put.clone(),
             targets: vec![t(Metric::Throughput, 1.5)],
+            netsy_workload: None,
         },
         Case {
             name: "3 members: put, 1 client, 256 B",
@@ -616,6 +676,7 @@ fn cluster_cases(quick: bool) -> Vec<Case> {
             total: n(3_000, 200),
             workload: put,
             targets: vec![t(Metric::P50, 1.0)],
+            netsy_workload: None,
         },
         Case {
             name: "3 members: range 1 key, linearizable, 100 clients",
@@ -624,6 +685,7 @@ fn cluster_cases(quick: bool) -> Vec<Case> {
             total: n(60_000, 2_000),
             workload: range_one_key(),
             targets: vec![],
+            netsy_workload: None,
         },
     ]
 }

@@ -52,6 +52,8 @@ pub enum Workload {
         limit: i64,
         populate: usize,
         value_size: usize,
+        /// As etcd 3.7's RangeStream (the time is to the last chunk).
+        stream: bool,
     },
     /// The four Txn shapes kube-apiserver sends: create, guaranteed update, delete, and the
     /// compaction bookkeeping on `compact_rev_key`.
@@ -139,6 +141,7 @@ pub async fn run(opts: &Options, workload: &Workload) -> Result<Summary, BenchEr
             limit,
             populate,
             value_size,
+            stream,
         } => {
             let range_end = if *prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
             if *prefix && *populate > 0 {
@@ -151,6 +154,17 @@ pub async fn run(opts: &Options, workload: &Workload) -> Result<Summary, BenchEr
                 serializable: !linearizable,
                 ..Default::default()
             };
+            if *stream {
+                return closed_loop(opts, "range-stream", &channels, move |ch, _| {
+                    let req = req.clone();
+                    Box::pin(async move {
+                        let mut chunks = kv_client(ch).range_stream(req).await?.into_inner();
+                        while chunks.message().await?.is_some() {}
+                        Ok(())
+                    })
+                })
+                .await;
+            }
             closed_loop(opts, "range", &channels, move |ch, _| {
                 let req = req.clone();
                 Box::pin(async move { kv_client(ch).range(req).await.map(|_| ()) })

@@ -27,6 +27,9 @@ pub enum ApiError {
     InvalidDowngradeTargetVersion,
     #[error("no inflight downgrade job")]
     NoInflightDowngrade,
+    /// A RangeStream asking for an order other than by key (etcd 3.7 refuses it too).
+    #[error("RangeStream does not support sorting; use Range")]
+    RangeStreamSorted,
     /// A Downgrade action etcd does not know.
     #[error("unknown method")]
     UnknownMethod,
@@ -49,6 +52,7 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
         ApiError::WrongDowngradeVersionFormat => return (Code::InvalidArgument, m("wrong downgrade target version format")),
         ApiError::InvalidDowngradeTargetVersion => return (Code::InvalidArgument, m("invalid downgrade target version")),
         ApiError::NoInflightDowngrade => return (Code::FailedPrecondition, m("no inflight downgrade job")),
+        ApiError::RangeStreamSorted => return (Code::InvalidArgument, m("RangeStream does not support sorting; use Range")),
         // Not in etcd's gRPC error table, so it goes out as Unknown.
         ApiError::UnknownMethod => return (Code::Unknown, m("unknown method")),
     };

@@ -1,16 +1,18 @@
-//! etcd KV service: Range, Put, DeleteRange, Txn, Compact. Requests are checked here (at
-//! the edge) and carried out by the replica.
+//! etcd KV service: Range, Put, DeleteRange, Txn, Compact, and etcd 3.7's RangeStream.
+//! Requests are checked here (at the edge) and carried out by the replica.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::errors::ApiError;
 use crate::core::Replica;
-use crate::mvcc::validate;
+use crate::mvcc::{validate, RangeStream};
 use crate::proto::etcdserverpb::{
     kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, TxnRequest, TxnResponse,
+    RangeResponse, RangeStreamResponse, TxnRequest, TxnResponse,
 };
 
 pub struct KvService {
@@ -31,6 +33,26 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::check_range(&req).map_err(ApiError::from)?;
         Ok(Response::new(self.replica.range(req).await?))
+    }
+
+    type RangeStreamStream = Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
+
+    /// The same checks as Range, then the replica's chunks as they are read (one held
+    /// between the reader and the client, so the stream's memory stays that of a chunk).
+    async fn range_stream(&self, request: Request<RangeRequest>) -> Result<Response<Self::RangeStreamStream>, Status> {
+        let req = request.into_inner();
+        validate::check_range(&req).map_err(ApiError::from)?;
+        let serializable = req.serializable;
+        let stream = RangeStream::new(req).map_err(|_| ApiError::RangeStreamSorted)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let replica = self.replica.clone();
+        tokio::spawn(async move { replica.range_stream(stream, serializable, tx).await });
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(|chunk| {
+            chunk
+                .map(|r| RangeStreamResponse { range_response: Some(r) })
+                .map_err(|e| Status::from(ApiError::from(e)))
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use tokio::sync::mpsc;
+
 use super::{CoreError, Replica};
-use crate::mvcc::{MvccError, Reader};
+use crate::mvcc::{MvccError, RangeStream, Reader};
 use crate::proto::etcdserverpb::{
     AlarmMember, DefragmentResponse, HashKvResponse, HashResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
     TxnResponse,
@@ -42,6 +44,51 @@ impl Replica {
         };
         self.fill_header(&mut resp.header);
         Ok(resp)
+    }
+
+    /// etcd 3.7's RangeStream: after a linearizable read barrier (unless
+    /// `serializable`), sends a header with this member's ids and term, then `stream`'s
+    /// chunks, each read in its own read transaction, until the last one, an error, or
+    /// until `tx`'s receiver is gone (the client went away). `tx` holds one chunk: the
+    /// next is read only once the previous one was taken.
+    pub async fn range_stream(&self, mut stream: RangeStream, serializable: bool, tx: mpsc::Sender<Result<RangeResponse, CoreError>>) {
+        if !serializable {
+            if let Err(e) = self.linearizable_read().await {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+        let header = RangeResponse {
+            header: Some(self.header(0)),
+            ..Default::default()
+        };
+        if tx.send(Ok(header)).await.is_err() {
+            return;
+        }
+        while !stream.is_done() {
+            let read = self
+                .read(move |r| {
+                    r.read(move |conn, revs| {
+                        let chunk = stream.next_chunk(conn, revs)?;
+                        Ok((stream, chunk))
+                    })
+                })
+                .await;
+            let chunk = match read {
+                Ok((rest, chunk)) => {
+                    stream = rest;
+                    chunk
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let empty = chunk.response.kvs.is_empty() && chunk.response.header.is_none() && !chunk.last;
+            if !empty && tx.send(Ok(chunk.response)).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// A txn that does not write.

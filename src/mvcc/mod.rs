@@ -14,12 +14,14 @@ pub mod import;
 mod read;
 mod schema;
 mod store;
+mod stream;
 pub mod validate;
 mod write;
 
 pub use history::{History, RevisionEvents};
 pub use read::{KeyRange, RangeEnd, Revisions};
 pub use store::{clear_raft_meta, read_applied_meta, read_revisions, remove_database, AppliedMeta, CommitBatch, DbSize, Reader, Store};
+pub use stream::{Chunk, RangeStream, StreamRefused};
 pub use write::{Command, CommandResult};
 
 use serde::{Deserialize, Serialize};

@@ -108,8 +108,44 @@ pub fn kvs_at(
     limit: i64,
     with_value: bool,
 ) -> rusqlite::Result<Vec<KeyValue>> {
+    let (sql, params) = kvs_at_sql(range, rev, current, limit, with_value);
+    conn.prepare_cached(&sql)?
+        .query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?
+        .collect()
+}
+
+/// Like [`kvs_at`], but stops after the row that brings the keys and values read to
+/// `max_bytes` (so at least one row); also tells whether the range has no more rows.
+pub fn kvs_at_within(
+    conn: &Connection,
+    range: &KeyRange,
+    rev: i64,
+    current: i64,
+    limit: i64,
+    with_value: bool,
+    max_bytes: usize,
+) -> rusqlite::Result<(Vec<KeyValue>, bool)> {
+    let (sql, params) = kvs_at_sql(range, rev, current, limit, with_value);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?;
+    let mut kvs = Vec::new();
+    let mut bytes = 0;
+    for row in rows.by_ref() {
+        let kv = row?;
+        bytes += kv.key.len() + kv.value.len();
+        kvs.push(kv);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    let ended = (limit <= 0 || (kvs.len() as i64) < limit) && bytes < max_bytes;
+    Ok((kvs, ended))
+}
+
+/// The SQL and parameters of [`kvs_at`].
+fn kvs_at_sql(range: &KeyRange, rev: i64, current: i64, limit: i64, with_value: bool) -> (String, Vec<Value>) {
     let limit_sql = if limit > 0 { format!(" LIMIT {limit}") } else { String::new() };
-    let (sql, params) = if rev >= current {
+    if rev >= current {
         let current_value = if with_value { ", c.value" } else { "" };
         let (cond, params) = range.sql("c.key");
         (
@@ -119,10 +155,7 @@ pub fn kvs_at(
     } else {
         let (rows, params) = rows_at(range, rev, with_value);
         (format!("SELECT * FROM ({rows}) ORDER BY key{limit_sql}"), params)
-    };
-    conn.prepare_cached(&sql)?
-        .query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?
-        .collect()
+    }
 }
 
 /// SQL (and its parameters) for the live rows of `range` at the past revision `rev`:

@@ -24,6 +24,7 @@ mod mesh;
 mod migrate;
 mod object_store_s3;
 mod raft_storage_suite;
+mod range_stream;
 mod restore;
 mod services;
 mod tls;

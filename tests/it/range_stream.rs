@@ -1,0 +1,280 @@
+//! etcd 3.7's RangeStream, black-box over gRPC: merged chunks equal the unary Range
+//! answer for ranges of several megabytes (many chunks), sorting is refused, a compaction
+//! during a stream ends it with etcd's ErrCompacted, and a client that stops reading
+//! leaves the server serving.
+
+use netsy::proto::etcdserverpb as pb;
+use pb::request_op::Request as Op;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::common::Netsy;
+
+async fn kv(n: &Netsy) -> pb::kv_client::KvClient<Channel> {
+    pb::kv_client::KvClient::connect(n.endpoint())
+        .await
+        .expect("connect")
+        .max_decoding_message_size(usize::MAX)
+}
+
+/// `count` keys `/s/NNNNN` of `size` bytes, 100 per txn.
+async fn load(c: &mut pb::kv_client::KvClient<Channel>, count: usize, size: usize) {
+    for chunk in 0..count.div_ceil(100) {
+        let ops = (chunk * 100..((chunk + 1) * 100).min(count))
+            .map(|i| pb::RequestOp {
+                request: Some(Op::RequestPut(pb::PutRequest {
+                    key: format!("/s/{i:05}").into_bytes(),
+                    value: vec![b'a' + (i % 26) as u8; size],
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        c.txn(pb::TxnRequest {
+            success: ops,
+            ..Default::default()
+        })
+        .await
+        .expect("txn");
+    }
+}
+
+/// Every message of a RangeStream merged (protobuf merge), and how many there were.
+async fn merged(c: &mut pb::kv_client::KvClient<Channel>, req: pb::RangeRequest) -> Result<(pb::RangeResponse, usize), tonic::Status> {
+    let mut stream = c.range_stream(req).await?.into_inner();
+    let mut out = pb::RangeResponse::default();
+    let mut messages = 0;
+    while let Some(msg) = stream.message().await? {
+        let chunk = msg.range_response.unwrap_or_default();
+        out.merge(chunk.encode_to_vec().as_slice()).expect("merge");
+        messages += 1;
+    }
+    Ok((out, messages))
+}
+
+#[tokio::test]
+async fn merged_chunks_equal_range_over_megabytes() {
+    let n = Netsy::start();
+    let mut c = kv(&n).await;
+    load(&mut c, 3000, 2048).await;
+    let past = c
+        .range(pb::RangeRequest {
+            key: b"/s/".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    load(&mut c, 500, 100).await; // overwrites: the past revision differs from now
+    let base = pb::RangeRequest {
+        key: b"/s/".to_vec(),
+        range_end: b"/s0".to_vec(),
+        ..Default::default()
+    };
+    let cases = [
+        ("every key", base.clone()),
+        ("limit 10", pb::RangeRequest { limit: 10, ..base.clone() }),
+        (
+            "limit 2,999",
+            pb::RangeRequest {
+                limit: 2999,
+                ..base.clone()
+            },
+        ),
+        (
+            "keys only",
+            pb::RangeRequest {
+                keys_only: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "count only",
+            pb::RangeRequest {
+                count_only: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "a past revision",
+            pb::RangeRequest {
+                revision: past,
+                ..base.clone()
+            },
+        ),
+        (
+            "serializable",
+            pb::RangeRequest {
+                serializable: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "mod revision filter and limit",
+            pb::RangeRequest {
+                min_mod_revision: past,
+                limit: 7,
+                ..base.clone()
+            },
+        ),
+        (
+            "ascending by key",
+            pb::RangeRequest {
+                sort_order: pb::range_request::SortOrder::Ascend as i32,
+                ..base.clone()
+            },
+        ),
+        (
+            "one key",
+            pb::RangeRequest {
+                key: b"/s/00042".to_vec(),
+                ..Default::default()
+            },
+        ),
+        (
+            "no key",
+            pb::RangeRequest {
+                key: b"/nothing".to_vec(),
+                ..Default::default()
+            },
+        ),
+        (
+            "everything",
+            pb::RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, req) in cases {
+        let unary = c.range(req.clone()).await.expect(what).into_inner();
+        let (streamed, messages) = merged(&mut c, req).await.expect(what);
+        assert_eq!(streamed, unary, "{what}");
+        if what == "every key" {
+            // About 6 MB: the header, then chunks of about 1 MiB.
+            assert!((6..=12).contains(&messages), "{what}: {messages} messages");
+            let h = streamed.header.expect("header");
+            assert!(
+                h.cluster_id != 0 && h.member_id != 0 && h.raft_term != 0 && h.revision != 0,
+                "{h:?}"
+            );
+        }
+    }
+    // etcd's answers before any chunk: a future revision, sorting.
+    let future = merged(
+        &mut c,
+        pb::RangeRequest {
+            revision: past + 1_000_000,
+            ..base.clone()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (future.code(), future.message()),
+        (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+    );
+    let sorted = merged(
+        &mut c,
+        pb::RangeRequest {
+            sort_target: pb::range_request::SortTarget::Mod as i32,
+            ..base.clone()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(sorted.code(), Code::InvalidArgument);
+    let empty = merged(&mut c, pb::RangeRequest::default()).await.unwrap_err();
+    assert_eq!(empty.message(), "etcdserver: key is not provided");
+}
+
+#[tokio::test]
+async fn a_compaction_during_a_stream_ends_it_with_err_compacted() {
+    let n = Netsy::start();
+    let mut c = kv(&n).await;
+    load(&mut c, 10_000, 2048).await;
+    let mut stream = c
+        .range_stream(pb::RangeRequest {
+            key: b"/s/".to_vec(),
+            range_end: b"/s0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+        .into_inner();
+    // The header and the first chunk: the revision is pinned.
+    for _ in 0..2 {
+        stream.message().await.expect("a chunk").expect("not the end");
+    }
+    c.put(pb::PutRequest {
+        key: b"/s/x".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("put");
+    let rev = c
+        .range(pb::RangeRequest {
+            key: b"/s/x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    c.compact(pb::CompactionRequest {
+        revision: rev,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        (end.code(), end.message()),
+        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_leaves_the_server_serving() {
+    let n = Netsy::start();
+    let mut c = kv(&n).await;
+    load(&mut c, 5_000, 2048).await;
+    for _ in 0..20 {
+        let mut stream = c
+            .range_stream(pb::RangeRequest {
+                key: b"/s/".to_vec(),
+                range_end: b"/s0".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("stream")
+            .into_inner();
+        stream.message().await.expect("header").expect("a message");
+        drop(stream);
+    }
+    let (all, _) = merged(
+        &mut c,
+        pb::RangeRequest {
+            key: b"/s/".to_vec(),
+            range_end: b"/s0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a stream after the abandoned ones");
+    assert_eq!(all.count, 5_000);
+}
