@@ -16,6 +16,7 @@ mod durability;
 mod edge;
 mod etcdctl_differential;
 mod helm;
+mod kube_calls;
 mod kv;
 mod layers;
 mod lease;
