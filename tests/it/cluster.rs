@@ -611,3 +611,181 @@ async fn a_large_log_is_snapshotted_long_before_the_entry_count() {
         .expect("count");
     assert_eq!(resp.count(), 40, "{}", n.log());
 }
+
+/// A `hasleader` watch on `/registry/p/` from revision `from` on (as kube-apiserver's
+/// watch cache opens it), and the sender its progress requests go to.
+async fn hasleader_watch(
+    channel: tonic::transport::Channel,
+    from: i64,
+) -> (
+    tokio::sync::mpsc::Sender<netsy::proto::etcdserverpb::WatchRequest>,
+    Result<tonic::Streaming<netsy::proto::etcdserverpb::WatchResponse>, tonic::Status>,
+) {
+    use netsy::proto::etcdserverpb as pb;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::WatchRequest>(64);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert("hasleader", "true".parse().expect("metadata"));
+    let create = pb::WatchCreateRequest {
+        key: b"/registry/p/".to_vec(),
+        range_end: b"/registry/p0".to_vec(),
+        start_revision: from,
+        ..Default::default()
+    };
+    tx.send(pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
+    })
+    .await
+    .expect("create");
+    let responses = pb::watch_client::WatchClient::new(channel)
+        .watch(request)
+        .await
+        .map(|r| r.into_inner());
+    (tx, responses)
+}
+
+/// ConsistentListFromCache as kube-apiserver runs it against a follower: a `hasleader`
+/// watch on a prefix, progress requests while another member writes, and a limit-1 read
+/// for the current revision that the watch must reach. A progress answer never runs
+/// ahead of the events delivered on the stream, on a follower and through a leader kill
+/// (after which the member ends `hasleader` streams with "no leader", as etcd does, and
+/// the watch is opened again from the next revision, as the apiserver does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn progress_answers_on_a_follower_never_run_ahead_of_events_across_a_leader_change() {
+    use netsy::proto::etcdserverpb as pb;
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let channel = tonic::transport::Channel::from_shared(c.nodes[follower].endpoint())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut kv = pb::kv_client::KvClient::new(channel.clone());
+    let put = pb::PutRequest {
+        key: b"/registry/p/start".to_vec(),
+        value: b"0".to_vec(),
+        ..Default::default()
+    };
+    let start = kv.put(put).await.expect("put").into_inner().header.expect("header").revision;
+    let (tx, responses) = hasleader_watch(channel.clone(), start + 1).await;
+    let mut responses = responses.expect("watch");
+    let progress_to = Arc::new(Mutex::new(tx));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let endpoint = c.nodes[other].endpoint();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut w = client(&endpoint).await;
+            let mut acked = 0;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if w.put(format!("/registry/p/{}", i % 13), "v", None).await.is_ok() {
+                    acked += 1;
+                    i += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            acked
+        })
+    };
+    let requester = {
+        let progress_to = progress_to.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let progress = pb::WatchRequest {
+                    request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(pb::WatchProgressRequest {})),
+                };
+                let tx = progress_to.lock().expect("sender").clone();
+                let _ = tx.send(progress).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let mut delivered = start;
+    let (mut progresses, mut reopened, mut reached) = (0, 0, 0);
+    let mut killed = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // The apiserver's consistent read: the current revision from a limit-1 range, which
+    // the watch must then reach.
+    let mut target: Option<i64> = None;
+    let mut killed_at = i64::MAX;
+    while !(killed && reached >= 3 && delivered >= killed_at + 100) {
+        if target.is_none() {
+            let read = pb::RangeRequest {
+                key: b"/registry/p/".to_vec(),
+                range_end: b"/registry/p0".to_vec(),
+                limit: 1,
+                ..Default::default()
+            };
+            if let Ok(r) = kv.range(read).await {
+                target = r.into_inner().header.map(|h| h.revision);
+            }
+        }
+        let msg = match tokio::time::timeout_at(deadline, responses.message())
+            .await
+            .expect("watch responses in time")
+        {
+            Ok(Some(msg)) => msg,
+            Err(status) if killed && status.code() == tonic::Code::Unavailable => {
+                // Watch again once the member has a leader (until then it refuses
+                // `hasleader` watches with the same error).
+                loop {
+                    reopened += 1;
+                    let (tx, again) = hasleader_watch(channel.clone(), delivered + 1).await;
+                    *progress_to.lock().expect("sender") = tx;
+                    match again {
+                        Ok(again) => {
+                            responses = again;
+                            break;
+                        }
+                        Err(status) => {
+                            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                            assert!(tokio::time::Instant::now() < deadline, "no leader in time");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                continue;
+            }
+            other => panic!("watch stream: {other:?} (killed: {killed}, delivered: {delivered}, reopened: {reopened})"),
+        };
+        if msg.created {
+            continue;
+        }
+        let h = msg.header.as_ref().expect("header").revision;
+        if msg.watch_id == -1 {
+            progresses += 1;
+            assert!(
+                h <= delivered,
+                "progress at {h} before events up to {h} were delivered (seen up to {delivered})"
+            );
+            if target.is_some_and(|t| h >= t) {
+                target = None;
+                reached += 1;
+                if reached >= 3 && !killed && delivered >= start + 100 {
+                    c.nodes[leader].kill9();
+                    killed = true;
+                    killed_at = delivered;
+                    reached = 0;
+                }
+            }
+        } else {
+            for e in &msg.events {
+                let m = e.kv.as_ref().expect("kv").mod_revision;
+                assert_eq!(m, delivered + 1, "events are contiguous");
+                delivered = m;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.expect("writer");
+    requester.await.expect("requester");
+    assert!(progresses >= 6, "{progresses} progress answers");
+    assert!(reopened <= 100, "watched again {reopened} times");
+    assert!(acked > 10, "the writer wrote through the leader change");
+}
