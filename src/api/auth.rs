@@ -1,6 +1,9 @@
 //! etcd Auth service. netsy authenticates clients by mTLS identity, so etcd's user/role
-//! auth is never enabled: AuthStatus says so, AuthDisable is a no-op, and every other
-//! call answers etcd's "authentication is not enabled".
+//! auth is never enabled and there are never users or roles: calls are answered as etcd
+//! answers them in that state (AuthStatus disabled at auth revision 1, AuthDisable a
+//! no-op, AuthEnable "root user does not exist", empty user and role lists, "user name
+//! not found" / "role name not found" for any named one), and creating a user or role,
+//! which netsy cannot honour, is refused with "authentication is not enabled".
 
 use std::sync::Arc;
 
@@ -25,9 +28,9 @@ impl AuthService {
     }
 }
 
-/// Methods that need auth to be enabled.
-macro_rules! not_enabled {
-    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+/// Methods answered with `$err` (an `ApiError`).
+macro_rules! refused {
+    ($err:expr; $($name:ident($req:ty) -> $resp:ty;)*) => {
         $(
             fn $name<'life0, 'async_trait>(
                 &'life0 self,
@@ -37,7 +40,7 @@ macro_rules! not_enabled {
                 'life0: 'async_trait,
                 Self: 'async_trait,
             {
-                Box::pin(async { Err(ApiError::AuthNotEnabled.into()) })
+                Box::pin(async { Err($err.into()) })
             }
         )*
     };
@@ -49,7 +52,8 @@ impl auth_server::Auth for AuthService {
         Ok(Response::new(AuthStatusResponse {
             header: self.header(),
             enabled: false,
-            auth_revision: 0,
+            // A new etcd's auth store starts at revision 1; netsy's never changes.
+            auth_revision: 1,
         }))
     }
 
@@ -57,19 +61,40 @@ impl auth_server::Auth for AuthService {
         Ok(Response::new(AuthDisableResponse { header: self.header() }))
     }
 
-    not_enabled! {
+    async fn user_list(&self, _request: Request<AuthUserListRequest>) -> Result<Response<AuthUserListResponse>, Status> {
+        Ok(Response::new(AuthUserListResponse {
+            header: self.header(),
+            users: Vec::new(),
+        }))
+    }
+
+    async fn role_list(&self, _request: Request<AuthRoleListRequest>) -> Result<Response<AuthRoleListResponse>, Status> {
+        Ok(Response::new(AuthRoleListResponse {
+            header: self.header(),
+            roles: Vec::new(),
+        }))
+    }
+
+    refused! { ApiError::RootUserNotExist;
         auth_enable(AuthEnableRequest) -> AuthEnableResponse;
+    }
+
+    refused! { ApiError::AuthNotEnabled;
         authenticate(AuthenticateRequest) -> AuthenticateResponse;
         user_add(AuthUserAddRequest) -> AuthUserAddResponse;
+        role_add(AuthRoleAddRequest) -> AuthRoleAddResponse;
+    }
+
+    refused! { ApiError::UserNotFound;
         user_get(AuthUserGetRequest) -> AuthUserGetResponse;
-        user_list(AuthUserListRequest) -> AuthUserListResponse;
         user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse;
         user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse;
         user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse;
         user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse;
-        role_add(AuthRoleAddRequest) -> AuthRoleAddResponse;
+    }
+
+    refused! { ApiError::RoleNotFound;
         role_get(AuthRoleGetRequest) -> AuthRoleGetResponse;
-        role_list(AuthRoleListRequest) -> AuthRoleListResponse;
         role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse;
         role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse;
         role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse;

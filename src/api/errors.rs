@@ -17,6 +17,13 @@ pub enum ApiError {
     AuthNotEnabled,
     #[error("not capable")]
     NotCapable,
+    /// netsy has no users: enabling etcd's auth finds no root user.
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    #[error("user name not found")]
+    UserNotFound,
+    #[error("role name not found")]
+    RoleNotFound,
     #[error("invalid alarm action")]
     InvalidAlarmAction,
     /// A Downgrade target that is neither `MAJOR.MINOR` nor a semver.
@@ -48,6 +55,9 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
         ApiError::Core(core) => core,
         ApiError::AuthNotEnabled => return (Code::FailedPrecondition, m("authentication is not enabled")),
         ApiError::NotCapable => return (Code::FailedPrecondition, m("not capable")),
+        ApiError::RootUserNotExist => return (Code::FailedPrecondition, m("root user does not exist")),
+        ApiError::UserNotFound => return (Code::FailedPrecondition, m("user name not found")),
+        ApiError::RoleNotFound => return (Code::FailedPrecondition, m("role name not found")),
         ApiError::InvalidAlarmAction => return (Code::InvalidArgument, m("invalid alarm action")),
         ApiError::WrongDowngradeVersionFormat => return (Code::InvalidArgument, m("wrong downgrade target version format")),
         ApiError::InvalidDowngradeTargetVersion => return (Code::InvalidArgument, m("invalid downgrade target version")),
