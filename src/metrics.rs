@@ -228,5 +228,100 @@ pub fn render() -> String {
     if encoder.encode_utf8(&REGISTRY.gather(), &mut out).is_err() {
         out.clear();
     }
+    out.push_str(&process_metrics());
     out
+}
+
+/// The standard `process_*` metrics (as every Prometheus client library exports them,
+/// etcd included; `etcdctl check datascale` reads `process_resident_memory_bytes`), from
+/// `/proc/self`. Empty where `/proc` is not there.
+fn process_metrics() -> String {
+    // /proc counts CPU time and start time in USER_HZ, 100 on Linux.
+    const TICKS: f64 = 100.0;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v * 1024.0)
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss);
+    }
+    if let Some(virt) = kib("VmSize:") {
+        metric("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", virt);
+    }
+    // Fields after the command name (which may hold spaces) in /proc/self/stat: utime is
+    // the 14th field, stime the 15th, starttime the 22nd.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            (utime + stime) / TICKS,
+        );
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+    });
+    if let (Some(boot), Some(start)) = (boot, field(22)) {
+        metric(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            boot + start / TICKS,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric("process_open_fds", "gauge", "Number of open file descriptors.", fds.count() as f64);
+    }
+    let max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| {
+        l.lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok())
+    });
+    if let Some(max) = max_fds {
+        metric("process_max_fds", "gauge", "Maximum number of open file descriptors.", max);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_metrics_are_read_from_proc() {
+        let text = super::render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+        };
+        let rss = value("process_resident_memory_bytes");
+        assert!(rss > 1024.0 * 1024.0 && rss < 1e12, "{rss}");
+        assert!(value("process_virtual_memory_bytes") >= rss);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(started <= now + 1.0 && started > now - 86_400.0, "{started} vs {now}");
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+    }
 }

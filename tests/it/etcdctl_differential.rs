@@ -85,6 +85,8 @@ const SCRIPT: &[(&str, &str, bool)] = &[
     ("get foo -w fields", "", true),
     ("get foo -w protobuf", "", false),
     ("lease grant 60 -w fields", "", false),
+    // 10,000 puts of 1 KiB, then the server's memory from `/metrics` on the client port.
+    ("check datascale --load=s", "", false),
     // Locks and elections (client-side, over leases, txns and watches).
     ("lock diff-lock echo locked", "", true),
     ("elect diff-election proposal-1", "", true),
@@ -324,4 +326,41 @@ fn etcdctl_script_matches_real_etcd() {
         mismatches.len(),
         mismatches.join("\n\n")
     );
+}
+
+/// `etcdctl make-mirror` both ways: from netsy into etcd and from etcd into netsy, the
+/// keys there when it starts and one written while it runs arrive under the new prefix.
+#[test]
+fn make_mirror_copies_into_and_out_of_netsy() {
+    let etcd = Etcd::start();
+    let netsy = Netsy::start();
+    let netsy_ep = format!("127.0.0.1:{}", netsy.client_port);
+    for (source, dest) in [(netsy_ep.clone(), etcd.endpoint()), (etcd.endpoint(), netsy_ep.clone())] {
+        for i in 0..3 {
+            assert!(etcdctl(&source, &["put", &format!("m/{i}"), &format!("v{i}")]).0);
+        }
+        let mut mirror = std::process::Command::new(common::etcd_bin_dir().join("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={source}"))
+            .args(["make-mirror", "--prefix=m/", "--dest-prefix=copy/", &dest])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn make-mirror");
+        let copied = |n: usize| {
+            let (ok, out, _) = etcdctl(&dest, &["get", "copy/", "--prefix", "--print-value-only"]);
+            ok && out.lines().filter(|l| !l.is_empty()).count() == n
+        };
+        common::wait_until(std::time::Duration::from_secs(20), "the existing keys mirrored", || copied(3));
+        assert!(etcdctl(&source, &["put", "m/live", "v-live"]).0);
+        common::wait_until(std::time::Duration::from_secs(20), "the live write mirrored", || copied(4));
+        let _ = mirror.kill();
+        let _ = mirror.wait();
+        let (_, out, _) = etcdctl(&dest, &["get", "copy/", "--prefix"]);
+        assert_eq!(
+            out.trim(),
+            "copy/0\nv0\ncopy/1\nv1\ncopy/2\nv2\ncopy/live\nv-live",
+            "{source} -> {dest}"
+        );
+    }
 }
