@@ -27,6 +27,8 @@ const SCRIPT: &[(&str, &str, bool)] = &[
     ("get foo --rev=2 -w json", "", true),
     ("get a/ --prefix --min-mod-revision=5", "", true),
     ("get a/ --prefix --max-create-revision=5", "", true),
+    ("get a/ --prefix --max-mod-revision=6", "", true),
+    ("get a/ --prefix --min-create-revision=4", "", true),
     ("get foo --consistency=s", "", true),
     ("get --print-value-only foo", "", true),
     ("put foo qux --ignore-value", "", true),
@@ -106,6 +108,8 @@ const SCRIPT: &[(&str, &str, bool)] = &[
     // Locks and elections (client-side, over leases, txns and watches).
     ("lock diff-lock echo locked", "", true),
     ("elect diff-election proposal-1", "", true),
+    // The campaigner is gone but its lease holds the leadership: observed as it is.
+    ("elect -l diff-election", "", true),
     // etcd's user/role auth in its disabled, empty state (creating users and roles is the
     // documented difference: see `DIFFERENT`).
     ("auth status", "", true),
@@ -259,9 +263,9 @@ impl Session {
         let (ok, out, err) = if args.first() == Some(&"watch") {
             run_until(endpoint, &args, has_sentinel)
         } else if args.first() == Some(&"elect") {
-            // Campaigns, prints the leader key and proposal once elected, then holds on.
-            let proposal = args.last().copied().unwrap_or_default().to_string();
-            run_until(endpoint, &args, move |line| line == proposal)
+            // Prints the leader's key, then its proposal (once elected, or as observed
+            // with -l), then holds on.
+            run_until(endpoint, &args, |line| !line.is_empty() && !line.starts_with("diff-election/"))
         } else {
             etcdctl_stdin(endpoint, &args, stdin)
         };
