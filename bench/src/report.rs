@@ -145,6 +145,10 @@ pub fn markdown(r: &Results) -> String {
     table(&mut md, &r.comparisons, &r.disk_sync);
     let (e, n) = (&r.etcd_footprint, &r.netsy_footprint);
     let _ = writeln!(md, "\n## Footprint after loading {} keys × 256 B\n", e.keys);
+    let _ = writeln!(
+        md,
+        "Data on disk is taken once each data directory stops changing (two readings a second apart within 1%), the RSS right after.\n"
+    );
     let _ = writeln!(md, "| | etcd | netsy | ratio |");
     let _ = writeln!(md, "|---|---:|---:|---:|");
     let mut target_row = |label: &str, etcd: u64, netsy: u64, target: f64| {

@@ -546,14 +546,34 @@ async fn load_keys(server: &Server, keys: usize) -> Result<Footprint, BenchError
             server.name, s.errors
         )));
     }
+    let load_seconds = started.elapsed().as_secs_f64();
+    let disk_bytes = settled_disk_usage(&server.data_dir).await;
     let (rss_bytes, peak_rss_bytes) = rss(server.child.id());
     Ok(Footprint {
         keys,
-        load_seconds: started.elapsed().as_secs_f64(),
+        load_seconds,
         rss_bytes,
         peak_rss_bytes,
-        disk_bytes: disk_usage(&server.data_dir),
+        disk_bytes,
     })
+}
+
+/// The data directory's size once it stops changing: both servers keep working after the
+/// last write (snapshots, compaction of their logs), and a size taken in the middle of a
+/// snapshot build counts the new copy beside the old one. Waits until two readings a
+/// second apart differ by less than 1% (at most 60 s).
+async fn settled_disk_usage(dir: &Path) -> u64 {
+    let mut last = disk_usage(dir);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = disk_usage(dir);
+        let changed = now.abs_diff(last) as f64 / last.max(1) as f64;
+        last = now;
+        if changed < 0.01 {
+            break;
+        }
+    }
+    last
 }
 
 /// Runs every case against both groups, alternating who goes first between rounds.
