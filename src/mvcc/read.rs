@@ -108,10 +108,7 @@ pub fn kvs_at(
     limit: i64,
     with_value: bool,
 ) -> rusqlite::Result<Vec<KeyValue>> {
-    let (sql, params) = kvs_at_sql(range, rev, current, limit, with_value);
-    conn.prepare_cached(&sql)?
-        .query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?
-        .collect()
+    Ok(kvs_at_within(conn, range, rev, current, limit, with_value, usize::MAX)?.0)
 }
 
 /// Like [`kvs_at`], but stops after the row that brings the keys and values read to

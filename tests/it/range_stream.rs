@@ -39,6 +39,15 @@ async fn load(c: &mut pb::kv_client::KvClient<Channel>, count: usize, size: usiz
     }
 }
 
+/// The store's current revision.
+async fn revision(c: &mut pb::kv_client::KvClient<Channel>) -> i64 {
+    let read = pb::RangeRequest {
+        key: b"/s/".to_vec(),
+        ..Default::default()
+    };
+    c.range(read).await.expect("range").into_inner().header.expect("header").revision
+}
+
 /// Every message of a RangeStream merged (protobuf merge), and how many there were.
 async fn merged(c: &mut pb::kv_client::KvClient<Channel>, req: pb::RangeRequest) -> Result<(pb::RangeResponse, usize), tonic::Status> {
     let mut stream = c.range_stream(req).await?.into_inner();
@@ -57,17 +66,7 @@ async fn merged_chunks_equal_range_over_megabytes() {
     let n = Netsy::start();
     let mut c = kv(&n).await;
     load(&mut c, 3000, 2048).await;
-    let past = c
-        .range(pb::RangeRequest {
-            key: b"/s/".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner()
-        .header
-        .expect("header")
-        .revision;
+    let past = revision(&mut c).await;
     load(&mut c, 500, 100).await; // overwrites: the past revision differs from now
     let base = pb::RangeRequest {
         key: b"/s/".to_vec(),
@@ -217,17 +216,7 @@ async fn a_compaction_during_a_stream_ends_it_with_err_compacted() {
     })
     .await
     .expect("put");
-    let rev = c
-        .range(pb::RangeRequest {
-            key: b"/s/x".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner()
-        .header
-        .expect("header")
-        .revision;
+    let rev = revision(&mut c).await;
     c.compact(pb::CompactionRequest {
         revision: rev,
         physical: true,
