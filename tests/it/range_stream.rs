@@ -48,6 +48,16 @@ async fn revision(c: &mut pb::kv_client::KvClient<Channel>) -> i64 {
     c.range(read).await.expect("range").into_inner().header.expect("header").revision
 }
 
+/// A RangeStream over every `/s/` key.
+async fn stream_all(c: &mut pb::kv_client::KvClient<Channel>) -> tonic::Streaming<pb::RangeStreamResponse> {
+    let all = pb::RangeRequest {
+        key: b"/s/".to_vec(),
+        range_end: b"/s0".to_vec(),
+        ..Default::default()
+    };
+    c.range_stream(all).await.expect("stream").into_inner()
+}
+
 /// Every message of a RangeStream merged (protobuf merge), and how many there were.
 async fn merged(c: &mut pb::kv_client::KvClient<Channel>, req: pb::RangeRequest) -> Result<(pb::RangeResponse, usize), tonic::Status> {
     let mut stream = c.range_stream(req).await?.into_inner();
@@ -196,15 +206,7 @@ async fn a_compaction_during_a_stream_ends_it_with_err_compacted() {
     let n = Netsy::start();
     let mut c = kv(&n).await;
     load(&mut c, 10_000, 2048).await;
-    let mut stream = c
-        .range_stream(pb::RangeRequest {
-            key: b"/s/".to_vec(),
-            range_end: b"/s0".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .expect("stream")
-        .into_inner();
+    let mut stream = stream_all(&mut c).await;
     // The header and the first chunk: the revision is pinned.
     for _ in 0..2 {
         stream.message().await.expect("a chunk").expect("not the end");
@@ -242,15 +244,7 @@ async fn a_client_that_stops_reading_leaves_the_server_serving() {
     let mut c = kv(&n).await;
     load(&mut c, 5_000, 2048).await;
     for _ in 0..20 {
-        let mut stream = c
-            .range_stream(pb::RangeRequest {
-                key: b"/s/".to_vec(),
-                range_end: b"/s0".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .expect("stream")
-            .into_inner();
+        let mut stream = stream_all(&mut c).await;
         stream.message().await.expect("header").expect("a message");
         drop(stream);
     }
