@@ -504,22 +504,9 @@ async fn watchers_rss(server: &Server, streams: usize, per_stream: usize) -> Res
         targets: vec![],
         netsy_workload: None,
     };
-    // The RSS is sampled while the workload (and so its watchers) is running.
-    let pid = server.child.id();
-    let max = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sampler = {
-        let max = max.clone();
-        tokio::spawn(async move {
-            loop {
-                max.fetch_max(rss(pid).0, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-    let result = run_on(std::slice::from_ref(server), &case, &case.workload).await;
-    sampler.abort();
-    result?;
-    Ok(max.load(std::sync::atomic::Ordering::Relaxed))
+    // `run_on` samples the RSS while the workload (and so its watchers) is running.
+    let summary = run_on(std::slice::from_ref(server), &case, &case.workload).await?;
+    Ok(summary.server_peak_rss_bytes)
 }
 
 async fn load_keys(server: &Server, keys: usize) -> Result<Footprint, BenchError> {

@@ -117,8 +117,9 @@ fn query_values(query: Option<&str>, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn has_query(query: Option<&str>, name: &str) -> bool {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(k, _)| k == name)
+/// Whether query parameter `name` is there with `value` (any value when `None`).
+fn has_query(query: Option<&str>, name: &str, value: Option<&str>) -> bool {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes()).any(|(k, v)| k == name && value.is_none_or(|want| v == want))
 }
 
 /// A plain-text answer as Go's `http.Error` and handlers write them.
@@ -151,7 +152,7 @@ async fn health(State(s): State<Arc<Endpoints>>, method: Method, RawQuery(query)
         return refused;
     }
     let excluded = query_values(query.as_deref(), "exclude");
-    let serializable = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()).any(|(k, v)| k == "serializable" && v == "true");
+    let serializable = has_query(query.as_deref(), "serializable", Some("true"));
     let reason = health_reason(&s.replica, &excluded, serializable).await;
     let body = serde_json::json!({"health": if reason.is_none() { "true" } else { "false" }, "reason": reason.clone().unwrap_or_default()})
         .to_string();
@@ -211,7 +212,7 @@ async fn checks_root(s: &Endpoints, all: &[Check], method: Method, query: Option
     // Excluding a check that does not exist is no error (etcd only logs it).
     let excluded = query_values(query.as_deref(), "exclude");
     let checks: Vec<Check> = all.iter().copied().filter(|c| !excluded.contains(c.name())).collect();
-    run_checks(&s.replica, &checks, has_query(query.as_deref(), "verbose")).await
+    run_checks(&s.replica, &checks, has_query(query.as_deref(), "verbose", None)).await
 }
 
 async fn check_one(s: &Endpoints, all: &[Check], name: &str, method: Method, query: Option<String>) -> Response {
@@ -221,7 +222,7 @@ async fn check_one(s: &Endpoints, all: &[Check], name: &str, method: Method, que
     if let Some(refused) = not_get(&method) {
         return refused;
     }
-    run_checks(&s.replica, &[check], has_query(query.as_deref(), "verbose")).await
+    run_checks(&s.replica, &[check], has_query(query.as_deref(), "verbose", None)).await
 }
 
 async fn livez(State(s): State<Arc<Endpoints>>, method: Method, RawQuery(query): RawQuery) -> Response {
@@ -256,7 +257,7 @@ async fn metrics(State(s): State<Arc<Endpoints>>) -> Response {
 }
 
 /// What etcd's HTTP mux answers for any other path (Go's `http.NotFound`).
-pub async fn not_found() -> Response {
+async fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "404 page not found\n".into())
 }
 
