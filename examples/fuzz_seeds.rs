@@ -176,7 +176,7 @@ fn entries() -> Vec<Entry<TypeConfig>> {
         },
         Entry {
             log_id: log_id(2, 1, 2),
-            payload: EntryPayload::Normal(commands()),
+            payload: EntryPayload::Normal(netsy::raft::Batch::new(commands(), 1_764_633_600_000)),
         },
         Entry {
             log_id: log_id(2, 1, 3),
@@ -303,31 +303,35 @@ fn peer_payloads(root: &Path) -> Result {
 
 fn segments(root: &Path) -> Result {
     let mut c = Corpus::new(root, "segment")?;
-    let current: Vec<(u64, Vec<u8>)> = entries().iter().map(|e| (e.log_id.index, codec::encode_entry(e))).collect();
-    let legacy: Vec<(u64, Vec<u8>)> = entries()
+    let frame = |e: &Entry<TypeConfig>, bytes: Vec<u8>| segment::Frame::new(e.log_id.index, 1_764_633_600_000 + e.log_id.index, bytes);
+    let current: Vec<segment::Frame> = entries().iter().map(|e| frame(e, codec::encode_entry(e))).collect();
+    let legacy: Vec<segment::Frame> = entries()
         .iter()
-        .map(|e| Ok((e.log_id.index, bincode::serialize(e)?)))
+        .map(|e| Ok(frame(e, bincode::serialize(e)?)))
         .collect::<Result<_>>()?;
-    let small: Vec<(u64, Vec<u8>)> = (5..=9).map(|i| (i, format!("entry {i}").into_bytes())).collect();
+    let small: Vec<segment::Frame> = (5..=9)
+        .map(|i| segment::Frame::new(i, 0, format!("entry {i}").into_bytes()))
+        .collect();
     for batch in [&current, &small] {
         let object = segment::encode(batch)?;
         c.add(0, &object)?;
         c.add(1, &object)?;
     }
-    // netsy 0.1's segments: the same layout under "NETSYSG1", bincode entries.
-    let mut old = segment::encode(&legacy)?;
-    old[7] = b'1';
-    c.add(0, &old)?;
-    // Frames before compression: selector 2, a magic choice, first and last, the frames.
-    for (magic, batch) in [(0u8, &current), (1, &legacy), (0, &small)] {
+    // Frames before compression: selector 2, a magic choice (0: the current format,
+    // with times; 1: netsy 0.1's bincode entries, 2: netsy 0.2's, both without times),
+    // first and last, the frames.
+    for (magic, batch) in [(0u8, &current), (1, &legacy), (2, &current), (0, &small)] {
         let mut seed = vec![magic];
-        seed.extend_from_slice(&batch[0].0.to_le_bytes());
-        seed.extend_from_slice(&batch[batch.len() - 1].0.to_le_bytes());
-        for (index, entry) in batch.iter() {
-            seed.extend_from_slice(&(entry.len() as u32).to_le_bytes());
-            seed.extend_from_slice(&crc32c::crc32c(entry).to_le_bytes());
-            seed.extend_from_slice(&index.to_le_bytes());
-            seed.extend_from_slice(entry);
+        seed.extend_from_slice(&batch[0].index.to_le_bytes());
+        seed.extend_from_slice(&batch[batch.len() - 1].index.to_le_bytes());
+        for f in batch.iter() {
+            seed.extend_from_slice(&(f.entry.len() as u32).to_le_bytes());
+            seed.extend_from_slice(&crc32c::crc32c(&f.entry).to_le_bytes());
+            seed.extend_from_slice(&f.index.to_le_bytes());
+            if magic == 0 {
+                seed.extend_from_slice(&f.unix_ms.to_le_bytes());
+            }
+            seed.extend_from_slice(&f.entry);
         }
         c.add(2, &seed)?;
     }
@@ -356,6 +360,8 @@ fn snapshots(root: &Path, scratch: &Path) -> Result {
         db_bytes: content.len() as u64,
         db_crc32c: crc32c::crc32c(&content),
         created_unix: 1_790_000_000,
+        commit_unix_ms: 1_789_999_999_123,
+        created_unix_ms: 1_790_000_000_456,
     };
     let out = scratch.join("out.snap");
     snapshot::encode_file(&db, &header, &out)?;

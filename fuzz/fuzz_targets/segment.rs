@@ -1,6 +1,6 @@
 //! Archive segments as restore and replay read them from object storage
-//! (src/archive/segment.rs), in both formats it reads ("NETSYSG2", and netsy 0.1's
-//! "NETSYSG1"), and their object names. Input: a selector byte, then
+//! (src/archive/segment.rs), in every format it reads ("NETSYSG3", netsy 0.2's
+//! "NETSYSG2" and netsy 0.1's "NETSYSG1"), and their object names. Input: a selector byte, then
 //! - 0: a whole object, as is;
 //! - 1: a whole object whose body checksum and length are set right first, so the
 //!   fuzzer reaches zstd (hostile frames);
@@ -41,13 +41,13 @@ fn check(bytes: &[u8]) {
         last: u64_at(bytes, 16),
     };
     let Ok(decoded) = segment::decode(bytes, &name) else { return };
-    let indexes: Vec<u64> = decoded.entries.iter().map(|(i, _)| *i).collect();
+    let indexes: Vec<u64> = decoded.frames.iter().map(|f| f.index).collect();
     assert_eq!(indexes.first(), Some(&name.first), "starts at first");
     assert_eq!(indexes.last(), Some(&name.last), "ends at last");
     assert!(indexes.windows(2).all(|w| w[1] == w[0] + 1), "consecutive");
-    let again = segment::encode(&decoded.entries).expect("decoded entries encode");
+    let again = segment::encode(&decoded.frames).expect("decoded entries encode");
     let back = segment::decode(&again, &name).expect("re-encoded segment decodes");
-    assert_eq!(back.entries, decoded.entries);
+    assert_eq!(back.frames, decoded.frames);
     assert_eq!(back.encoding, segment::EntryEncoding::Current);
 }
 
@@ -69,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
             if bytes.len() < 17 {
                 return;
             }
-            let magic: &[u8; 8] = if bytes[0] & 1 == 0 { b"NETSYSG2" } else { b"NETSYSG1" };
+            let magic: &[u8; 8] = match bytes[0] % 3 {
+                0 => b"NETSYSG3",
+                1 => b"NETSYSG1",
+                _ => b"NETSYSG2",
+            };
             let (range, frames) = bytes[1..].split_at(16);
             let body = zstd::bulk::compress(frames, 1).expect("compress");
             let mut object = magic.to_vec();

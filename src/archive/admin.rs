@@ -5,14 +5,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::log::Replay;
 use super::manifest::{self, ClusterManifest, ManifestError};
-use super::restore::{self, RestoreError, RestoreReport};
+use super::restore::{self, RestoreError, RestoreReport, Target};
 use super::segment;
 use super::snapshot::{self, SnapshotError, SnapshotHeader};
 
@@ -62,15 +61,8 @@ pub struct Listing {
 /// Every epoch in the archive with its snapshots (headers) and segments.
 pub async fn list(store: &dyn ObjectStore, cluster_id: &str) -> Result<Listing, AdminError> {
     let cluster = manifest::read_cluster(store, cluster_id).await?.map(|v| v.value);
-    let dirs = store.list_with_delimiter(Some(&ObjectPath::from("epochs"))).await?;
-    let mut numbers: Vec<u64> = dirs
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename().and_then(|f| f.parse().ok()))
-        .collect();
-    numbers.sort();
     let mut epochs = Vec::new();
-    for epoch in numbers {
+    for epoch in super::points::epochs(store).await? {
         let mut snapshots = Vec::new();
         for (name, _) in snapshot::list(store, epoch).await? {
             snapshots.push(snapshot::fetch_header(store, &name).await?);
@@ -96,6 +88,15 @@ pub async fn current_epoch(store: &dyn ObjectStore, cluster_id: &str, epoch: Opt
             .ok_or_else(|| AdminError::NoCluster(cluster_id.into()))?
             .value
             .epoch),
+    }
+}
+
+/// The epoch a restore to `target` works on: the given one; else, for a time or a
+/// revision, the epoch it falls in; else the current one.
+pub async fn epoch_of(store: &dyn ObjectStore, cluster_id: &str, epoch: Option<u64>, target: Target) -> Result<u64, AdminError> {
+    match (epoch, target) {
+        (None, Target::Time(_) | Target::Revision(_)) => Ok(super::points::epoch_for(store, target).await?),
+        _ => current_epoch(store, cluster_id, epoch).await,
     }
 }
 
@@ -147,13 +148,13 @@ pub async fn inspect(
     })
 }
 
-/// Rebuilds `epoch` (up to entry `upto`) into `data_dir/state.db`, an empty data
+/// Rebuilds `epoch` (up to `target`) into `data_dir/state.db`, an empty data
 /// directory, applying entries through `replay`; `netsy serve` over it opens the
 /// cluster's next epoch from that state.
 pub async fn restore_into(
     store: &dyn ObjectStore,
     epoch: u64,
-    upto: Option<u64>,
+    target: Target,
     data_dir: &Path,
     replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, AdminError> {
@@ -167,23 +168,23 @@ pub async fn restore_into(
             )));
         }
     }
-    Ok(restore::restore(store, epoch, &data_dir.join("state.db"), upto, replay).await?)
+    Ok(restore::restore(store, epoch, &data_dir.join("state.db"), target, replay).await?)
 }
 
-/// Rebuilds `epoch` (up to entry `upto`) and writes it to `output` as a snapshot file in
+/// Rebuilds `epoch` (up to `target`) and writes it to `output` as a snapshot file in
 /// the format `etcdctl snapshot save` gets from netsy (the database and its SHA-256),
 /// which `netsy snapshot restore FILE` reads. Entries are applied through `replay`.
 pub async fn export(
     store: &dyn ObjectStore,
     epoch: u64,
-    upto: Option<u64>,
+    target: Target,
     output: &Path,
     scratch: &Path,
     replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, AdminError> {
     std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
     let db = scratch.join(format!("export-{}.db", rand::random::<u32>()));
-    let report = restore::restore(store, epoch, &db, upto, replay).await?;
+    let report = restore::restore(store, epoch, &db, target, replay).await?;
     let written = (|| -> std::io::Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(output)?);
         let mut hasher = Sha256::new();

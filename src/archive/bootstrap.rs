@@ -209,7 +209,7 @@ pub async fn prepare(
                 tracing::info!(epoch, "empty data directory: restoring from object storage");
                 let target = state_db.with_extension("restoring");
                 crate::mvcc::remove_database(&target);
-                let report = super::restore::restore(store.as_ref(), epoch, &target, None, replay).await?;
+                let report = super::restore::restore(store.as_ref(), epoch, &target, super::restore::Target::Latest, replay).await?;
                 match open_epoch(store, cluster_id, Some(cfg), &target, Some(&m), scratch, replay).await {
                     Ok(epoch) => {
                         break Startup {
@@ -254,13 +254,13 @@ async fn joiner_base(
 ) -> Result<Option<(RestoreReport, PathBuf)>, BootstrapError> {
     let target = state_db.with_extension("restoring");
     crate::mvcc::remove_database(&target);
-    match super::restore::restore(store, epoch, &target, Some(0), replay).await {
+    match super::restore::restore(store, epoch, &target, super::restore::Target::Index(0), replay).await {
         Ok(report) if report.snapshot_index == Some(0) => Ok(Some((report, target))),
         Ok(_) => {
             crate::mvcc::remove_database(&target);
             Ok(None)
         }
-        Err(RestoreError::NoSnapshot { .. }) if epoch == 1 => Ok(None),
+        Err(RestoreError::Before { .. }) if epoch == 1 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -15,7 +15,7 @@
 
 use crate::mvcc::{AppliedMeta, Store};
 
-use super::segment::EntryEncoding;
+use super::segment::{EntryEncoding, Frame};
 
 /// An error of the Raft layer, kept whole as the source of the archive's own errors.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -23,13 +23,29 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The local Raft log, as the uploader reads it.
 #[async_trait::async_trait]
 pub trait LogSource: Send + Sync {
-    /// The entries `from..=to` that the log holds, as `(index, bytes)` in
-    /// [`EntryEncoding::Current`], in order: a contiguous run, which starts after `from`
-    /// (or is empty) when the entries at `from` are no longer in the log.
-    async fn entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, BoxError>;
+    /// The entries `from..=to` that the log holds, as frames (index, the commit time
+    /// the entry carries, bytes in [`EntryEncoding::Current`]), in order: a contiguous
+    /// run, which starts after `from` (or is empty) when the entries at `from` are no
+    /// longer in the log.
+    async fn entries(&self, from: u64, to: u64) -> Result<Vec<Frame>, BoxError>;
 
     /// Never purge the entries after `index` (they are not in object storage yet).
     fn set_purge_floor(&self, index: u64);
+}
+
+/// The commit time of an entry stamped `stamp` after entries whose time was `before`:
+/// the running maximum, so times never go back and entries without a stamp (0) keep
+/// the time before them. Every reader of the archive's times (restore, points) and the
+/// state machine's bookkeeping use this one rule.
+pub fn effective_time(before: u64, stamp: u64) -> u64 {
+    before.max(stamp)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This node's place in the Raft group, as the archive's leader-only tasks need it.
@@ -46,6 +62,8 @@ pub struct Progress {
 pub struct Applied {
     pub index: u64,
     pub term: u64,
+    /// Its commit time, ms since the Unix epoch (0: unknown).
+    pub unix_ms: u64,
 }
 
 /// What `Replay::apply` could not do.
@@ -69,6 +87,19 @@ pub trait Replay: Send + Sync {
     /// Applies `entries` (`(index, bytes)`, consecutive, in `encoding`) to `db` in one
     /// batch, recording the last one as applied, exactly as live entries are applied.
     fn apply(&self, db: &mut Store, encoding: EntryEncoding, entries: &[(u64, Vec<u8>)]) -> Result<(), ReplayError>;
+
+    /// Applies `entries` as `apply` does, but stops as soon as `db` reaches store
+    /// revision `revision`: the commands after the one that made it are not applied,
+    /// even inside one entry. Returns the entry it stopped in (which the bookkeeping
+    /// then records as the last applied), or `None` if every entry was applied and the
+    /// revision is not reached yet.
+    fn apply_until(
+        &self,
+        db: &mut Store,
+        encoding: EntryEncoding,
+        entries: &[(u64, Vec<u8>)],
+        revision: i64,
+    ) -> Result<Option<u64>, ReplayError>;
 
     /// The last entry that the Raft bookkeeping `meta` of a state database records
     /// (`None`: nothing applied yet).
@@ -94,6 +125,16 @@ pub(crate) mod testing {
                 index: entries.first().map_or(0, |e| e.0),
                 source: Box::new(Refused),
             })
+        }
+
+        fn apply_until(
+            &self,
+            db: &mut Store,
+            encoding: EntryEncoding,
+            entries: &[(u64, Vec<u8>)],
+            _: i64,
+        ) -> Result<Option<u64>, ReplayError> {
+            self.apply(db, encoding, entries).map(|_| None)
         }
 
         fn applied(&self, meta: &AppliedMeta) -> Result<Option<Applied>, BoxError> {

@@ -7,7 +7,8 @@
 //! - `snapshot` + `snapshotter` + `gc`: snapshots of the applied state, and cleanup.
 //! - `fence`: a running node stops once `cluster.json` names a newer epoch than its own.
 //! - `restore` + `bootstrap`: an empty node rebuilds from the newest snapshot and the
-//!   segments after it, then opens a new epoch.
+//!   segments after it, then opens a new epoch. `restore` also stops at an index, a
+//!   commit time or a revision; `points` says which the archive can reach.
 //! - `log`: what the archive needs from the Raft layer, as traits and plain values that
 //!   the Raft layer implements and the server passes in (`LogSource`, `Progress`,
 //!   `Replay`). The archive sits below Raft: it never imports `raft`, and treats log
@@ -19,6 +20,7 @@ pub mod fence;
 pub mod gc;
 pub mod log;
 pub mod manifest;
+pub mod points;
 pub mod restore;
 pub mod segment;
 pub mod snapshot;

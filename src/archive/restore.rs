@@ -15,7 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use std::sync::Arc;
 
-use super::log::{BoxError, Replay, ReplayError};
+use super::log::{effective_time, BoxError, Replay, ReplayError};
 use super::segment::{self, SegmentError, SegmentName};
 use super::snapshot::{self, SnapshotError};
 use crate::metrics::{RESTORE_BYTES, RESTORE_ENTRIES, RESTORE_IN_PROGRESS};
@@ -56,17 +56,56 @@ pub enum RestoreError {
     Database { path: String, source: MvccError },
     #[error("restore task: {0}")]
     Task(#[from] tokio::task::JoinError),
-    #[error("epoch {epoch} has no snapshot at or below index {index}")]
-    NoSnapshot { epoch: u64, index: u64 },
+    #[error("epoch {epoch} cannot be restored to {target}: that is before its oldest snapshot and its segments no longer start at entry 1 (see `netsy snapshot points`)")]
+    Before { epoch: u64, target: String },
+    #[error("epoch {epoch} does not reach {target}: its archive ends at {newest} (see `netsy snapshot points`)")]
+    Beyond { epoch: u64, target: String, newest: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a restore stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Everything the epoch holds.
+    Latest,
+    /// Through Raft log entry `index`.
+    Index(u64),
+    /// The last entry committed at or before this time (ms since the Unix epoch).
+    Time(u64),
+    /// Exactly store revision `revision`: the commands of an entry after the one that
+    /// made it are not applied.
+    Revision(i64),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Latest => write!(f, "the newest archived entry"),
+            Target::Index(i) => write!(f, "index {i}"),
+            Target::Time(ms) => write!(f, "{}", rfc3339_ms(*ms)),
+            Target::Revision(r) => write!(f, "revision {r}"),
+        }
+    }
+}
+
+/// `ms` since the Unix epoch as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339_ms(ms: u64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) {
+        Ok(t) => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| format!("{ms} ms")),
+        Err(_) => format!("{ms} ms"),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreReport {
     pub epoch: u64,
     /// The snapshot the restore started from (`None`: the epoch's beginning).
     pub snapshot_index: Option<u64>,
-    /// The last entry applied.
+    /// The last entry applied (with `Target::Revision`, possibly only in part).
     pub last_index: u64,
+    /// The commit time of the state (ms since the Unix epoch; 0: unknown).
+    pub commit_unix_ms: u64,
     pub entries: u64,
     pub segments: usize,
     pub bytes: u64,
@@ -74,21 +113,20 @@ pub struct RestoreReport {
     pub elapsed_ms: u64,
 }
 
-/// Rebuilds epoch `epoch` (up to entry `upto`, else everything) into the new database
-/// file `dest`, applying the segments' entries through `replay`. On error `dest` is
-/// removed.
+/// Rebuilds epoch `epoch` up to `target` into the new database file `dest`, applying the
+/// segments' entries through `replay`. On error `dest` is removed.
 pub async fn restore(
     store: &dyn ObjectStore,
     epoch: u64,
     dest: &FsPath,
-    upto: Option<u64>,
+    target: Target,
     replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, RestoreError> {
     if dest.exists() {
         return Err(RestoreError::Target(dest.display().to_string(), "already exists".into()));
     }
     RESTORE_IN_PROGRESS.set(1);
-    let result = run(store, epoch, dest, upto, replay).await;
+    let result = run(store, epoch, dest, target, replay).await;
     RESTORE_IN_PROGRESS.set(0);
     if result.is_err() {
         crate::mvcc::remove_database(dest);
@@ -96,37 +134,67 @@ pub async fn restore(
     result
 }
 
+/// The newest snapshot of `epoch` a restore to `target` can start from: at or before it
+/// (`None` when the target is before every snapshot). Headers are read newest first,
+/// only as far as needed.
+async fn base_snapshot(
+    store: &dyn ObjectStore,
+    snapshots: &[(snapshot::SnapshotName, object_store::ObjectMeta)],
+    target: Target,
+) -> Result<Option<(snapshot::SnapshotName, u64)>, RestoreError> {
+    for (name, meta) in snapshots.iter().rev() {
+        let fits = match target {
+            Target::Latest => true,
+            Target::Index(i) => name.index <= i,
+            Target::Time(ms) => snapshot::fetch_header(store, name).await?.time_bound() <= ms,
+            Target::Revision(r) => snapshot::fetch_header(store, name).await?.revision <= r,
+        };
+        if fits {
+            return Ok(Some((*name, meta.size)));
+        }
+    }
+    Ok(None)
+}
+
 async fn run(
     store: &dyn ObjectStore,
     epoch: u64,
     dest: &FsPath,
-    upto: Option<u64>,
+    target: Target,
     replay: &Arc<dyn Replay>,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let limit = upto.unwrap_or(u64::MAX);
+    let limit = match target {
+        Target::Index(i) => i,
+        _ => u64::MAX,
+    };
     let snapshots = snapshot::list(store, epoch).await?;
-    let base = snapshots.iter().rev().find(|(n, _)| n.index <= limit).map(|(n, m)| (*n, m.size));
-    if base.is_none() && upto.is_some() && !snapshots.is_empty() {
-        return Err(RestoreError::NoSnapshot { epoch, index: limit });
+    let base = base_snapshot(store, &snapshots, target).await?;
+    let listed = segment::list(store, epoch).await.map_err(|source| RestoreError::Store {
+        path: format!("epochs/{epoch}/wal"),
+        source,
+    })?;
+    // Without a snapshot the epoch's history must start at entry 1 (an empty store).
+    if base.is_none() && target != Target::Latest && !snapshots.is_empty() && listed.first().is_none_or(|(n, _)| n.first > 1) {
+        return Err(RestoreError::Before {
+            epoch,
+            target: target.to_string(),
+        });
     }
     let mut bytes = 0u64;
-    // Without a snapshot the epoch's history starts at entry 1 on an empty store.
     let mut applied = 0u64;
+    let mut stop = Stop::new(target);
     if let Some((name, size)) = base {
         tracing::info!(object = %name.path(), bytes = size, "restore: downloading snapshot");
         let header = snapshot::download(store, &name, dest).await?;
         bytes += size;
         RESTORE_BYTES.inc_by(size);
         applied = header.index;
+        stop.time = header.commit_unix_ms;
         tracing::info!(index = header.index, revision = header.revision, "restore: snapshot in place");
     }
     let base_label = base.map_or_else(|| format!("the start of epoch {epoch}"), |(n, _)| n.path().to_string());
 
-    let listed = segment::list(store, epoch).await.map_err(|source| RestoreError::Store {
-        path: format!("epochs/{epoch}/wal"),
-        source,
-    })?;
     let wanted: Vec<(SegmentName, u64)> = listed.into_iter().filter(|(n, _)| n.last > applied && n.first <= limit).collect();
     // Continuity before downloading anything: each segment must start at or before the
     // entry after the previous one.
@@ -144,7 +212,7 @@ async fn run(
         next = next.max(name.last + 1);
         after = name.path().to_string();
     }
-    if let Some(upto) = upto {
+    if let Target::Index(upto) = target {
         if next <= upto {
             return Err(RestoreError::Gap {
                 epoch,
@@ -161,6 +229,7 @@ async fn run(
         segments = total,
         bytes = total_bytes,
         from_index = applied + 1,
+        %target,
         "restore: replaying segments"
     );
     let dest_path = dest.to_path_buf();
@@ -171,6 +240,9 @@ async fn run(
     let mut db = tokio::task::spawn_blocking(move || Store::open(&dest_path))
         .await?
         .map_err(database)?;
+    if let Target::Revision(r) = target {
+        stop.reached = db.revision() >= r;
+    }
     let mut fetches = futures::stream::iter(wanted.into_iter().map(|(name, _)| async move {
         let path = name.path();
         let data = async { store.get(&path).await?.bytes().await }
@@ -185,14 +257,16 @@ async fn run(
     let mut entries = 0u64;
     let mut done = 0usize;
     let mut last_log = Instant::now();
-    while let Some(fetched) = fetches.next().await {
+    while !stop.reached {
+        let Some(fetched) = fetches.next().await else { break };
         let (name, data) = fetched?;
         bytes += data.len() as u64;
         RESTORE_BYTES.inc_by(data.len() as u64);
         let replay = replay.clone();
-        let (store_back, n) =
-            tokio::task::spawn_blocking(move || replay_segment(db, replay.as_ref(), &name, &data, applied, limit)).await??;
+        let (store_back, n, stop_back) =
+            tokio::task::spawn_blocking(move || replay_segment(db, replay.as_ref(), &name, &data, applied, stop)).await??;
         db = store_back;
+        stop = stop_back;
         applied += n;
         entries += n;
         RESTORE_ENTRIES.inc_by(n);
@@ -211,13 +285,23 @@ async fn run(
         }
     }
     let revision = db.revision();
+    if let Target::Revision(r) = target {
+        if revision < r {
+            return Err(RestoreError::Beyond {
+                epoch,
+                target: target.to_string(),
+                newest: format!("revision {revision}"),
+            });
+        }
+    }
     tokio::task::spawn_blocking(move || db.checkpoint()).await?.map_err(database)?;
     let report = RestoreReport {
         epoch,
         snapshot_index: base.map(|(n, _)| n.index),
         last_index: applied,
+        commit_unix_ms: stop.time,
         entries,
-        segments: total,
+        segments: done,
         bytes,
         revision,
         elapsed_ms: started.elapsed().as_millis() as u64,
@@ -226,39 +310,95 @@ async fn run(
     Ok(report)
 }
 
-/// Applies the entries of one segment after `applied` (and up to `limit`) through
-/// `replay`; returns the store and how many entries it applied.
+/// Where replay stops, and how far it has come: the running commit time (the maximum
+/// of the times seen, `raft::clock`'s rule) and whether the target was reached.
+#[derive(Debug, Clone, Copy)]
+struct Stop {
+    target: Target,
+    time: u64,
+    reached: bool,
+}
+
+impl Stop {
+    fn new(target: Target) -> Stop {
+        Stop {
+            target,
+            time: 0,
+            reached: false,
+        }
+    }
+}
+
+/// Applies the entries of one segment after `applied` that `stop` still wants through
+/// `replay`; returns the store, how many entries it applied (in whole or, for a revision
+/// target, in part) and the stop state after them.
 fn replay_segment(
     mut db: Store,
     replay: &dyn Replay,
     name: &SegmentName,
     data: &[u8],
     applied: u64,
-    limit: u64,
-) -> Result<(Store, u64), RestoreError> {
+    mut stop: Stop,
+) -> Result<(Store, u64, Stop), RestoreError> {
     let decoded = segment::decode(data, name)?;
-    let batch: Vec<(u64, Vec<u8>)> = decoded
-        .entries
-        .into_iter()
-        .filter(|(index, _)| *index > applied && *index <= limit)
-        .collect();
-    let Some(&(first, _)) = batch.first() else {
-        return Ok((db, 0));
-    };
-    replay.apply(&mut db, decoded.encoding, &batch).map_err(|e| {
-        let object = name.path().to_string();
-        match e {
-            ReplayError::Entry { index, source } => RestoreError::Entry { object, index, source },
-            ReplayError::Apply(source) => RestoreError::Apply {
-                object,
-                index: first,
-                source,
-            },
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+    // The commit time after each entry of `batch`.
+    let mut times: Vec<u64> = Vec::new();
+    for frame in decoded.frames {
+        if frame.index <= applied {
+            continue;
         }
-    })?;
-    Ok((db, batch.len() as u64))
+        match stop.target {
+            Target::Index(i) if frame.index > i => {
+                stop.reached = true;
+                break;
+            }
+            Target::Time(ms) if effective_time(stop.time, frame.unix_ms) > ms => {
+                stop.reached = true;
+                break;
+            }
+            _ => {}
+        }
+        stop.time = effective_time(stop.time, frame.unix_ms);
+        times.push(stop.time);
+        batch.push((frame.index, frame.entry));
+    }
+    let Some(&(first, _)) = batch.first() else {
+        return Ok((db, 0, stop));
+    };
+    let object = || name.path().to_string();
+    let failed = |e: ReplayError| match e {
+        ReplayError::Entry { index, source } => RestoreError::Entry {
+            object: object(),
+            index,
+            source,
+        },
+        ReplayError::Apply(source) => RestoreError::Apply {
+            object: object(),
+            index: first,
+            source,
+        },
+    };
+    let n = match stop.target {
+        Target::Revision(r) => {
+            let through = replay.apply_until(&mut db, decoded.encoding, &batch, r).map_err(failed)?;
+            if let Some(index) = through {
+                stop.reached = true;
+                let n = index - first + 1;
+                // The time of the entry the state stopped in.
+                stop.time = times[n as usize - 1];
+                n
+            } else {
+                batch.len() as u64
+            }
+        }
+        _ => {
+            replay.apply(&mut db, decoded.encoding, &batch).map_err(failed)?;
+            batch.len() as u64
+        }
+    };
+    Ok((db, n, stop))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +427,16 @@ mod tests {
             }
         }
 
+        fn apply_until(
+            &self,
+            db: &mut Store,
+            encoding: segment::EntryEncoding,
+            entries: &[(u64, Vec<u8>)],
+            _: i64,
+        ) -> Result<Option<u64>, ReplayError> {
+            self.apply(db, encoding, entries).map(|_| None)
+        }
+
         fn applied(&self, _: &AppliedMeta) -> Result<Option<Applied>, BoxError> {
             Ok(None)
         }
@@ -298,7 +448,7 @@ mod tests {
             first: 3,
             last: 6,
         };
-        let bytes = segment::encode(&(3..=6).map(|i| (i, vec![i as u8])).collect::<Vec<_>>()).unwrap();
+        let bytes = segment::encode(&(3..=6).map(|i| segment::Frame::new(i, 0, vec![i as u8])).collect::<Vec<_>>()).unwrap();
         (name, bytes)
     }
 
@@ -313,7 +463,9 @@ mod tests {
             seen: Default::default(),
         };
         let db = Store::open(&dir.path().join("a.db")).unwrap();
-        let err = replay_segment(db, &replay, &name, &bytes, 3, 5).err().expect("decode fails");
+        let err = replay_segment(db, &replay, &name, &bytes, 3, Stop::new(Target::Index(5)))
+            .err()
+            .expect("decode fails");
         assert!(
             matches!(&err, RestoreError::Entry { object: o, index: 5, .. } if *o == object),
             "{err:?}"
@@ -330,7 +482,9 @@ mod tests {
             seen: Default::default(),
         };
         let db = Store::open(&dir.path().join("b.db")).unwrap();
-        let err = replay_segment(db, &replay, &name, &bytes, 3, 5).err().expect("apply fails");
+        let err = replay_segment(db, &replay, &name, &bytes, 3, Stop::new(Target::Index(5)))
+            .err()
+            .expect("apply fails");
         // An apply failure names the first entry of the batch.
         assert!(
             matches!(&err, RestoreError::Apply { object: o, index: 4, .. } if *o == object),
@@ -350,7 +504,7 @@ mod tests {
             seen: Default::default(),
         };
         let db = Store::open(&dir.path().join("a.db")).unwrap();
-        let (_, n) = replay_segment(db, &replay, &name, &bytes, 6, u64::MAX).expect("nothing to apply");
+        let (_, n, _) = replay_segment(db, &replay, &name, &bytes, 6, Stop::new(Target::Latest)).expect("nothing to apply");
         assert_eq!(n, 0);
         assert!(replay.seen.lock().unwrap().is_empty());
     }

@@ -4,26 +4,32 @@
 //! Format (all integers little-endian):
 //!
 //! ```text
-//! "NETSYSG2"                      magic (the last byte is the format), 8 bytes
+//! "NETSYSG3"                      magic (the last byte is the format), 8 bytes
 //! u64 first, u64 last             the index range the object claims
 //! u32 crc32c(body), u32 len(body)
-//! body = zstd( frame* )           frame = u32 len | u32 crc32c(entry) | u64 index | entry
+//! body = zstd( frame* )           frame = u32 len | u32 crc32c(entry) | u64 index
+//!                                         | u64 unix_ms | entry
 //! ```
 //!
 //! `entry` is the Raft log entry exactly as the log store encodes it (the Raft layer's
-//! codec; the archive never decodes it). Segments of netsy 0.1 ("NETSYSG1") have the
-//! same layout with bincode entries; they are still read, and `decode` says which
-//! encoding the entries are in. Decoding checks
-//! the magic, both checksums, that the frames are exactly `first..=last` in order, and
-//! that the object's name agrees, so a corrupt, truncated or misnamed object is an error
-//! naming the object, never a silently partial restore.
+//! codec; the archive never decodes it); `unix_ms` is the leader's commit time the
+//! entry carries (the Raft layer reads it out for the archive; 0 for an entry without
+//! one), so a restore can stop at a point in time without decoding entries. Segments of
+//! netsy 0.2 ("NETSYSG2") have the same frames without `unix_ms`, and those of netsy 0.1
+//! ("NETSYSG1") hold bincode entries; both are still read (their times read as 0), and
+//! `decode` says which encoding the entries are in. Decoding checks the magic, both
+//! checksums, that the frames are exactly `first..=last` in order, and that the
+//! object's name agrees, so a corrupt, truncated or misnamed object is an error naming
+//! the object, never a silently partial restore.
 
 use object_store::path::Path;
 
 /// The magic without its format byte.
 const MAGIC_PREFIX: &[u8; 7] = b"NETSYSG";
-const MAGIC: &[u8; 8] = b"NETSYSG2";
-/// netsy 0.1's segments.
+const MAGIC: &[u8; 8] = b"NETSYSG3";
+/// netsy 0.2's segments: frames without the commit time.
+const MAGIC_V2: &[u8; 8] = b"NETSYSG2";
+/// netsy 0.1's segments: as 0.2's, with bincode entries.
 const MAGIC_V1: &[u8; 8] = b"NETSYSG1";
 const HEADER_LEN: usize = 8 + 8 + 8 + 4 + 4;
 /// zstd level: fast, still several times smaller for typical Kubernetes objects.
@@ -34,7 +40,7 @@ pub enum SegmentError {
     #[error("segment {name}: not a netsy segment (bad magic)")]
     BadMagic { name: String },
     #[error(
-        "segment {name} is in format {found}, newer than this netsy reads (up to 2); run a netsy at least as new as the one that wrote it"
+        "segment {name} is in format {found}, newer than this netsy reads (up to 3); run a netsy at least as new as the one that wrote it"
     )]
     Future { name: String, found: char },
     #[error("segment {name}: truncated")]
@@ -108,33 +114,53 @@ pub async fn list(store: &dyn object_store::ObjectStore, epoch: u64) -> Result<V
     Ok(found)
 }
 
-/// Encodes entries `(index, bytes)`, which must be consecutive and non-empty.
-pub fn encode(entries: &[(u64, Vec<u8>)]) -> Result<Vec<u8>, SegmentError> {
-    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+/// An archived entry: its index, the commit time it carries (ms since the Unix epoch;
+/// 0: none) and its bytes as the Raft log store encodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub index: u64,
+    pub unix_ms: u64,
+    pub entry: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new(index: u64, unix_ms: u64, entry: Vec<u8>) -> Frame {
+        Frame { index, unix_ms, entry }
+    }
+}
+
+/// Encodes `frames`, which must be consecutive and non-empty, in the current format.
+pub fn encode(frames: &[Frame]) -> Result<Vec<u8>, SegmentError> {
+    let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
         return Err(SegmentError::Encode("no entries".into()));
     };
-    let mut frames = Vec::with_capacity(entries.iter().map(|(_, e)| e.len() + 16).sum());
-    for (i, (index, entry)) in entries.iter().enumerate() {
-        if *index != first.0 + i as u64 {
+    let mut body = Vec::with_capacity(frames.iter().map(|f| f.entry.len() + FRAME_HEADER).sum());
+    for (i, f) in frames.iter().enumerate() {
+        let index = f.index;
+        if index != first.index + i as u64 {
             return Err(SegmentError::Encode(format!("entry {index} is not consecutive")));
         }
-        let len = u32::try_from(entry.len()).map_err(|_| SegmentError::Encode(format!("entry {index} is over 4 GiB")))?;
-        frames.extend_from_slice(&len.to_le_bytes());
-        frames.extend_from_slice(&crc32c::crc32c(entry).to_le_bytes());
-        frames.extend_from_slice(&index.to_le_bytes());
-        frames.extend_from_slice(entry);
+        let len = u32::try_from(f.entry.len()).map_err(|_| SegmentError::Encode(format!("entry {index} is over 4 GiB")))?;
+        body.extend_from_slice(&len.to_le_bytes());
+        body.extend_from_slice(&crc32c::crc32c(&f.entry).to_le_bytes());
+        body.extend_from_slice(&index.to_le_bytes());
+        body.extend_from_slice(&f.unix_ms.to_le_bytes());
+        body.extend_from_slice(&f.entry);
     }
-    let body = zstd::bulk::compress(&frames, ZSTD_LEVEL).map_err(SegmentError::Compress)?;
+    let body = zstd::bulk::compress(&body, ZSTD_LEVEL).map_err(SegmentError::Compress)?;
     let body_len = u32::try_from(body.len()).map_err(|_| SegmentError::Encode("segment over 4 GiB".into()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&first.0.to_le_bytes());
-    out.extend_from_slice(&last.0.to_le_bytes());
+    out.extend_from_slice(&first.index.to_le_bytes());
+    out.extend_from_slice(&last.index.to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
     out.extend_from_slice(&body_len.to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
 }
+
+/// A frame's fixed part in the current format (`len`, `crc`, `index`, `unix_ms`).
+const FRAME_HEADER: usize = 24;
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
@@ -157,11 +183,11 @@ pub enum EntryEncoding {
     Bincode,
 }
 
-/// A decoded segment: its entries `(index, bytes)`, in order, and their encoding.
+/// A decoded segment: its frames, in order, and how their entries are encoded.
 #[derive(Debug)]
 pub struct Decoded {
     pub encoding: EntryEncoding,
-    pub entries: Vec<(u64, Vec<u8>)>,
+    pub frames: Vec<Frame>,
 }
 
 /// Decodes and verifies the segment stored as `name`.
@@ -169,15 +195,17 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError>
     let label = name.path().to_string();
     let truncated = || SegmentError::Truncated { name: label.clone() };
     if bytes.len() < HEADER_LEN {
-        return Err(if bytes.starts_with(MAGIC) || MAGIC.starts_with(bytes) {
+        return Err(if bytes.starts_with(MAGIC_PREFIX) || MAGIC_PREFIX.starts_with(bytes) {
             truncated()
         } else {
             SegmentError::BadMagic { name: label }
         });
     }
-    let encoding = match &bytes[..8] {
-        m if m == MAGIC => EntryEncoding::Current,
-        m if m == MAGIC_V1 => EntryEncoding::Bincode,
+    // The fixed part of each frame: 0.1 and 0.2 frames carry no time.
+    let (encoding, frame_header) = match &bytes[..8] {
+        m if m == MAGIC => (EntryEncoding::Current, FRAME_HEADER),
+        m if m == MAGIC_V2 => (EntryEncoding::Current, 16),
+        m if m == MAGIC_V1 => (EntryEncoding::Bincode, 16),
         m if m.starts_with(MAGIC_PREFIX) && m[7].is_ascii_digit() && m[7] > MAGIC[7] => {
             return Err(SegmentError::Future {
                 name: label,
@@ -213,9 +241,14 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError>
     let mut at = 0;
     let mut expected = first;
     while at < frames.len() {
-        let header = frames.get(at..at + 16).ok_or_else(truncated)?;
+        let header = frames.get(at..at + frame_header).ok_or_else(truncated)?;
         let (len, crc, index) = (u32_at(header, 0) as usize, u32_at(header, 4), u64_at(header, 8));
-        let entry = frames.get(at + 16..at + 16 + len).ok_or_else(truncated)?;
+        let unix_ms = if frame_header == FRAME_HEADER { u64_at(header, 16) } else { 0 };
+        let start = at + frame_header;
+        let entry = start
+            .checked_add(len)
+            .and_then(|end| frames.get(start..end))
+            .ok_or_else(truncated)?;
         if index != expected {
             return Err(SegmentError::Gap {
                 name: label,
@@ -229,9 +262,9 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError>
                 part: format!("entry {index}"),
             });
         }
-        out.push((index, entry.to_vec()));
+        out.push(Frame::new(index, unix_ms, entry.to_vec()));
         expected = expected.checked_add(1).ok_or_else(bad_range)?;
-        at += 16 + len;
+        at = start + len;
     }
     if expected != end {
         return Err(SegmentError::Gap {
@@ -240,7 +273,7 @@ pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError>
             found: end,
         });
     }
-    Ok(Decoded { encoding, entries: out })
+    Ok(Decoded { encoding, frames: out })
 }
 
 /// The most a segment's frames may decompress to. `encode` writes one zstd frame that
@@ -288,16 +321,38 @@ fn decompress(body: &[u8], label: &str) -> Result<Vec<u8>, SegmentError> {
 mod tests {
     use super::*;
 
-    fn entries(first: u64, n: u64) -> Vec<(u64, Vec<u8>)> {
+    fn entries(first: u64, n: u64) -> Vec<Frame> {
         (first..first + n)
-            .map(|i| (i, format!("entry {i} payload payload payload").into_bytes()))
+            .map(|i| Frame::new(i, 1_764_633_600_000 + i, format!("entry {i} payload payload payload").into_bytes()))
             .collect()
+    }
+
+    fn bare(index: u64, entry: &[u8]) -> Frame {
+        Frame::new(index, 0, entry.to_vec())
+    }
+
+    /// A segment as netsy 0.2 (`MAGIC_V2`) or 0.1 wrote it: frames without a time.
+    fn encode_untimed(magic: &[u8; 8], frames: &[Frame]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for f in frames {
+            body.extend_from_slice(&(f.entry.len() as u32).to_le_bytes());
+            body.extend_from_slice(&crc32c::crc32c(&f.entry).to_le_bytes());
+            body.extend_from_slice(&f.index.to_le_bytes());
+            body.extend_from_slice(&f.entry);
+        }
+        let mut out = with_body(
+            frames[0].index,
+            frames[frames.len() - 1].index,
+            &zstd::bulk::compress(&body, ZSTD_LEVEL).unwrap(),
+        );
+        out[..8].copy_from_slice(magic);
+        out
     }
 
     /// Highly compressible segments (ratios far above 64:1) still decode.
     #[test]
     fn very_compressible_segments_decode() {
-        let big: Vec<(u64, Vec<u8>)> = (1..=64).map(|i| (i, vec![b'a'; 64 << 10])).collect();
+        let big: Vec<Frame> = (1..=64).map(|i| bare(i, &[b'a'; 64 << 10])).collect();
         let name = SegmentName {
             epoch: 1,
             first: 1,
@@ -305,7 +360,7 @@ mod tests {
         };
         let bytes = encode(&big).unwrap();
         assert!(bytes.len() * 64 < 4 << 20, "the case this guards: {} bytes", bytes.len());
-        assert_eq!(decode(&bytes, &name).unwrap().entries, big);
+        assert_eq!(decode(&bytes, &name).unwrap().frames, big);
     }
 
     #[test]
@@ -348,9 +403,9 @@ mod tests {
             last: 204,
         };
         let bytes = encode(&e).unwrap();
-        assert!(bytes.len() < e.iter().map(|(_, b)| b.len()).sum::<usize>() / 2, "compressed");
+        assert!(bytes.len() < e.iter().map(|f| f.entry.len()).sum::<usize>() / 2, "compressed");
         let decoded = decode(&bytes, &name).unwrap();
-        assert_eq!(decoded.entries, e);
+        assert_eq!(decoded.frames, e);
         assert_eq!(decoded.encoding, EntryEncoding::Current);
     }
 
@@ -387,7 +442,7 @@ mod tests {
         let err = decode(&garbled, &name).unwrap_err();
         assert!(matches!(err, SegmentError::Decompress { .. }), "{err:?}");
         assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>()), "{err:?}");
-        assert!(encode(&[(1, vec![1]), (3, vec![3])]).is_err(), "entries must be consecutive");
+        assert!(encode(&[bare(1, &[1]), bare(3, &[3])]).is_err(), "entries must be consecutive");
         assert!(encode(&[]).is_err());
     }
 
@@ -407,6 +462,7 @@ mod tests {
         let mut out = (entry.len() as u32).to_le_bytes().to_vec();
         out.extend_from_slice(&crc32c::crc32c(entry).to_le_bytes());
         out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&7u64.to_le_bytes());
         out.extend_from_slice(entry);
         out
     }
@@ -433,8 +489,8 @@ mod tests {
         };
         let body = zstd::bulk::compress(&frame(max - 1, b"x"), ZSTD_LEVEL).unwrap();
         assert_eq!(
-            decode(&with_body(max - 1, max - 1, &body), &name).unwrap().entries,
-            vec![(max - 1, b"x".to_vec())]
+            decode(&with_body(max - 1, max - 1, &body), &name).unwrap().frames,
+            vec![Frame::new(max - 1, 7, b"x".to_vec())]
         );
     }
 
@@ -485,21 +541,24 @@ mod tests {
     }
 
     #[test]
-    fn netsy_0_1_segments_read_and_future_ones_are_refused_by_name() {
+    fn older_segments_read_and_future_ones_are_refused_by_name() {
         let name = SegmentName {
             epoch: 1,
             first: 5,
             last: 6,
         };
-        let entries = vec![(5, b"five".to_vec()), (6, b"six".to_vec())];
-        let mut old = encode(&entries).unwrap();
-        old[..8].copy_from_slice(MAGIC_V1);
-        let decoded = decode(&old, &name).unwrap();
-        assert_eq!((decoded.encoding, decoded.entries), (EntryEncoding::Bincode, entries.clone()));
-        let mut future = encode(&entries).unwrap();
-        future[7] = b'3';
+        let untimed = vec![bare(5, b"five"), bare(6, b"six")];
+        for (magic, encoding) in [(MAGIC_V1, EntryEncoding::Bincode), (MAGIC_V2, EntryEncoding::Current)] {
+            let decoded = decode(&encode_untimed(magic, &untimed), &name).unwrap();
+            assert_eq!((decoded.encoding, &decoded.frames), (encoding, &untimed), "{magic:?}");
+        }
+        let timed = vec![Frame::new(5, 100, b"five".to_vec()), Frame::new(6, 101, b"six".to_vec())];
+        let decoded = decode(&encode(&timed).unwrap(), &name).unwrap();
+        assert_eq!((decoded.encoding, decoded.frames), (EntryEncoding::Current, timed.clone()));
+        let mut future = encode(&timed).unwrap();
+        future[7] = b'4';
         let err = decode(&future, &name).unwrap_err();
-        assert!(matches!(err, SegmentError::Future { found: '3', .. }), "{err:?}");
-        assert!(err.to_string().contains("format 3"), "{err}");
+        assert!(matches!(err, SegmentError::Future { found: '4', .. }), "{err:?}");
+        assert!(err.to_string().contains("format 4"), "{err}");
     }
 }

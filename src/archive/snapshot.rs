@@ -110,6 +110,35 @@ pub struct SnapshotHeader {
     pub db_bytes: u64,
     pub db_crc32c: u32,
     pub created_unix: u64,
+    /// The commit time of entry `index` (ms since the Unix epoch): the state is as of
+    /// then. 0 in snapshots of netsy before 0.3 (`created_unix` bounds it from above).
+    #[serde(default)]
+    pub commit_unix_ms: u64,
+    /// When the snapshot was made, in ms (0 before netsy 0.3: see `created_unix`). For
+    /// an epoch's base (index 0) it is when the epoch opened.
+    #[serde(default)]
+    pub created_unix_ms: u64,
+}
+
+impl SnapshotHeader {
+    /// When the snapshot was made, in ms since the Unix epoch.
+    pub fn created_ms(&self) -> u64 {
+        if self.created_unix_ms > 0 {
+            self.created_unix_ms
+        } else {
+            self.created_unix.saturating_mul(1000)
+        }
+    }
+
+    /// The time the state is known to be at or before: its commit time, or for a
+    /// snapshot written before netsy 0.3 (no commit time) the time it was made.
+    pub fn time_bound(&self) -> u64 {
+        if self.commit_unix_ms > 0 {
+            self.commit_unix_ms
+        } else {
+            self.created_ms()
+        }
+    }
 }
 
 /// Describes the database at `db` (which nothing else writes) as a snapshot of `epoch`,
@@ -141,6 +170,8 @@ pub fn describe(db: &FsPath, cluster_id: &str, epoch: u64, replay: &dyn Replay) 
         db_bytes: bytes,
         db_crc32c: crc,
         created_unix: super::manifest::now_unix(),
+        commit_unix_ms: last.map_or(meta.commit_unix_ms, |l| l.unix_ms),
+        created_unix_ms: crate::archive::log::wall_clock_ms(),
     })
 }
 
@@ -423,6 +454,15 @@ mod tests {
         impl Replay for Refusing {
             fn apply(&self, _: &mut Store, _: crate::archive::segment::EntryEncoding, _: &[(u64, Vec<u8>)]) -> Result<(), ReplayError> {
                 Ok(())
+            }
+            fn apply_until(
+                &self,
+                _: &mut Store,
+                _: crate::archive::segment::EntryEncoding,
+                _: &[(u64, Vec<u8>)],
+                _: i64,
+            ) -> Result<Option<u64>, ReplayError> {
+                Ok(None)
             }
             fn applied(&self, _: &AppliedMeta) -> Result<Option<Applied>, BoxError> {
                 Err(Box::new(Bad))

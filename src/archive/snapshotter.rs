@@ -89,7 +89,9 @@ impl Snapshotter {
                     }));
                     crate::metrics::ARCHIVE_SNAPSHOT_INDEX.set(header.index as i64);
                     crate::metrics::ARCHIVE_SNAPSHOTS.inc();
-                    if let Err(e) = super::gc::collect(self.store.as_ref(), self.epoch, self.policy.snapshots_to_keep).await {
+                    if let Err(e) =
+                        super::gc::collect(self.store.as_ref(), self.epoch, self.policy.snapshots_to_keep, self.policy.history).await
+                    {
                         tracing::warn!(error = %crate::error_chain(&e), "archive garbage collection failed; it is retried after the next snapshot");
                     }
                 }

@@ -209,22 +209,22 @@ impl Uploader {
         while mark < limit {
             let entries = self.log.entries(mark + 1, limit).await.map_err(UploadError::Log)?;
             match entries.first() {
-                Some((index, _)) if *index == mark + 1 => {}
+                Some(f) if f.index == mark + 1 => {}
                 _ => return Err(UploadError::Purged(mark)),
             }
             let mut batch = Vec::new();
             let mut bytes = 0;
-            for (index, raw) in entries {
-                bytes += raw.len();
-                batch.push((index, raw));
+            for frame in entries {
+                bytes += frame.entry.len();
+                batch.push(frame);
                 if bytes >= self.cfg.segment_max_bytes {
                     break;
                 }
             }
             let name = SegmentName {
                 epoch: self.cfg.epoch,
-                first: batch[0].0,
-                last: batch[batch.len() - 1].0,
+                first: batch[0].index,
+                last: batch[batch.len() - 1].index,
             };
             let encoded = segment::encode(&batch)?;
             let size = encoded.len() as u64;
@@ -251,7 +251,8 @@ mod tests {
             first: 1,
             last: 2,
         };
-        let bytes = segment::encode(&[(1, b"a".to_vec()), (2, b"b".to_vec())]).unwrap();
+        let frame = |i: u64, e: &[u8]| segment::Frame::new(i, 0, e.to_vec());
+        let bytes = segment::encode(&[frame(1, b"a"), frame(2, b"b")]).unwrap();
         faults.lose_put_responses.store(1, Ordering::Release);
         assert!(
             put_segment(&faulty, &name, bytes.clone()).await.is_err(),
@@ -260,7 +261,7 @@ mod tests {
         put_segment(&faulty, &name, bytes.clone())
             .await
             .expect("the retry finds its own segment");
-        let other = segment::encode(&[(1, b"x".to_vec()), (2, b"y".to_vec())]).unwrap();
+        let other = segment::encode(&[frame(1, b"x"), frame(2, b"y")]).unwrap();
         assert!(matches!(put_segment(&faulty, &name, other).await, Err(UploadError::Conflict(_))));
         let next = SegmentName {
             epoch: 1,
@@ -270,7 +271,7 @@ mod tests {
         put_segment(
             &faulty,
             &next,
-            segment::encode(&[(3, vec![]), (4, vec![]), (5, vec![]), (6, vec![]), (7, vec![])]).unwrap(),
+            segment::encode(&(3..=7).map(|i| frame(i, b"")).collect::<Vec<_>>()).unwrap(),
         )
         .await
         .unwrap();
@@ -292,11 +293,13 @@ mod tests {
 
     #[async_trait::async_trait]
     impl LogSource for FakeLog {
-        async fn entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, BoxError> {
+        async fn entries(&self, from: u64, to: u64) -> Result<Vec<segment::Frame>, BoxError> {
             if self.fail {
                 return Err(Box::new(Fire));
             }
-            Ok((from.max(self.first)..=to.min(self.last)).map(|i| (i, vec![i as u8; 10])).collect())
+            Ok((from.max(self.first)..=to.min(self.last))
+                .map(|i| segment::Frame::new(i, 1000 + i, vec![i as u8; 10]))
+                .collect())
         }
 
         fn set_purge_floor(&self, index: u64) {
@@ -346,7 +349,11 @@ mod tests {
         let bytes = store.get(&name.path()).await.unwrap().bytes().await.unwrap();
         let decoded = segment::decode(&bytes, &name).unwrap();
         assert_eq!(decoded.encoding, segment::EntryEncoding::Current);
-        assert_eq!(decoded.entries[0], (5, vec![5; 10]), "the log's bytes, as they are");
+        assert_eq!(
+            decoded.frames[0],
+            segment::Frame::new(5, 1005, vec![5; 10]),
+            "the log's bytes and time, as they are"
+        );
 
         let (mut up, _) = uploader(store.clone(), 1, true);
         let err = up.upload_through(0, 9).await.unwrap_err();

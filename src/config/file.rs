@@ -88,8 +88,12 @@ pub struct ArchiveSettings {
     /// ...or when the last one is this old and entries have been written since.
     pub snapshot_max_age: String,
     /// Snapshots kept in object storage; older ones, and the segments only they need,
-    /// are deleted.
+    /// are deleted...
     pub snapshots_to_keep: usize,
+    /// ...unless they are needed to restore to a point in time within this long ago
+    /// (`netsy snapshot restore --at`), which also keeps earlier epochs that long after
+    /// the next one opened. "0s" keeps only `snapshots_to_keep`.
+    pub history: String,
     /// `quorum` durability: the most log bytes that may wait locally for object storage.
     /// Beyond it writes fail with etcd's "database space exceeded" until uploads resume.
     pub max_backlog_bytes: u64,
@@ -104,6 +108,7 @@ impl Default for ArchiveSettings {
             snapshot_bytes: 256 << 20,
             snapshot_max_age: "1h".into(),
             snapshots_to_keep: 3,
+            history: "24h".into(),
             max_backlog_bytes: 1 << 30,
         }
     }

@@ -14,6 +14,7 @@ pub struct ArchivePolicy {
     pub snapshot_bytes: u64,
     pub snapshot_max_age: Duration,
     pub snapshots_to_keep: usize,
+    pub history: Duration,
     pub max_backlog_bytes: u64,
 }
 
@@ -48,6 +49,15 @@ impl ArchiveSettings {
             snapshot_bytes: self.snapshot_bytes,
             snapshot_max_age: positive("archive.snapshot_max_age", &self.snapshot_max_age, "1h")?,
             snapshots_to_keep: self.snapshots_to_keep,
+            history: parse_duration(&self.history).ok_or_else(|| {
+                invalid(
+                    "archive.history",
+                    format!(
+                        "{:?} must be a duration such as \"24h\" or \"7d\" (\"0s\": keep only archive.snapshots_to_keep)",
+                        self.history
+                    ),
+                )
+            })?,
             max_backlog_bytes: self.max_backlog_bytes,
         })
     }
@@ -254,6 +264,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.checked_mul(60)?),
             "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400)?),
             _ => return None,
         };
         total = total.checked_add(part)?;

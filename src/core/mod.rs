@@ -130,7 +130,7 @@ impl Replica {
         let replica = Replica {
             ids,
             settings,
-            proposer: Proposer::start(parts.raft.clone()),
+            proposer: Proposer::start(parts.raft.clone(), parts.log.commit_clock()),
             reads: ReadBarrier::start(parts.raft.clone()),
             raft: parts.raft,
             store: parts.store,

@@ -30,6 +30,9 @@ pub struct CommitBatch {
 pub struct AppliedMeta {
     pub last_applied: Option<Vec<u8>>,
     pub membership: Option<Vec<u8>>,
+    /// The commit time of the last applied entry, in ms since the Unix epoch (0: none
+    /// known; the Raft layer keeps it, see `raft::clock`).
+    pub commit_unix_ms: u64,
     /// Read from the rows netsy 0.1 wrote (another encoding, under other names); the
     /// next applied batch replaces them.
     pub legacy: bool,
@@ -37,6 +40,7 @@ pub struct AppliedMeta {
 
 const APPLIED: &str = "applied_log_id";
 const MEMBERSHIP: &str = "applied_membership";
+const COMMIT_TIME: &str = "applied_commit_unix_ms";
 /// Where netsy 0.1 kept the same (in bincode).
 const LEGACY_APPLIED: &str = "raft_applied";
 const LEGACY_MEMBERSHIP: &str = "raft_membership";
@@ -48,9 +52,14 @@ fn read_meta(conn: &Connection) -> rusqlite::Result<AppliedMeta> {
             .optional()
             .map(Option::flatten)
     };
+    let commit_unix_ms: Option<i64> = conn
+        .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([COMMIT_TIME], |r| r.get(0))
+        .optional()?;
     let current = AppliedMeta {
         last_applied: get(APPLIED)?,
         membership: get(MEMBERSHIP)?,
+        commit_unix_ms: commit_unix_ms.map_or(0, |t| t.max(0) as u64),
         legacy: false,
     };
     if current.last_applied.is_some() {
@@ -59,6 +68,7 @@ fn read_meta(conn: &Connection) -> rusqlite::Result<AppliedMeta> {
     let legacy = AppliedMeta {
         last_applied: get(LEGACY_APPLIED)?,
         membership: get(LEGACY_MEMBERSHIP)?,
+        commit_unix_ms: 0,
         legacy: true,
     };
     Ok(if legacy.last_applied.is_some() || legacy.membership.is_some() {
@@ -217,6 +227,11 @@ impl Store {
                     .and_then(|mut s| s.execute(rusqlite::params![name, value]))
                     .map_err(storage)?;
             }
+        }
+        if meta.commit_unix_ms != self.meta.commit_unix_ms {
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(rusqlite::params![COMMIT_TIME, meta.commit_unix_ms as i64]))
+                .map_err(storage)?;
         }
         if rewrite {
             tx.execute("DELETE FROM meta WHERE name IN (?1, ?2)", [LEGACY_APPLIED, LEGACY_MEMBERSHIP])
@@ -542,7 +557,8 @@ pub fn read_revisions(path: &Path) -> Result<Revisions, MvccError> {
 }
 
 /// Forgets the Raft bookkeeping of a database file, so it can seed a new Raft group
-/// (a new epoch, or a restore into a new cluster). Alarms go too when `alarms`.
+/// (a new epoch, or a restore into a new cluster). Alarms go too when `alarms`. The
+/// commit time of the last applied entry stays: it is still the time of the state.
 pub fn clear_raft_meta(path: &Path, alarms: bool) -> Result<(), MvccError> {
     let conn = Connection::open(path).map_err(storage)?;
     conn.execute(

@@ -3,6 +3,7 @@
 
 #![allow(clippy::result_large_err)] // openraft fixes the 224-byte StorageError type
 
+pub mod clock;
 pub mod codec;
 pub mod gate;
 pub mod network;
@@ -22,7 +23,7 @@ openraft::declare_raft_types!(
     /// netsy's Raft type configuration.
     pub TypeConfig:
         // One log entry carries a batch of commands (see `proposer`).
-        D = Vec<Command>,
+        D = Batch,
         R = Vec<CommandResult>,
         NodeId = u64,
         Node = PeerNode,
@@ -32,6 +33,21 @@ openraft::declare_raft_types!(
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// What a normal log entry carries: the commands the leader gathered into it (applied
+/// in order, one revision each at most) and the leader's wall-clock time when it
+/// proposed them (`clock::CommitClock`; 0 in entries of netsy before 0.3).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Batch {
+    pub commands: Vec<Command>,
+    pub unix_ms: u64,
+}
+
+impl Batch {
+    pub fn new(commands: Vec<Command>, unix_ms: u64) -> Batch {
+        Batch { commands, unix_ms }
+    }
+}
 
 /// A Raft member: which pod it is and where to reach it (kept in the membership config,
 /// so every node can list members and dial peers).

@@ -11,8 +11,9 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError, StoredMembersh
 use tokio::fs::File;
 use tokio::io::AsyncSeekExt;
 
+use super::clock;
 use super::codec::{self, legacy};
-use super::{LogId, NodeId, StorageError, TypeConfig};
+use super::{Batch, LogId, NodeId, StorageError, TypeConfig};
 use crate::archive::log::{Applied, BoxError, Replay, ReplayError};
 use crate::archive::segment::EntryEncoding;
 use crate::mvcc::{read_applied_meta, AppliedMeta, Command, CommandResult, MvccError, Reader, Store};
@@ -144,12 +145,14 @@ pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>
     let mut shape: Vec<Option<usize>> = Vec::new();
     let mut last: Option<LogId> = None;
     let mut membership: Option<Membership> = None;
+    let mut commit_unix_ms = store.applied_meta().commit_unix_ms;
     for entry in entries {
         last = Some(entry.log_id);
         match entry.payload {
-            EntryPayload::Normal(cmds) => {
-                shape.push(Some(cmds.len()));
-                commands.extend(cmds.into_iter().map(Some));
+            EntryPayload::Normal(batch) => {
+                commit_unix_ms = clock::effective(commit_unix_ms, batch.unix_ms);
+                shape.push(Some(batch.commands.len()));
+                commands.extend(batch.commands.into_iter().map(Some));
             }
             EntryPayload::Blank => {
                 shape.push(None);
@@ -180,6 +183,7 @@ pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>
     let meta = AppliedMeta {
         last_applied: last.as_ref().map(codec::encode_log_id),
         membership,
+        commit_unix_ms,
         legacy: false,
     };
     crate::metrics::APPLY_BATCH_ENTRIES.observe(commands.len() as f64);
@@ -218,8 +222,9 @@ pub struct IndexMismatch {
     pub entry: u64,
 }
 
-impl Replay for ArchiveReplay {
-    fn apply(&self, db: &mut Store, encoding: EntryEncoding, entries: &[(u64, Vec<u8>)]) -> Result<(), ReplayError> {
+impl ArchiveReplay {
+    /// Decodes archived entries, checking each is the entry its frame says.
+    fn decode(encoding: EntryEncoding, entries: &[(u64, Vec<u8>)]) -> Result<Vec<openraft::Entry<TypeConfig>>, ReplayError> {
         let decode = match encoding {
             EntryEncoding::Current => codec::decode_entry,
             EntryEncoding::Bincode => legacy::decode_entry,
@@ -242,8 +247,58 @@ impl Replay for ArchiveReplay {
             }
             batch.push(entry);
         }
+        Ok(batch)
+    }
+}
+
+impl Replay for ArchiveReplay {
+    fn apply(&self, db: &mut Store, encoding: EntryEncoding, entries: &[(u64, Vec<u8>)]) -> Result<(), ReplayError> {
+        let batch = Self::decode(encoding, entries)?;
         apply_entries(db, batch).map_err(|e| ReplayError::Apply(Box::new(e)))?;
         Ok(())
+    }
+
+    /// Each command makes at most one revision, so applying no more commands than the
+    /// revisions still missing never passes the target: chunks of that many commands are
+    /// applied (an entry is cut between two commands when a chunk ends inside it) until
+    /// the store is at the target revision.
+    fn apply_until(
+        &self,
+        db: &mut Store,
+        encoding: EntryEncoding,
+        entries: &[(u64, Vec<u8>)],
+        revision: i64,
+    ) -> Result<Option<u64>, ReplayError> {
+        let mut queue: std::collections::VecDeque<_> = Self::decode(encoding, entries)?.into();
+        let failed = |e: ApplyError| ReplayError::Apply(Box::new(e));
+        while !queue.is_empty() {
+            let missing = revision - db.revision();
+            if missing <= 0 {
+                break;
+            }
+            let mut room = usize::try_from(missing).unwrap_or(usize::MAX);
+            let mut chunk = Vec::new();
+            while room > 0 {
+                let Some(mut entry) = queue.pop_front() else { break };
+                if let EntryPayload::Normal(batch) = &mut entry.payload {
+                    if batch.commands.len() > room {
+                        let rest = batch.commands.split_off(room);
+                        queue.push_front(openraft::Entry {
+                            log_id: entry.log_id,
+                            payload: EntryPayload::Normal(Batch::new(rest, batch.unix_ms)),
+                        });
+                    }
+                    room -= batch.commands.len();
+                }
+                chunk.push(entry);
+            }
+            let last = chunk.last().map(|e| e.log_id.index);
+            apply_entries(db, chunk).map_err(failed)?;
+            if db.revision() >= revision {
+                return Ok(last);
+            }
+        }
+        Ok(None)
     }
 
     fn applied(&self, meta: &AppliedMeta) -> Result<Option<Applied>, BoxError> {
@@ -251,6 +306,7 @@ impl Replay for ArchiveReplay {
         Ok(last.map(|l| Applied {
             index: l.index,
             term: l.leader_id.term,
+            unix_ms: meta.commit_unix_ms,
         }))
     }
 }
@@ -549,14 +605,42 @@ mod tests {
         assert_eq!(std::fs::read(snapshots.join("current.db")).expect("kept"), b"snapshot bytes");
     }
 
+    fn put(key: &str) -> Command {
+        Command::Put(crate::proto::etcdserverpb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+    }
+
     fn put_entry(index: u64, key: &str) -> openraft::Entry<TypeConfig> {
+        batch_entry(index, 0, vec![put(key)])
+    }
+
+    fn batch_entry(index: u64, unix_ms: u64, commands: Vec<Command>) -> openraft::Entry<TypeConfig> {
         openraft::Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(4, 1), index),
-            payload: EntryPayload::Normal(vec![Command::Put(crate::proto::etcdserverpb::PutRequest {
-                key: key.as_bytes().to_vec(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            })]),
+            payload: EntryPayload::Normal(Batch::new(commands, unix_ms)),
+        }
+    }
+
+    /// Puts `entries` into `objects` as segments of epoch 1, each entry framed with the
+    /// time it carries.
+    async fn archive(objects: &dyn object_store::ObjectStore, segments: Vec<Vec<openraft::Entry<TypeConfig>>>) {
+        use crate::archive::segment;
+        for entries in segments {
+            let frames: Vec<segment::Frame> = entries
+                .iter()
+                .map(|e| segment::Frame::new(e.log_id.index, crate::raft::wal::commit_time(e), codec::encode_entry(e)))
+                .collect();
+            let name = segment::SegmentName {
+                epoch: 1,
+                first: frames[0].index,
+                last: frames[frames.len() - 1].index,
+            };
+            crate::archive::uploader::put_segment(objects, &name, segment::encode(&frames).expect("encode"))
+                .await
+                .expect("put");
         }
     }
 
@@ -564,36 +648,141 @@ mod tests {
     /// `apply_entries` and records the last one; a snapshot of the result names it.
     #[tokio::test]
     async fn archived_entries_replay_into_the_state_and_its_bookkeeping() {
-        use crate::archive::{restore, segment};
+        use crate::archive::restore;
         let dir = tempfile::tempdir().expect("temp dir");
         let objects: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let blank = openraft::Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(4, 1), 1),
             payload: EntryPayload::Blank,
         };
-        let mut first = vec![(1, codec::encode_entry(&blank))];
-        first.extend((2..=3).map(|i| (i, codec::encode_entry(&put_entry(i, &format!("k{i}"))))));
-        let second: Vec<(u64, Vec<u8>)> = (4..=6).map(|i| (i, codec::encode_entry(&put_entry(i, &format!("k{i}"))))).collect();
-        for entries in [first, second] {
-            let name = segment::SegmentName {
-                epoch: 1,
-                first: entries[0].0,
-                last: entries[entries.len() - 1].0,
-            };
-            crate::archive::uploader::put_segment(objects.as_ref(), &name, segment::encode(&entries).expect("encode"))
-                .await
-                .expect("put");
-        }
+        let mut first = vec![blank];
+        first.extend((2..=3).map(|i| put_entry(i, &format!("k{i}"))));
+        let second = (4..=6).map(|i| put_entry(i, &format!("k{i}"))).collect();
+        archive(objects.as_ref(), vec![first, second]).await;
         let dest = dir.path().join("restored.db");
-        let report = restore::restore(objects.as_ref(), 1, &dest, Some(5), &archive_replay())
+        let report = restore::restore(objects.as_ref(), 1, &dest, restore::Target::Index(5), &archive_replay())
             .await
             .expect("restore");
         assert_eq!((report.last_index, report.entries, report.segments), (5, 5, 2));
         assert_eq!(report.revision, 5, "four puts on an empty store");
         let meta = read_applied_meta(&dest).expect("meta");
-        assert_eq!(ArchiveReplay.applied(&meta).expect("applied"), Some(Applied { index: 5, term: 4 }));
+        assert_eq!(
+            ArchiveReplay.applied(&meta).expect("applied"),
+            Some(Applied {
+                index: 5,
+                term: 4,
+                unix_ms: 0
+            })
+        );
         let header = crate::archive::snapshot::describe(&dest, "c", 1, &ArchiveReplay).expect("describe");
         assert_eq!((header.index, header.term, header.revision), (5, 4, 5));
+    }
+
+    /// Restores stop at a commit time (whole entries, times taken as their running
+    /// maximum) or exactly at a revision (inside an entry), from the empty store or from
+    /// the newest snapshot before the target; `points` reports the reachable range.
+    #[tokio::test]
+    async fn restores_stop_at_a_time_or_a_revision_and_points_say_how_far_they_reach() {
+        use crate::archive::restore::{restore, RestoreError, Target};
+        use crate::archive::{points, snapshot};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let objects: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let blank = openraft::Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(4, 1), 1),
+            payload: EntryPayload::Blank,
+        };
+        let first = vec![
+            blank,
+            batch_entry(2, 1000, vec![put("a"), put("b"), put("c")]), // revisions 2, 3, 4
+            batch_entry(3, 2000, vec![put("d")]),                     // 5
+        ];
+        let second = vec![
+            // The clock stepped back: this entry counts as committed at 2000.
+            batch_entry(4, 1500, vec![put("e"), put("f")]), // 6, 7
+            batch_entry(5, 3000, vec![Command::LeaseGrant { id: 9, ttl: 60 }, put("g")]), // 8
+            batch_entry(6, 4000, vec![put("h")]),           // 9
+        ];
+        archive(objects.as_ref(), vec![first, second]).await;
+        let replay = archive_replay();
+        let mut n = 0;
+        let mut run = |target: Target| {
+            n += 1;
+            let dest = dir.path().join(format!("r{n}.db"));
+            let (objects, replay) = (objects.clone(), replay.clone());
+            async move {
+                let report = restore(objects.as_ref(), 1, &dest, target, &replay).await?;
+                let keys: Vec<String> = Reader::new(&dest)
+                    .range(&crate::proto::etcdserverpb::RangeRequest {
+                        key: vec![0],
+                        range_end: vec![0],
+                        keys_only: true,
+                        ..Default::default()
+                    })
+                    .expect("range")
+                    .kvs
+                    .into_iter()
+                    .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                    .collect();
+                Ok::<_, RestoreError>((report, keys.join(""), dest))
+            }
+        };
+        let shape = |r: &crate::archive::restore::RestoreReport| (r.last_index, r.revision, r.commit_unix_ms, r.snapshot_index);
+        let (r, keys, _) = run(Target::Time(999)).await.expect("before the first write");
+        assert_eq!((shape(&r), keys.as_str()), ((1, 1, 0, None), ""));
+        let (r, keys, _) = run(Target::Time(1000)).await.expect("at the first write");
+        assert_eq!((shape(&r), keys.as_str()), ((2, 4, 1000, None), "abc"));
+        let (r, keys, snap_db) = run(Target::Time(2999)).await.expect("after the stepped-back entry");
+        assert_eq!((shape(&r), keys.as_str()), ((4, 7, 2000, None), "abcdef"));
+        let (r, _, _) = run(Target::Time(10_000)).await.expect("after everything");
+        assert_eq!(shape(&r), (6, 9, 4000, None));
+        let (r, keys, _) = run(Target::Revision(3)).await.expect("inside an entry");
+        assert_eq!((shape(&r), keys.as_str()), ((2, 3, 1000, None), "ab"));
+        let (r, keys, _) = run(Target::Revision(8)).await.expect("after a lease grant");
+        assert_eq!((shape(&r), keys.as_str()), ((5, 8, 3000, None), "abcdefg"));
+        let (r, _, _) = run(Target::Revision(1)).await.expect("the empty store");
+        assert_eq!(shape(&r), (0, 1, 0, None));
+        let err = run(Target::Revision(20)).await.expect_err("past the end");
+        assert!(matches!(err, RestoreError::Beyond { .. }), "{err:?}");
+        assert!(err.to_string().contains("ends at revision 9"), "{err}");
+
+        let p = points::epoch_points(objects.as_ref(), 1, None)
+            .await
+            .expect("points")
+            .expect("some");
+        assert_eq!((p.first.index, p.first.revision, p.first.unix_ms), (0, Some(1), 0));
+        assert_eq!((p.last.index, p.last.revision, p.last.unix_ms), (6, None, 4000));
+        assert!(p.gaps.is_empty() && p.snapshots.is_empty(), "{p:?}");
+        let scratch = dir.path().join("scratch");
+        let p = points::epoch_points(objects.as_ref(), 1, Some((&scratch, &replay)))
+            .await
+            .expect("exact")
+            .expect("some");
+        assert_eq!(p.last.revision, Some(9), "replayed");
+
+        // A snapshot of the state through entry 4 (committed at 2000).
+        let header = snapshot::describe(&snap_db, "c", 1, &ArchiveReplay).expect("describe");
+        assert_eq!((header.index, header.revision, header.commit_unix_ms), (4, 7, 2000));
+        let file = dir.path().join("4.snap");
+        snapshot::encode_file(&snap_db, &header, &file).expect("encode");
+        snapshot::upload(&objects, &snapshot::SnapshotName { epoch: 1, index: 4 }, &file)
+            .await
+            .expect("upload");
+        let (r, _, _) = run(Target::Time(3500)).await.expect("from the snapshot");
+        assert_eq!(shape(&r), (5, 8, 3000, Some(4)));
+        let (r, _, _) = run(Target::Time(1999)).await.expect("before the snapshot");
+        assert_eq!(shape(&r), (2, 4, 1000, None));
+        let (r, keys, _) = run(Target::Revision(7)).await.expect("the snapshot's own revision");
+        assert_eq!((shape(&r), keys.as_str()), ((4, 7, 2000, Some(4)), "abcdef"));
+        let p = points::epoch_points(objects.as_ref(), 1, None)
+            .await
+            .expect("points")
+            .expect("some");
+        assert_eq!(
+            p.snapshots.iter().map(|s| (s.index, s.revision, s.unix_ms)).collect::<Vec<_>>(),
+            vec![(4, Some(7), 2000)]
+        );
+        assert_eq!((p.last.index, p.last.unix_ms), (6, 4000));
+        assert_eq!(points::epoch_for(objects.as_ref(), Target::Time(5)).await.expect("epoch"), 1);
     }
 
     #[test]

@@ -33,6 +33,13 @@ async fn committed_entries_are_uploaded_as_contiguous_segments() {
     });
     let base = n.metric("netsy_archive_snapshot_index") as u64;
     let mut c = n.client().await;
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let started_ms = wall_ms();
     let mut last_rev = 0;
     for i in 0..200 {
         last_rev = c.put(format!("k{i}"), "v", None).await.unwrap().header().unwrap().revision();
@@ -48,11 +55,14 @@ async fn committed_entries_are_uploaded_as_contiguous_segments() {
         let mut commands = 0;
         for (name, bytes) in &segs {
             assert_eq!(name.first, expected, "segments are contiguous");
-            let entries = netsy::archive::segment::decode(bytes, name).expect("valid segment");
-            for (_, raw) in entries.entries {
-                let entry = netsy::raft::codec::decode_entry(&raw).expect("a raft entry");
-                if let openraft::EntryPayload::Normal(cmds) = entry.payload {
-                    commands += cmds.len();
+            let decoded = netsy::archive::segment::decode(bytes, name).expect("valid segment");
+            for frame in decoded.frames {
+                let entry = netsy::raft::codec::decode_entry(&frame.entry).expect("a raft entry");
+                if let openraft::EntryPayload::Normal(batch) = entry.payload {
+                    commands += batch.commands.len();
+                    // The frame carries the leader's commit time the entry holds.
+                    assert_eq!(frame.unix_ms, batch.unix_ms, "entry {}", frame.index);
+                    assert!(batch.unix_ms >= started_ms && batch.unix_ms <= wall_ms(), "entry {}", frame.index);
                 }
             }
             expected = name.last + 1;
@@ -83,10 +93,11 @@ async fn object_storage_durability_acks_after_upload() {
         // Right after the ack, the archive already holds this write.
         let mut found = false;
         for (name, bytes) in segments(&objects) {
-            for (_, raw) in netsy::archive::segment::decode(&bytes, &name).unwrap().entries {
-                let entry = netsy::raft::codec::decode_entry(&raw).unwrap();
-                if let openraft::EntryPayload::Normal(cmds) = entry.payload {
-                    found |= cmds
+            for frame in netsy::archive::segment::decode(&bytes, &name).unwrap().frames {
+                let entry = netsy::raft::codec::decode_entry(&frame.entry).unwrap();
+                if let openraft::EntryPayload::Normal(batch) = entry.payload {
+                    found |= batch
+                        .commands
                         .iter()
                         .any(|cmd| matches!(cmd, netsy::mvcc::Command::Put(p) if p.key == format!("d{i}").as_bytes()));
                 }

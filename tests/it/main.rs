@@ -28,5 +28,6 @@ mod raft_storage_suite;
 mod range_stream;
 mod restore;
 mod services;
+mod time_machine;
 mod tls;
 mod watch;

@@ -5,24 +5,24 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common;
-use crate::common::{wait_until, Netsy};
+use crate::common::{netsy_cli, wait_until, Netsy};
 use etcd_client::GetOptions;
 
-fn cluster_epoch(n: &Netsy) -> u64 {
+pub fn cluster_epoch(n: &Netsy) -> u64 {
     let raw = std::fs::read(n.objects().join("cluster.json")).expect("cluster.json");
     let v: serde_json::Value = serde_json::from_slice(&raw).expect("json");
     v["epoch"].as_u64().expect("epoch")
 }
 
 /// Everything applied is in object storage (quorum durability uploads asynchronously).
-fn wait_archived(n: &Netsy) {
+pub fn wait_archived(n: &Netsy) {
     wait_until(Duration::from_secs(30), "the archive to catch up", || {
         let applied = n.metric("etcd_server_applied_index");
         applied > 0.0 && n.metric("netsy_archive_uploaded_index") >= applied
     });
 }
 
-async fn all_keys(n: &Netsy, prefix: &str) -> BTreeMap<String, (String, i64)> {
+pub async fn all_keys(n: &Netsy, prefix: &str) -> BTreeMap<String, (String, i64)> {
     let mut c = n.client().await;
     let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await.unwrap();
     r.kvs()
@@ -113,7 +113,7 @@ async fn wiped_node_keeps_every_acknowledged_write() {
 /// compaction, deletes, leases and old revisions.
 #[tokio::test]
 async fn restore_starts_from_the_newest_snapshot() {
-    let mut n = Netsy::start_with(r#""archive": { "snapshot_entries": 40, "snapshots_to_keep": 2 },"#);
+    let mut n = Netsy::start_with(r#""archive": { "snapshot_entries": 40, "snapshots_to_keep": 2, "history": "0s" },"#);
     let mut c = n.client().await;
     let lease = c.lease_grant(3600, None).await.unwrap().id();
     // Three rounds of writes, each followed by a snapshot (the first is the base one).
@@ -234,15 +234,6 @@ async fn stale_data_directory_is_set_aside() {
     let mut c = n.client().await;
     let r = c.get("a", None).await.unwrap();
     assert_eq!(r.kvs()[0].value_str().unwrap(), "1");
-}
-
-fn netsy_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
-        .args(args)
-        .output()
-        .expect("run netsy");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }
 
 /// `netsy snapshot list | inspect | export | restore` over the archive, including a

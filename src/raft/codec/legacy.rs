@@ -144,7 +144,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, FormatError> {
     let e: EntryV0 = bincode("log entry", bytes)?;
     let payload = match e.payload {
         PayloadV0::Blank => EntryPayload::Blank,
-        PayloadV0::Normal(cmds) => EntryPayload::Normal(cmds.into_iter().map(Into::into).collect()),
+        PayloadV0::Normal(cmds) => EntryPayload::Normal(crate::raft::Batch::new(cmds.into_iter().map(Into::into).collect(), 0)),
         PayloadV0::Membership(m) => EntryPayload::Membership(m.into()),
     };
     Ok(Entry {

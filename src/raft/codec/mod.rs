@@ -27,7 +27,7 @@ use prost::Message;
 pub use command::{decode_command, decode_result, encode_command, encode_result};
 pub use peer::*;
 
-use super::{LogId, NodeId, PeerNode, TypeConfig};
+use super::{Batch, LogId, NodeId, PeerNode, TypeConfig};
 use crate::proto::raftpb as pb;
 
 /// The format byte written in front of every record this netsy writes.
@@ -174,8 +174,9 @@ pub fn entry_to_pb(e: &Entry<TypeConfig>) -> pb::Entry {
     use pb::entry::Payload;
     let payload = match &e.payload {
         EntryPayload::Blank => Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(cmds) => Payload::Commands(pb::Commands {
-            commands: cmds.iter().map(command::command_to_pb).collect(),
+        EntryPayload::Normal(batch) => Payload::Commands(pb::Commands {
+            commands: batch.commands.iter().map(command::command_to_pb).collect(),
+            unix_ms: batch.unix_ms,
         }),
         EntryPayload::Membership(m) => Payload::Membership(membership_to_pb(m)),
     };
@@ -191,7 +192,10 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry<TypeConfig>, FormatError> {
     let log_id = log_id_from_pb(e.log_id.ok_or(missing(WHAT, "log_id"))?);
     let payload = match e.payload.ok_or(missing(WHAT, "payload"))? {
         Payload::Blank(_) => EntryPayload::Blank,
-        Payload::Commands(c) => EntryPayload::Normal(c.commands.into_iter().map(command::command_from_pb).collect::<Result<_, _>>()?),
+        Payload::Commands(c) => EntryPayload::Normal(Batch::new(
+            c.commands.into_iter().map(command::command_from_pb).collect::<Result<_, _>>()?,
+            c.unix_ms,
+        )),
         Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(m)),
     };
     Ok(Entry { log_id, payload })

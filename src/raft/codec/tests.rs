@@ -105,9 +105,17 @@ pub(crate) fn entries() -> Vec<Entry<TypeConfig>> {
         },
         Entry {
             log_id: log_id(2, 1, 3),
-            payload: EntryPayload::Normal(commands()),
+            payload: EntryPayload::Normal(crate::raft::Batch::new(commands(), 0)),
         },
     ]
+}
+
+/// A normal entry as netsy 0.3 writes it: with the leader's commit time.
+fn stamped() -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(2, 1, 3),
+        payload: EntryPayload::Normal(crate::raft::Batch::new(commands(), 1_764_633_600_123)),
+    }
 }
 
 fn three_entries() -> [Entry<TypeConfig>; 3] {
@@ -118,7 +126,7 @@ fn three_entries() -> [Entry<TypeConfig>; 3] {
 
 #[test]
 fn every_record_round_trips() {
-    for e in entries() {
+    for e in entries().into_iter().chain([stamped()]) {
         assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
     }
     for c in commands() {
@@ -188,11 +196,15 @@ fn golden_bytes_of_format_1() {
     for (golden, e) in [(GOLDEN_BLANK, blank), (GOLDEN_MEMBERSHIP, membership), (GOLDEN_NORMAL, normal)] {
         assert_eq!(decode_entry(&unhex(golden)).unwrap(), e);
     }
+    // netsy 0.3 added the commit time (a new field): entries without it read as time 0.
+    assert_eq!(hex(&encode_entry(&stamped())), GOLDEN_NORMAL_STAMPED);
+    assert_eq!(decode_entry(&unhex(GOLDEN_NORMAL_STAMPED)).unwrap(), stamped());
 }
 
 const GOLDEN_BLANK: &str = "010a060801100118011200";
 const GOLDEN_MEMBERSHIP: &str = "010a0608021001180222c0010a040a020102123c080112380a076e657473792d3010a1011a1468747470733a2f2f6e657473792d303a32333831221468747470733a2f2f6e657473792d303a32333738123c080212380a076e657473792d3110b2011a1468747470733a2f2f6e657473792d313a32333831221468747470733a2f2f6e657473792d313a32333738123c080312380a076e657473792d3210c3011a1468747470733a2f2f6e657473792d323a32333831221468747470733a2f2f6e657473792d323a32333738";
 const GOLDEN_NORMAL: &str = "010a060802100118031a690a240a220a182f72656769737472792f706f64732f64656661756c742f6112027631180720010a0812060a01611201620a151a130a0710021a016b3000120812060a016b1201760a042202082a0a072a0508b424103c0a05320308b4240a0a3a080801120408091001";
+const GOLDEN_NORMAL_STAMPED: &str = "010a060802100118031a700a240a220a182f72656769737472792f706f64732f64656661756c742f6112027631180720010a0812060a01611201620a151a130a0710021a016b3000120812060a016b1201760a042202082a0a072a0508b424103c0a05320308b4240a0a3a08080112040809100110fbc0efe2ad33";
 const GOLDEN_VOTE: &str = "01080510021801";
 
 #[test]
@@ -248,5 +260,6 @@ fn print_golden_values() {
     println!("GOLDEN_BLANK {}", hex(&encode_entry(&blank)));
     println!("GOLDEN_MEMBERSHIP {}", hex(&encode_entry(&membership)));
     println!("GOLDEN_NORMAL {}", hex(&encode_entry(&normal)));
+    println!("GOLDEN_NORMAL_STAMPED {}", hex(&encode_entry(&stamped())));
     println!("GOLDEN_VOTE {}", hex(&encode_vote(&openraft::Vote::new_committed(5, 2))));
 }

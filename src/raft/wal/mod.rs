@@ -49,6 +49,7 @@ use self::cache::{Cache, Cached};
 use self::index::Index;
 use self::segment::Segment;
 use self::writer::{Op, Writer};
+use super::clock::CommitClock;
 use super::codec::{self, FormatError};
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
@@ -269,6 +270,9 @@ impl Drop for WriterHandle {
 pub struct LogStore {
     shared: Arc<Shared>,
     writer: Arc<WriterHandle>,
+    /// Sees the commit time of every entry appended (and, at open, of the last one the
+    /// log holds), so that this node's stamps, if it leads, never go below them.
+    clock: Arc<CommitClock>,
 }
 
 impl LogStore {
@@ -294,13 +298,31 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(WalError::io(&dir, "start the writer thread for"))?;
-        Ok(LogStore {
+        let log = LogStore {
             shared,
             writer: Arc::new(WriterHandle {
                 ops: Some(tx),
                 thread: Some(thread),
             }),
-        })
+            clock: Arc::new(CommitClock::new()),
+        };
+        // Entries carry non-decreasing times: the last one has the newest.
+        let last = log.shared.lock()?.last;
+        if let Some(last) = last {
+            let times = log.collect(
+                last.index,
+                last.index + 1,
+                |c| commit_time(&c.entry),
+                |i, payload| Ok(commit_time(&decode(i, &payload)?)),
+            )?;
+            log.clock.observe(times.into_iter().max().unwrap_or(0));
+        }
+        Ok(log)
+    }
+
+    /// The commit clock this log feeds (the proposer stamps batches from it).
+    pub fn commit_clock(&self) -> Arc<CommitClock> {
+        self.clock.clone()
     }
 
     /// Guards entries after `index` from purging (the archive's upload watermark).
@@ -455,17 +477,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// The commit time a log entry carries (0: none; see `raft::clock`).
+pub fn commit_time(entry: &Entry<TypeConfig>) -> u64 {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => batch.unix_ms,
+        _ => 0,
+    }
+}
+
 /// The archive uploader reads the log through this: entries exactly as the segments hold
 /// them (`codec::encode_entry`, the archive segments' current encoding), never decoded
 /// and encoded again.
 #[async_trait::async_trait]
 impl crate::archive::log::LogSource for LogStore {
-    async fn entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, crate::archive::log::BoxError> {
+    async fn entries(&self, from: u64, to: u64) -> Result<Vec<crate::archive::segment::Frame>, crate::archive::log::BoxError> {
+        use crate::archive::segment::Frame;
         Ok(self.collect(
             from,
             to.saturating_add(1),
-            |c| (c.index(), c.bytes.clone()),
-            |idx, payload| Ok((idx, payload)),
+            |c| Frame::new(c.index(), commit_time(&c.entry), c.bytes.clone()),
+            // Older than the cache: decoded for its time (the backlog of a slow upload).
+            |idx, payload| Ok(Frame::new(idx, commit_time(&decode(idx, &payload)?), payload)),
         )?)
     }
 
@@ -537,6 +569,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 s.cache.restart(first.index());
             }
             for e in &entries {
+                self.clock.observe(commit_time(&e.entry));
                 s.cache.push(e.clone());
             }
             s.last = Some(last.entry.log_id);

@@ -21,11 +21,14 @@ fn id(term: u64, index: u64) -> LogId {
 fn entry(term: u64, index: u64, size: usize) -> Entry<TypeConfig> {
     Entry {
         log_id: id(term, index),
-        payload: EntryPayload::Normal(vec![Command::Put(PutRequest {
-            key: format!("key/{index}").into_bytes(),
-            value: vec![b'a' + (index % 26) as u8; size],
-            ..Default::default()
-        })]),
+        payload: EntryPayload::Normal(crate::raft::Batch::new(
+            vec![Command::Put(PutRequest {
+                key: format!("key/{index}").into_bytes(),
+                value: vec![b'a' + (index % 26) as u8; size],
+                ..Default::default()
+            })],
+            1_764_633_600_000 + index,
+        )),
     }
 }
 
@@ -239,13 +242,17 @@ async fn truncating_at_segment_boundaries() {
     assert_eq!(all(&mut store).await, entries(3, 0..5));
 }
 
-/// The archive reads the bytes the segments hold, from memory and from the files.
+/// The archive reads the bytes the segments hold, and the time each entry carries,
+/// from memory and from the files.
 #[tokio::test]
 async fn the_archive_reads_the_stored_encoding() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = open(dir.path(), roomy());
     append(&mut store, entries(1, 0..10)).await;
-    let want: Vec<(u64, Vec<u8>)> = entries(1, 2..8).iter().map(|e| (e.log_id.index, codec::encode_entry(e))).collect();
+    let want: Vec<crate::archive::segment::Frame> = entries(1, 2..8)
+        .iter()
+        .map(|e| crate::archive::segment::Frame::new(e.log_id.index, 1_764_633_600_000 + e.log_id.index, codec::encode_entry(e)))
+        .collect();
     assert_eq!(store.entries(2, 7).await.expect("from memory"), want);
     drop(store);
     let store = open(dir.path(), roomy());

@@ -16,6 +16,21 @@ use std::time::{Duration, Instant};
 pub use netsy_testkit::free_port;
 
 /// Polls `cond` until it holds or `timeout` passes.
+/// Runs the netsy binary with `args`: whether it succeeded, and its stdout and stderr.
+pub fn netsy_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_netsy")).args(args).output().expect("run netsy");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Runs the netsy binary with `args`, which must succeed and print JSON on stdout.
+pub fn netsy_cli_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_netsy")).args(args).output().expect("run netsy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout}"))
+}
+
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
