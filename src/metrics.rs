@@ -2,6 +2,7 @@
 
 use std::sync::LazyLock;
 
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -136,6 +137,48 @@ pub static RESTORE_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
         "Bytes of snapshots and segments downloaded while restoring.",
     )
 });
+pub static LEADER_CHANGES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("etcd_server_leader_changes_seen_total", "The number of leader changes seen."));
+pub static QUOTA_BACKEND_BYTES: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."));
+pub static LAST_LOG_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_raft_last_log_index",
+        "The last index in this member's Raft log (entries after etcd_server_applied_index are not applied yet).",
+    )
+});
+pub static ALARM_ACTIVE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "netsy_alarm_active",
+        "1 while any member has the alarm raised (the cluster's alarm list), by alarm (NOSPACE, CORRUPT).",
+        &["alarm"],
+    )
+});
+pub static ARCHIVE_SNAPSHOT_TIMESTAMP: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_archive_snapshot_timestamp_seconds",
+        "When (Unix seconds) the newest snapshot in object storage was written, as the leader last saw it; 0 while none is known.",
+    )
+});
+pub static ARCHIVE_CAUGHT_UP_TIMESTAMP: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_archive_caught_up_timestamp_seconds",
+        "When (Unix seconds) the leader's uploader last had every committed entry it saw in object storage.",
+    )
+});
+pub static ARCHIVE_BACKLOG_LIMIT_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_archive_backlog_limit_bytes",
+        "archive.max_backlog_bytes: in quorum durability, writes are refused while the backlog exceeds it.",
+    )
+});
+/// Registered only when this node serves the mesh authority (first set by it).
+pub static MESH_AUTHORITY_READY: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_mesh_authority_ready",
+        "1 while the mesh authority served by this node answers its readiness check (a linearizable read of its state).",
+    )
+});
 pub static PROPOSALS_FAILED: LazyLock<IntCounter> =
     LazyLock::new(|| counter("etcd_server_proposals_failed_total", "The total number of failed proposals seen."));
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -196,6 +239,22 @@ pub static APPLY_BATCH_ENTRIES: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// Unix time now, in whole seconds (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Sets `netsy_alarm_active` from the cluster's alarm list: 1 for every alarm type some
+/// member has raised, 0 for the others.
+pub fn publish_alarms(alarms: &[AlarmMember]) {
+    for alarm in [AlarmType::Nospace, AlarmType::Corrupt] {
+        let raised = alarms.iter().any(|a| a.alarm == alarm as i32);
+        ALARM_ACTIVE.with_label_values(&[alarm.as_str_name()]).set(raised as i64);
+    }
+}
+
 /// Renders every metric in the Prometheus text format.
 pub fn render() -> String {
     // Touch the lazies so they are registered even before first use.
@@ -206,6 +265,9 @@ pub fn render() -> String {
         &*COMPACT_REVISION,
         &*HAS_LEADER,
         &*IS_LEADER,
+        &*LEADER_CHANGES,
+        &*QUOTA_BACKEND_BYTES,
+        &*LAST_LOG_INDEX,
     );
     let _ = (&*PROPOSALS_COMMITTED, &*PROPOSALS_FAILED, &*PROPOSAL_DURATION);
     let _ = (
@@ -220,7 +282,13 @@ pub fn render() -> String {
         &*ARCHIVE_SNAPSHOT_INDEX,
         &*ARCHIVE_SNAPSHOTS,
         &*ARCHIVE_BACKLOG_BYTES,
+        &*ARCHIVE_BACKLOG_LIMIT_BYTES,
+        &*ARCHIVE_SNAPSHOT_TIMESTAMP,
+        &*ARCHIVE_CAUGHT_UP_TIMESTAMP,
     );
+    for alarm in [AlarmType::Nospace, AlarmType::Corrupt] {
+        let _ = ALARM_ACTIVE.with_label_values(&[alarm.as_str_name()]);
+    }
     let _ = (&*RESTORE_IN_PROGRESS, &*RESTORE_ENTRIES, &*RESTORE_BYTES);
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let mut out = String::new();
@@ -302,6 +370,25 @@ fn process_metrics() -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
+
+    #[test]
+    fn alarm_gauges_follow_the_cluster_alarm_list() {
+        let raised = |alarm: AlarmType| super::ALARM_ACTIVE.with_label_values(&[alarm.as_str_name()]).get();
+        let member = |member_id, alarm: AlarmType| AlarmMember {
+            member_id,
+            alarm: alarm as i32,
+        };
+        super::publish_alarms(&[member(1, AlarmType::Nospace), member(2, AlarmType::Nospace)]);
+        assert_eq!((raised(AlarmType::Nospace), raised(AlarmType::Corrupt)), (1, 0));
+        super::publish_alarms(&[member(2, AlarmType::Corrupt)]);
+        assert_eq!((raised(AlarmType::Nospace), raised(AlarmType::Corrupt)), (0, 1));
+        super::publish_alarms(&[]);
+        assert_eq!((raised(AlarmType::Nospace), raised(AlarmType::Corrupt)), (0, 0));
+        let text = super::render();
+        assert!(text.contains("netsy_alarm_active{alarm=\"NOSPACE\"} 0"), "{text}");
+    }
+
     #[test]
     fn process_metrics_are_read_from_proc() {
         let text = super::render();

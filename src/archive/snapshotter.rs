@@ -63,6 +63,9 @@ impl Snapshotter {
                 Some(l) => l,
                 None => match snapshot::list(self.store.as_ref(), self.epoch).await {
                     Ok(found) => {
+                        let written = found.last().map_or(0, |(_, meta)| meta.last_modified.timestamp());
+                        crate::metrics::ARCHIVE_SNAPSHOT_TIMESTAMP.set(written);
+                        crate::metrics::ARCHIVE_SNAPSHOT_INDEX.set(found.last().map_or(0, |(n, _)| n.index) as i64);
                         let l = found.last().map(|(n, _)| Last {
                             index: n.index,
                             at: Instant::now(),
@@ -88,6 +91,7 @@ impl Snapshotter {
                         bytes,
                     }));
                     crate::metrics::ARCHIVE_SNAPSHOT_INDEX.set(header.index as i64);
+                    crate::metrics::ARCHIVE_SNAPSHOT_TIMESTAMP.set(crate::metrics::unix_now());
                     crate::metrics::ARCHIVE_SNAPSHOTS.inc();
                     if let Err(e) =
                         super::gc::collect(self.store.as_ref(), self.epoch, self.policy.snapshots_to_keep, self.policy.history).await

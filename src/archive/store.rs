@@ -130,7 +130,7 @@ static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
         Opts::new(
             "netsy_object_store_requests_total",
-            "Object storage requests by operation and outcome.",
+            "Object storage requests by operation and outcome (ok, not_found, conflict, error).",
         ),
         &["op", "outcome"],
     )
@@ -158,9 +158,23 @@ static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     h
 });
 
+/// The `outcome` label of a request: `ok`; the answers the archive asks for and expects
+/// (`not_found` for a missing object, `conflict` when a conditional write or read finds
+/// the object changed or already there); `error` for every real failure (network,
+/// credentials, throttling, the service's errors).
+fn outcome<T>(result: &object_store::Result<T>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(object_store::Error::NotFound { .. }) => "not_found",
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } | object_store::Error::NotModified { .. },
+        ) => "conflict",
+        Err(_) => "error",
+    }
+}
+
 fn observe<T>(op: &str, started: Instant, result: &object_store::Result<T>) {
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    REQUESTS.with_label_values(&[op, outcome]).inc();
+    REQUESTS.with_label_values(&[op, outcome(result)]).inc();
     LATENCY.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
 }
 
@@ -223,9 +237,7 @@ impl ObjectStore for MeteredStore {
         self.inner
             .delete_stream(locations)
             .map(|r| {
-                REQUESTS
-                    .with_label_values(&["delete", if r.is_ok() { "ok" } else { "error" }])
-                    .inc();
+                REQUESTS.with_label_values(&["delete", outcome(&r)]).inc();
                 r
             })
             .boxed()
@@ -373,6 +385,41 @@ impl ObjectStore for WritePolicyStore {
 mod tests {
     use super::*;
     use object_store::UpdateVersion;
+
+    #[test]
+    fn expected_answers_are_not_counted_as_errors() {
+        let err = |e: object_store::Error| outcome::<()>(&Err(e));
+        let source = || -> Box<dyn std::error::Error + Send + Sync> { "x".into() };
+        assert_eq!(outcome(&Ok(())), "ok");
+        assert_eq!(
+            err(object_store::Error::NotFound {
+                path: "a".into(),
+                source: source()
+            }),
+            "not_found"
+        );
+        assert_eq!(
+            err(object_store::Error::AlreadyExists {
+                path: "a".into(),
+                source: source()
+            }),
+            "conflict"
+        );
+        assert_eq!(
+            err(object_store::Error::Precondition {
+                path: "a".into(),
+                source: source()
+            }),
+            "conflict"
+        );
+        assert_eq!(
+            err(object_store::Error::Generic {
+                store: "S3",
+                source: source()
+            }),
+            "error"
+        );
+    }
 
     fn cfg(provider: &str, path: Option<std::path::PathBuf>, prefix: &str) -> StorageConfig {
         StorageConfig {

@@ -158,6 +158,7 @@ impl Uploader {
             }
             let leader = self.progress.borrow_and_update().leader;
             self.committed.borrow_and_update();
+            let pass_started = crate::metrics::unix_now();
             let limit = self.upload_limit();
             if !leader {
                 watermark = None; // re-read it if leadership comes back
@@ -191,6 +192,8 @@ impl Uploader {
                         higher
                     });
                     crate::metrics::ARCHIVED_INDEX.set(mark as i64);
+                    // Everything committed when this pass started is in object storage now.
+                    crate::metrics::ARCHIVE_CAUGHT_UP_TIMESTAMP.set(pass_started);
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {

@@ -277,11 +277,17 @@ impl Replica {
             crate::metrics::HAS_LEADER.set(m.current_leader.is_some() as i64);
             crate::metrics::IS_LEADER.set((m.current_leader == Some(self.ids.raft_id)) as i64);
             crate::metrics::APPLIED_INDEX.set(m.last_applied.map_or(0, |l| l.index) as i64);
+            crate::metrics::LAST_LOG_INDEX.set(m.last_log_index.unwrap_or(0) as i64);
         }
         if let Ok(revs) = self.reader.revisions() {
             crate::metrics::CURRENT_REVISION.set(revs.current);
             crate::metrics::COMPACT_REVISION.set(revs.compacted);
         }
+        if let Ok(alarms) = self.reader.alarms() {
+            crate::metrics::publish_alarms(&alarms);
+        }
+        crate::metrics::QUOTA_BACKEND_BYTES.set(self.settings.limits.quota_backend_bytes as i64);
+        crate::metrics::ARCHIVE_BACKLOG_LIMIT_BYTES.set(self.settings.max_backlog_bytes as i64);
     }
 
     /// Bytes of log entries after this member's newest Raft snapshot.

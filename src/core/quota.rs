@@ -65,7 +65,9 @@ impl Replica {
     /// exceeds `archive.max_backlog_bytes` (nothing acknowledged is ever dropped).
     pub fn refresh_backlog(&self) {
         if !self.is_leader() {
+            // Only the leader uploads: a member that led before has no backlog of its own.
             self.quota.backlog_full.store(false, Ordering::Relaxed);
+            crate::metrics::ARCHIVE_BACKLOG_BYTES.set(0);
             return;
         }
         let Ok(bytes) = self.log.bytes_after(*self.archived.borrow()) else {

@@ -163,6 +163,71 @@ pub fn archive_progress(raft: &NetsyRaft, raft_id: NodeId) -> tokio::sync::watch
     rx
 }
 
+/// Counts the leaders a member sees, as etcd's `etcd_server_leader_changes_seen_total`
+/// does: every (term, leader) pair with a leader counts once, the first one included.
+#[derive(Debug, Default)]
+pub struct LeaderChanges {
+    last: Option<(u64, NodeId)>,
+}
+
+impl LeaderChanges {
+    /// Whether `leader` in `term` is a leader not seen before.
+    pub fn observe(&mut self, term: u64, leader: Option<NodeId>) -> bool {
+        let Some(leader) = leader else {
+            return false;
+        };
+        if self.last == Some((term, leader)) {
+            return false;
+        }
+        // A later report of the same leader in a higher term (it was re-elected) is a
+        // new election won; a stale lower term never counts.
+        if self.last.is_some_and(|(t, _)| term < t) {
+            return false;
+        }
+        self.last = Some((term, leader));
+        true
+    }
+}
+
+/// Follows openraft's metrics until Raft stops, counting leader changes into
+/// `etcd_server_leader_changes_seen_total`.
+pub fn count_leader_changes(raft: &NetsyRaft) {
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        let mut changes = LeaderChanges::default();
+        loop {
+            let (term, leader) = {
+                let m = metrics.borrow_and_update();
+                (m.current_term, m.current_leader)
+            };
+            if changes.observe(term, leader) {
+                crate::metrics::LEADER_CHANGES.inc();
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 pub(crate) fn io_error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaderChanges;
+
+    #[test]
+    fn leader_changes_count_each_term_and_leader_once() {
+        let mut c = LeaderChanges::default();
+        assert!(!c.observe(0, None), "no leader yet");
+        assert!(c.observe(1, Some(7)), "the first leader seen counts");
+        assert!(!c.observe(1, Some(7)), "the same report again");
+        assert!(!c.observe(2, None), "an election in progress");
+        assert!(c.observe(2, Some(9)), "another member won");
+        assert!(c.observe(3, Some(9)), "re-elected in a new term");
+        assert!(!c.observe(2, Some(7)), "a stale report of an older term");
+        assert!(c.observe(5, Some(7)));
+    }
 }

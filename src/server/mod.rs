@@ -240,6 +240,7 @@ impl Node {
             .await
             .map_err(StartError::Raft)?;
         let progress = raft::archive_progress(&raft, identity.raft_id);
+        raft::count_leader_changes(&raft);
         let uploader = Uploader::new(
             objects.clone(),
             Arc::new(log_reader.clone()),
@@ -444,14 +445,20 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
     if let Some((listener, authority)) = mesh {
         let mesh_stop = stop.clone();
         tracing::info!(mesh = %authority.bind(), "mesh authority serving");
+        let readiness = authority.clone().watch_readiness();
         let app = crate::mesh::service::router(authority).into_make_service_with_connect_info::<SocketAddr>();
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { mesh_stop.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %crate::error_chain(&e), "mesh authority server failed");
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { mesh_stop.cancelled().await });
+            tokio::select! {
+                served = serve => {
+                    if let Err(e) = served {
+                        tracing::error!(error = %crate::error_chain(&e), "mesh authority server failed");
+                    }
+                }
+                () = readiness => {}
             }
+            // Not serving any more.
+            crate::metrics::MESH_AUTHORITY_READY.set(0);
         });
     }
 

@@ -27,13 +27,13 @@ fn helm(cmd: &str, values: &Value) -> Value {
 }
 
 /// The chart rendered with `values` (release `netsy` in namespace `default`).
-struct Rendered {
-    objects: Vec<Value>,
+pub(crate) struct Rendered {
+    pub(crate) objects: Vec<Value>,
     notes: String,
     unvalidated: Vec<String>,
 }
 
-fn render(values: Value) -> Rendered {
+pub(crate) fn render(values: Value) -> Rendered {
     let out = helm("render", &values);
     if let Some(e) = out.get("error") {
         panic!("rendering {values} failed: {e}");
@@ -54,7 +54,7 @@ fn render_error(values: Value) -> String {
 }
 
 impl Rendered {
-    fn kinds(&self) -> Vec<String> {
+    pub(crate) fn kinds(&self) -> Vec<String> {
         let mut k: Vec<String> = self
             .objects
             .iter()
@@ -70,7 +70,7 @@ impl Rendered {
         k
     }
 
-    fn get(&self, kind: &str, name: &str) -> &Value {
+    pub(crate) fn get(&self, kind: &str, name: &str) -> &Value {
         self.objects
             .iter()
             .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
@@ -123,7 +123,8 @@ impl Rendered {
 fn the_chart_lints_clean_under_strict_helm_lint() {
     for values in [
         json!({}),
-        json!({"persistence": {"enabled": true}, "mesh": {"enabled": true, "genesis": "{}", "naPrivateKey": "k"}, "metrics": {"serviceMonitor": {"enabled": true}}}),
+        json!({"persistence": {"enabled": true}, "mesh": {"enabled": true, "genesis": "{}", "naPrivateKey": "k"}, "metrics": {"serviceMonitor": {"enabled": true}},
+            "monitoring": {"dashboards": {"enabled": true}, "rules": {"enabled": true}}}),
     ] {
         let report = helm("lint", &values);
         assert_eq!(report["errors"], json!([]), "{report}");
@@ -346,6 +347,8 @@ fn the_values_schema_rejects_bad_values() {
             "/mesh/operatorKeyTiers/op",
         ),
         (json!({"mesh": {"enabled": true}}), "mesh.genesis is required"),
+        (json!({"monitoring": {"rules": {"enabled": "yes"}}}), "/monitoring/rules/enabled"),
+        (json!({"monitoring": {"dashboards": {"lable": "x"}}}), "/monitoring/dashboards"),
     ] {
         let err = render_error(values.clone());
         assert!(err.contains(expect), "{values}: {err}");

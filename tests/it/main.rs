@@ -23,6 +23,7 @@ mod lease;
 mod linearizability;
 mod mesh;
 mod migrate;
+mod monitoring;
 mod object_store_s3;
 mod raft_storage_suite;
 mod range_stream;

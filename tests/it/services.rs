@@ -134,6 +134,9 @@ async fn nospace_alarm_blocks_puts_until_disarmed() {
     let s = c.status().await.unwrap();
     assert!(s.errors().iter().any(|e| e.contains("NOSPACE")), "{:?}", s.errors());
     assert_eq!(n.http_get("/health").0, 503);
+    let nospace = r#"netsy_alarm_active{alarm="NOSPACE"}"#;
+    assert_eq!(n.metric(nospace), 1.0);
+    assert_eq!(n.metric("etcd_server_quota_backend_bytes"), 300000.0);
     // deletes, compaction and defragment still work; after freeing space and disarming,
     // puts work again (etcd's recovery procedure)
     let del = c.delete("k", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
@@ -154,6 +157,7 @@ async fn nospace_alarm_blocks_puts_until_disarmed() {
     assert!(c.alarm(AlarmAction::Get, AlarmType::None, None).await.unwrap().alarms().is_empty());
     c.put("x", "y", None).await.unwrap();
     assert_eq!(n.http_get("/health").0, 200);
+    assert_eq!(n.metric(nospace), 0.0);
 }
 
 #[tokio::test]

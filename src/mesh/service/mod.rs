@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::handler::Handler;
 use axum::routing::{any, get, post, MethodRouter};
@@ -162,6 +163,31 @@ fn post_only<H: Handler<T, Shared>, T: 'static>(handler: H) -> MethodRouter<Shar
 }
 
 /// The service; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// How often `Authority::watch_readiness` checks, and how long one check may take.
+const READINESS_EVERY: Duration = Duration::from_secs(10);
+const READINESS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Authority {
+    /// `/readyz`'s check: the keyspace answers a linearizable read of the authority's
+    /// state. Records the result in `netsy_mesh_authority_ready`.
+    pub async fn check_ready(&self) -> bool {
+        let ready = matches!(tokio::time::timeout(READINESS_TIMEOUT, self.state.get("crl")).await, Ok(Ok(_)));
+        crate::metrics::MESH_AUTHORITY_READY.set(ready as i64);
+        ready
+    }
+
+    /// Runs `check_ready` every `READINESS_EVERY`, so that the metric follows the
+    /// authority whether or not anything probes `/readyz`. Never returns.
+    pub async fn watch_readiness(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(READINESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.check_ready().await;
+        }
+    }
+}
+
 pub fn router(na: Arc<Authority>) -> Router {
     let routes = Router::new()
         .route("/healthz", get_only(public::healthz))

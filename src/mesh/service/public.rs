@@ -65,7 +65,7 @@ struct SigningKey {
 /// Ready when the keyspace answers a linearizable read. The genesis is loaded and the NA
 /// key matches it by construction (`Material::load`).
 pub(super) async fn readyz(State(na): State<Arc<Authority>>, _: Body) -> Answer<Ready> {
-    if na.state.get("crl").await.is_err() {
+    if !na.check_ready().await {
         return Err(Error::NotReady);
     }
     Ok(ok(Ready {
