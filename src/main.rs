@@ -53,6 +53,19 @@ enum Cmd {
         #[arg(long, env = "NETSY_CONFIG")]
         config: PathBuf,
     },
+    /// Build a new, independent cluster (another bucket or key prefix, its own
+    /// cluster_id) from a cluster's archive as of a point in time; the source is only
+    /// read. Then start the new cluster's nodes with empty data directories.
+    Clone {
+        /// The source cluster's file.
+        #[arg(long)]
+        from_config: PathBuf,
+        #[command(flatten)]
+        at: cli::snapshot::Selector,
+        /// The new cluster's file (its storage must hold no cluster yet).
+        #[arg(long)]
+        to_config: PathBuf,
+    },
     /// Certificates for local clusters and tests.
     Certs {
         #[command(subcommand)]
@@ -75,6 +88,11 @@ fn main() -> ExitCode {
         Some(Cmd::Serve { config }) => cli::serve::run(config),
         Some(Cmd::Snapshot { command }) => cli::snapshot::run(command),
         Some(Cmd::Migrate { from_etcd, config }) => cli::migrate::run(&from_etcd, &config),
+        Some(Cmd::Clone {
+            from_config,
+            at,
+            to_config,
+        }) => cli::clone::run(&from_config, &at, &to_config),
         Some(Cmd::Certs { command }) => cli::certs::run(command),
         Some(Cmd::Mesh { command }) => cli::report(cli::mesh::run(command)),
         None => {

@@ -2,7 +2,6 @@
 
 use std::sync::LazyLock;
 
-use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -246,12 +245,14 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Sets `netsy_alarm_active` from the cluster's alarm list: 1 for every alarm type some
-/// member has raised, 0 for the others.
-pub fn publish_alarms(alarms: &[AlarmMember]) {
-    for alarm in [AlarmType::Nospace, AlarmType::Corrupt] {
-        let raised = alarms.iter().any(|a| a.alarm == alarm as i32);
-        ALARM_ACTIVE.with_label_values(&[alarm.as_str_name()]).set(raised as i64);
+/// The alarm types `netsy_alarm_active` reports (etcd's names).
+pub const ALARMS: [&str; 2] = ["NOSPACE", "CORRUPT"];
+
+/// Sets `netsy_alarm_active` for each of `ALARMS`: 1 when `raised` says some member has
+/// raised it, else 0.
+pub fn publish_alarms(raised: impl Fn(&str) -> bool) {
+    for alarm in ALARMS {
+        ALARM_ACTIVE.with_label_values(&[alarm]).set(raised(alarm) as i64);
     }
 }
 
@@ -286,8 +287,8 @@ pub fn render() -> String {
         &*ARCHIVE_SNAPSHOT_TIMESTAMP,
         &*ARCHIVE_CAUGHT_UP_TIMESTAMP,
     );
-    for alarm in [AlarmType::Nospace, AlarmType::Corrupt] {
-        let _ = ALARM_ACTIVE.with_label_values(&[alarm.as_str_name()]);
+    for alarm in ALARMS {
+        let _ = ALARM_ACTIVE.with_label_values(&[alarm]);
     }
     let _ = (&*RESTORE_IN_PROGRESS, &*RESTORE_ENTRIES, &*RESTORE_BYTES);
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
@@ -370,21 +371,15 @@ fn process_metrics() -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
-
     #[test]
     fn alarm_gauges_follow_the_cluster_alarm_list() {
-        let raised = |alarm: AlarmType| super::ALARM_ACTIVE.with_label_values(&[alarm.as_str_name()]).get();
-        let member = |member_id, alarm: AlarmType| AlarmMember {
-            member_id,
-            alarm: alarm as i32,
-        };
-        super::publish_alarms(&[member(1, AlarmType::Nospace), member(2, AlarmType::Nospace)]);
-        assert_eq!((raised(AlarmType::Nospace), raised(AlarmType::Corrupt)), (1, 0));
-        super::publish_alarms(&[member(2, AlarmType::Corrupt)]);
-        assert_eq!((raised(AlarmType::Nospace), raised(AlarmType::Corrupt)), (0, 1));
-        super::publish_alarms(&[]);
-        assert_eq!((raised(AlarmType::Nospace), raised(AlarmType::Corrupt)), (0, 0));
+        let raised = |alarm: &str| super::ALARM_ACTIVE.with_label_values(&[alarm]).get();
+        super::publish_alarms(|a| a == "NOSPACE");
+        assert_eq!((raised("NOSPACE"), raised("CORRUPT")), (1, 0));
+        super::publish_alarms(|a| a == "CORRUPT");
+        assert_eq!((raised("NOSPACE"), raised("CORRUPT")), (0, 1));
+        super::publish_alarms(|_| false);
+        assert_eq!((raised("NOSPACE"), raised("CORRUPT")), (0, 0));
         let text = super::render();
         assert!(text.contains("netsy_alarm_active{alarm=\"NOSPACE\"} 0"), "{text}");
     }

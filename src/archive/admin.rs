@@ -33,6 +33,12 @@ pub enum AdminError {
     Io { path: String, source: std::io::Error },
     #[error("{object}: {source}")]
     Verify { object: String, source: rusqlite::Error },
+    #[error("the clone needs its own cluster_id: both configs name {0:?} (members and client certificates are bound to it)")]
+    SameCluster(String),
+    #[error("the clone's object storage already holds cluster {cluster:?} at epoch {epoch}; clone into an empty bucket or key prefix")]
+    NotEmpty { cluster: String, epoch: u64 },
+    #[error(transparent)]
+    Bootstrap(#[from] super::bootstrap::BootstrapError),
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AdminError + '_ {
@@ -169,6 +175,60 @@ pub async fn restore_into(
         }
     }
     Ok(restore::restore(store, epoch, &data_dir.join("state.db"), target, replay).await?)
+}
+
+#[derive(Debug, Serialize)]
+pub struct CloneReport {
+    /// The source epoch the state came from, and how far it reached.
+    pub source_epoch: u64,
+    pub restored: RestoreReport,
+    /// The clone's epoch (1).
+    pub epoch: u64,
+}
+
+/// Builds a new, independent cluster `dest_cluster` in `dest` from `source`'s archive as
+/// of `target` (in `epoch`, or the epoch `target` falls in, or the current one): the
+/// state is rebuilt in `scratch` and becomes the clone's epoch 1 (its snapshot 0 and
+/// `cluster.json`), revisions as the source had them. The source is read through a
+/// `ReadOnlyStore`: nothing here can write to it or delete from it. Nodes started with
+/// empty data directories over the clone's config restore from it.
+#[allow(clippy::too_many_arguments)]
+pub async fn clone_into(
+    source: Arc<dyn ObjectStore>,
+    source_cluster: &str,
+    epoch: Option<u64>,
+    target: Target,
+    dest: &Arc<dyn ObjectStore>,
+    dest_cluster: &str,
+    scratch: &Path,
+    replay: &Arc<dyn Replay>,
+) -> Result<CloneReport, AdminError> {
+    if source_cluster == dest_cluster {
+        return Err(AdminError::SameCluster(dest_cluster.into()));
+    }
+    let source = super::store::ReadOnlyStore::new(source);
+    if let Some(m) = manifest::read_cluster(dest.as_ref(), dest_cluster).await? {
+        return Err(AdminError::NotEmpty {
+            cluster: m.value.cluster_id,
+            epoch: m.value.epoch,
+        });
+    }
+    let source_epoch = epoch_of(&source, source_cluster, epoch, target).await?;
+    std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
+    let db = scratch.join(format!("clone-{}.db", rand::random::<u32>()));
+    tracing::info!(source_epoch, %target, "clone: rebuilding the source's state");
+    let result = async {
+        let restored = restore::restore(&source, source_epoch, &db, target, replay).await?;
+        let epoch = super::bootstrap::open_epoch(dest, dest_cluster, None, &db, None, scratch, replay).await?;
+        Ok(CloneReport {
+            source_epoch,
+            restored,
+            epoch,
+        })
+    }
+    .await;
+    crate::mvcc::remove_database(&db);
+    result
 }
 
 /// Rebuilds `epoch` (up to `target`) and writes it to `output` as a snapshot file in

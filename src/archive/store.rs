@@ -7,6 +7,8 @@
 //! - `file`: a local directory, fsynced; `memory`: in-process, for tests.
 //! - `key_prefix` applies to every backend (`PrefixStore`).
 //! - `MeteredStore` counts requests, bytes, errors and latency per operation.
+//! - `ReadOnlyStore` refuses every write and delete: a clone or a standby reads another
+//!   cluster's archive through it, so nothing it does can change that archive.
 
 use std::fmt;
 use std::ops::Range;
@@ -381,6 +383,78 @@ impl ObjectStore for WritePolicyStore {
     }
 }
 
+/// A write or delete refused by a `ReadOnlyStore`.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} refused: this archive is only read here")]
+pub struct ReadOnlyWrite {
+    pub op: &'static str,
+}
+
+/// Reads go through; every write and delete is refused with `PermissionDenied`, so a
+/// command that must only read an archive (clone, standby) cannot change it.
+#[derive(Debug)]
+pub struct ReadOnlyStore {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl ReadOnlyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        ReadOnlyStore { inner }
+    }
+}
+
+fn refused(op: &'static str, path: &Path) -> object_store::Error {
+    object_store::Error::PermissionDenied {
+        path: path.to_string(),
+        source: Box::new(ReadOnlyWrite { op }),
+    }
+}
+
+impl fmt::Display for ReadOnlyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadOnly({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for ReadOnlyStore {
+    async fn put_opts(&self, location: &Path, _: PutPayload, _: PutOptions) -> object_store::Result<PutResult> {
+        Err(refused("put", location))
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, _: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+        Err(refused("put", location))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, object_store::Result<Path>>) -> BoxStream<'static, object_store::Result<Path>> {
+        locations.map(|p| Err(p.map_or_else(|e| e, |p| refused("delete", &p)))).boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, _: &Path, to: &Path, _: CopyOptions) -> object_store::Result<()> {
+        Err(refused("copy", to))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,5 +601,34 @@ mod tests {
     async fn bad_settings_are_clear_errors() {
         let e = build(&cfg("nope", None, "")).unwrap_err().to_string();
         assert_eq!(e, "object storage (nope): unknown provider \"nope\"");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_store_reads_and_refuses_every_change() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let path = Path::from("cluster.json");
+        inner.put(&path, "x".into()).await.unwrap();
+        let ro = ReadOnlyStore::new(inner.clone());
+        assert_eq!(ro.get(&path).await.unwrap().bytes().await.unwrap().as_ref(), b"x");
+        assert_eq!(ro.list(None).collect::<Vec<_>>().await.len(), 1);
+        let denied = |r: object_store::Result<()>| matches!(r, Err(object_store::Error::PermissionDenied { .. }));
+        assert!(denied(ro.put(&path, "y".into()).await.map(|_| ())));
+        assert!(denied(
+            ro.put_opts(&Path::from("new"), "y".into(), PutMode::Create.into())
+                .await
+                .map(|_| ())
+        ));
+        assert!(denied(ro.put_multipart(&path).await.map(|_| ())));
+        assert!(denied(ro.delete(&path).await));
+        assert!(denied(ro.copy(&path, &Path::from("other")).await));
+        let err = ro.delete(&path).await.unwrap_err();
+        assert!(
+            crate::error_chain(&err).contains("delete refused: this archive is only read here"),
+            "{}",
+            crate::error_chain(&err)
+        );
+        // Nothing changed underneath.
+        assert_eq!(inner.get(&path).await.unwrap().bytes().await.unwrap().as_ref(), b"x");
+        assert_eq!(inner.list(None).collect::<Vec<_>>().await.len(), 1);
     }
 }

@@ -2,6 +2,7 @@
 //! the command's `run`.
 
 pub mod certs;
+pub mod clone;
 pub mod mesh;
 pub mod migrate;
 pub mod serve;

@@ -17,6 +17,13 @@ pub struct ArchivePoint {
     /// The cluster file naming the object storage (or NETSY_CONFIG).
     #[arg(long, env = "NETSY_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    pub at: Selector,
+}
+
+/// A point in an archive: an epoch and an index, a time or a revision.
+#[derive(clap::Args)]
+pub struct Selector {
     /// The epoch (default: the current one in cluster.json; with --at or --revision, the
     /// epoch that time or revision falls in).
     #[arg(long)]
@@ -33,8 +40,14 @@ pub struct ArchivePoint {
     revision: Option<i64>,
 }
 
-impl ArchivePoint {
-    fn target(&self) -> Target {
+impl Selector {
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+}
+
+impl Selector {
+    pub fn target(&self) -> Target {
         match (self.index, self.at, self.revision) {
             (Some(i), _, _) => Target::Index(i),
             (_, Some(ms), _) => Target::Time(ms),
@@ -169,19 +182,19 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
                 Ok(points_table(&points))
             }
             SnapshotCmd::Inspect { point, verify } => {
-                let epoch = admin::current_epoch(store, &cluster, point.epoch).await?;
-                let inspection = admin::inspect(store, epoch, point.index, verify, &scratch).await?;
+                let epoch = admin::current_epoch(store, &cluster, point.at.epoch).await?;
+                let inspection = admin::inspect(store, epoch, point.at.index, verify, &scratch).await?;
                 Ok(serde_json::to_string_pretty(&inspection).unwrap_or_default())
             }
             SnapshotCmd::Restore { point, data_dir, .. } => {
-                let target = point.target();
-                let epoch = admin::epoch_of(store, &cluster, point.epoch, target).await?;
+                let target = point.at.target();
+                let epoch = admin::epoch_of(store, &cluster, point.at.epoch, target).await?;
                 let r = admin::restore_into(store, epoch, target, &data_dir, &archive_replay()).await?;
                 Ok(format!("restored {} into {}", describe(epoch, &r), data_dir.display()))
             }
             SnapshotCmd::Export { point, output } => {
-                let target = point.target();
-                let epoch = admin::epoch_of(store, &cluster, point.epoch, target).await?;
+                let target = point.at.target();
+                let epoch = admin::epoch_of(store, &cluster, point.at.epoch, target).await?;
                 let r = admin::export(store, epoch, target, &output, &scratch, &archive_replay()).await?;
                 Ok(format!("exported {} to {}", describe(epoch, &r), output.display()))
             }
@@ -191,7 +204,7 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
 }
 
 /// What a restore or export reached.
-fn describe(epoch: u64, r: &RestoreReport) -> String {
+pub fn describe(epoch: u64, r: &RestoreReport) -> String {
     let time = if r.commit_unix_ms > 0 {
         format!(", committed {}", rfc3339_ms(r.commit_unix_ms))
     } else {

@@ -284,7 +284,11 @@ impl Replica {
             crate::metrics::COMPACT_REVISION.set(revs.compacted);
         }
         if let Ok(alarms) = self.reader.alarms() {
-            crate::metrics::publish_alarms(&alarms);
+            crate::metrics::publish_alarms(|name| {
+                alarms
+                    .iter()
+                    .any(|a| crate::proto::etcdserverpb::AlarmType::try_from(a.alarm).is_ok_and(|t| t.as_str_name() == name))
+            });
         }
         crate::metrics::QUOTA_BACKEND_BYTES.set(self.settings.limits.quota_backend_bytes as i64);
         crate::metrics::ARCHIVE_BACKLOG_LIMIT_BYTES.set(self.settings.max_backlog_bytes as i64);

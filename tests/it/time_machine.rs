@@ -112,3 +112,90 @@ async fn restores_reach_any_archived_time_or_revision() {
     let (ok, out) = netsy_cli(&["snapshot", "restore", "--config", &config, "--data-dir", &data, "--at", "yesterday"]);
     assert!(!ok && out.contains("not an RFC 3339 time"), "{out}");
 }
+
+/// Every object under `dir` with its bytes and modification time.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let modified = entry.metadata().and_then(|m| m.modified()).expect("mtime");
+                out.insert(path.display().to_string(), (std::fs::read(&path).expect("read"), modified));
+            }
+        }
+    }
+    out
+}
+
+/// `netsy clone` builds an independent cluster from another's archive as of a time:
+/// its own cluster id, the source's revisions, and the source only read.
+#[tokio::test]
+async fn a_clone_is_an_independent_cluster_as_of_a_time_and_the_source_is_only_read() {
+    let mut source = Netsy::start();
+    let mut c = source.client().await;
+    for i in 0..5 {
+        c.put(format!("k{i}"), "v1", None).await.unwrap();
+    }
+    let t1 = a_moment_between(); // revision 6
+    for i in 0..5 {
+        c.put(format!("k{i}"), "v2", None).await.unwrap();
+    }
+    c.put("later", "x", None).await.unwrap();
+    wait_archived(&source);
+    let source_kvs = all_keys(&source, "k").await;
+    drop(c);
+    source.terminate();
+    let before = tree(&source.objects());
+
+    let mut clone = Netsy::new("", &[]);
+    clone.cluster_id = "staging".into();
+    clone.write_config();
+    let (from, to) = (
+        source.config_path().display().to_string(),
+        clone.config_path().display().to_string(),
+    );
+    let (ok, out) = netsy_cli(&["clone", "--from-config", &from, "--at", &rfc3339(t1), "--to-config", &to]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("into cluster staging (epoch 1)") && out.contains("(revision 6"),
+        "{out}"
+    );
+    assert_eq!(tree(&source.objects()), before, "nothing was written to or deleted from the source");
+
+    clone.spawn();
+    let kvs = all_keys(&clone, "").await;
+    assert_eq!(kvs.len(), 5, "{kvs:?}");
+    for (k, (v, mod_rev)) in &kvs {
+        assert_eq!(v, "v1", "{k}");
+        assert!(*mod_rev <= 6, "{k}: the source's revisions ({mod_rev})");
+        assert!(source_kvs[k].1 > *mod_rev, "{k} was written again after t1 in the source");
+    }
+    let mut c = clone.client().await;
+    let status = c.status().await.unwrap();
+    assert_eq!(status.header().unwrap().revision(), 6, "revisions as the source had them at t1");
+    let put = c.put("new", "x", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), 7);
+    let clone_cluster = put.header().unwrap().cluster_id();
+    drop(c);
+    source.spawn();
+    let mut c = source.client().await;
+    let source_cluster = c.status().await.unwrap().header().unwrap().cluster_id();
+    assert_ne!(clone_cluster, source_cluster, "the clone is another etcd cluster");
+    assert!(c.get("new", None).await.unwrap().kvs().is_empty(), "writes to the clone stay there");
+    drop(c);
+    source.terminate();
+    let before = tree(&source.objects());
+
+    // A second clone into the same place, and a clone that keeps the source's cluster
+    // id, are refused and change nothing.
+    clone.terminate();
+    let (ok, out) = netsy_cli(&["clone", "--from-config", &from, "--to-config", &to]);
+    assert!(!ok && out.contains("already holds cluster \"staging\""), "{out}");
+    let (ok, out) = netsy_cli(&["clone", "--from-config", &from, "--to-config", &from]);
+    assert!(!ok && out.contains("needs its own cluster_id"), "{out}");
+    assert_eq!(tree(&source.objects()), before, "refused clones change nothing");
+}

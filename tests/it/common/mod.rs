@@ -79,6 +79,8 @@ pub struct Netsy {
     pub advertised_peer_port: Option<u16>,
     /// Flags `etcdctl` needs for this node (e.g. `--cacert`, `--cert`, `--key` with TLS).
     pub etcdctl_flags: Vec<String>,
+    /// The cluster file's `cluster_id` (default `test`).
+    pub cluster_id: String,
 }
 
 impl Netsy {
@@ -116,6 +118,7 @@ impl Netsy {
             peer_ip: std::net::Ipv4Addr::LOCALHOST,
             advertised_peer_port: None,
             etcdctl_flags: Vec::new(),
+            cluster_id: "test".into(),
         }
     }
 
@@ -139,7 +142,10 @@ impl Netsy {
                 self.dir.path().join("objects").display()
             )
         });
-        let text = format!("{{ \"cluster_id\": \"test\", \"storage\": {storage}, {} }}", self.extra_config);
+        let text = format!(
+            "{{ \"cluster_id\": \"{}\", \"storage\": {storage}, {} }}",
+            self.cluster_id, self.extra_config
+        );
         std::fs::write(self.config_path(), text).expect("write config");
     }
 
