@@ -41,6 +41,14 @@ pub fn etcd_bin_dir() -> PathBuf {
     dir
 }
 
+/// The netsy binary the tests run: `NETSY_TEST_BIN` when set (`make check-perf` sets the
+/// release build), else the one cargo built with the tests.
+pub fn netsy_bin() -> PathBuf {
+    std::env::var_os("NETSY_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netsy")))
+}
+
 /// A running netsy process. Killed (by PID) when dropped.
 pub struct Netsy {
     /// A small filesystem mounted over the data directory (`tmpfs`), unmounted after the
@@ -148,7 +156,7 @@ impl Netsy {
             .append(true)
             .open(self.dir.path().join(format!("netsy-{}.log", self.client_port)))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        let child = Command::new(netsy_bin())
             .args(["serve", "--config"])
             .arg(self.config_path())
             .env("NETSY_DATA_DIR", self.data_dir())
