@@ -12,7 +12,7 @@ use tonic::Code;
 
 use std::time::{Duration, Instant};
 
-use crate::common::{http_get, Netsy};
+use crate::common::{cpu_time, http_get, Netsy};
 
 async fn kv(n: &Netsy) -> pb::kv_client::KvClient<Channel> {
     pb::kv_client::KvClient::connect(n.endpoint())
@@ -284,16 +284,6 @@ async fn wait_metric(health_port: u16, name: &'static str, value: f64, timeout: 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     started.elapsed()
-}
-
-/// User plus system CPU time of a process, from `/proc/PID/stat` (in USER_HZ ticks, 100
-/// a second on Linux).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
-    // utime and stime are the 14th and 15th fields; `fields` starts at the 3rd.
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    Duration::from_millis(ticks * 10)
 }
 
 #[tokio::test]

@@ -384,6 +384,20 @@ impl Etcd {
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// User plus system CPU time a process has used so far, from `/proc/PID/stat` (in
+/// USER_HZ ticks, 100 a second on Linux).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields; `fields` starts at the 3rd.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
 }
 
 impl Drop for Etcd {
