@@ -11,7 +11,7 @@ GENESIS_MESH := genesis-mesh==1.8.1
 PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test chaos bench fuzz build release image deps venv mesh-venv protoc faketime promtool nextest lint fmt clean
+.PHONY: run run-tls test check-perf chaos bench fuzz build release image deps venv mesh-venv protoc faketime promtool nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -34,6 +34,17 @@ endif
 test: deps
 	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin NETSY_PROMTOOL=$(CURDIR)/$(PROMTOOL) \
 	cargo nextest run --locked --no-fail-fast
+
+## check-perf: `etcdctl check perf` against real etcd 3.5.1, then against the release
+## netsy, for each load in LOADS= (s m; 60 s per load and server). Fails if netsy fails a
+## load etcd passes in the same run; prints both results. Latency thresholds a busy
+## machine can miss on either server keep it out of `make test`.
+LOADS ?= s m
+check-perf: deps release
+	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin \
+	NETSY_TEST_BIN=$(CURDIR)/target/release/netsy NETSY_CHECK_PERF_LOADS="$(LOADS)" \
+	cargo nextest run --locked --run-ignored only --no-capture \
+		-E 'test(=etcdctl_differential::check_perf_passes_on_netsy_whenever_it_passes_on_etcd)'
 
 ## chaos: long seeded fault-injection runs (tests/it/chaos.rs), one after another, each
 ## printing a summary line. SEED= (default: a new one per run), DURATION= (10m; 90s, 1h),

@@ -102,6 +102,35 @@ pub static WATCH_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Times a watch stream fell behind the commit stream and caught up from history.",
     )
 });
+pub static RANGE_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_range_streams_active",
+        "RangeStream requests being served: from the request until the reader task ends (last chunk sent, error, or client gone).",
+    )
+});
+pub static RANGE_STREAM_CHUNKS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "netsy_range_stream_chunks_read_total",
+        "Chunks read from the store for RangeStream requests.",
+    )
+});
+
+/// Counts one RangeStream in `RANGE_STREAMS` for as long as it is held.
+pub struct ActiveRangeStream(());
+
+impl ActiveRangeStream {
+    pub fn start() -> Self {
+        RANGE_STREAMS.inc();
+        ActiveRangeStream(())
+    }
+}
+
+impl Drop for ActiveRangeStream {
+    fn drop(&mut self) {
+        RANGE_STREAMS.dec();
+    }
+}
+
 pub static ARCHIVED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "netsy_archive_uploaded_index",
@@ -292,6 +321,7 @@ pub fn render() -> String {
     }
     let _ = (&*RESTORE_IN_PROGRESS, &*RESTORE_ENTRIES, &*RESTORE_BYTES);
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
+    let _ = (&*RANGE_STREAMS, &*RANGE_STREAM_CHUNKS);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if encoder.encode_utf8(&REGISTRY.gather(), &mut out).is_err() {

@@ -46,7 +46,11 @@ impl Kv for KvService {
         let stream = RangeStream::new(req).map_err(|_| ApiError::RangeStreamSorted)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let replica = self.replica.clone();
-        tokio::spawn(async move { replica.range_stream(stream, serializable, tx).await });
+        let active = crate::metrics::ActiveRangeStream::start();
+        tokio::spawn(async move {
+            replica.range_stream(stream, serializable, tx).await;
+            drop(active);
+        });
         let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(|chunk| {
             chunk
                 .map(|r| RangeStreamResponse { range_response: Some(r) })

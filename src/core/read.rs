@@ -76,6 +76,7 @@ impl Replica {
                 .await;
             let chunk = match read {
                 Ok((rest, chunk)) => {
+                    crate::metrics::RANGE_STREAM_CHUNKS.inc();
                     stream = rest;
                     chunk
                 }

@@ -1,7 +1,8 @@
 //! etcd 3.7's RangeStream, black-box over gRPC: merged chunks equal the unary Range
 //! answer for ranges of several megabytes (many chunks), sorting is refused, a compaction
-//! during a stream ends it with etcd's ErrCompacted, and a client that stops reading
-//! leaves the server serving.
+//! during a stream ends it with etcd's ErrCompacted, a client that stops reading leaves
+//! the server serving, and a client that goes away mid-stream ends the server's reading
+//! within a few chunks (measured with the `netsy_range_streams_active` gauge).
 
 use netsy::proto::etcdserverpb as pb;
 use pb::request_op::Request as Op;
@@ -9,7 +10,9 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::common::Netsy;
+use std::time::{Duration, Instant};
+
+use crate::common::{cpu_time, http_get, Netsy};
 
 async fn kv(n: &Netsy) -> pb::kv_client::KvClient<Channel> {
     pb::kv_client::KvClient::connect(n.endpoint())
@@ -260,4 +263,91 @@ async fn a_client_that_stops_reading_leaves_the_server_serving() {
     .await
     .expect("a stream after the abandoned ones");
     assert_eq!(all.count, 5_000);
+}
+
+/// A metric's value from the node's `/metrics` (the first sample of that name).
+async fn metric(health_port: u16, name: &'static str) -> f64 {
+    let (_, body) = tokio::task::spawn_blocking(move || http_get(health_port, "/metrics"))
+        .await
+        .expect("metrics request");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+/// Polls `name` until it equals `value`; how long that took.
+async fn wait_metric(health_port: u16, name: &'static str, value: f64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    while metric(health_port, name).await != value {
+        assert!(started.elapsed() < timeout, "timed out waiting for {name} to reach {value}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_ends_the_read_within_a_few_chunks() {
+    const ACTIVE: &str = "netsy_range_streams_active";
+    const CHUNKS: &str = "netsy_range_stream_chunks_read_total";
+    let n = Netsy::start();
+    let pid = n.child.as_ref().expect("running").id();
+    let port = n.health_port;
+    let mut c = kv(&n).await;
+    // About 80 MB: some 80 chunks of 1 MiB.
+    load(&mut c, 10_000, 8192).await;
+    assert_eq!(metric(port, ACTIVE).await, 0.0);
+
+    // The whole stream, read to its end: the work a full read takes.
+    let (chunks_before, cpu_before) = (metric(port, CHUNKS).await, cpu_time(pid));
+    let mut stream = stream_all(&mut c).await;
+    let mut keys = 0;
+    while let Some(msg) = stream.message().await.expect("a chunk") {
+        keys += msg.range_response.unwrap_or_default().kvs.len();
+    }
+    assert_eq!(keys, 10_000);
+    wait_metric(port, ACTIVE, 0.0, Duration::from_secs(30)).await;
+    let full_chunks = metric(port, CHUNKS).await - chunks_before;
+    let full_cpu = cpu_time(pid) - cpu_before;
+    assert!(full_chunks >= 60.0, "{full_chunks} chunks for the whole range");
+
+    // The same stream, dropped after its header and first chunk of keys.
+    let mut stream = stream_all(&mut c).await;
+    stream.message().await.expect("header").expect("a message");
+    let first = stream.message().await.expect("a chunk").expect("a message");
+    assert!(!first.range_response.unwrap_or_default().kvs.is_empty());
+    assert_eq!(metric(port, ACTIVE).await, 1.0, "the stream is being served");
+    let (chunks_at_drop, cpu_at_drop) = (metric(port, CHUNKS).await, cpu_time(pid));
+    drop(stream);
+    let ended = wait_metric(port, ACTIVE, 0.0, Duration::from_secs(60)).await;
+    let before_drop = chunks_at_drop - chunks_before - full_chunks;
+    let after_drop = metric(port, CHUNKS).await - chunks_at_drop;
+    let cpu_after_drop = cpu_time(pid) - cpu_at_drop;
+    eprintln!(
+        "whole stream: {full_chunks} chunks read, server CPU {full_cpu:?}; \
+         dropped after its first chunk of keys: the server's read ended {ended:?} after the drop, \
+         having read {before_drop} chunks before it and {after_drop} after it; \
+         server CPU from the drop to the end {cpu_after_drop:?} (10 ms ticks)"
+    );
+    // What may be read ahead of the client: the chunk being read, the one waiting in the
+    // channel, the one being encoded, and what the HTTP/2 windows let through (about 2
+    // MiB for this client).
+    assert!(
+        before_drop + after_drop <= 12.0,
+        "{before_drop} chunks read before the client went away and {after_drop} after (of {full_chunks})"
+    );
+
+    // The server still serves streams.
+    let (all, _) = merged(
+        &mut c,
+        pb::RangeRequest {
+            key: b"/s/".to_vec(),
+            range_end: b"/s0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a stream after the dropped one");
+    assert_eq!(all.count, 10_000);
 }

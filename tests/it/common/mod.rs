@@ -56,6 +56,14 @@ pub fn etcd_bin_dir() -> PathBuf {
     dir
 }
 
+/// The netsy binary the tests run: `NETSY_TEST_BIN` when set (`make check-perf` sets the
+/// release build), else the one cargo built with the tests.
+pub fn netsy_bin() -> PathBuf {
+    std::env::var_os("NETSY_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netsy")))
+}
+
 /// A running netsy process. Killed (by PID) when dropped.
 pub struct Netsy {
     /// A small filesystem mounted over the data directory (`tmpfs`), unmounted after the
@@ -169,7 +177,7 @@ impl Netsy {
             .append(true)
             .open(self.dir.path().join(format!("netsy-{}.log", self.client_port)))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        let child = Command::new(netsy_bin())
             .args(["serve", "--config"])
             .arg(self.config_path())
             .env("NETSY_DATA_DIR", self.data_dir())
@@ -397,6 +405,20 @@ impl Etcd {
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// User plus system CPU time a process has used so far, from `/proc/PID/stat` (in
+/// USER_HZ ticks, 100 a second on Linux).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields; `fields` starts at the 3rd.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
 }
 
 impl Drop for Etcd {
