@@ -31,6 +31,17 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum StandbyCmd {
+    /// Replay everything the primary archived, stop following it, serve writes. Waits
+    /// (up to 60 s) for the standby's leader to record it.
+    Promote {
+        /// The standby cluster's file (or NETSY_CONFIG).
+        #[arg(long, env = "NETSY_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run a node.
     Serve {
@@ -66,6 +77,12 @@ enum Cmd {
         #[arg(long)]
         to_config: PathBuf,
     },
+    /// A standby cluster (config `standby`): `promote` makes it stop following its
+    /// primary and serve writes.
+    Standby {
+        #[command(subcommand)]
+        command: StandbyCmd,
+    },
     /// Certificates for local clusters and tests.
     Certs {
         #[command(subcommand)]
@@ -93,6 +110,9 @@ fn main() -> ExitCode {
             at,
             to_config,
         }) => cli::clone::run(&from_config, &at, &to_config),
+        Some(Cmd::Standby {
+            command: StandbyCmd::Promote { config },
+        }) => cli::standby::promote(&config),
         Some(Cmd::Certs { command }) => cli::certs::run(command),
         Some(Cmd::Mesh { command }) => cli::report(cli::mesh::run(command)),
         None => {

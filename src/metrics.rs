@@ -230,6 +230,45 @@ pub static PROPOSAL_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
         seconds_buckets(),
     )
 });
+pub static STANDBY_FOLLOWING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_standby_following",
+        "1 while this member is a standby following its primary's archive (0: not a standby, or promoted).",
+    )
+});
+pub static STANDBY_LAG_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_standby_lag_entries",
+        "Entries of the primary's archive the standby has not replayed yet (the standby's leader).",
+    )
+});
+pub static STANDBY_LAG_REVISIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_standby_lag_revisions",
+        "Commands (at most one revision each) fetched from the primary's archive and not replayed yet.",
+    )
+});
+pub static STANDBY_LAG_SECONDS: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    let g = prometheus::Gauge::new(
+        "netsy_standby_lag_seconds",
+        "Commit time of the primary's newest archived entry minus that of the standby's last replayed entry.",
+    )
+    .expect("valid metric");
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
+});
+pub static STANDBY_REPLAYED_ENTRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "netsy_standby_replayed_entries_total",
+        "Entries of the primary's archive this member replayed as the standby's leader.",
+    )
+});
+pub static STANDBY_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "netsy_standby_errors_total",
+        "Failed attempts to follow the primary's archive (retried with backoff).",
+    )
+});
 /// etcd's name for the WAL fsync latency; here one group commit of the Raft log.
 pub static WAL_FSYNC_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
@@ -320,6 +359,14 @@ pub fn render() -> String {
         let _ = ALARM_ACTIVE.with_label_values(&[alarm]);
     }
     let _ = (&*RESTORE_IN_PROGRESS, &*RESTORE_ENTRIES, &*RESTORE_BYTES);
+    let _ = (
+        &*STANDBY_FOLLOWING,
+        &*STANDBY_LAG_ENTRIES,
+        &*STANDBY_LAG_REVISIONS,
+        &*STANDBY_LAG_SECONDS,
+        &*STANDBY_REPLAYED_ENTRIES,
+        &*STANDBY_ERRORS,
+    );
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let _ = (&*RANGE_STREAMS, &*RANGE_STREAM_CHUNKS);
     let mut out = String::new();

@@ -84,6 +84,8 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
         CoreError::Timeout => (Code::Unavailable, m("request timed out")),
         CoreError::Stopped => (Code::Unavailable, m("server stopped")),
         CoreError::MemberNotFound => (Code::NotFound, m("member not found")),
+        // As etcd answers a write to a learner ("rpc not supported for learner").
+        CoreError::Standby => (Code::Unavailable, m(&core.to_string())),
         CoreError::MemberNotLearner => (Code::FailedPrecondition, m("can only promote a learner member")),
         CoreError::BadLeaderTransferee => (Code::FailedPrecondition, m("bad leader transferee")),
         CoreError::LeaderTransferTimeout => (Code::Unavailable, m("request timed out, leader transfer took too long")),

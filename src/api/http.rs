@@ -28,11 +28,13 @@ struct Endpoints {
     replica: Arc<Replica>,
     /// The etcd server version this node reports.
     version: String,
+    /// On a standby cluster: its own object storage, where promotion is asked for.
+    standby_store: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 /// The routes, to be merged with the gRPC services' (gRPC requests never reach them:
 /// their paths are `/etcdserverpb.*/*`).
-pub fn router(replica: Arc<Replica>, version: String) -> Router {
+pub fn router(replica: Arc<Replica>, version: String, standby_store: Option<Arc<dyn object_store::ObjectStore>>) -> Router {
     Router::new()
         .route("/health", any(health))
         .route("/livez", any(livez))
@@ -41,7 +43,12 @@ pub fn router(replica: Arc<Replica>, version: String) -> Router {
         .route("/readyz/{check}", any(readyz_one))
         .route("/version", any(version_info))
         .route("/metrics", any(metrics))
-        .with_state(Arc::new(Endpoints { replica, version }))
+        .route("/netsy/standby/promote", any(promote_standby))
+        .with_state(Arc::new(Endpoints {
+            replica,
+            version,
+            standby_store,
+        }))
 }
 
 /// The checks of `/livez` and `/readyz`, in the order etcd 3.6 registers them.
@@ -227,6 +234,31 @@ async fn check_one(s: &Endpoints, all: &[Check], name: &str, method: Method, que
 
 async fn livez(State(s): State<Arc<Endpoints>>, method: Method, RawQuery(query): RawQuery) -> Response {
     checks_root(&s, LIVEZ, method, query).await
+}
+
+/// `POST /netsy/standby/promote` (netsy's own admin call, behind the client port's mTLS):
+/// what `netsy standby promote` does, answered with the promotion record as JSON.
+async fn promote_standby(State(s): State<Arc<Endpoints>>, method: Method) -> Response {
+    use crate::archive::standby;
+    if method != Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, "use POST\n").into_response();
+    }
+    let Some(store) = &s.standby_store else {
+        return (StatusCode::CONFLICT, "this cluster is not a standby (or was promoted already)\n").into_response();
+    };
+    let failed = |e: standby::StandbyError| (StatusCode::BAD_GATEWAY, format!("{}\n", crate::error_chain(&e))).into_response();
+    if let Err(e) = standby::request_promotion(store.as_ref()).await {
+        return failed(e);
+    }
+    match standby::wait_promoted(store.as_ref(), standby::PROMOTE_WAIT).await {
+        Ok(Some(record)) => axum::Json(record).into_response(),
+        Ok(None) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "the standby's leader did not record the promotion in time; the request stays and is acted on\n",
+        )
+            .into_response(),
+        Err(e) => failed(e),
+    }
 }
 
 async fn readyz(State(s): State<Arc<Endpoints>>, method: Method, RawQuery(query): RawQuery) -> Response {

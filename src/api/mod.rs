@@ -30,7 +30,12 @@ use crate::proto::etcdserverpb::{
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Builds the gRPC server with every etcd service this node serves.
-pub fn router(replica: Arc<Replica>, config: &Config) -> Router<Stack<transport::EtcdStatusLayer, Identity>> {
+/// `standby_store`: on a standby, its own object storage (for the promotion admin call).
+pub fn router(
+    replica: Arc<Replica>,
+    config: &Config,
+    standby_store: Option<Arc<dyn object_store::ObjectStore>>,
+) -> Router<Stack<transport::EtcdStatusLayer, Identity>> {
     let limits = &config.limits;
     let max = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let kv = kv::KvService::new(replica.clone(), limits.max_txn_ops);
@@ -55,7 +60,7 @@ pub fn router(replica: Arc<Replica>, config: &Config) -> Router<Stack<transport:
     let app = grpc
         .routes()
         .into_axum_router()
-        .merge(http::router(replica, config.etcd_version.clone()))
+        .merge(http::router(replica, config.etcd_version.clone(), standby_store))
         .fallback(http::fallback);
     tonic::transport::Server::builder()
         .accept_http1(true)

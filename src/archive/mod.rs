@@ -25,6 +25,7 @@ pub mod restore;
 pub mod segment;
 pub mod snapshot;
 pub mod snapshotter;
+pub mod standby;
 pub mod store;
 pub mod uploader;
 

@@ -7,6 +7,7 @@ pub mod mesh;
 pub mod migrate;
 pub mod serve;
 pub mod snapshot;
+pub mod standby;
 pub mod validate;
 
 use std::process::ExitCode;

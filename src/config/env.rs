@@ -99,6 +99,7 @@ impl Config {
             "(etcd's default is \"10m\")",
         )?;
         let archive = file.archive.resolve()?;
+        let standby = file.standby.as_ref().map(|s| s.resolve(&file.cluster_id)).transpose()?;
         file.raft.validate()?;
         let (tls, tls_policy) = resolve_tls(&file.tls, env)?;
         let discovery_timeout = duration_at_least_100ms("discovery_timeout", &file.discovery_timeout, "such as \"15s\"")?;
@@ -173,6 +174,7 @@ impl Config {
             auto_compaction,
             watch_progress_notify_interval,
             archive,
+            standby,
             raft: file.raft,
             tls,
             tls_policy,

@@ -244,6 +244,33 @@ pub struct ClusterFile {
     /// The mesh authority, as an alternative to its environment variables.
     #[serde(default)]
     pub mesh: Option<MeshSettings>,
+    /// Run as a standby of another cluster: follow its archive, serve reads only.
+    #[serde(default)]
+    pub standby: Option<StandbySettings>,
+}
+
+/// A standby cluster follows the archive of the primary named by `source`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StandbySettings {
+    /// The primary's `storage` block (its bucket and key prefix), read only.
+    pub source: StorageConfig,
+    /// The primary's `cluster_id` (its `cluster.json` names it).
+    pub source_cluster_id: String,
+    /// How often the archive is listed for new segments...
+    #[serde(default = "default_standby_poll")]
+    pub poll_interval: String,
+    /// ...and the longest wait between tries while object storage fails.
+    #[serde(default = "default_standby_backoff")]
+    pub max_backoff: String,
+}
+
+fn default_standby_poll() -> String {
+    "1s".into()
+}
+
+fn default_standby_backoff() -> String {
+    "30s".into()
 }
 
 fn default_discovery_timeout() -> String {

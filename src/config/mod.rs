@@ -21,7 +21,7 @@ pub use file::{
     ArchiveSettings, AutoCompaction, ClusterFile, Durability, Limits, NodeDefaults, RaftSettings, StorageConfig, TlsSettings, WatchSettings,
 };
 pub use mesh::{MeshConfig, MeshSettings};
-pub use validate::{is_identifier, parse_duration, ArchivePolicy, AutoCompactionPolicy};
+pub use validate::{is_identifier, parse_duration, ArchivePolicy, AutoCompactionPolicy, StandbyPolicy};
 use validate::{validate_name, validate_storage};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,8 @@ pub struct Config {
     pub auto_compaction: Option<AutoCompactionPolicy>,
     pub watch_progress_notify_interval: Duration,
     pub archive: ArchivePolicy,
+    /// Set: this cluster is a standby of another (`standby`).
+    pub standby: Option<StandbyPolicy>,
     pub raft: RaftSettings,
     /// This node's certificates; `None` serves plaintext (loopback or `allow_insecure`).
     pub tls: Option<TlsFiles>,

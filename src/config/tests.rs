@@ -62,6 +62,19 @@ fn errors_name_the_key() {
             "raft.snapshot_chunk_bytes",
         ),
         (with_section("\"raft\": {\"snapshot_log_bytes\": 1}"), "raft.snapshot_log_bytes"),
+        (with_section("\"archive\": {\"history\": \"a week\"}"), "archive.history"),
+        (
+            with_section("\"standby\": {\"source\": {\"provider\": \"file\", \"path\": \"/p\"}, \"source_cluster_id\": \"dev\"}"),
+            "standby.source_cluster_id",
+        ),
+        (
+            with_section("\"standby\": {\"source\": {\"provider\": \"ftp\"}, \"source_cluster_id\": \"prod\"}"),
+            "standby.source",
+        ),
+        (
+            with_section("\"standby\": {\"source\": {\"provider\": \"file\", \"path\": \"/p\"}, \"source_cluster_id\": \"prod\", \"poll_interval\": \"1ms\"}"),
+            "standby.poll_interval",
+        ),
         ("{ not json".to_string(), "not valid JSONC"),
     ];
     for (text, key) in cases {
@@ -122,4 +135,20 @@ fn overlong_durations_are_an_error_that_names_the_key() {
     let bad = DEV.replace("\"node\"", "\"discovery_timeout\": \"18446744073709551615h\", \"node\"");
     let err = load(&bad).expect_err("refused").to_string();
     assert!(err.contains("discovery_timeout") && err.contains("18446744073709551615h"), "{err}");
+}
+
+#[test]
+fn a_standby_block_is_resolved_with_its_defaults() {
+    let text = DEV.replace(
+        "\"node\"",
+        "\"standby\": {\"source\": {\"provider\": \"file\", \"path\": \"/primary\"}, \"source_cluster_id\": \"prod\"}, \"archive\": {\"history\": \"7d\"}, \"node\"",
+    );
+    let c = load(&text).expect("valid");
+    let s = c.standby.expect("standby");
+    assert_eq!(
+        (s.source_cluster_id.as_str(), s.poll_interval, s.max_backoff),
+        ("prod", Duration::from_secs(1), Duration::from_secs(30))
+    );
+    assert_eq!(c.archive.history, Duration::from_secs(7 * 86_400));
+    assert!(load(DEV).expect("valid").standby.is_none());
 }

@@ -5,6 +5,43 @@ use std::time::Duration;
 use super::file::{ArchiveSettings, AutoCompaction, Limits, RaftSettings, StorageConfig};
 use super::{invalid, ConfigError};
 
+/// The validated standby settings.
+#[derive(Debug, Clone)]
+pub struct StandbyPolicy {
+    pub source: StorageConfig,
+    pub source_cluster_id: String,
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+}
+
+impl super::file::StandbySettings {
+    pub(super) fn resolve(&self, cluster_id: &str) -> Result<StandbyPolicy, ConfigError> {
+        validate_name("standby.source_cluster_id", &self.source_cluster_id)?;
+        if self.source_cluster_id == cluster_id {
+            return Err(invalid(
+                "standby.source_cluster_id",
+                "must differ from this cluster's cluster_id: the standby is another cluster (its members and certificates are its own)",
+            ));
+        }
+        validate_storage(&self.source).map_err(|e| invalid("standby.source", crate::error_chain(&e)))?;
+        let within = |key: &str, v: &str, example: &str| match parse_duration(v) {
+            Some(d) if d >= Duration::from_millis(10) => Ok(d),
+            _ => Err(invalid(
+                key,
+                format!("{v:?} must be a duration of at least 10ms such as \"{example}\""),
+            )),
+        };
+        let poll_interval = within("standby.poll_interval", &self.poll_interval, "1s")?;
+        let max_backoff = within("standby.max_backoff", &self.max_backoff, "30s")?;
+        Ok(StandbyPolicy {
+            source: self.source.clone(),
+            source_cluster_id: self.source_cluster_id.clone(),
+            poll_interval,
+            max_backoff: max_backoff.max(poll_interval),
+        })
+    }
+}
+
 /// The validated archive settings.
 #[derive(Debug, Clone)]
 pub struct ArchivePolicy {

@@ -24,7 +24,8 @@ pub async fn run(replica: Arc<Replica>, policy: AutoCompactionPolicy) {
         let Some(target) = planner.target(Instant::now(), revs.current) else {
             continue;
         };
-        if target <= revs.compacted || !replica.is_leader() {
+        // A standby replays its primary's compactions.
+        if target <= revs.compacted || !replica.is_leader() || replica.is_standby() {
             continue;
         }
         let req = CompactionRequest {

@@ -28,6 +28,9 @@ pub enum CoreError {
     Stopped,
     #[error("member not found")]
     MemberNotFound,
+    /// This cluster is a standby: it serves reads only until promoted.
+    #[error("rpc not supported for a standby cluster (it only follows its primary; `netsy standby promote` makes it writable)")]
+    Standby,
     #[error("can only promote a learner member")]
     MemberNotLearner,
     #[error("bad leader transferee")]

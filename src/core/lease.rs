@@ -16,6 +16,7 @@ const EXPIRING_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 impl Replica {
     /// Renews lease `id`; TTL 0 in the answer: no such lease (as etcd answers).
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, CoreError> {
+        self.check_writable()?;
         let (ttl, _) = self.lease_deadline(id, true).await?;
         Ok(LeaseKeepAliveResponse {
             header: self.current_header(),
@@ -109,6 +110,10 @@ impl crate::lease::expiry::Expire for Replica {
     type Error = CoreError;
 
     fn leader_term(&self) -> Option<u64> {
+        // A standby's leases are the primary's: it replays their revokes, never expires them.
+        if self.is_standby() {
+            return None;
+        }
         let m = self.raft.metrics();
         let m = m.borrow();
         (m.current_leader == Some(self.ids.raft_id)).then_some(m.current_term)

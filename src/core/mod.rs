@@ -16,6 +16,7 @@ mod members;
 mod quota;
 mod read;
 mod route;
+mod standby;
 mod transfer;
 mod write;
 
@@ -59,6 +60,9 @@ pub struct Ids {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub limits: Limits,
+    /// A standby cluster: client writes, leases and compaction are refused until it is
+    /// promoted (`Replica::promote`).
+    pub standby: bool,
     pub durability: Durability,
     /// `quorum` durability stops writes while the upload backlog exceeds this.
     pub max_backlog_bytes: u64,
@@ -115,6 +119,8 @@ pub struct Replica {
     handover: tokio::sync::RwLock<()>,
     /// (term, index): see `Replica::read_floor`.
     read_floor: Mutex<(u64, u64)>,
+    /// While set, this member refuses client writes (a standby not promoted yet).
+    read_only: std::sync::atomic::AtomicBool,
 }
 
 impl Replica {
@@ -129,7 +135,6 @@ impl Replica {
         let quota = quota::Quota::load(&parts.reader)?;
         let replica = Replica {
             ids,
-            settings,
             proposer: Proposer::start(parts.raft.clone(), parts.log.commit_clock()),
             reads: ReadBarrier::start(parts.raft.clone()),
             raft: parts.raft,
@@ -148,6 +153,8 @@ impl Replica {
             membership_lock: tokio::sync::Mutex::new(()),
             handover: tokio::sync::RwLock::new(()),
             read_floor: Mutex::new((0, 0)),
+            read_only: std::sync::atomic::AtomicBool::new(settings.standby),
+            settings,
         };
         replica.refresh_db_size();
         Ok(replica)

@@ -124,6 +124,7 @@ impl Replica {
     /// Replicates `cmd` through Raft (via the leader, from any member) and returns its
     /// applied result. A command the state machine refused comes back as `Err`.
     pub(super) async fn propose(&self, cmd: Command) -> Result<CommandResult, CoreError> {
+        self.check_writable()?;
         let size = crate::raft::codec::command::encoded_len(&cmd);
         let limit = self.settings.limits.max_request_bytes;
         if size > limit {

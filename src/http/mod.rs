@@ -81,6 +81,7 @@ async fn readyz(State(health): State<Arc<Health>>) -> Response {
             "not ready: starting (restoring from object storage when the data directory was empty)",
         )
             .into_response(),
+        Some(r) if r.is_ready() && r.is_standby() => (StatusCode::OK, "ok: standby (read only, following its primary)").into_response(),
         Some(r) if r.is_ready() => (StatusCode::OK, "ok").into_response(),
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader").into_response(),
     }

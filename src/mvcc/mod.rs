@@ -20,7 +20,10 @@ mod write;
 
 pub use history::{History, RevisionEvents};
 pub use read::{KeyRange, RangeEnd, Revisions};
-pub use store::{clear_raft_meta, read_applied_meta, read_revisions, remove_database, AppliedMeta, CommitBatch, DbSize, Reader, Store};
+pub use store::{
+    clear_raft_meta, read_applied_meta, read_revisions, remove_database, set_applied_source, AppliedMeta, CommitBatch, DbSize, Reader,
+    Store,
+};
 pub use stream::{Chunk, RangeStream, StreamRefused};
 pub use write::{Command, CommandResult};
 

@@ -33,6 +33,9 @@ pub struct AppliedMeta {
     /// The commit time of the last applied entry, in ms since the Unix epoch (0: none
     /// known; the Raft layer keeps it, see `raft::clock`).
     pub commit_unix_ms: u64,
+    /// On a standby: the primary's (epoch, index) the state replays up to (the Raft
+    /// layer's `SourcePosition`).
+    pub source: Option<(u64, u64)>,
     /// Read from the rows netsy 0.1 wrote (another encoding, under other names); the
     /// next applied batch replaces them.
     pub legacy: bool,
@@ -41,6 +44,8 @@ pub struct AppliedMeta {
 const APPLIED: &str = "applied_log_id";
 const MEMBERSHIP: &str = "applied_membership";
 const COMMIT_TIME: &str = "applied_commit_unix_ms";
+/// 16 bytes: u64 LE epoch, u64 LE index.
+const SOURCE: &str = "applied_source";
 /// Where netsy 0.1 kept the same (in bincode).
 const LEGACY_APPLIED: &str = "raft_applied";
 const LEGACY_MEMBERSHIP: &str = "raft_membership";
@@ -56,10 +61,15 @@ fn read_meta(conn: &Connection) -> rusqlite::Result<AppliedMeta> {
         .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
         .query_row([COMMIT_TIME], |r| r.get(0))
         .optional()?;
+    let source = get(SOURCE)?.filter(|b| b.len() == 16).map(|b| {
+        let half = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+        (half(0), half(8))
+    });
     let current = AppliedMeta {
         last_applied: get(APPLIED)?,
         membership: get(MEMBERSHIP)?,
         commit_unix_ms: commit_unix_ms.map_or(0, |t| t.max(0) as u64),
+        source,
         legacy: false,
     };
     if current.last_applied.is_some() {
@@ -69,6 +79,7 @@ fn read_meta(conn: &Connection) -> rusqlite::Result<AppliedMeta> {
         last_applied: get(LEGACY_APPLIED)?,
         membership: get(LEGACY_MEMBERSHIP)?,
         commit_unix_ms: 0,
+        source: None,
         legacy: true,
     };
     Ok(if legacy.last_applied.is_some() || legacy.membership.is_some() {
@@ -231,6 +242,12 @@ impl Store {
         if meta.commit_unix_ms != self.meta.commit_unix_ms {
             tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
                 .and_then(|mut s| s.execute(rusqlite::params![COMMIT_TIME, meta.commit_unix_ms as i64]))
+                .map_err(storage)?;
+        }
+        if meta.source != self.meta.source {
+            let bytes = meta.source.map(|(e, i)| [e.to_le_bytes(), i.to_le_bytes()].concat());
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(rusqlite::params![SOURCE, bytes]))
                 .map_err(storage)?;
         }
         if rewrite {
@@ -554,6 +571,19 @@ pub fn read_applied_meta(path: &Path) -> Result<AppliedMeta, MvccError> {
 pub fn read_revisions(path: &Path) -> Result<Revisions, MvccError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(storage)?;
     super::read::revisions(&conn).map_err(storage)
+}
+
+/// Records in a database file that its state is the primary's through entry `index` of
+/// epoch `epoch` (a standby's starting point; see `AppliedMeta::source`).
+pub fn set_applied_source(path: &Path, epoch: u64, index: u64) -> Result<(), MvccError> {
+    let conn = Connection::open(path).map_err(storage)?;
+    let bytes = [epoch.to_le_bytes(), index.to_le_bytes()].concat();
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)",
+        rusqlite::params![SOURCE, bytes],
+    )
+    .map_err(storage)?;
+    Ok(())
 }
 
 /// Forgets the Raft bookkeeping of a database file, so it can seed a new Raft group

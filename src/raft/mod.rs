@@ -41,12 +41,25 @@ openraft::declare_raft_types!(
 pub struct Batch {
     pub commands: Vec<Command>,
     pub unix_ms: u64,
+    /// On a standby: the primary's archived entry it replays (`standby`).
+    pub source: Option<SourcePosition>,
 }
 
 impl Batch {
     pub fn new(commands: Vec<Command>, unix_ms: u64) -> Batch {
-        Batch { commands, unix_ms }
+        Batch {
+            commands,
+            unix_ms,
+            source: None,
+        }
     }
+}
+
+/// An entry of another cluster's archive: its epoch and index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct SourcePosition {
+    pub epoch: u64,
+    pub index: u64,
 }
 
 /// A Raft member: which pod it is and where to reach it (kept in the membership config,

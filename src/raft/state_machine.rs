@@ -146,11 +146,15 @@ pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>
     let mut last: Option<LogId> = None;
     let mut membership: Option<Membership> = None;
     let mut commit_unix_ms = store.applied_meta().commit_unix_ms;
+    let mut source = store.applied_meta().source;
     for entry in entries {
         last = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Normal(batch) => {
                 commit_unix_ms = clock::effective(commit_unix_ms, batch.unix_ms);
+                if let Some(s) = batch.source {
+                    source = Some((s.epoch, s.index));
+                }
                 shape.push(Some(batch.commands.len()));
                 commands.extend(batch.commands.into_iter().map(Some));
             }
@@ -184,6 +188,7 @@ pub fn apply_entries(store: &mut Store, entries: Vec<openraft::Entry<TypeConfig>
         last_applied: last.as_ref().map(codec::encode_log_id),
         membership,
         commit_unix_ms,
+        source,
         legacy: false,
     };
     crate::metrics::APPLY_BATCH_ENTRIES.observe(commands.len() as f64);
@@ -285,7 +290,11 @@ impl Replay for ArchiveReplay {
                         let rest = batch.commands.split_off(room);
                         queue.push_front(openraft::Entry {
                             log_id: entry.log_id,
-                            payload: EntryPayload::Normal(Batch::new(rest, batch.unix_ms)),
+                            payload: EntryPayload::Normal(Batch {
+                                commands: rest,
+                                unix_ms: batch.unix_ms,
+                                source: batch.source,
+                            }),
                         });
                     }
                     room -= batch.commands.len();

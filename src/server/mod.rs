@@ -2,6 +2,7 @@
 //! start the background tasks, serve the ports, shut down.
 
 pub mod datadir;
+pub mod standby;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -83,6 +84,8 @@ pub struct Node {
     tls: Option<Arc<Tls>>,
     /// For the epoch fence (uploads go through the uploader).
     objects: Arc<dyn ObjectStore>,
+    /// On a standby not promoted yet: the primary's object store (read only).
+    primary: Option<Arc<dyn ObjectStore>>,
     /// Stops the uploader. It runs from `start`, before `serve`: in `object-storage`
     /// durability nothing is applied before it is uploaded (`raft::gate`), the first
     /// entries of a new cluster included. Dropping it stops the uploader.
@@ -183,6 +186,9 @@ impl Node {
             cluster_id: config.cluster_id.clone(),
         };
         let replay = raft::state_machine::archive_replay();
+        let primary = standby::prepare(&config, &objects, &scratch)
+            .await
+            .map_err(|e| StartError::Archive(Box::new(e)))?;
         let startup = match prepare(&objects, &config, local, &state_path, &scratch, &probe, &replay).await {
             // The cluster was rebuilt from object storage without this node: what its disk
             // holds is of an older epoch (anything acknowledged there and not archived was
@@ -291,6 +297,7 @@ impl Node {
             durability: config.durability,
             max_backlog_bytes: config.archive.max_backlog_bytes,
             scratch: dir.join("tmp"),
+            standby: primary.is_some(),
         };
         let parts = Parts {
             raft,
@@ -304,6 +311,7 @@ impl Node {
         let replica = Arc::new(Replica::new(ids, settings, parts).map_err(storage)?);
         let node = Node {
             objects,
+            primary,
             config,
             identity,
             replica,
@@ -396,6 +404,7 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
         replica,
         tls,
         objects,
+        primary,
         uploader_stop,
         snapshotter,
         mesh,
@@ -422,7 +431,8 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
     let mut tasks = tokio::task::JoinSet::new();
 
     let grpc_stop = stop.clone();
-    let grpc = crate::api::router(replica.clone(), &cfg);
+    let standby_store = replica.is_standby().then(|| objects.clone());
+    let grpc = crate::api::router(replica.clone(), &cfg, standby_store);
     let incoming = listen::Incoming::new(client, tls.clone(), Listener::Client).map_err(|source| StartError::Bind {
         key: "NETSY_BIND_CLIENT",
         addr: cfg.bind_client,
@@ -472,6 +482,13 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
     );
     if let Some(policy) = cfg.auto_compaction.clone() {
         spawn_until(&mut tasks, &stop, crate::core::compactor::run(replica.clone(), policy));
+    }
+    if let (Some(primary), Some(policy)) = (primary, cfg.standby.clone()) {
+        spawn_until(
+            &mut tasks,
+            &stop,
+            standby::follow(replica.clone(), primary, objects.clone(), policy),
+        );
     }
     if let Some(after) = cfg.deregistration_timeout {
         spawn_until(&mut tasks, &stop, replica.clone().deregister_unreachable(after));

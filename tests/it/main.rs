@@ -29,6 +29,7 @@ mod raft_storage_suite;
 mod range_stream;
 mod restore;
 mod services;
+mod standby;
 mod time_machine;
 mod tls;
 mod watch;

@@ -28,6 +28,7 @@ pub fn to_pb(e: &CoreError) -> PeerError {
         CoreError::BadLeaderTransferee => Kind::BadLeaderTransferee,
         CoreError::LeaderTransferTimeout => Kind::LeaderTransferTimeout,
         CoreError::LastVoter => Kind::LastVoter,
+        CoreError::Standby => Kind::Standby,
         CoreError::Raft(_)
         | CoreError::Format(_)
         | CoreError::Leader(_)
@@ -58,6 +59,7 @@ pub fn from_pb(e: PeerError) -> CoreError {
         Ok(Kind::LeaderChanged) => CoreError::LeaderChanged,
         Ok(Kind::Timeout) => CoreError::Timeout,
         Ok(Kind::Stopped) => CoreError::Stopped,
+        Ok(Kind::Standby) => CoreError::Standby,
         Ok(Kind::MemberNotFound) => CoreError::MemberNotFound,
         Ok(Kind::MemberNotLearner) => CoreError::MemberNotLearner,
         Ok(Kind::BadLeaderTransferee) => CoreError::BadLeaderTransferee,

@@ -177,6 +177,10 @@ pub fn entry_to_pb(e: &Entry<TypeConfig>) -> pb::Entry {
         EntryPayload::Normal(batch) => Payload::Commands(pb::Commands {
             commands: batch.commands.iter().map(command::command_to_pb).collect(),
             unix_ms: batch.unix_ms,
+            source: batch.source.map(|s| pb::SourcePosition {
+                epoch: s.epoch,
+                index: s.index,
+            }),
         }),
         EntryPayload::Membership(m) => Payload::Membership(membership_to_pb(m)),
     };
@@ -192,10 +196,14 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry<TypeConfig>, FormatError> {
     let log_id = log_id_from_pb(e.log_id.ok_or(missing(WHAT, "log_id"))?);
     let payload = match e.payload.ok_or(missing(WHAT, "payload"))? {
         Payload::Blank(_) => EntryPayload::Blank,
-        Payload::Commands(c) => EntryPayload::Normal(Batch::new(
-            c.commands.into_iter().map(command::command_from_pb).collect::<Result<_, _>>()?,
-            c.unix_ms,
-        )),
+        Payload::Commands(c) => EntryPayload::Normal(Batch {
+            commands: c.commands.into_iter().map(command::command_from_pb).collect::<Result<_, _>>()?,
+            unix_ms: c.unix_ms,
+            source: c.source.map(|s| super::SourcePosition {
+                epoch: s.epoch,
+                index: s.index,
+            }),
+        }),
         Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(m)),
     };
     Ok(Entry { log_id, payload })

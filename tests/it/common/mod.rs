@@ -18,7 +18,16 @@ pub use netsy_testkit::free_port;
 /// Polls `cond` until it holds or `timeout` passes.
 /// Runs the netsy binary with `args`: whether it succeeded, and its stdout and stderr.
 pub fn netsy_cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_netsy")).args(args).output().expect("run netsy");
+    netsy_cli_env(args, &[])
+}
+
+/// `netsy_cli` with extra environment variables (e.g. `moto::ENV`).
+pub fn netsy_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run netsy");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
