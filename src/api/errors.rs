@@ -174,6 +174,11 @@ mod tests {
             (core(CoreError::Timeout), Code::Unavailable, "etcdserver: request timed out"),
             (core(CoreError::MemberNotFound), Code::NotFound, "etcdserver: member not found"),
             (
+                core(CoreError::Standby),
+                Code::Unavailable,
+                "etcdserver: rpc not supported for a standby cluster (it only follows its primary; `netsy standby promote` makes it writable)",
+            ),
+            (
                 ApiError::AuthNotEnabled,
                 Code::FailedPrecondition,
                 "etcdserver: authentication is not enabled",
