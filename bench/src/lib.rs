@@ -4,6 +4,7 @@
 //! the shipped `netsy` binary or library.
 
 pub mod report;
+pub mod s3cost;
 pub mod suite;
 mod workloads;
 

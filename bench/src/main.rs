@@ -99,6 +99,18 @@ enum BenchCmd {
     },
     /// Lease keep-alive round trips, one lease and stream per client.
     LeaseKeepalive,
+    /// Only the suite's `object-storage` vs `quorum` durability rows over S3 (moto) with
+    /// added latency; prints them.
+    DurabilityCost {
+        /// moto's S3 server.
+        #[arg(long, default_value = ".venv/bin/moto_server")]
+        moto_bin: PathBuf,
+        #[arg(long)]
+        netsy_bin: Option<PathBuf>,
+        /// Puts per durability.
+        #[arg(long, default_value_t = 20_000)]
+        total: usize,
+    },
     /// netsy vs real etcd side by side; writes results.md / .svg / .json (`make bench`).
     Suite {
         /// The etcd 3.5 binary to compare against.
@@ -169,6 +181,23 @@ fn run(cli: Cli) -> Result<String, String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let workload = match cli.workload {
+        BenchCmd::DurabilityCost {
+            moto_bin,
+            netsy_bin,
+            total,
+        } => {
+            let netsy_bin = match netsy_bin {
+                Some(p) => p,
+                None => default_netsy_bin()?,
+            };
+            let dir = std::env::temp_dir().join(format!("netsy-bench-s3-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let cost = runtime
+                .block_on(netsy_bench::s3cost::durability_cost(&moto_bin, &netsy_bin, &dir, total))
+                .map_err(|e| format!("durability cost failed: {e}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(netsy_bench::report::durability_markdown(&cost?));
+        }
         BenchCmd::Suite {
             etcd_bin,
             netsy_bin,

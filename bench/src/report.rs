@@ -69,6 +69,30 @@ pub struct Results {
     /// 3 members: seconds from a leader kill to the first successful write, per round
     /// (etcd, netsy).
     pub failover_seconds: (Vec<f64>, Vec<f64>),
+    /// netsy over S3 with added latency, by durability (`None`: not measured, e.g. no
+    /// moto server).
+    pub durability_cost: Option<DurabilityCost>,
+}
+
+/// `object-storage` vs `quorum` durability over a slow S3 (`s3cost`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DurabilityCost {
+    /// Latency added each way by the proxy in front of the S3 server.
+    pub one_way_ms: f64,
+    /// A 512-byte PUT through the proxy, one after another (the same run).
+    pub put_round_trip_p50_ms: f64,
+    pub put_round_trip_p99_ms: f64,
+    /// `archive.max_puts_per_second` in the runs.
+    pub ceiling_puts_per_second: u32,
+    pub rows: Vec<DurabilityRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DurabilityRow {
+    pub durability: String,
+    pub summary: super::Summary,
+    /// Object-store PUTs netsy made per second of the run.
+    pub puts_per_second: f64,
 }
 
 fn value(s: &super::Summary, m: Metric) -> f64 {
@@ -196,8 +220,56 @@ pub fn markdown(r: &Results) -> String {
             if max(n) < 3.0 { "met" } else { "**not met**" }
         );
     }
+    if let Some(c) = &r.durability_cost {
+        durability_table(&mut md, c);
+    }
     let _ = writeln!(md, "\nChart: `results.svg`; raw numbers: `results.json`.");
     md
+}
+
+/// The durability rows alone, as markdown.
+pub fn durability_markdown(c: &DurabilityCost) -> String {
+    let mut md = String::new();
+    durability_table(&mut md, c);
+    md
+}
+
+/// The cost of `object-storage` durability over a slow S3.
+fn durability_table(md: &mut String, c: &DurabilityCost) {
+    let _ = writeln!(md, "\n## The cost of `object-storage` durability (netsy alone, S3 with latency)\n");
+    let _ = writeln!(
+        md,
+        "One netsy over moto's S3 server behind a proxy adding {:.0} ms each way; a 512-byte PUT through it took \
+         p50 {:.1} ms, p99 {:.1} ms (same run). Put, 100 clients / 10 conns, 256 B; `archive.max_puts_per_second` = {}.\n",
+        c.one_way_ms, c.put_round_trip_p50_ms, c.put_round_trip_p99_ms, c.ceiling_puts_per_second
+    );
+    let _ = writeln!(md, "| durability | puts/s | p50 / p99 ms | S3 PUTs/s | errors |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for row in &c.rows {
+        let s = &row.summary;
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.1} / {:.1} | {:.1} | {} |",
+            row.durability, s.per_second, s.p50, s.p99, row.puts_per_second, s.errors
+        );
+    }
+    if let Some(os) = c.rows.iter().find(|r| r.durability == "object-storage") {
+        let bound = c.put_round_trip_p50_ms + 10.0;
+        let _ = writeln!(
+            md,
+            "\nTargets: `object-storage` p50 ≤ one PUT round trip + 10 ms ({bound:.1} ms): {} ({:.1} ms); \
+             S3 PUTs ≤ {} /s at any load: {} (largest {:.1} /s).",
+            if os.summary.p50 <= bound { "met" } else { "**not met**" },
+            os.summary.p50,
+            c.ceiling_puts_per_second,
+            if c.rows.iter().all(|r| r.puts_per_second <= c.ceiling_puts_per_second as f64 * 1.05) {
+                "met"
+            } else {
+                "**not met**"
+            },
+            c.rows.iter().map(|r| r.puts_per_second).fold(0.0, f64::max)
+        );
+    }
 }
 
 fn footprint_ratio(etcd: u64, netsy: u64) -> f64 {

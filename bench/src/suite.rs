@@ -736,6 +736,14 @@ pub async fn run_suite(opts: &SuiteOptions) -> Result<Results, BenchError> {
     );
     drop(etcd3);
     drop(netsy3);
+    // moto's S3 server sits beside etcd in the venv `make bench` uses.
+    let moto = opts.etcd_bin.with_file_name("moto_server");
+    let durability_cost = if moto.exists() {
+        Some(super::s3cost::durability_cost(&moto, &opts.netsy_bin, &work, if opts.quick { 2_000 } else { 20_000 }).await?)
+    } else {
+        tracing::warn!(path = %moto.display(), "no moto_server beside etcd: the object-storage durability rows are skipped");
+        None
+    };
     let _ = std::fs::remove_dir_all(&work);
 
     let results = Results {
@@ -748,6 +756,7 @@ pub async fn run_suite(opts: &SuiteOptions) -> Result<Results, BenchError> {
         watchers_rss,
         cluster,
         failover_seconds,
+        durability_cost,
     };
     std::fs::create_dir_all(&opts.out_dir)?;
     std::fs::write(opts.out_dir.join("results.md"), report::markdown(&results))?;

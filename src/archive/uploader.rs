@@ -46,6 +46,51 @@ pub struct UploaderConfig {
     /// Upload as soon as entries are applied instead of on the `segment_max_delay` tick
     /// (`object-storage` durability, where every write waits for its upload).
     pub eager: bool,
+    /// The most segment PUTs per second (`Pacer`).
+    pub max_puts_per_second: u32,
+}
+
+/// Paces segment uploads: a token bucket of `rate` tokens per second holding at most
+/// `rate` (so a burst after a quiet time goes at once), one token per PUT. Under a
+/// steady load uploads come at most `rate` a second, each carrying everything applied
+/// since the one before.
+#[derive(Debug)]
+pub struct Pacer {
+    rate: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Pacer {
+    pub fn new(rate: u32) -> Pacer {
+        let rate = f64::from(rate.max(1));
+        Pacer {
+            rate,
+            tokens: rate,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: tokio::time::Instant) {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+    }
+
+    /// How long until a PUT may go (zero: now).
+    pub fn wait(&mut self, now: tokio::time::Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        }
+    }
+
+    /// Takes the token of a PUT about to go.
+    pub fn take(&mut self, now: tokio::time::Instant) {
+        self.refill(now);
+        self.tokens -= 1.0;
+    }
 }
 
 /// Creates `name` with `bytes`; if it already exists with the same bytes (our earlier
@@ -84,6 +129,7 @@ pub struct Uploader {
     cfg: UploaderConfig,
     uploaded: watch::Sender<u64>,
     uploaded_bytes: Arc<AtomicU64>,
+    pacer: Pacer,
 }
 
 /// How often a follower reads the archive's watermark (its log purge floor).
@@ -102,6 +148,7 @@ impl Uploader {
     ) -> Uploader {
         // Nothing is known to be uploaded yet: keep the whole log until it is.
         log.set_purge_floor(0);
+        let pacer = Pacer::new(cfg.max_puts_per_second);
         Uploader {
             store,
             log,
@@ -110,6 +157,7 @@ impl Uploader {
             cfg,
             uploaded,
             uploaded_bytes: Arc::default(),
+            pacer,
         }
     }
 
@@ -207,9 +255,15 @@ impl Uploader {
         }
     }
 
-    /// Uploads entries `mark+1..=limit`; returns the new watermark.
-    async fn upload_through(&mut self, mut mark: u64, limit: u64) -> Result<u64, UploadError> {
+    /// Uploads entries `mark+1..=limit` (and whatever was applied meanwhile when the
+    /// pacer holds an upload back); returns the new watermark.
+    async fn upload_through(&mut self, mut mark: u64, mut limit: u64) -> Result<u64, UploadError> {
         while mark < limit {
+            let wait = self.pacer.wait(tokio::time::Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+                limit = limit.max(self.upload_limit());
+            }
             let entries = self.log.entries(mark + 1, limit).await.map_err(UploadError::Log)?;
             match entries.first() {
                 Some(f) if f.index == mark + 1 => {}
@@ -231,6 +285,7 @@ impl Uploader {
             };
             let encoded = segment::encode(&batch)?;
             let size = encoded.len() as u64;
+            self.pacer.take(tokio::time::Instant::now());
             put_segment(self.store.as_ref(), &name, encoded).await?;
             self.uploaded_bytes.fetch_add(size, Ordering::AcqRel);
             tracing::debug!(segment = %name.path(), entries = batch.len(), bytes, "uploaded segment");
@@ -324,6 +379,7 @@ mod tests {
             segment_max_bytes: 35,
             segment_max_delay: Duration::from_millis(10),
             eager: false,
+            max_puts_per_second: 10,
         };
         (
             Uploader::new(store, log.clone(), progress, committed, watch::channel(0).0, cfg),
@@ -369,5 +425,36 @@ mod tests {
         let err = up.upload_through(2, 9).await.unwrap_err();
         assert!(matches!(err, UploadError::Purged(2)), "{err:?}");
         assert!(err.to_string().contains("entries after 2 are no longer in the local log"), "{err}");
+    }
+
+    #[test]
+    fn the_pacer_lets_a_burst_through_then_holds_the_rate() {
+        let mut p = Pacer::new(10);
+        let start = tokio::time::Instant::now();
+        for _ in 0..10 {
+            assert_eq!(p.wait(start), Duration::ZERO, "a burst of the rate goes at once");
+            p.take(start);
+        }
+        let wait = p.wait(start);
+        assert!(wait > Duration::from_millis(99) && wait <= Duration::from_millis(100), "{wait:?}");
+        // Over a second of steady demand: ten more, no more.
+        let mut now = start;
+        let mut puts = 0;
+        while now < start + Duration::from_secs(1) {
+            now += p.wait(now);
+            if now >= start + Duration::from_secs(1) {
+                break;
+            }
+            p.take(now);
+            puts += 1;
+        }
+        assert_eq!(puts, 9, "the tenth token refills at the end of the second");
+        // After a quiet time the bucket is full again, never fuller.
+        let later = now + Duration::from_secs(60);
+        for _ in 0..10 {
+            assert_eq!(p.wait(later), Duration::ZERO);
+            p.take(later);
+        }
+        assert!(p.wait(later) > Duration::ZERO);
     }
 }

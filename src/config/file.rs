@@ -94,6 +94,10 @@ pub struct ArchiveSettings {
     /// (`netsy snapshot restore --at`), which also keeps earlier epochs that long after
     /// the next one opened. "0s" keeps only `snapshots_to_keep`.
     pub history: String,
+    /// The most segment uploads (PUTs) per second the leader makes, however high the
+    /// write load (bursts of this many after a quiet time go at once): more writes wait
+    /// and share the next upload. Object stores bill per PUT.
+    pub max_puts_per_second: u32,
     /// `quorum` durability: the most log bytes that may wait locally for object storage.
     /// Beyond it writes fail with etcd's "database space exceeded" until uploads resume.
     pub max_backlog_bytes: u64,
@@ -109,6 +113,7 @@ impl Default for ArchiveSettings {
             snapshot_max_age: "1h".into(),
             snapshots_to_keep: 3,
             history: "24h".into(),
+            max_puts_per_second: 10,
             max_backlog_bytes: 1 << 30,
         }
     }

@@ -63,6 +63,7 @@ fn errors_name_the_key() {
         ),
         (with_section("\"raft\": {\"snapshot_log_bytes\": 1}"), "raft.snapshot_log_bytes"),
         (with_section("\"archive\": {\"history\": \"a week\"}"), "archive.history"),
+        (with_section("\"archive\": {\"max_puts_per_second\": 0}"), "archive.max_puts_per_second"),
         (
             with_section("\"standby\": {\"source\": {\"provider\": \"file\", \"path\": \"/p\"}, \"source_cluster_id\": \"dev\"}"),
             "standby.source_cluster_id",

@@ -52,6 +52,7 @@ pub struct ArchivePolicy {
     pub snapshot_max_age: Duration,
     pub snapshots_to_keep: usize,
     pub history: Duration,
+    pub max_puts_per_second: u32,
     pub max_backlog_bytes: u64,
 }
 
@@ -72,6 +73,9 @@ impl ArchiveSettings {
         }
         if self.snapshots_to_keep == 0 {
             return Err(invalid("archive.snapshots_to_keep", "must be at least 1 (default 3)"));
+        }
+        if self.max_puts_per_second == 0 {
+            return Err(invalid("archive.max_puts_per_second", "must be at least 1 (default 10)"));
         }
         if self.max_backlog_bytes < 1 << 20 {
             return Err(invalid(
@@ -95,6 +99,7 @@ impl ArchiveSettings {
                     ),
                 )
             })?,
+            max_puts_per_second: self.max_puts_per_second,
             max_backlog_bytes: self.max_backlog_bytes,
         })
     }

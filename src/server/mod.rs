@@ -258,6 +258,7 @@ impl Node {
                 segment_max_bytes: config.archive.segment_max_bytes,
                 segment_max_delay: config.archive.segment_max_delay,
                 eager: config.durability == Durability::ObjectStorage,
+                max_puts_per_second: config.archive.max_puts_per_second,
             },
         );
         let snapshotter = Snapshotter {

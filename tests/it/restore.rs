@@ -40,7 +40,9 @@ pub async fn all_keys(n: &Netsy, prefix: &str) -> BTreeMap<String, (String, i64)
 /// restart: every acknowledged write is there with its revision, and revisions continue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wiped_node_keeps_every_acknowledged_write() {
-    let mut n = Netsy::start_with(r#""durability": "object-storage","#);
+    // Four writers one write at a time each: at the default 10 uploads a second they
+    // would get 40 writes a second; this wants thousands before the kill.
+    let mut n = Netsy::start_with(r#""durability": "object-storage", "archive": { "max_puts_per_second": 500 },"#);
     let mut writers = Vec::new();
     for w in 0..4 {
         let endpoint = n.endpoint();
