@@ -287,6 +287,14 @@ async fn tampered_objects_and_a_wrong_key_are_refused_by_name() {
     );
     assert!(!data.join("state.db").exists());
 
+    // Without encryption configured, the archive is named as encrypted.
+    n.set_storage(&format!(r#"{{ "provider": "file", "path": "{}" }}"#, objects_dir.display()));
+    n.write_config();
+    let (ok, out) = netsy_cli(&["snapshot", "list", "--config", &config]);
+    assert!(!ok && out.contains("cluster.json is encrypted (NETSYEN1)"), "{out}");
+    let (ok, out, _) = restore("unconfigured");
+    assert!(!ok && out.contains("is encrypted (NETSYEN1)"), "{out}");
+
     // The right key again: everything is intact.
     n.set_storage(&storage(&key));
     n.write_config();
