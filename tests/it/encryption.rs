@@ -78,6 +78,7 @@ async fn an_encrypted_archive_restores_rotates_and_clones_through_a_kms_plugin()
     }
     wait_archived(&n);
     let old_revision = c.get("old4", None).await.unwrap().header().unwrap().revision();
+    let t_old = crate::time_machine::a_moment_between();
     let (_, encrypts, _) = plugin.calls();
     assert!(encrypts >= 1, "a data key was wrapped by the plugin");
 
@@ -129,6 +130,22 @@ async fn an_encrypted_archive_restores_rotates_and_clones_through_a_kms_plugin()
         "1",
     ]);
     assert!(ok, "{out}");
+    assert!(out.contains(&format!("(revision {old_revision}")), "{out}");
+    let scratch = n.dir.path().join("at-time");
+    let (ok, out) = netsy_cli(&[
+        "snapshot",
+        "restore",
+        "--config",
+        &config,
+        "--data-dir",
+        &scratch.display().to_string(),
+        "--at",
+        &crate::time_machine::rfc3339(t_old),
+    ]);
+    assert!(
+        ok && out.contains("epoch 1") && out.contains(&format!("(revision {old_revision}")),
+        "{out}"
+    );
     let exported = n.dir.path().join("export.snap");
     let (ok, out) = netsy_cli(&[
         "snapshot",

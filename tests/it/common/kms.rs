@@ -52,7 +52,9 @@ impl KeyManagementService for Service {
             return Err(Status::invalid_argument("no uid"));
         }
         let key_id = lock(&self.0.current).clone();
-        let key = lock(&self.0.keys)[&key_id];
+        let Some(key) = lock(&self.0.keys).get(&key_id).copied() else {
+            return Err(Status::failed_precondition(format!("the current key {key_id:?} is gone")));
+        };
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let ct = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key))
