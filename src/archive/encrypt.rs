@@ -260,7 +260,8 @@ impl EncryptedStore {
         let extensions = std::mem::take(&mut r.extensions);
         let mut body = r.into_stream();
         // The first 12 bytes say how long the prefix is.
-        let mut buf: Vec<u8> = Vec::new();
+        // Taking a chunk off the front is O(1): an inner store may hand over the whole object at once.
+        let mut buf = bytes::BytesMut::new();
         loop {
             if buf.len() >= 12 && buf.len() >= Header::prefix_len(&buf).map_err(|e| format_err(location, e))? {
                 break;
@@ -276,11 +277,11 @@ impl EncryptedStore {
         let n = Header::prefix_len(&buf).map_err(|e| format_err(location, e))?;
         let (_, header, cipher) = self.open_prefix(location, &buf, &options, &meta).await?;
         let layout = Layout::new(n, header.chunk_size, meta.size).map_err(|e| format_err(location, e))?;
-        buf.drain(..n);
+        let _ = buf.split_to(n);
         let path = location.clone();
         struct St {
             body: BoxStream<'static, object_store::Result<Bytes>>,
-            buf: Vec<u8>,
+            buf: bytes::BytesMut,
             next: u64,
             cipher: ObjectCipher,
             layout: Layout,
@@ -317,7 +318,7 @@ impl EncryptedStore {
                 .cipher
                 .open(st.next, last, &st.buf[..len as usize])
                 .map_err(|e| format_err(&st.path, e))?;
-            st.buf.drain(..len as usize);
+            let _ = st.buf.split_to(len as usize);
             st.next += 1;
             Ok(Some((Bytes::from(plain), st)))
         });
