@@ -1,5 +1,5 @@
 //! Generates the etcd v3 gRPC types and services from `proto/etcd` (and netsy's peer
-//! service from `proto/netsy`) with protox (pure Rust),
+//! service from `proto/netsy`, and the Kubernetes KMS v2 plugin API from `proto/kms`) with protox (pure Rust),
 //! so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/auth.proto",
         "proto/netsy/raft.proto",
         "proto/netsy/peer.proto",
+        "proto/kms/v2.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

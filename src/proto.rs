@@ -28,5 +28,11 @@ pub mod netsy {
         }
     }
 }
+/// The Kubernetes KMS v2 plugin API (`proto/kms/v2.proto`, package `v2`).
+pub mod kms {
+    pub mod v2 {
+        tonic::include_proto!("v2");
+    }
+}
 pub use self::netsy::peer::v2 as peer;
 pub use self::netsy::raft::v1 as raftpb;

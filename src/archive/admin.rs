@@ -25,6 +25,8 @@ pub enum AdminError {
     Restore(#[from] RestoreError),
     #[error("object storage: {0}")]
     Store(#[from] object_store::Error),
+    #[error(transparent)]
+    Open(#[from] super::store::StoreError),
     #[error("object storage holds no cluster.json for cluster {0:?}: nothing was archived yet (or check `storage` and `cluster_id`)")]
     NoCluster(String),
     #[error("{0}")]
@@ -56,6 +58,9 @@ pub struct EpochListing {
     pub segment_bytes: u64,
     /// First and last entry held in segments.
     pub segment_range: Option<(u64, u64)>,
+    /// The key id that wrapped each snapshot's data key (`None`: not encrypted), in the
+    /// order of `snapshots`.
+    pub snapshot_key_ids: Vec<Option<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,14 +69,18 @@ pub struct Listing {
     pub epochs: Vec<EpochListing>,
 }
 
-/// Every epoch in the archive with its snapshots (headers) and segments.
-pub async fn list(store: &dyn ObjectStore, cluster_id: &str) -> Result<Listing, AdminError> {
+/// Every epoch in the archive with its snapshots (headers) and segments. `stored` is the
+/// same archive without the encryption layer (`store::build_stored`), read for the key
+/// ids in the objects' headers.
+pub async fn list(store: &dyn ObjectStore, stored: &dyn ObjectStore, cluster_id: &str) -> Result<Listing, AdminError> {
     let cluster = manifest::read_cluster(store, cluster_id).await?.map(|v| v.value);
     let mut epochs = Vec::new();
     for epoch in super::points::epochs(store).await? {
         let mut snapshots = Vec::new();
+        let mut snapshot_key_ids = Vec::new();
         for (name, _) in snapshot::list(store, epoch).await? {
             snapshots.push(snapshot::fetch_header(store, &name).await?);
+            snapshot_key_ids.push(super::encrypt::key_id_of(stored, &name.path()).await?);
         }
         let segs = segment::list(store, epoch).await?;
         epochs.push(EpochListing {
@@ -80,6 +89,7 @@ pub async fn list(store: &dyn ObjectStore, cluster_id: &str) -> Result<Listing, 
             segments: segs.len(),
             segment_bytes: segs.iter().map(|(_, s)| s).sum(),
             segment_range: segs.first().zip(segs.last()).map(|(a, b)| (a.0.first, b.0.last)),
+            snapshot_key_ids,
         });
     }
     Ok(Listing { cluster, epochs })
@@ -111,14 +121,18 @@ pub struct Inspection {
     pub object: String,
     pub bytes: u64,
     pub header: SnapshotHeader,
+    /// The key id that wrapped the snapshot's data key; absent when it is not encrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// With `verify`: the live keys in the downloaded, checksum-verified database.
     pub keys: Option<i64>,
 }
 
 /// Describes snapshot `index` of `epoch` (default: the newest); with `verify`, downloads
-/// it into `scratch` and checks it end to end.
+/// it into `scratch` and checks it end to end. `stored`: as for `list`.
 pub async fn inspect(
     store: &dyn ObjectStore,
+    stored: &dyn ObjectStore,
     epoch: u64,
     index: Option<u64>,
     verify: bool,
@@ -131,6 +145,7 @@ pub async fn inspect(
     }
     .ok_or_else(|| AdminError::Target(format!("epoch {epoch} has no such snapshot (try `netsy snapshot list`)")))?;
     let header = snapshot::fetch_header(store, &name).await?;
+    let key_id = super::encrypt::key_id_of(stored, &name.path()).await?;
     let keys = if verify {
         let db = scratch.join(format!("inspect-{}-{}.db", name.epoch, name.index));
         let _ = std::fs::remove_file(&db);
@@ -150,6 +165,7 @@ pub async fn inspect(
         object: name.path().to_string(),
         bytes: meta.size,
         header,
+        key_id,
         keys,
     })
 }

@@ -34,6 +34,8 @@ pub enum ManifestError {
     NewerFormat { path: String, found: u32 },
     #[error("{path} kept changing under {CAS_ATTEMPTS} conditional updates; giving up")]
     Contended { path: String },
+    #[error("{path} is encrypted (NETSYEN1): set storage.encryption to the key service it was written with")]
+    Encrypted { path: String },
 }
 
 fn store_err(path: &Path, source: object_store::Error) -> ManifestError {
@@ -151,6 +153,9 @@ pub fn parse<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, Manifes
         path: path.to_string(),
         source,
     };
+    if bytes.starts_with(super::sealed::MAGIC) {
+        return Err(ManifestError::Encrypted { path: path.to_string() });
+    }
     let format: Format = serde_json::from_slice(bytes).map_err(invalid)?;
     if format.format_version > FORMAT_VERSION {
         return Err(ManifestError::NewerFormat {

@@ -39,6 +39,8 @@ const ZSTD_LEVEL: i32 = 3;
 pub enum SegmentError {
     #[error("segment {name}: not a netsy segment (bad magic)")]
     BadMagic { name: String },
+    #[error("segment {name} is encrypted (NETSYEN1): set storage.encryption to the key service it was written with")]
+    Encrypted { name: String },
     #[error(
         "segment {name} is in format {found}, newer than this netsy reads (up to 3); run a netsy at least as new as the one that wrote it"
     )]
@@ -194,6 +196,9 @@ pub struct Decoded {
 pub fn decode(bytes: &[u8], name: &SegmentName) -> Result<Decoded, SegmentError> {
     let label = name.path().to_string();
     let truncated = || SegmentError::Truncated { name: label.clone() };
+    if bytes.starts_with(super::sealed::MAGIC) {
+        return Err(SegmentError::Encrypted { name: label });
+    }
     if bytes.len() < HEADER_LEN {
         return Err(if bytes.starts_with(MAGIC_PREFIX) || MAGIC_PREFIX.starts_with(bytes) {
             truncated()

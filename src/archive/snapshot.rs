@@ -199,6 +199,11 @@ pub fn read_header(r: &mut impl Read, path: &str) -> Result<SnapshotHeader, Snap
     };
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| corrupt("truncated before the header"))?;
+    if &magic == super::sealed::MAGIC {
+        return Err(corrupt(
+            "is encrypted (NETSYEN1): set storage.encryption to the key service it was written with",
+        ));
+    }
     if &magic != MAGIC {
         return Err(corrupt("not a netsy snapshot (bad magic)"));
     }

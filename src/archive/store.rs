@@ -7,6 +7,10 @@
 //! - `file`: a local directory, fsynced; `memory`: in-process, for tests.
 //! - `key_prefix` applies to every backend (`PrefixStore`).
 //! - `MeteredStore` counts requests, bytes, errors and latency per operation.
+//! - `EncryptedStore` (src/archive/encrypt.rs), when `encryption` is set, encrypts every
+//!   object on its way out and authenticates it on its way back, above the key prefix
+//!   (an object is bound to its path within the archive) and the metering (which counts
+//!   the requests and bytes really sent).
 //! - `ReadOnlyStore` refuses every write and delete: a clone or a standby reads another
 //!   cluster's archive through it, so nothing it does can change that archive.
 
@@ -46,10 +50,42 @@ pub enum StoreError {
     },
     #[error("object storage ({provider}): unknown provider {provider:?}")]
     UnknownProvider { provider: String },
+    #[error("archive encryption: {source}")]
+    Encryption {
+        #[source]
+        source: super::keys::KeyError,
+    },
 }
 
-/// Builds the configured object store, metered, under `key_prefix`.
+/// `build`, then, with encryption configured, one `Status` call to the key service: an
+/// unreachable or unhealthy KMS plugin fails here, naming its socket.
+pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let (store, encrypted) = build_parts(cfg)?;
+    if let Some(e) = encrypted {
+        let key_id = e.check().await.map_err(|source| StoreError::Encryption { source })?;
+        tracing::info!(%key_id, "archive encryption on");
+    }
+    Ok(store)
+}
+
+/// The store without its encryption layer: the objects as stored (to read their
+/// encryption headers).
+pub fn build_stored(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let mut plain = cfg.clone();
+    plain.encryption = None;
+    build(&plain)
+}
+
+/// Builds the configured object store, metered, under `key_prefix`, encrypted when
+/// `encryption` is set. Needs a Tokio runtime when a KMS plugin is configured (its
+/// connection is made on first use); `open` also checks the plugin.
 pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    Ok(build_parts(cfg)?.0)
+}
+
+type Built = (Arc<dyn ObjectStore>, Option<Arc<super::encrypt::EncryptedStore>>);
+
+fn build_parts(cfg: &StorageConfig) -> Result<Built, StoreError> {
     let err = |source: object_store::Error| StoreError::Build {
         provider: cfg.provider.clone(),
         source,
@@ -125,7 +161,15 @@ pub fn build(cfg: &StorageConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
     } else {
         Arc::new(PrefixStore::new(inner, cfg.key_prefix.as_str()))
     };
-    Ok(Arc::new(MeteredStore::new(prefixed)))
+    let metered: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(prefixed));
+    match &cfg.encryption {
+        None => Ok((metered, None)),
+        Some(e) => {
+            let keys = super::keys::from_config(e).map_err(|source| StoreError::Encryption { source })?;
+            let enc = Arc::new(super::encrypt::EncryptedStore::new(metered, keys.into()));
+            Ok((enc.clone(), Some(enc)))
+        }
+    }
 }
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -507,6 +551,7 @@ mod tests {
             storage_class: None,
             sse: None,
             sse_kms_key_id: None,
+            encryption: None,
         }
     }
 

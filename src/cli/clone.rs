@@ -11,19 +11,29 @@ pub fn run(from: &Path, at: &Selector, to: &Path) -> ExitCode {
     report((|| {
         let load = |p: &Path| netsy::config::Config::load_cluster(p).map_err(|e| format!("{}: {}", p.display(), netsy::error_chain(&e)));
         let (source, dest) = (load(from)?, load(to)?);
-        let build = |c: &netsy::config::ClusterFile| netsy::archive::build(&c.storage).map_err(|e| netsy::error_chain(&e));
-        let (source_store, dest_store) = (build(&source)?, build(&dest)?);
-        let r = runtime()?.block_on(netsy::archive::admin::clone_into(
-            source_store,
-            &source.cluster_id,
-            at.epoch(),
-            at.target(),
-            &dest_store,
-            &dest.cluster_id,
-            &std::env::temp_dir(),
-            &netsy::raft::state_machine::archive_replay(),
-        ));
-        let r = r.map_err(|e| format!("clone failed: {}", netsy::error_chain(&e)))?;
+        let r = runtime()?.block_on(async {
+            let open = |c: &netsy::config::ClusterFile, which: &'static str| {
+                let storage = c.storage.clone();
+                async move {
+                    netsy::archive::open(&storage)
+                        .await
+                        .map_err(|e| format!("the {which}'s storage: {}", netsy::error_chain(&e)))
+                }
+            };
+            let (source_store, dest_store) = (open(&source, "source").await?, open(&dest, "destination").await?);
+            netsy::archive::admin::clone_into(
+                source_store,
+                &source.cluster_id,
+                at.epoch(),
+                at.target(),
+                &dest_store,
+                &dest.cluster_id,
+                &std::env::temp_dir(),
+                &netsy::raft::state_machine::archive_replay(),
+            )
+            .await
+            .map_err(|e| format!("clone failed: {}", netsy::error_chain(&e)))
+        })?;
         Ok(format!(
             "cloned cluster {} {} into cluster {} (epoch {}); start its nodes with empty data directories (helm install with its config)",
             source.cluster_id,

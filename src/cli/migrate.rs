@@ -12,7 +12,7 @@ pub fn run(url: &str, config_path: &Path) -> ExitCode {
     report((|| {
         let config = Config::load_cluster(config_path).map_err(|e| netsy::error_chain(&e))?;
         let r = runtime()?.block_on(async {
-            let store = netsy::archive::build(&config.storage).map_err(|e| netsy::error_chain(&e))?;
+            let store = netsy::archive::open(&config.storage).await.map_err(|e| netsy::error_chain(&e))?;
             let channel = netsy::migrate::connect(url).await.map_err(|e| netsy::error_chain(&e))?;
             netsy::migrate::from_etcd(channel, &store, &config.cluster_id, &std::env::temp_dir())
                 .await

@@ -142,14 +142,15 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
     };
     let config_path = config_path.ok_or("give a snapshot FILE, or --config FILE (or NETSY_CONFIG) to work on the archive")?;
     let config = Config::load_cluster(&config_path).map_err(|e| netsy::error_chain(&e))?;
-    let store = netsy::archive::build(&config.storage).map_err(|e| netsy::error_chain(&e))?;
     let scratch = std::env::temp_dir();
     let cluster = config.cluster_id.clone();
     let result: Result<String, admin::AdminError> = runtime()?.block_on(async {
-        let store = store.as_ref();
+        let store = netsy::archive::open(&config.storage).await?;
+        let stored = netsy::archive::store::build_stored(&config.storage)?;
+        let (store, stored) = (store.as_ref(), stored.as_ref());
         match command {
             SnapshotCmd::List { json, .. } => {
-                let listing = admin::list(store, &cluster).await?;
+                let listing = admin::list(store, stored, &cluster).await?;
                 if json {
                     return Ok(serde_json::to_string_pretty(&listing).unwrap_or_default());
                 }
@@ -163,9 +164,13 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
                         "epoch {}: {} segments ({} bytes, entries {range})\n",
                         e.epoch, e.segments, e.segment_bytes
                     );
-                    for s in &e.snapshots {
+                    for (i, s) in e.snapshots.iter().enumerate() {
+                        let key = match e.snapshot_key_ids.get(i) {
+                            Some(Some(id)) => format!("  key {id}"),
+                            _ => String::new(),
+                        };
                         out += &format!(
-                            "  snapshot index {:>10}  revision {:>10}  compacted {:>10}  db {:>12} bytes  created {}\n",
+                            "  snapshot index {:>10}  revision {:>10}  compacted {:>10}  db {:>12} bytes  created {}{key}\n",
                             s.index, s.revision, s.compact_revision, s.db_bytes, s.created_unix
                         );
                     }
@@ -183,7 +188,7 @@ fn archive_command(command: SnapshotCmd) -> Result<String, String> {
             }
             SnapshotCmd::Inspect { point, verify } => {
                 let epoch = admin::current_epoch(store, &cluster, point.at.epoch).await?;
-                let inspection = admin::inspect(store, epoch, point.at.index, verify, &scratch).await?;
+                let inspection = admin::inspect(store, stored, epoch, point.at.index, verify, &scratch).await?;
                 Ok(serde_json::to_string_pretty(&inspection).unwrap_or_default())
             }
             SnapshotCmd::Restore { point, data_dir, .. } => {

@@ -40,6 +40,46 @@ pub struct StorageConfig {
     /// `s3` with `sse: "aws:kms"`: the KMS key id or ARN (else the AWS-managed key).
     #[serde(default)]
     pub sse_kms_key_id: Option<String>,
+    /// Client-side encryption of every archived object (docs/time-machine.md,
+    /// "Encrypted archives"). Unset: objects are stored as netsy encodes them.
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// Where the key that wraps the archive's data keys comes from: exactly one of `kms`
+/// and `key_file`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// A Kubernetes KMS v2 plugin.
+    #[serde(default)]
+    pub kms: Option<KmsConfig>,
+    /// A file holding a 32-byte key, raw or base64, for development.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// A Kubernetes KMS v2 plugin (`k8s.io/kms/apis/v2`) on a unix socket.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// `unix:///path/to/socket.sock` (or the path alone).
+    pub endpoint: String,
+    /// Deadline of each call to the plugin.
+    #[serde(default = "default_kms_timeout")]
+    pub timeout: String,
+    /// How often the plugin's current key id is asked for (`Status`); a new id wraps the
+    /// next data key. "0s" asks before every object written.
+    #[serde(default = "default_kms_status_interval")]
+    pub status_interval: String,
+}
+
+fn default_kms_timeout() -> String {
+    "3s".into()
+}
+
+fn default_kms_status_interval() -> String {
+    "60s".into()
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

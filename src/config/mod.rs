@@ -18,7 +18,8 @@ mod validate;
 
 pub use env::{TlsFiles, TlsPolicy, TLS_ENV};
 pub use file::{
-    ArchiveSettings, AutoCompaction, ClusterFile, Durability, Limits, NodeDefaults, RaftSettings, StorageConfig, TlsSettings, WatchSettings,
+    ArchiveSettings, AutoCompaction, ClusterFile, Durability, EncryptionConfig, KmsConfig, Limits, NodeDefaults, RaftSettings,
+    StorageConfig, TlsSettings, WatchSettings,
 };
 pub use mesh::{MeshConfig, MeshSettings};
 pub use validate::{is_identifier, parse_duration, ArchivePolicy, AutoCompactionPolicy, StandbyPolicy};

@@ -76,6 +76,45 @@ fn errors_name_the_key() {
             with_section("\"standby\": {\"source\": {\"provider\": \"file\", \"path\": \"/p\"}, \"source_cluster_id\": \"prod\", \"poll_interval\": \"1ms\"}"),
             "standby.poll_interval",
         ),
+        (
+            DEV.replace("\"path\": \"./objects\"", "\"path\": \"./objects\", \"encryption\": {}"),
+            "storage.encryption",
+        ),
+        (
+            DEV.replace(
+                "\"path\": \"./objects\"",
+                "\"path\": \"./objects\", \"encryption\": {\"key_file\": \"k\", \"kms\": {\"endpoint\": \"/s.sock\"}}",
+            ),
+            "storage.encryption",
+        ),
+        (
+            DEV.replace(
+                "\"path\": \"./objects\"",
+                "\"path\": \"./objects\", \"encryption\": {\"kms\": {\"endpoint\": \"tcp://kms:80\"}}",
+            ),
+            "storage.encryption.kms.endpoint",
+        ),
+        (
+            DEV.replace(
+                "\"path\": \"./objects\"",
+                "\"path\": \"./objects\", \"encryption\": {\"kms\": {\"endpoint\": \"unix:///s.sock\", \"timeout\": \"0s\"}}",
+            ),
+            "storage.encryption.kms.timeout",
+        ),
+        (
+            DEV.replace(
+                "\"path\": \"./objects\"",
+                "\"path\": \"./objects\", \"encryption\": {\"kms\": {\"endpoint\": \"unix:///s.sock\", \"status_interval\": \"often\"}}",
+            ),
+            "storage.encryption.kms.status_interval",
+        ),
+        (
+            DEV.replace(
+                "\"path\": \"./objects\"",
+                "\"path\": \"./objects\", \"encryption\": {\"kms\": {\"endpoint\": \"unix:///s.sock\", \"timout\": \"3s\"}}",
+            ),
+            "timout",
+        ),
         ("{ not json".to_string(), "not valid JSONC"),
     ];
     for (text, key) in cases {
@@ -136,6 +175,23 @@ fn overlong_durations_are_an_error_that_names_the_key() {
     let bad = DEV.replace("\"node\"", "\"discovery_timeout\": \"18446744073709551615h\", \"node\"");
     let err = load(&bad).expect_err("refused").to_string();
     assert!(err.contains("discovery_timeout") && err.contains("18446744073709551615h"), "{err}");
+}
+
+#[test]
+fn encryption_settings_parse_with_defaults() {
+    let text = DEV.replace(
+        "\"path\": \"./objects\"",
+        "\"path\": \"./objects\", \"encryption\": {\"kms\": {\"endpoint\": \"unix:///var/run/kmsplugin/socket.sock\"}}",
+    );
+    let c = load(&text).unwrap();
+    let kms = c.storage.encryption.and_then(|e| e.kms).expect("kms");
+    assert_eq!(kms.timeout, "3s");
+    assert_eq!(kms.status_interval, "60s");
+    let text = DEV.replace(
+        "\"path\": \"./objects\"",
+        "\"path\": \"./objects\", \"encryption\": {\"key_file\": \"/k\"}",
+    );
+    assert!(load(&text).unwrap().storage.encryption.and_then(|e| e.key_file).is_some());
 }
 
 #[test]

@@ -208,7 +208,51 @@ pub(super) fn validate_storage(s: &StorageConfig) -> Result<(), ConfigError> {
             "must not start with '/'; write e.g. \"clusters/prod\"",
         ));
     }
+    if let Some(e) = &s.encryption {
+        validate_encryption(e)?;
+    }
     Ok(())
+}
+
+fn validate_encryption(e: &super::EncryptionConfig) -> Result<(), ConfigError> {
+    match (&e.kms, &e.key_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "storage.encryption",
+            "names both `kms` and `key_file`; keep one: `kms` for a KMS v2 plugin, `key_file` for development",
+        )),
+        (None, None) => Err(invalid(
+            "storage.encryption",
+            "needs `kms` (e.g. { \"endpoint\": \"unix:///var/run/kmsplugin/socket.sock\" }) or `key_file`; remove `encryption` to store objects unencrypted",
+        )),
+        (None, Some(path)) => {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("storage.encryption.key_file", "is empty; set it to a file holding a 32-byte key (raw or base64)"));
+            }
+            Ok(())
+        }
+        (Some(k), None) => {
+            let socket = k.endpoint.strip_prefix("unix://").unwrap_or(&k.endpoint);
+            if !socket.starts_with('/') {
+                return Err(invalid(
+                    "storage.encryption.kms.endpoint",
+                    format!("{:?} must be a unix socket such as \"unix:///var/run/kmsplugin/socket.sock\"", k.endpoint),
+                ));
+            }
+            if parse_duration(&k.timeout).is_none_or(|d| d.is_zero()) {
+                return Err(invalid(
+                    "storage.encryption.kms.timeout",
+                    format!("{:?} must be a positive duration such as \"3s\"", k.timeout),
+                ));
+            }
+            if parse_duration(&k.status_interval).is_none() {
+                return Err(invalid(
+                    "storage.encryption.kms.status_interval",
+                    format!("{:?} must be a duration such as \"60s\" (\"0s\": before every object)", k.status_interval),
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 pub(super) fn validate_limits(l: &Limits) -> Result<(), ConfigError> {

@@ -151,7 +151,9 @@ impl Node {
     /// empty) and starts Raft; returns once this node can serve (has a leader).
     /// `tls`: this node's certificates, already loaded and checked (`Tls::from_config`).
     pub async fn start(config: Config, tls: Option<Arc<Tls>>) -> Result<Node, StartError> {
-        let objects = crate::archive::build(&config.storage).map_err(|e| StartError::Archive(Box::new(e)))?;
+        let objects = crate::archive::open(&config.storage)
+            .await
+            .map_err(|e| StartError::Archive(Box::new(e)))?;
         Self::start_with(config, objects, tls).await
     }
 

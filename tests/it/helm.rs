@@ -267,6 +267,7 @@ fn values_override_what_they_name() {
         "mesh": {"enabled": true, "genesis": "{\"g\":1}", "naPrivateKey": "key", "naKeyId": "na-prod",
                  "operatorPublicKeys": {"op": "AAAA"}, "operatorKeyTiers": {"op": "privileged"}},
         "metrics": {"serviceMonitor": {"enabled": true}},
+        "kms": {"enabled": true, "hostPath": "/run/kms", "mountPath": "/var/run/kmsplugin"},
     }));
     let sts = r.statefulset();
     assert_eq!(sts["spec"]["replicas"], 5);
@@ -323,6 +324,23 @@ fn values_override_what_they_name() {
     assert!(r.unvalidated.contains(&"monitoring.coreos.com/v1 ServiceMonitor".to_string()));
     assert_eq!(r.get("ServiceMonitor", "netsy")["spec"]["endpoints"][0]["path"], "/metrics");
 
+    // The KMS plugin's socket directory: a hostPath volume, mounted where the config's
+    // storage.encryption.kms.endpoint points; or the volume given.
+    assert_eq!(r.volume("kms-socket")["hostPath"]["path"], "/run/kms");
+    assert!(r.container()["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .any(|m| m["name"] == "kms-socket" && m["mountPath"] == "/var/run/kmsplugin"));
+    let shared = render(json!({"kms": {"enabled": true, "volume": {"emptyDir": {}}}}));
+    assert!(shared.volume("kms-socket")["emptyDir"].is_object());
+    assert!(shared.volume("kms-socket")["hostPath"].is_null());
+    assert!(render(json!({})).statefulset()["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .all(|v| v["name"] != "kms-socket"));
+
     // A config change rolls the pods (the checksum annotation follows the config).
     let a = render(json!({}));
     let b = render(json!({"config": "{ \"cluster_id\": \"netsy\", \"storage\": { \"provider\": \"gcs\", \"bucket_name\": \"b\" } }"}));
@@ -349,6 +367,7 @@ fn the_values_schema_rejects_bad_values() {
         (json!({"mesh": {"enabled": true}}), "mesh.genesis is required"),
         (json!({"monitoring": {"rules": {"enabled": "yes"}}}), "/monitoring/rules/enabled"),
         (json!({"monitoring": {"dashboards": {"lable": "x"}}}), "/monitoring/dashboards"),
+        (json!({"kms": {"enabled": true, "mountPath": "run/kms"}}), "/kms/mountPath"),
     ] {
         let err = render_error(values.clone());
         assert!(err.contains(expect), "{values}: {err}");

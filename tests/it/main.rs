@@ -14,6 +14,7 @@ mod cluster;
 mod compat;
 mod durability;
 mod edge;
+mod encryption;
 mod etcdctl_differential;
 mod helm;
 mod kube_calls;

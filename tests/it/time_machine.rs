@@ -16,13 +16,13 @@ fn wall_ms() -> u64 {
 
 /// A time after everything committed so far and before anything committed next: the
 /// wall clock once it has moved past the last acknowledged write's millisecond.
-fn a_moment_between() -> u64 {
+pub(crate) fn a_moment_between() -> u64 {
     let now = wall_ms();
     wait_until(Duration::from_secs(1), "the clock to move on", || wall_ms() > now + 1);
     now + 1
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .expect("a time")
         .format(&time::format_description::well_known::Rfc3339)

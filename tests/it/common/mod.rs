@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fsync_fault;
+pub mod kms;
 pub mod moto;
 pub mod net;
 pub mod s3proxy;

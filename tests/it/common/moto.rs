@@ -130,6 +130,7 @@ impl Moto {
             storage_class: None,
             sse: None,
             sse_kms_key_id: None,
+            encryption: None,
         })
         .unwrap()
     }
