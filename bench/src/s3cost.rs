@@ -126,7 +126,7 @@ pub async fn durability_cost(moto_bin: &Path, netsy_bin: &Path, dir: &Path, put_
     let moto_port = free_port()?;
     let moto = Moto(
         Command::new(moto_bin)
-            .args(["-p", &moto_port.to_string(), "127.0.0.1"])
+            .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
