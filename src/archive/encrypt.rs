@@ -349,17 +349,19 @@ impl EncryptedStore {
             store: STORE,
             source: Box::new(e),
         })?;
+        // The answer, with the plaintext's size and range.
+        let answer = |payload, meta: ObjectMeta, want| GetResult {
+            payload: GetResultPayload::Stream(payload),
+            meta: ObjectMeta {
+                size: layout.plaintext,
+                ..meta
+            },
+            range: want,
+            attributes,
+            extensions,
+        };
         if want.is_empty() {
-            return Ok(GetResult {
-                payload: GetResultPayload::Stream(futures::stream::empty().boxed()),
-                meta: ObjectMeta {
-                    size: layout.plaintext,
-                    ..meta
-                },
-                range: want,
-                attributes,
-                extensions,
-            });
+            return Ok(answer(futures::stream::empty().boxed(), meta, want));
         }
         let (a, b) = (want.start / layout.chunk, (want.end - 1) / layout.chunk);
         let stored = layout.chunk_range(a).start..layout.chunk_range(b).end;
@@ -378,16 +380,7 @@ impl EncryptedStore {
         let plain = sealed::open_chunks(&cipher, &layout, a, &bytes).map_err(|e| format_err(location, e))?;
         let base = a * layout.chunk;
         let out = Bytes::from(plain).slice((want.start - base) as usize..(want.end - base) as usize);
-        Ok(GetResult {
-            payload: GetResultPayload::Stream(futures::stream::once(async move { Ok(out) }).boxed()),
-            meta: ObjectMeta {
-                size: layout.plaintext,
-                ..meta
-            },
-            range: want,
-            attributes,
-            extensions,
-        })
+        Ok(answer(futures::stream::once(async move { Ok(out) }).boxed(), meta, want))
     }
 }
 

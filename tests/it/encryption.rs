@@ -117,18 +117,22 @@ async fn an_encrypted_archive_restores_rotates_and_clones_through_a_kms_plugin()
 
     // Before the rotation: objects under key-1 only (the base snapshot, old segments).
     let scratch = n.dir.path().join("at-old");
-    let (ok, out) = netsy_cli(&[
-        "snapshot",
-        "restore",
-        "--config",
-        &config,
-        "--data-dir",
-        &scratch.display().to_string(),
-        "--revision",
-        &old_revision.to_string(),
-        "--epoch",
-        "1",
-    ]);
+    // A restore of epoch 1 at `old_revision` into `dir`.
+    let restore_old = |dir: &std::path::Path| {
+        netsy_cli(&[
+            "snapshot",
+            "restore",
+            "--config",
+            &config,
+            "--data-dir",
+            &dir.display().to_string(),
+            "--revision",
+            &old_revision.to_string(),
+            "--epoch",
+            "1",
+        ])
+    };
+    let (ok, out) = restore_old(&scratch);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("(revision {old_revision}")), "{out}");
     let scratch = n.dir.path().join("at-time");
@@ -189,18 +193,7 @@ async fn an_encrypted_archive_restores_rotates_and_clones_through_a_kms_plugin()
     // The plugin no longer has key-1: what it wrapped is refused, naming the object.
     plugin.forget("key-1");
     let scratch = n.dir.path().join("at-old-again");
-    let (ok, out) = netsy_cli(&[
-        "snapshot",
-        "restore",
-        "--config",
-        &config,
-        "--data-dir",
-        &scratch.display().to_string(),
-        "--revision",
-        &old_revision.to_string(),
-        "--epoch",
-        "1",
-    ]);
+    let (ok, out) = restore_old(&scratch);
     assert!(!ok, "{out}");
     assert!(
         out.contains("epochs/1/") && out.contains("cannot unwrap its data key (key id \"key-1\")"),
