@@ -30,7 +30,7 @@ fn objects(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// No object holds `secret`, and every object is a `NETSYEN1` object.
-fn assert_sealed(dir: &Path, secret: &str) {
+pub fn assert_sealed(dir: &Path, secret: &str) {
     let all = objects(dir);
     assert!(all.iter().any(|p| p.extension().is_some_and(|e| e == "seg")), "{all:?}");
     assert!(all.iter().any(|p| p.extension().is_some_and(|e| e == "snap")), "{all:?}");
@@ -45,7 +45,7 @@ fn assert_sealed(dir: &Path, secret: &str) {
     }
 }
 
-fn unique(tag: &str) -> String {
+pub fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
