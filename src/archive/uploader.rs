@@ -50,10 +50,11 @@ pub struct UploaderConfig {
     pub max_puts_per_second: u32,
 }
 
-/// Paces segment uploads: a token bucket of `rate` tokens per second holding at most
-/// `rate` (so a burst after a quiet time goes at once), one token per PUT. Under a
-/// steady load uploads come at most `rate` a second, each carrying everything applied
-/// since the one before.
+/// Paces segment uploads: at most one PUT every `1 / rate` seconds (a token bucket
+/// holding one token), so no second of any load sees more than `rate` + 1 of them. After
+/// a quiet time the next PUT goes at once; under a steady load each carries everything
+/// committed since the one before. (A bucket of `rate` tokens would let twice the rate
+/// through in the second after a quiet time.)
 #[derive(Debug)]
 pub struct Pacer {
     rate: f64,
@@ -66,13 +67,13 @@ impl Pacer {
         let rate = f64::from(rate.max(1));
         Pacer {
             rate,
-            tokens: rate,
+            tokens: 1.0,
             at: tokio::time::Instant::now(),
         }
     }
 
     fn refill(&mut self, now: tokio::time::Instant) {
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(1.0);
         self.at = now;
     }
 
@@ -428,33 +429,29 @@ mod tests {
     }
 
     #[test]
-    fn the_pacer_lets_a_burst_through_then_holds_the_rate() {
+    fn the_pacer_holds_the_rate_in_every_second() {
         let mut p = Pacer::new(10);
         let start = tokio::time::Instant::now();
-        for _ in 0..10 {
-            assert_eq!(p.wait(start), Duration::ZERO, "a burst of the rate goes at once");
-            p.take(start);
-        }
+        assert_eq!(p.wait(start), Duration::ZERO, "the first PUT goes at once");
+        p.take(start);
         let wait = p.wait(start);
         assert!(wait > Duration::from_millis(99) && wait <= Duration::from_millis(100), "{wait:?}");
-        // Over a second of steady demand: ten more, no more.
+        // Under steady demand PUTs come 100 ms apart: at most 11 in any closed second.
         let mut now = start;
-        let mut puts = 0;
-        while now < start + Duration::from_secs(1) {
+        let mut times = vec![start];
+        while now < start + Duration::from_secs(5) {
             now += p.wait(now);
-            if now >= start + Duration::from_secs(1) {
-                break;
-            }
             p.take(now);
-            puts += 1;
+            times.push(now);
         }
-        assert_eq!(puts, 9, "the tenth token refills at the end of the second");
-        // After a quiet time the bucket is full again, never fuller.
+        for (i, t) in times.iter().enumerate() {
+            let within = times[i..].iter().take_while(|u| **u <= *t + Duration::from_secs(1)).count();
+            assert!(within <= 11, "{within} PUTs in the second from {t:?}");
+        }
+        // After a quiet time one PUT goes at once, not a burst.
         let later = now + Duration::from_secs(60);
-        for _ in 0..10 {
-            assert_eq!(p.wait(later), Duration::ZERO);
-            p.take(later);
-        }
-        assert!(p.wait(later) > Duration::ZERO);
+        assert_eq!(p.wait(later), Duration::ZERO);
+        p.take(later);
+        assert!(p.wait(later) > Duration::from_millis(99));
     }
 }

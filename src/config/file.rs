@@ -135,8 +135,8 @@ pub struct ArchiveSettings {
     /// the next one opened. "0s" keeps only `snapshots_to_keep`.
     pub history: String,
     /// The most segment uploads (PUTs) per second the leader makes, however high the
-    /// write load (bursts of this many after a quiet time go at once): more writes wait
-    /// and share the next upload. Object stores bill per PUT.
+    /// write load (one at most every 1/N seconds; after a quiet time the next goes at
+    /// once): more writes wait and share the next upload. Object stores bill per PUT.
     pub max_puts_per_second: u32,
     /// `quorum` durability: the most log bytes that may wait locally for object storage.
     /// Beyond it writes fail with etcd's "database space exceeded" until uploads resume.

@@ -39,7 +39,7 @@ use crate::mvcc::{CommitBatch, Reader, Store};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::gate::ArchiveGate;
 use crate::raft::peers::Peers;
-use crate::raft::proposer::{Proposer, ReadBarrier};
+use crate::raft::proposer::{Pace, Proposer, ReadBarrier};
 use crate::raft::wal::LogStore;
 use crate::raft::{NetsyRaft, NodeId, PeerNode};
 
@@ -135,7 +135,7 @@ impl Replica {
         let quota = quota::Quota::load(&parts.reader)?;
         let replica = Replica {
             ids,
-            proposer: Proposer::start(parts.raft.clone(), parts.log.commit_clock()),
+            proposer: Proposer::start(parts.raft.clone(), parts.log.commit_clock(), pace(settings.durability, &parts.gate)),
             reads: ReadBarrier::start(parts.raft.clone()),
             raft: parts.raft,
             store: parts.store,
@@ -327,5 +327,13 @@ impl Replica {
                 "stopping before object storage has every entry; the rest stays in the local Raft log"
             );
         }
+    }
+}
+
+/// When the next batch of writes goes to openraft (`raft::proposer::Pace`).
+fn pace(durability: Durability, gate: &ArchiveGate) -> Pace {
+    match durability {
+        Durability::ObjectStorage => Pace::Committed(gate.committed()),
+        _ => Pace::Applied,
     }
 }

@@ -8,8 +8,10 @@
 //! writes. So the state machine waits, before applying committed entries, until they are
 //! in object storage:
 //!
-//! - it first announces how far the log is committed (`committed`), which is as far as
-//!   the leader's uploader may upload (committed entries are never rewritten);
+//! - how far the log is committed (`committed`) is as far as the leader's uploader may
+//!   upload (committed entries are never rewritten); the log store announces it when
+//!   openraft commits, and the state machine again before applying (so a state machine
+//!   held by one upload does not keep the next batch out of the next upload);
 //! - the index known to be in object storage (`uploaded`) is the uploader's watermark on
 //!   the leader, and on a follower what the leader says with each AppendEntries.
 //!
@@ -50,6 +52,12 @@ impl ArchiveGate {
     /// How far the log is committed, as the state machine was told.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+
+    /// Where openraft's commit index is announced as soon as it is known (the log
+    /// store's `save_committed`), ahead of the state machine's own announcement.
+    pub fn committed_sender(&self) -> watch::Sender<u64> {
+        self.committed.clone()
     }
 
     /// The highest index known to be in object storage.

@@ -117,10 +117,13 @@ pub async fn start(
     cluster_id: &str,
     tuning: &RaftSettings,
     peers: Arc<peers::Peers>,
-    log: wal::LogStore,
+    mut log: wal::LogStore,
     sm: state_machine::StateMachine,
     gate: &gate::ArchiveGate,
 ) -> Result<NetsyRaft, Box<dyn std::error::Error + Send + Sync>> {
+    // The uploader learns each commit from the log store, not from the state machine,
+    // which in `object-storage` durability is held until the upload it waits for.
+    log.report_commits_to(gate.committed_sender());
     let config = Arc::new(raft_config(cluster_id, tuning).validate()?);
     let network = network::Network {
         peers,

@@ -273,6 +273,10 @@ pub struct LogStore {
     /// Sees the commit time of every entry appended (and, at open, of the last one the
     /// log holds), so that this node's stamps, if it leads, never go below them.
     clock: Arc<CommitClock>,
+    /// Told every commit index openraft reaches (`save_committed`, before it hands the
+    /// entries to the state machine): the archive uploader may ship committed entries
+    /// without waiting for the state machine to take them.
+    commits: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 impl LogStore {
@@ -305,6 +309,7 @@ impl LogStore {
                 thread: Some(thread),
             }),
             clock: Arc::new(CommitClock::new()),
+            commits: None,
         };
         // Entries carry non-decreasing times: the last one has the newest.
         let last = log.shared.lock()?.last;
@@ -318,6 +323,13 @@ impl LogStore {
             log.clock.observe(times.into_iter().max().unwrap_or(0));
         }
         Ok(log)
+    }
+
+    /// Raises `commits` to every commit index openraft reaches from now on (it never
+    /// goes back). Not persisted: after a restart the state machine's applied index is
+    /// the starting point, as before.
+    pub fn report_commits_to(&mut self, commits: tokio::sync::watch::Sender<u64>) {
+        self.commits = Some(commits);
     }
 
     /// The commit clock this log feeds (the proposer stamps batches from it).
@@ -530,6 +542,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         Ok(self.shared.lock().map_err(|e| read_err(&e))?.vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let (Some(commits), Some(c)) = (&self.commits, committed) {
+            commits.send_if_modified(|w| {
+                let higher = c.index > *w;
+                if higher {
+                    *w = c.index;
+                }
+                higher
+            });
+        }
+        Ok(())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
