@@ -241,6 +241,20 @@ async fn node_on_gcs_archives_collects_and_restores() {
         assert!(std::time::Instant::now() < deadline, "not collected: {snaps:?} {segs:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert!(!snapshots.is_empty());
+    for &index in &snapshots {
+        let name = snapshot::SnapshotName { epoch: 1, index };
+        let header = snapshot::fetch_header(store.as_ref(), &name).await.expect("a readable snapshot");
+        assert_eq!(header.index, index);
+    }
+    // The segments left are valid and contiguous.
+    let mut next = segments[0].0.first;
+    for (name, _) in &segments {
+        assert_eq!(name.first, next, "contiguous: {segments:?}");
+        let bytes = store.get(&name.path()).await.unwrap().bytes().await.unwrap();
+        segment::decode(&bytes, name).expect("a valid segment");
+        next = name.last + 1;
+    }
     let uploaded = n.metric("netsy_archive_snapshots_total") as usize;
     assert!(uploaded > snapshots.len(), "{uploaded} snapshots uploaded, {snapshots:?} kept");
     assert!(n.log().contains("archive garbage collected"), "{}", n.log());
