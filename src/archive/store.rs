@@ -126,9 +126,12 @@ fn build_parts(cfg: &StorageConfig) -> Result<Built, StoreError> {
                 .with_retry(retry);
             if let Some(endpoint) = &cfg.endpoint {
                 // The XML API's base URL: requests go to `{endpoint}/{bucket}/{object}`.
-                b = b
-                    .with_base_url(endpoint.trim_end_matches('/'))
-                    .with_client_options(object_store::ClientOptions::new().with_allow_http(endpoint.starts_with("http://")));
+                b = b.with_base_url(endpoint.trim_end_matches('/'));
+                if endpoint.starts_with("http://") {
+                    // Only this: client options from the GOOGLE_* environment stay.
+                    let allow_http = object_store::gcp::GoogleConfigKey::Client(object_store::ClientConfigKey::AllowHttp);
+                    b = b.with_config(allow_http, "true");
+                }
             }
             Arc::new(b.build().map_err(err)?)
         }
