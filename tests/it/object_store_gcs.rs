@@ -14,9 +14,9 @@ use crate::restore::all_keys;
 
 /// The emulator, a metadata server serving `token`, the proxy in front of the emulator
 /// that requires that token, and this process's environment pointed at that metadata
-/// server (for stores built here). `None` when the emulator is not installed.
-fn setup(bucket: &str, token: &str) -> Option<(FakeGcs, MetadataServer, GcsProxy, tempfile::TempDir)> {
-    let fake = FakeGcs::start(&emulator_bin()?);
+/// server (for stores built here).
+fn setup(bucket: &str, token: &str) -> (FakeGcs, MetadataServer, GcsProxy, tempfile::TempDir) {
+    let fake = FakeGcs::start(&emulator_bin());
     fake.create_bucket(bucket);
     let metadata = MetadataServer::start(token);
     let proxy = GcsProxy::start(fake.port, token);
@@ -24,7 +24,7 @@ fn setup(bucket: &str, token: &str) -> Option<(FakeGcs, MetadataServer, GcsProxy
     for (k, v) in metadata.env(home.path()) {
         std::env::set_var(k, v);
     }
-    Some((fake, metadata, proxy, home))
+    (fake, metadata, proxy, home)
 }
 
 /// Every request reached the emulator with the metadata server's token; nothing was
@@ -43,9 +43,7 @@ fn assert_all_authorized(proxy: &GcsProxy, metadata: &MetadataServer) {
 
 #[tokio::test]
 async fn gcs_conditional_puts_fence_writers() {
-    let Some((_fake, metadata, proxy, _home)) = setup("netsy-test", "ya29.conditional") else {
-        return;
-    };
+    let (_fake, metadata, proxy, _home) = setup("netsy-test", "ya29.conditional");
     let store = proxy.store("netsy-test", "clusters/prod");
 
     let seg = Path::from("epochs/1/wal/00000000000000000001-00000000000000000010.seg");
@@ -103,9 +101,7 @@ async fn gcs_conditional_puts_fence_writers() {
 #[tokio::test]
 async fn gcs_stale_writers_lose_the_epoch_race() {
     use netsy::archive::manifest::{self, ClusterManifest};
-    let Some((_fake, metadata, proxy, _home)) = setup("netsy-race", "ya29.race") else {
-        return;
-    };
+    let (_fake, metadata, proxy, _home) = setup("netsy-race", "ya29.race");
     let store = proxy.store("netsy-race", "");
 
     let a = manifest::register_member(store.as_ref(), "race", "netsy-0", None).await.unwrap();
@@ -168,9 +164,7 @@ async fn gcs_stale_writers_lose_the_epoch_race() {
 /// silent anonymous request.
 #[tokio::test]
 async fn gcs_uses_the_metadata_server_token() {
-    let Some((_fake, metadata, proxy, home)) = setup("netsy-wi", "ya29.workload-identity") else {
-        return;
-    };
+    let (_fake, metadata, proxy, home) = setup("netsy-wi", "ya29.workload-identity");
     let p = Path::from("probe");
     proxy.store("netsy-wi", "").put(&p, "x".into()).await.unwrap();
     assert_all_authorized(&proxy, &metadata);
@@ -196,9 +190,7 @@ async fn gcs_uses_the_metadata_server_token() {
 #[tokio::test]
 async fn node_on_gcs_archives_collects_and_restores() {
     use netsy::archive::{segment, snapshot};
-    let Some((fake, metadata, proxy, home)) = setup("netsy-node", "ya29.node") else {
-        return;
-    };
+    let (fake, metadata, proxy, home) = setup("netsy-node", "ya29.node");
     let mut n = common::Netsy::new(
         r#""durability": "object-storage", "archive": { "snapshot_entries": 40, "snapshots_to_keep": 2, "history": "0s" },"#,
         &metadata.env(home.path()),

@@ -26,24 +26,18 @@ use std::time::Duration;
 
 use netsy::config::StorageConfig;
 
-/// fake-gcs-server's path from `NETSY_FAKE_GCS_SERVER` (set by `make test`), or `None`
-/// with a note on stderr: the GCS tests then skip.
-pub fn emulator_bin() -> Option<std::path::PathBuf> {
-    match std::env::var_os("NETSY_FAKE_GCS_SERVER") {
-        Some(p) => {
-            let p = std::path::PathBuf::from(p);
-            assert!(
-                p.exists(),
-                "NETSY_FAKE_GCS_SERVER={} does not exist; `make fake-gcs-server` unpacks it",
-                p.display()
-            );
-            Some(p)
-        }
-        None => {
-            eprintln!("skipped: NETSY_FAKE_GCS_SERVER is unset; `make test` installs fake-gcs-server and sets it");
-            None
-        }
-    }
+/// fake-gcs-server's path: `NETSY_FAKE_GCS_SERVER` (set by `make test`), else where
+/// `make fake-gcs-server` unpacks it. A missing binary fails the test, naming the fix.
+pub fn emulator_bin() -> std::path::PathBuf {
+    let p = std::env::var_os("NETSY_FAKE_GCS_SERVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/tools/fake-gcs-server")));
+    assert!(
+        p.exists(),
+        "fake-gcs-server not found at {}; run the tests with `make test` (its fake-gcs-server target unpacks it)",
+        p.display()
+    );
+    p
 }
 
 /// fake-gcs-server (in-memory, plain HTTP) on a free port, stopped by PID.
