@@ -192,7 +192,7 @@ async fn node_on_gcs_archives_collects_and_restores() {
     use netsy::archive::{segment, snapshot};
     let (fake, metadata, proxy, home) = setup("netsy-node", "ya29.node");
     let mut n = common::Netsy::new(
-        r#""durability": "object-storage", "archive": { "snapshot_entries": 40, "snapshots_to_keep": 2, "history": "0s" },"#,
+        r#""durability": "object-storage", "archive": { "snapshot_entries": 40, "snapshots_to_keep": 2, "history": "0s", "max_puts_per_second": 500 },"#,
         &metadata.env(home.path()),
     );
     n.set_storage(&proxy.storage_json("netsy-node", "clusters/a", r#", "storage_class": "NEARLINE""#));
