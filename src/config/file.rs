@@ -23,7 +23,9 @@ pub struct StorageConfig {
     /// `s3`: the bucket's region (else `AWS_REGION` / `AWS_DEFAULT_REGION`).
     #[serde(default)]
     pub region: Option<String>,
-    /// `s3`: a custom endpoint (S3-compatible stores); `http://` endpoints are allowed.
+    /// `s3`: a custom endpoint (S3-compatible stores). `gcs`: the base URL of the XML API
+    /// (default `https://storage.googleapis.com`; an emulator or a private endpoint).
+    /// `http://` endpoints are allowed.
     #[serde(default)]
     pub endpoint: Option<String>,
     /// `s3`: path-style requests (`endpoint/bucket/key`), as most S3-compatible stores need.

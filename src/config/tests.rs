@@ -48,7 +48,14 @@ fn errors_name_the_key() {
             "auto_compaction.retention",
         ),
         (
-            DEV.replace("\"path\": \"./objects\"", "\"path\": \"./objects\", \"endpoint\": \"minio:9000\""),
+            DEV.replace("\"path\": \"./objects\"", "\"path\": \"./objects\", \"endpoint\": \"http://minio:9000\""),
+            "storage.endpoint",
+        ),
+        (
+            DEV.replace(
+                "\"provider\": \"file\", \"path\": \"./objects\"",
+                "\"provider\": \"gcs\", \"bucket_name\": \"b\", \"endpoint\": \"storage.googleapis.com\"",
+            ),
             "storage.endpoint",
         ),
         (

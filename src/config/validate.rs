@@ -176,6 +176,15 @@ pub(super) fn validate_storage(s: &StorageConfig) -> Result<(), ConfigError> {
         }
     }
     if let Some(ep) = &s.endpoint {
+        if !matches!(s.provider.as_str(), "s3" | "gcs") {
+            return Err(invalid(
+                "storage.endpoint",
+                format!(
+                    "applies to providers \"s3\" and \"gcs\" only; remove it for provider {:?}",
+                    s.provider
+                ),
+            ));
+        }
         if !(ep.starts_with("http://") || ep.starts_with("https://")) {
             return Err(invalid(
                 "storage.endpoint",

@@ -682,3 +682,34 @@ fn three_processes_run_with_the_rendered_pod_spec() {
         assert!(ok && out.trim() == "v", "netsy-{i}: {out} {err}");
     }
 }
+
+/// GKE Workload Identity as docs/deployment.md sets it up: the Google service account's
+/// annotation lands on the ServiceAccount the pods run as (the metadata server hands
+/// that account's tokens to those pods), and a `gcs` storage config is mounted as
+/// written and valid. The token exchange itself is tested in object_store_gcs.rs.
+#[test]
+fn workload_identity_annotates_the_pods_service_account() {
+    let gsa = "netsy@my-project.iam.gserviceaccount.com";
+    let config =
+        r#"{ "cluster_id": "{{ .Values.clusterID }}", "storage": { "provider": "gcs", "bucket_name": "netsy-{{ .Values.clusterID }}" } }"#;
+    let r = render(json!({
+        "clusterID": "prod",
+        "config": config,
+        "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": gsa}},
+    }));
+    let sa = r.get("ServiceAccount", "netsy");
+    assert_eq!(sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"], gsa);
+    assert_eq!(r.statefulset()["spec"]["template"]["spec"]["serviceAccountName"], "netsy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.jsonc");
+    std::fs::write(&path, r.get("ConfigMap", "netsy")["data"]["config.jsonc"].as_str().expect("config")).expect("config");
+    let file = netsy::config::Config::load_cluster(&path).expect("a valid cluster file");
+    assert_eq!(
+        (
+            file.storage.provider.as_str(),
+            file.storage.bucket_name.as_str(),
+            file.storage.endpoint
+        ),
+        ("gcs", "netsy-prod", None)
+    );
+}

@@ -25,6 +25,7 @@ mod linearizability;
 mod mesh;
 mod migrate;
 mod monitoring;
+mod object_store_gcs;
 mod object_store_s3;
 mod raft_storage_suite;
 mod range_stream;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fsync_fault;
+pub mod gcs;
 pub mod kms;
 pub mod moto;
 pub mod net;
