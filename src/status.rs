@@ -36,6 +36,12 @@ pub enum StatusError {
         #[source]
         source: Box<StatusError>,
     },
+    /// This side refused the member's server certificate.
+    #[error("the member's server certificate does not verify against --cacert: not issued by that CA, expired, or not valid for the endpoint's host")]
+    ServerCert {
+        #[source]
+        source: Box<StatusError>,
+    },
     #[error("cannot connect to {addr} within {after:?} (--dial-timeout)")]
     DialTimeout { addr: String, after: Duration },
     #[error("{call}: no answer within {after:?} (--command-timeout)")]
@@ -102,6 +108,21 @@ fn tls_alert(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether this side refused the server's certificate behind `e`.
+fn bad_server_cert(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        if err.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Whether the connection itself failed behind `e` (not an answer of the member's).
 fn transport_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
@@ -124,9 +145,11 @@ struct Attempt {
     connected: bool,
 }
 
-/// `e` as `Refused` when the member ended a TLS connection: with an alert, or, once
-/// connected and when this client presented no certificate, by closing it.
-fn refused_or(at: Attempt, e: StatusError) -> StatusError {
+/// `e`, explained when TLS is why it failed: `ServerCert` when this side refused the
+/// member's certificate; `Refused` when the member ended the connection with an alert
+/// or, once connected, closed it (as it does when it refuses the client's certificate,
+/// or the lack of one).
+fn explain(at: Attempt, e: StatusError) -> StatusError {
     let Attempt {
         tls,
         client_cert,
@@ -135,10 +158,13 @@ fn refused_or(at: Attempt, e: StatusError) -> StatusError {
     if !tls
         || matches!(
             e,
-            StatusError::Refused { .. } | StatusError::DialTimeout { .. } | StatusError::Tls(_)
+            StatusError::Refused { .. } | StatusError::ServerCert { .. } | StatusError::DialTimeout { .. } | StatusError::Tls(_)
         )
     {
         return e;
+    }
+    if !connected && bad_server_cert(&e) {
+        return StatusError::ServerCert { source: Box::new(e) };
     }
     let closed_by_member = tls_alert(&e) || (connected && transport_failure(&e));
     if !closed_by_member {
@@ -451,7 +477,7 @@ async fn probe(endpoint: &str, tls: Option<Arc<rustls::ClientConfig>>, opts: &Op
         Err(e) => {
             return Probe {
                 channel: None,
-                status: Err(refused_or(attempt, e)),
+                status: Err(explain(attempt, e)),
                 metrics: None,
                 cert_not_after: not_after(&presented),
             }
@@ -465,7 +491,7 @@ async fn probe(endpoint: &str, tls: Option<Arc<rustls::ClientConfig>>, opts: &Op
     )
     .await
     .map(tonic::Response::into_inner)
-    .map_err(|e| refused_or(attempt, e));
+    .map_err(|e| explain(attempt, e));
     let metrics = match &status {
         Ok(_) => Some(
             match tokio::time::timeout(opts.command_timeout, fetch_metrics(channel.clone())).await {
