@@ -464,7 +464,9 @@ async fn probe(endpoint: &str, tls: Option<Arc<rustls::ClientConfig>>, opts: &Op
         client_cert: opts.files.cert.is_some(),
         connected: false,
     };
-    let dial = connect::client_channel(endpoint, tls, opts.dial_timeout, &presented);
+    // The channel's own connect timeout is longer, so that the one below, which names
+    // the flag, is the one that ends a dial.
+    let dial = connect::client_channel(endpoint, tls, opts.dial_timeout * 2, &presented);
     let dialed = match tokio::time::timeout(opts.dial_timeout, dial).await {
         Ok(r) => r.map_err(StatusError::from),
         Err(_) => Err(StatusError::DialTimeout {
