@@ -723,13 +723,10 @@ pub fn table(report: &Report, now: i64) -> String {
                 s.map_or_else(dash, |s| s.raft_index.to_string()),
                 s.map_or_else(dash, |s| s.raft_applied_index.to_string()),
                 s.map_or_else(dash, |s| format!("{} ({} in use)", bytes(s.db_size), bytes(s.db_size_in_use))),
-                s.map_or_else(dash, |s| {
-                    let used = if s.db_size_quota > 0 {
-                        format!(" ({:.0}%)", s.db_size as f64 * 100.0 / s.db_size_quota as f64)
-                    } else {
-                        String::new()
-                    };
-                    format!("{}{used}", bytes(s.db_size_quota))
+                // etcd 3.5 does not report its quota (0): shown as unknown.
+                s.filter(|s| s.db_size_quota > 0).map_or_else(dash, |s| {
+                    let used = s.db_size as f64 * 100.0 / s.db_size_quota as f64;
+                    format!("{} ({used:.0}%)", bytes(s.db_size_quota))
                 }),
                 a.and_then(|a| a.epoch).map_or_else(dash, |v| v.to_string()),
                 a.and_then(|a| {

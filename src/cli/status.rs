@@ -41,7 +41,7 @@ pub struct StatusArgs {
     #[arg(long, env = "ETCDCTL_COMMAND_TIMEOUT", default_value = "5s", value_parser = duration)]
     command_timeout: Duration,
     /// Output: a table, or JSON for scripts.
-    #[arg(short = 'w', long = "write-out", env = "ETCDCTL_WRITE_OUT", value_enum, default_value = "table")]
+    #[arg(short = 'w', long = "write-out", value_enum, default_value = "table")]
     write_out: WriteOut,
 }
 

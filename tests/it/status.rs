@@ -321,3 +321,19 @@ fn a_client_certificate_the_member_refuses_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn plaintext_endpoints_are_asked_without_tls_and_show_no_certificate() {
+    let n = common::Netsy::start();
+    let bare = format!("127.0.0.1:{}", n.client_port);
+    for endpoint in [n.endpoint(), bare] {
+        let (ok, report, err) = status_json(std::slice::from_ref(&endpoint), &[]);
+        assert!(ok, "{report:#}\n{err}");
+        let row = &report["endpoints"][0];
+        assert_eq!(row["role"], "leader", "{report:#}");
+        assert!(row["cert_not_after"].is_null(), "{row:#}");
+        assert!(row["metrics_error"].is_null(), "{row:#}");
+        assert!(row["archive"]["epoch"].as_u64().is_some_and(|e| e >= 1), "{row:#}");
+        assert_eq!(report["members"][0]["name"], "netsy-0", "{report:#}");
+    }
+}
