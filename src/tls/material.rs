@@ -1,5 +1,6 @@
 //! This node's TLS files: reading them, and the startup self-check that turns a wrong
-//! certificate into a clear message instead of refused handshakes later.
+//! certificate into a clear message instead of refused handshakes later. Also the files
+//! an operator's command presents to the members (`ClientFiles`).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
