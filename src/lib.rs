@@ -21,6 +21,7 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod status;
 pub mod tls;
 pub mod watch;
 

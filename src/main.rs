@@ -83,6 +83,12 @@ enum Cmd {
         #[command(subcommand)]
         command: StandbyCmd,
     },
+    /// The cluster at a glance, per member: role, leader, term, Raft index and applied
+    /// index, database size against the quota, the archive's epoch and upload lag, the
+    /// newest archived snapshot's age, the server certificate's expiry; and the alarms.
+    /// Flags as etcdctl's; exits non-zero when a member does not answer (its row shows
+    /// why, the others are still shown).
+    Status(cli::status::StatusArgs),
     /// Certificates for local clusters and tests.
     Certs {
         #[command(subcommand)]
@@ -113,6 +119,7 @@ fn main() -> ExitCode {
         Some(Cmd::Standby {
             command: StandbyCmd::Promote { config },
         }) => cli::standby::promote(&config),
+        Some(Cmd::Status(args)) => cli::status::run(args),
         Some(Cmd::Certs { command }) => cli::certs::run(command),
         Some(Cmd::Mesh { command }) => cli::report(cli::mesh::run(command)),
         None => {

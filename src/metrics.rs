@@ -137,6 +137,12 @@ pub static ARCHIVED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
         "The last Raft log index uploaded to object storage by this node.",
     )
 });
+pub static ARCHIVE_EPOCH: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_archive_epoch",
+        "The archive epoch this member serves (a rebuild from object storage starts the next one); 0 until it is known.",
+    )
+});
 pub static ARCHIVE_SNAPSHOT_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "netsy_archive_snapshot_index",
@@ -348,6 +354,7 @@ pub fn render() -> String {
     );
     let _ = (
         &*ARCHIVED_INDEX,
+        &*ARCHIVE_EPOCH,
         &*ARCHIVE_SNAPSHOT_INDEX,
         &*ARCHIVE_SNAPSHOTS,
         &*ARCHIVE_BACKLOG_BYTES,

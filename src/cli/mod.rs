@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod serve;
 pub mod snapshot;
 pub mod standby;
+pub mod status;
 pub mod validate;
 
 use std::process::ExitCode;

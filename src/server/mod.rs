@@ -216,6 +216,7 @@ impl Node {
             epoch: startup.epoch,
         };
         datadir::save_identity(&dir, &identity)?;
+        crate::metrics::ARCHIVE_EPOCH.set(identity.epoch as i64);
         if let Some((report, restored)) = &startup.restored {
             std::fs::rename(restored, &state_path)
                 .and_then(|_| crate::fsutil::sync_parent(&state_path))

@@ -1,21 +1,23 @@
-//! Outbound peer connections: a tonic channel whose connections present this node's
-//! peer certificate and accept only the server certificate of the node meant.
+//! Outbound connections. To peers: a tonic channel whose connections present this
+//! node's peer certificate and accept only the server certificate of the node meant. To
+//! a member's client port, for operator commands (`netsy status`): plaintext or TLS as
+//! etcdctl dials, keeping the certificate the member presented.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("invalid peer address {addr:?}: {msg}")]
+    #[error("invalid address {addr:?}: {msg}")]
     Address { addr: String, msg: String },
-    #[error("invalid peer address {addr:?}: {source}")]
+    #[error("invalid address {addr:?}: {source}")]
     Invalid { addr: String, source: tonic::transport::Error },
     #[error("cannot connect to {addr}: {source}")]
     Transport { addr: String, source: tonic::transport::Error },
@@ -59,7 +61,7 @@ impl Dialer {
         let connected = match &self.tls {
             Some(tls) => {
                 endpoint
-                    .connect_with_connector(connector(self.source, peer_config(tls.clone(), expected)))
+                    .connect_with_connector(connector(self.source, peer_config(tls.clone(), expected), None))
                     .await
             }
             None => endpoint.connect().await,
@@ -74,7 +76,7 @@ impl Dialer {
     pub fn lazy(&self, addr: &str, expected: &str, timeout: Duration) -> Result<Channel, ConnectError> {
         let endpoint = self.endpoint(addr, timeout)?;
         Ok(match &self.tls {
-            Some(tls) => endpoint.connect_with_connector_lazy(connector(self.source, peer_config(tls.clone(), expected))),
+            Some(tls) => endpoint.connect_with_connector_lazy(connector(self.source, peer_config(tls.clone(), expected), None)),
             None => endpoint.connect_lazy(),
         })
     }
@@ -82,6 +84,70 @@ impl Dialer {
     fn endpoint(&self, addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
         Ok(endpoint(addr, timeout)?.local_address(self.source))
     }
+}
+
+/// The leaf certificate the server of a client connection presented (of its newest
+/// connection), once the handshake is done.
+#[derive(Clone, Default)]
+pub struct PresentedCert(Arc<Mutex<Option<CertificateDer<'static>>>>);
+
+impl PresentedCert {
+    pub fn get(&self) -> Option<CertificateDer<'static>> {
+        match self.0.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, cert: CertificateDer<'static>) {
+        match self.0.lock() {
+            Ok(mut c) => *c = Some(cert),
+            Err(poisoned) => *poisoned.into_inner() = Some(cert),
+        }
+    }
+}
+
+/// A channel to a member's client port at `addr`, connected now: plaintext for
+/// `http://`, TLS with `tls` for `https://`, and for a bare `host:port` TLS when `tls` is
+/// given (as etcdctl, which dials TLS when any TLS flag is set). The server's certificate
+/// lands in `presented`.
+pub async fn client_channel(
+    addr: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    presented: &PresentedCert,
+) -> Result<Channel, ConnectError> {
+    let secure = match addr.split_once("://") {
+        Some(("http", _)) => false,
+        Some(("https", _)) => true,
+        Some((scheme, _)) => {
+            return Err(ConnectError::Address {
+                addr: addr.to_string(),
+                msg: format!("scheme {scheme:?}: use http://, https:// or host:port"),
+            })
+        }
+        None => tls.is_some(),
+    };
+    let endpoint = endpoint(addr, timeout)?;
+    let connected = match (secure, tls) {
+        (false, _) => endpoint.connect().await,
+        (true, Some(tls)) => {
+            let config = move || Ok(tls.clone());
+            endpoint
+                .connect_with_connector(connector(None, config, Some(presented.clone())))
+                .await
+        }
+        (true, None) => {
+            return Err(ConnectError::Address {
+                addr: addr.to_string(),
+                msg: "an https:// endpoint needs --cacert (or --insecure-skip-tls-verify)".into(),
+            })
+        }
+    };
+    connected.map_err(|source| ConnectError::Transport {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ConnectError> {
@@ -133,10 +199,12 @@ async fn connect_tcp(source: Option<IpAddr>, host: &str, port: u16) -> std::io::
     Err(last)
 }
 
-/// Dials TCP, then TLS with the configuration `config` returns at that moment.
+/// Dials TCP, then TLS with the configuration `config` returns at that moment; the
+/// server's certificate goes into `presented`, when given.
 fn connector<F>(
     source: Option<IpAddr>,
     config: F,
+    presented: Option<PresentedCert>,
 ) -> impl tower::Service<
     Uri,
     Response = BoxedIo,
@@ -151,6 +219,7 @@ where
     let config = Arc::new(config);
     tower::service_fn(move |uri: Uri| {
         let config = config.clone();
+        let presented = presented.clone();
         async move {
             let host = uri
                 .host()
@@ -168,6 +237,9 @@ where
             let tcp = connect_tcp(source, &host, port).await?;
             tcp.set_nodelay(true)?;
             let stream = tokio_rustls::TlsConnector::from(config()?).connect(name, tcp).await?;
+            if let (Some(presented), Some(leaf)) = (&presented, stream.get_ref().1.peer_certificates().and_then(|c| c.first())) {
+                presented.set(leaf.clone().into_owned());
+            }
             Ok(TokioIo::new(stream))
         }
     })

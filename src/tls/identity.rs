@@ -102,14 +102,25 @@ pub struct CertInfo {
     pub not_after: i64,
 }
 
-/// Reads the identity (the first `netsy://` URI SAN) and the CN from a DER certificate.
-pub fn from_der(der: &[u8]) -> Result<CertInfo, IdentityError> {
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| {
         IdentityError::Unparsable(match e {
             x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
             x509_parser::nom::Err::Incomplete(_) => X509Error::InvalidCertificate,
         })
     })?;
+    Ok(cert)
+}
+
+/// The end of a DER certificate's validity, in seconds since the Unix epoch (of any
+/// certificate, with or without a netsy identity).
+pub fn not_after(der: &[u8]) -> Result<i64, IdentityError> {
+    Ok(parse(der)?.validity().not_after.timestamp())
+}
+
+/// Reads the identity (the first `netsy://` URI SAN) and the CN from a DER certificate.
+pub fn from_der(der: &[u8]) -> Result<CertInfo, IdentityError> {
+    let cert = parse(der)?;
     let san = cert.subject_alternative_name().map_err(IdentityError::Unparsable)?;
     let uri = san
         .iter()

@@ -1,8 +1,9 @@
 //! This node's TLS files: reading them, and the startup self-check that turns a wrong
-//! certificate into a clear message instead of refused handshakes later.
+//! certificate into a clear message instead of refused handshakes later. Also the files
+//! an operator's command presents to the members (`ClientFiles`).
 
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -24,6 +25,66 @@ pub struct Material {
     pub server_info: CertInfo,
     pub client_info: CertInfo,
     files: TlsFiles,
+}
+
+/// The files an operator's client (`netsy status`) trusts and presents: etcdctl's
+/// `--cacert`, `--cert` and `--key`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFiles {
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `ClientFiles`, parsed.
+pub struct ClientMaterial {
+    /// The CA bundle server certificates must chain to.
+    pub roots: Option<Arc<RootCertStore>>,
+    /// The client certificate and its key.
+    pub identity: Option<Arc<CertifiedKey>>,
+}
+
+impl ClientFiles {
+    /// Whether any file is named (a bare `host:port` endpoint then means TLS, as in etcdctl).
+    pub fn any(&self) -> bool {
+        self.ca_cert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// Reads and parses the files: the CA bundle, and the certificate with the key that
+    /// belongs to it.
+    pub fn load(&self) -> Result<ClientMaterial, TlsError> {
+        let roots = match &self.ca_cert {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for ca in certs("--cacert", path, &read("--cacert", path)?)? {
+                    roots
+                        .add(ca)
+                        .map_err(|e| file_cause("--cacert", path, "holds an unusable CA certificate", e))?;
+                }
+                Some(Arc::new(roots))
+            }
+            None => None,
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert_path), Some(key_path)) => {
+                let chain = certs("--cert", cert_path, &read("--cert", cert_path)?)?;
+                let key = private_key("--key", key_path, &read("--key", key_path)?)?;
+                let certified = CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| {
+                    file_cause(
+                        "--key",
+                        key_path,
+                        format!("does not belong to the certificate in --cert ({})", cert_path.display()),
+                        e,
+                    )
+                })?;
+                Some(Arc::new(certified))
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err(TlsError::Config("--cert needs --key (the certificate's private key)".into())),
+            (None, Some(_)) => return Err(TlsError::Config("--key needs --cert (the client certificate)".into())),
+        };
+        Ok(ClientMaterial { roots, identity })
+    }
 }
 
 struct Contents {

@@ -1,8 +1,9 @@
 //! mTLS: certificate identities (`identity`), loading and checking this node's files
 //! (`material`), the verifiers that gate each port by cluster and role (`verify`), the
 //! accept loop that hands authenticated connections to the servers (`listen`), outbound
-//! peer connections (`connect`), reloading rotated files (`Tls::reload_if_changed`) and
-//! development certificates (`dev`).
+//! connections (`connect`: to peers, and an operator command's to a member's client
+//! port), reloading rotated files (`Tls::reload_if_changed`) and development
+//! certificates (`dev`).
 //!
 //! One CA verifies everything. Each node has a server certificate (client, peer and
 //! health listeners) and a client certificate (outbound peer connections); both carry

@@ -11,7 +11,7 @@ use rustls::sign::SingleCertAndKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, SignatureScheme};
 
 use super::identity::{self, Identity, IdentityError, Role};
-use super::material::Material;
+use super::material::{ClientMaterial, Material};
 use super::{Listener, TlsError};
 
 /// Why a chain-valid certificate is still refused.
@@ -256,6 +256,83 @@ pub fn peer_client_config(
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(material.client.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// An operator's client (`netsy status`, as etcdctl): webpki's chain and host name
+/// check against the CA bundle, or with `insecure` no check of the server's certificate
+/// at all (its handshake signature still is); presents the client certificate if any.
+pub fn tool_client_config(material: &ClientMaterial, insecure: bool) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = super::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(true))
+        .map_err(protocol_error)?;
+    let builder = match (&material.roots, insecure) {
+        (_, true) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert { provider })),
+        (Some(roots), false) => {
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider)
+                .build()
+                .map_err(|e| TlsError::ConfigCause {
+                    what: "--cacert",
+                    source: Box::new(e),
+                })?;
+            builder.with_webpki_verifier(verifier)
+        }
+        (None, false) => {
+            return Err(TlsError::Config(
+                "a TLS endpoint needs --cacert (the CA that issued the members' server certificates), or --insecure-skip-tls-verify".into(),
+            ))
+        }
+    };
+    let mut config = match &material.identity {
+        Some(identity) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.clone()))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// `--insecure-skip-tls-verify`: any server certificate is accepted; the handshake
+/// signature must still be made with its key.
+#[derive(Debug)]
+struct AnyServerCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Why a handshake failed: the metric label and a message for the log.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["server"],
-    &["api", "http", "peer", "mesh", "migrate", "snapshot"],
+    &["api", "http", "peer", "mesh", "migrate", "snapshot", "status"],
     &["core"],
     &["raft"],
     &["lease", "watch", "archive"],

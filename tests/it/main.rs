@@ -32,6 +32,7 @@ mod range_stream;
 mod restore;
 mod services;
 mod standby;
+mod status;
 mod time_machine;
 mod tls;
 mod watch;
