@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use super::history::{self, History, RevisionEvents};
 use super::read::{self, Revisions};
 use super::write::{self, Command, CommandResult, WriteTxn};
-use super::{schema, MvccError};
+use super::{schema, MvccError, Reservation};
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
 use crate::proto::mvccpb::Event;
 
@@ -486,8 +486,16 @@ impl Reader {
         }
     }
 
+    /// A Range for netsy's own use (the mesh authority, health checks, the state
+    /// machine's checks), not charged to the read budget.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.read(|conn, revs| read::range(conn, req, revs))
+        self.range_metered(req, &mut Reservation::unmetered())
+    }
+
+    /// A client's Range, its rows charged to `meter`: when `meter.refused()` afterwards,
+    /// the answer is incomplete and must be dropped.
+    pub fn range_metered(&self, req: &RangeRequest, meter: &mut Reservation) -> Result<RangeResponse, MvccError> {
+        self.read(|conn, revs| read::range(conn, req, revs, meter))
     }
 
     pub fn revisions(&self) -> Result<Revisions, MvccError> {
@@ -555,9 +563,20 @@ impl Reader {
 }
 
 impl Reader {
-    /// Evaluates a Txn that only reads (no put or delete in any branch) without Raft.
-    pub fn txn_readonly(&self, req: &crate::proto::etcdserverpb::TxnRequest) -> Result<crate::proto::etcdserverpb::TxnResponse, MvccError> {
-        self.read(|conn, revs| WriteTxn::new(conn, revs).txn(req))
+    /// Evaluates a Txn that only reads (no put or delete in any branch) without Raft, its
+    /// ranges' rows charged to `meter` (as `range_metered`).
+    pub fn txn_readonly(
+        &self,
+        req: &crate::proto::etcdserverpb::TxnRequest,
+        meter: &mut Reservation,
+    ) -> Result<crate::proto::etcdserverpb::TxnResponse, MvccError> {
+        self.read(|conn, revs| {
+            let mut w = WriteTxn::new(conn, revs);
+            w.meter = std::mem::replace(meter, Reservation::unmetered());
+            let out = w.txn(req);
+            *meter = std::mem::replace(&mut w.meter, Reservation::unmetered());
+            out
+        })
     }
 }
 
