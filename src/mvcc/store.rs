@@ -549,11 +549,11 @@ impl Reader {
     /// Events of revisions `from..=to` (at most about `max_events`, whole revisions) and
     /// the store's revisions, read in one snapshot. History below the compact revision is
     /// gone, so the caller must check `Revisions::compacted` first.
-    pub fn history(&self, from: i64, to: i64, max_events: usize) -> Result<(Revisions, History), MvccError> {
+    pub fn history(&self, from: i64, to: i64, max_events: usize, max_bytes: usize) -> Result<(Revisions, History), MvccError> {
         self.read(|conn, revs| {
             let from = from.max(revs.compacted).max(1);
             let to = to.min(revs.current);
-            Ok((revs, history::events(conn, from, to, max_events).map_err(storage)?))
+            Ok((revs, history::events(conn, from, to, max_events, max_bytes).map_err(storage)?))
         })
     }
 
@@ -826,11 +826,23 @@ mod tests {
             }
             let from = compacted.max(1) + 1;
             let history = reader
-                .read(|c, _| Ok(super::super::history::events(c, from, current, 100_000)?))
+                .read(|c, _| Ok(super::super::history::events(c, from, current, 100_000, usize::MAX)?))
                 .unwrap();
             let got: BTreeMap<i64, Vec<Event>> = history.revisions.into_iter().map(|r| (r.revision, r.events)).collect();
             let want: BTreeMap<i64, Vec<Event>> = events.range(from..).map(|(r, e)| (*r, e.clone())).collect();
             assert_eq!(got, want, "history after {compacted}");
+            // Again in chunks of a few events' bytes: the same revisions, none split.
+            let mut chunked = BTreeMap::new();
+            let mut at = from;
+            while at <= current {
+                let h = reader
+                    .read(|c, _| Ok(super::super::history::events(c, at, current, 100_000, 64)?))
+                    .unwrap();
+                assert!(h.covered_to >= at, "every chunk covers a revision");
+                chunked.extend(h.revisions.into_iter().map(|r| (r.revision, r.events)));
+                at = h.covered_to + 1;
+            }
+            assert_eq!(chunked, want, "history after {compacted}, in byte-bounded chunks");
         };
 
         for n in 0..150 {
