@@ -11,6 +11,7 @@
 # Needs release builds of both binaries: cargo build --release --bin netsy --bin netsy-bench
 #   bench/read-memory.sh                         # default budget (512 MiB)
 #   BUDGET=4294967296 bench/read-memory.sh       # a budget above the limit: no protection
+#   BUDGET=3758096384 HEADROOM=0 bench/read-memory.sh   # no limit: what the reads really cost
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NETSY=$ROOT/target/release/netsy
@@ -52,17 +53,22 @@ sleep 2
 echo 5 > "/proc/$PID/clear_refs" # VmHWM := VmRSS
 IDLE=$(kib VmRSS)
 VMSIZE=$(kib VmSize)
-AS=$(( VMSIZE * 1024 + HEADROOM ))
-prlimit --pid "$PID" --as="$AS"
-echo "budget: $(curl -s 127.0.0.1:24911/metrics | awk '/^netsy_read_memory_budget_bytes/ {print $2}') bytes; address space limited to VmSize $(mib "$VMSIZE") MiB + $(( HEADROOM >> 20 )) MiB"
+if [ "$HEADROOM" != 0 ]; then
+  prlimit --pid "$PID" --as=$(( VMSIZE * 1024 + HEADROOM ))
+  LIMIT="address space limited to VmSize $(mib "$VMSIZE") MiB + $(( HEADROOM >> 20 )) MiB"
+else
+  LIMIT="no address space limit (HEADROOM=0)"
+fi
+echo "budget: $(curl -s 127.0.0.1:24911/metrics | awk '/^netsy_read_memory_budget_bytes/ {print $2}') bytes; $LIMIT"
 echo "idle: VmRSS $(mib "$IDLE") MiB"
 
 # Samples VmRSS every 50 ms into $DIR/rss (one line per sample, KiB).
-( while kill -0 "$PID" 2>/dev/null; do awk '/^VmRSS:/ {print $2}' "/proc/$PID/status" 2>/dev/null || true; sleep 0.05; done > "$DIR/rss" ) &
+: > "$DIR/rss"
+( while kill -0 "$PID" 2>/dev/null; do awk '/^VmRSS:/ {print $2}' "/proc/$PID/status" 2>/dev/null || true; sleep 0.05; done >> "$DIR/rss" ) &
 SAMPLER=$!
 phase() {
   local name=$1; shift
-  : > "$DIR/rss.mark"; local from; from=$(wc -l < "$DIR/rss")
+  local from; from=$(wc -l < "$DIR/rss")
   local start; start=$(date +%s.%N)
   "$NETSY_BENCH" "$@" --endpoints "$EP" > "$DIR/$name.out" 2> "$DIR/$name.err" || true
   local secs; secs=$(echo "$(date +%s.%N) - $start" | bc)
@@ -70,7 +76,7 @@ phase() {
   local peak; peak=$(tail -n +"$((from + 1))" "$DIR/rss" | sort -n | tail -1)
   echo "== $name ($secs s): peak VmRSS $(mib "${peak:-0}") MiB (+$(mib $(( ${peak:-0} - IDLE ))) MiB over idle)"
   grep -h "requests" "$DIR/$name.out" || true
-  sed 's/\x1b\[[0-9;]*m//g' "$DIR/$name.err" | grep -o 'code: [A-Za-z]*, message: .*' | sort | uniq -c || true
+  sed -n 's/\x1b\[[0-9;]*m//g; s/.*netsy_bench::workloads: //p' "$DIR/$name.err" | sort | uniq -c || true
   if ! kill -0 "$PID" 2>/dev/null; then echo "SERVER DIED"; tail -5 "$DIR/netsy.log"; exit 1; fi
 }
 phase unary range /m/ --prefix --total 1 --clients 1

@@ -184,7 +184,7 @@ mod tests {
             (
                 core(CoreError::ReadTooLarge { needed: 3 << 20, budget: 1 << 20 }),
                 Code::ResourceExhausted,
-                "etcdserver: the reply needs about 3145728 bytes of memory, more than limits.read_memory_bytes (1048576); read it in pages (limit and a range from the last key) or with RangeStream",
+                "etcdserver: the reply needs at least 3145728 bytes of memory, more than limits.read_memory_bytes (1048576); read it in pages (limit and a range from the last key) or with RangeStream",
             ),
             (
                 core(CoreError::ReadBudgetBusy {

@@ -144,7 +144,7 @@ async fn a_read_needing_more_than_the_whole_budget_is_refused_at_once_and_change
     let err = c.range(all()).await.expect_err("refused");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
-        err.message().starts_with("etcdserver: the reply needs about ")
+        err.message().starts_with("etcdserver: the reply needs at least ")
             && err.message().contains("more than limits.read_memory_bytes (4194304)")
             && err.message().contains("RangeStream"),
         "{}",
