@@ -11,7 +11,7 @@ GENESIS_MESH := genesis-mesh==1.8.1
 PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test check-perf chaos bench fuzz build release image deps venv mesh-venv protoc faketime promtool fake-gcs-server nextest lint fmt clean
+.PHONY: run run-tls test check-perf chaos bench bench-read-memory fuzz build release image deps venv mesh-venv protoc faketime promtool fake-gcs-server nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -72,6 +72,12 @@ chaos: deps
 bench: venv
 	cargo build --release --locked --bin netsy --bin netsy-bench
 	./target/release/netsy-bench suite --etcd-bin $(VENV)/bin/etcd --netsy-bin ./target/release/netsy --out bench
+
+## bench-read-memory: the read budget under big unary reads (1 GiB Range; 10 x 200 MiB lists), RSS from /proc
+# Loads 100,000 x 10 KiB keys; BUDGET=<bytes> sets limits.read_memory_bytes (see bench/read-memory.sh).
+bench-read-memory:
+	cargo build --release --locked --bin netsy --bin netsy-bench
+	bench/read-memory.sh
 
 ## fuzz: every fuzz target (fuzz/, cargo-fuzz on nightly) for FUZZ_SECONDS each; see docs/reliability.md
 # FUZZ_TARGETS picks some; FUZZ_PARALLEL runs that many at once. Each target starts from

@@ -115,6 +115,32 @@ pub static RANGE_STREAM_CHUNKS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static READ_MEMORY_BUDGET: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_read_memory_budget_bytes",
+        "The memory unary reads (Range, read-only Txn) may hold at once (limits.read_memory_bytes).",
+    )
+});
+pub static READ_MEMORY_IN_USE: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "netsy_read_memory_in_use_bytes",
+        "Memory reserved by unary reads now: their rows and encoded replies until written out.",
+    )
+});
+pub static READ_MEMORY_WAITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "netsy_read_memory_waits_total",
+        "Unary reads that waited for the read memory budget.",
+    )
+});
+pub static READ_MEMORY_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "netsy_read_memory_refused_total",
+        "Unary reads refused for memory: reason=\"too_large\" (needs more than the whole budget), \"busy\" (no room within the wait).",
+        &["reason"],
+    )
+});
+
 /// Counts one RangeStream in `RANGE_STREAMS` for as long as it is held.
 pub struct ActiveRangeStream(());
 
@@ -376,6 +402,10 @@ pub fn render() -> String {
     );
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let _ = (&*RANGE_STREAMS, &*RANGE_STREAM_CHUNKS);
+    let _ = (&*READ_MEMORY_BUDGET, &*READ_MEMORY_IN_USE, &*READ_MEMORY_WAITS);
+    for reason in ["too_large", "busy"] {
+        let _ = READ_MEMORY_REFUSED.with_label_values(&[reason]);
+    }
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if encoder.encode_utf8(&REGISTRY.gather(), &mut out).is_err() {

@@ -79,6 +79,18 @@ pub fn code_and_message(e: &ApiError) -> (Code, String) {
             MvccError::Storage(s) => (Code::Internal, m(&format!("storage error: {s}"))),
         },
         CoreError::RequestTooLarge { .. } => (Code::InvalidArgument, m("request is too large")),
+        // Not etcd's "request is too large" (InvalidArgument, about the request): the
+        // request is fine, its reply is not, and the operator needs the key to raise.
+        // ResourceExhausted is what a gRPC client itself answers for a reply above its
+        // receive limit.
+        CoreError::ReadTooLarge { .. } => (
+            Code::ResourceExhausted,
+            m(&format!(
+                "{core}; read it in pages (limit and a range from the last key) or with RangeStream"
+            )),
+        ),
+        // etcd's own answer when it is too busy to take a request (ErrGRPCTooManyRequests).
+        CoreError::ReadBudgetBusy { .. } => (Code::ResourceExhausted, m("too many requests")),
         CoreError::NoLeader => (Code::Unavailable, m("no leader")),
         CoreError::LeaderChanged => (Code::Unavailable, m("leader changed")),
         CoreError::Timeout => (Code::Unavailable, m("request timed out")),
@@ -168,6 +180,20 @@ mod tests {
                 core(CoreError::RequestTooLarge { size: 2, limit: 1 }),
                 Code::InvalidArgument,
                 "etcdserver: request is too large",
+            ),
+            (
+                core(CoreError::ReadTooLarge { needed: 3 << 20, budget: 1 << 20 }),
+                Code::ResourceExhausted,
+                "etcdserver: the reply needs at least 3145728 bytes of memory, more than limits.read_memory_bytes (1048576); read it in pages (limit and a range from the last key) or with RangeStream",
+            ),
+            (
+                core(CoreError::ReadBudgetBusy {
+                    needed: 3,
+                    budget: 1,
+                    waited_ms: 7000,
+                }),
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
             ),
             (core(CoreError::NoLeader), Code::Unavailable, "etcdserver: no leader"),
             (core(CoreError::LeaderChanged), Code::Unavailable, "etcdserver: leader changed"),

@@ -32,7 +32,7 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::check_range(&req).map_err(ApiError::from)?;
-        Ok(Response::new(self.replica.range(req).await?))
+        Ok(super::held::holding(self.replica.range(req).await?))
     }
 
     type RangeStreamStream = Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
@@ -74,7 +74,7 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         validate::check_txn(&req, self.max_txn_ops).map_err(ApiError::from)?;
-        Ok(Response::new(self.replica.txn(req).await?))
+        Ok(super::held::holding(self.replica.txn(req).await?))
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {

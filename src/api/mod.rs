@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod errors;
+pub mod held;
 pub mod http;
 pub mod kv;
 pub mod lease;
@@ -35,7 +36,7 @@ pub fn router(
     replica: Arc<Replica>,
     config: &Config,
     standby_store: Option<Arc<dyn object_store::ObjectStore>>,
-) -> Router<Stack<transport::EtcdStatusLayer, Identity>> {
+) -> Router<Stack<held::HoldReplyMemoryLayer, Stack<transport::EtcdStatusLayer, Identity>>> {
     let limits = &config.limits;
     let max = limits.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let kv = kv::KvService::new(replica.clone(), limits.max_txn_ops);
@@ -67,5 +68,6 @@ pub fn router(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .layer(transport::EtcdStatusLayer)
+        .layer(held::HoldReplyMemoryLayer)
         .add_routes(tonic::service::Routes::from(app))
 }

@@ -102,6 +102,11 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Database size that raises the NOSPACE alarm (etcd `--quota-backend-bytes`, 2 GiB).
     pub quota_backend_bytes: u64,
+    /// The memory that unary reads (Range, read-only Txn) may hold at once for their rows
+    /// and encoded replies, on top of what the server holds idle (512 MiB). A read that
+    /// needs more than all of it is refused; reads that together need more wait for each
+    /// other (docs/architecture.md, "Memory budget of unary reads").
+    pub read_memory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -110,6 +115,7 @@ impl Default for Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             quota_backend_bytes: 2 << 30,
+            read_memory_bytes: 512 << 20,
         }
     }
 }

@@ -43,6 +43,7 @@ fn errors_name_the_key() {
         (DEV.replace("127.0.0.1:2378", "0.0.0.0:2378"), "NETSY_BIND_CLIENT"),
         (with_section("\"etcd_version\": \"3.4.1\""), "etcd_version"),
         (with_section("\"limits\": {\"max_txn_ops\": 0}"), "limits.max_txn_ops"),
+        (with_section("\"limits\": {\"read_memory_bytes\": 65536}"), "limits.read_memory_bytes"),
         (
             with_section("\"auto_compaction\": {\"mode\": \"periodic\", \"retention\": \"1x\"}"),
             "auto_compaction.retention",

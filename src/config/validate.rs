@@ -280,6 +280,12 @@ pub(super) fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
             "must be positive (etcd's default is 2147483648)",
         ));
     }
+    if l.read_memory_bytes < 1 << 20 {
+        return Err(invalid(
+            "limits.read_memory_bytes",
+            "must be at least 1048576 (default 536870912, 512 MiB); it bounds the memory of unary reads, so size it to the largest list you serve in one reply, twice over",
+        ));
+    }
     Ok(())
 }
 

@@ -17,6 +17,15 @@ pub enum CoreError {
     Apply(#[from] MvccError),
     #[error("request is too large ({size} bytes; the limit is {limit})")]
     RequestTooLarge { size: usize, limit: usize },
+    /// A unary read whose rows and reply need more memory than the whole read budget
+    /// (`limits.read_memory_bytes`): it could never be served in one reply.
+    #[error("the reply needs at least {needed} bytes of memory, more than limits.read_memory_bytes ({budget})")]
+    ReadTooLarge { needed: u64, budget: u64 },
+    /// The read budget stayed taken by other reads for longer than this one may wait.
+    #[error(
+        "reads in progress hold limits.read_memory_bytes ({budget}); this one needs at least {needed} bytes and waited {waited_ms} ms"
+    )]
+    ReadBudgetBusy { needed: u64, budget: u64, waited_ms: u64 },
     #[error("no leader")]
     NoLeader,
     #[error("leader changed")]

@@ -28,14 +28,14 @@ use tokio::sync::{broadcast, watch};
 
 pub use error::CoreError;
 pub use members::{JoinFailed, MemberInfo, JOIN_TIMEOUT, JOIN_WAIT};
-pub use read::SnapshotCopy;
+pub use read::{Held, SnapshotCopy, READ_MEMORY_WAIT};
 pub use route::REQUEST_TIMEOUT;
 pub use transfer::TRANSFER_TIMEOUT;
 pub use write::MAX_TXN_NESTING;
 
 use crate::config::{Durability, Limits};
 use crate::lease::Lessor;
-use crate::mvcc::{CommitBatch, Reader, Store};
+use crate::mvcc::{CommitBatch, ReadBudget, Reader, Store};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::gate::ArchiveGate;
 use crate::raft::peers::Peers;
@@ -121,6 +121,8 @@ pub struct Replica {
     read_floor: Mutex<(u64, u64)>,
     /// While set, this member refuses client writes (a standby not promoted yet).
     read_only: std::sync::atomic::AtomicBool,
+    /// The memory unary reads may hold at once (`read.rs`).
+    read_budget: ReadBudget,
 }
 
 impl Replica {
@@ -154,6 +156,7 @@ impl Replica {
             handover: tokio::sync::RwLock::new(()),
             read_floor: Mutex::new((0, 0)),
             read_only: std::sync::atomic::AtomicBool::new(settings.standby),
+            read_budget: ReadBudget::new(settings.limits.read_memory_bytes),
             settings,
         };
         replica.refresh_db_size();
@@ -298,6 +301,7 @@ impl Replica {
             });
         }
         crate::metrics::QUOTA_BACKEND_BYTES.set(self.settings.limits.quota_backend_bytes as i64);
+        crate::metrics::READ_MEMORY_BUDGET.set(self.read_budget.limit() as i64);
         crate::metrics::ARCHIVE_BACKLOG_LIMIT_BYTES.set(self.settings.max_backlog_bytes as i64);
     }
 

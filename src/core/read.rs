@@ -2,11 +2,14 @@
 //! `route`), serializable ones are served as the state is.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{CoreError, Replica};
-use crate::mvcc::{MvccError, RangeStream, Reader};
+use crate::mvcc::{MvccError, RangeStream, Reader, Reservation};
 use crate::proto::etcdserverpb::{
     AlarmMember, DefragmentResponse, HashKvResponse, HashResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
     TxnResponse,
@@ -25,25 +28,125 @@ impl Drop for SnapshotCopy {
     }
 }
 
+/// How long a unary read may wait for room in the read budget before it is refused with
+/// etcd's "too many requests": as long as a write may wait for its commit.
+pub const READ_MEMORY_WAIT: Duration = super::REQUEST_TIMEOUT;
+
+/// A unary read's answer with its share of the read budget (`limits.read_memory_bytes`):
+/// whoever sends `reply` holds `memory` until the reply has been written out.
+#[derive(Debug)]
+pub struct Held<T> {
+    pub reply: T,
+    pub memory: Reservation,
+}
+
+impl<T> Held<T> {
+    /// An answer that holds none of the budget (a write's).
+    pub fn unmetered(reply: T) -> Held<T> {
+        Held {
+            reply,
+            memory: Reservation::unmetered(),
+        }
+    }
+}
+
 impl Replica {
     /// Runs a blocking read on the reader pool.
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Reader) -> Result<T, MvccError> + Send + 'static) -> Result<T, CoreError> {
         Ok(self.reader.run(f).await?)
     }
 
-    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, CoreError> {
+    /// A client's Range, its rows charged to the read budget as they are read (see
+    /// `metered`).
+    pub async fn range(&self, req: RangeRequest) -> Result<Held<RangeResponse>, CoreError> {
         if !req.serializable {
             self.linearizable_read().await?;
         }
         // A single-key read is a few microseconds of SQLite on cached pages: run it here
-        // rather than paying two thread hand-offs; ranges go to the blocking pool.
-        let mut resp = if req.range_end.is_empty() {
-            self.reader.range(&req)?
+        // rather than paying two thread hand-offs; ranges (and a single key the budget
+        // cannot take now) go to the blocking pool.
+        let mut held = if req.range_end.is_empty() {
+            let mut memory = self.read_budget.reservation();
+            let reply = self.reader.range_metered(&req, &mut memory)?;
+            if memory.refused() {
+                let req = Arc::new(req);
+                self.metered(memory.needed(), move |r, m| r.range_metered(&req, m)).await?
+            } else {
+                Held { reply, memory }
+            }
         } else {
-            self.read(move |r| r.range(&req)).await?
+            let req = Arc::new(req);
+            self.metered(0, move |r, m| r.range_metered(&req, m)).await?
         };
-        self.fill_header(&mut resp.header);
-        Ok(resp)
+        self.fill_header(&mut held.reply.header);
+        Ok(held)
+    }
+
+    /// Runs the unary read `f` on the reader pool, its rows charged to the read budget as
+    /// they are read. A read the budget cannot take is dropped, then (unless it needs
+    /// more than the whole budget: `ReadTooLarge` at once) waits, first come first served,
+    /// until as much as it needs is free and runs again, holding that much; after
+    /// `READ_MEMORY_WAIT` it is refused (`ReadBudgetBusy`). Waiting holds no read
+    /// connection and no read transaction. `needed`: what an earlier try found it needs.
+    async fn metered<T: Send + 'static>(
+        &self,
+        mut needed: u64,
+        f: impl Fn(&Reader, &mut Reservation) -> Result<T, MvccError> + Clone + Send + 'static,
+    ) -> Result<Held<T>, CoreError> {
+        let started = Instant::now();
+        let mut counted_wait = false;
+        loop {
+            let memory = if needed == 0 {
+                self.read_budget.reservation()
+            } else {
+                self.wait_for_read_memory(needed, started, &mut counted_wait).await?
+            };
+            let g = f.clone();
+            let (reply, memory) = self
+                .read(move |r| {
+                    let mut memory = memory;
+                    let reply = g(r, &mut memory)?;
+                    Ok((reply, memory))
+                })
+                .await?;
+            if !memory.refused() {
+                return Ok(Held { reply, memory });
+            }
+            // Incomplete: give back its rows and its share before waiting.
+            needed = memory.needed().max(1);
+            drop(reply);
+            drop(memory);
+        }
+    }
+
+    /// Holds `needed` bytes of the read budget once they are free, or refuses the read.
+    async fn wait_for_read_memory(&self, needed: u64, started: Instant, counted: &mut bool) -> Result<Reservation, CoreError> {
+        let budget = self.read_budget.limit();
+        if needed > budget {
+            crate::metrics::READ_MEMORY_REFUSED.with_label_values(&["too_large"]).inc();
+            tracing::info!(needed, budget, "unary read refused: it needs more than limits.read_memory_bytes");
+            return Err(CoreError::ReadTooLarge { needed, budget });
+        }
+        if !*counted {
+            *counted = true;
+            crate::metrics::READ_MEMORY_WAITS.inc();
+        }
+        match tokio::time::timeout_at(started + READ_MEMORY_WAIT, self.read_budget.reserve(needed)).await {
+            Ok(Ok(memory)) => Ok(memory),
+            // The budget's semaphore is never closed.
+            Ok(Err(_)) => Err(CoreError::Stopped),
+            Err(_) => {
+                let waited_ms = started.elapsed().as_millis() as u64;
+                crate::metrics::READ_MEMORY_REFUSED.with_label_values(&["busy"]).inc();
+                tracing::warn!(
+                    needed,
+                    budget,
+                    waited_ms,
+                    "unary read refused: limits.read_memory_bytes stayed in use by other reads"
+                );
+                Err(CoreError::ReadBudgetBusy { needed, budget, waited_ms })
+            }
+        }
     }
 
     /// etcd 3.7's RangeStream: after a linearizable read barrier (unless
@@ -92,14 +195,15 @@ impl Replica {
         }
     }
 
-    /// A txn that does not write.
-    pub(super) async fn txn_read(&self, req: TxnRequest) -> Result<TxnResponse, CoreError> {
+    /// A txn that does not write, its ranges charged to the read budget (as `range`).
+    pub(super) async fn txn_read(&self, req: TxnRequest) -> Result<Held<TxnResponse>, CoreError> {
         if !super::write::serializable(&req) {
             self.linearizable_read().await?;
         }
-        let mut resp = self.read(move |r| r.txn_readonly(&req)).await?;
-        self.fill_header(&mut resp.header);
-        Ok(resp)
+        let req = Arc::new(req);
+        let mut held = self.metered(0, move |r, m| r.txn_readonly(&req, m)).await?;
+        self.fill_header(&mut held.reply.header);
+        Ok(held)
     }
 
     /// The raised alarms.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::route::{Leader, REQUEST_TIMEOUT};
-use super::{CoreError, Replica};
+use super::{CoreError, Held, Replica};
 use crate::config::Durability;
 use crate::mvcc::validate::InvalidRequest;
 use crate::mvcc::{Command, CommandResult};
@@ -65,7 +65,12 @@ impl Replica {
 
     /// A txn: replicated when a branch writes (checking the quota when one puts),
     /// otherwise a read (linearizable unless every range in it is serializable).
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, CoreError> {
+    ///
+    /// A read-only txn's ranges are charged to the read budget (`Held::memory`). Those of
+    /// a txn that writes are not: the state machine computes them on every member and must
+    /// give each the same answer whatever its memory (kube-apiserver's writing txns read
+    /// at most the one key they write).
+    pub async fn txn(&self, req: TxnRequest) -> Result<Held<TxnResponse>, CoreError> {
         check_nesting(&req)?;
         if !writes(&req) {
             return self.txn_read(req).await;
@@ -73,7 +78,7 @@ impl Replica {
         if puts(&req) {
             self.check_quota().await?;
         }
-        self.write(Command::Txn(req)).await
+        self.write(Command::Txn(req)).await.map(Held::unmetered)
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, CoreError> {

@@ -52,11 +52,11 @@ pub trait Keyspace: Send + Sync {
 impl Keyspace for Arc<Replica> {
     async fn range(&self, mut req: RangeRequest) -> Result<Vec<KeyValue>, CoreError> {
         req.serializable = false;
-        Ok(Replica::range(self, req).await?.kvs)
+        Ok(Replica::range(self, req).await?.reply.kvs)
     }
 
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, CoreError> {
-        Replica::txn(self, req).await
+        Ok(Replica::txn(self, req).await?.reply)
     }
 
     async fn lease_grant(&self, id: i64, ttl: i64) -> Result<i64, CoreError> {

@@ -74,15 +74,31 @@ fn row_to_event(r: &Row) -> rusqlite::Result<(i64, Event)> {
     ))
 }
 
-/// Events of revisions `from..=to`, stopping after about `max_events` at a revision
-/// boundary (a revision is never split, however many events it has).
-pub fn events(conn: &Connection, from: i64, to: i64, max_events: usize) -> rusqlite::Result<History> {
+/// The keys and values an event holds (its own and its `prev_kv`'s).
+fn event_bytes(ev: &Event) -> usize {
+    let kv_bytes = |kv: &Option<KeyValue>| kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len());
+    kv_bytes(&ev.kv) + kv_bytes(&ev.prev_kv)
+}
+
+/// Events of revisions `from..=to`, stopping at a revision boundary after about
+/// `max_events`, or once their keys and values reach `max_bytes` (a revision is never
+/// split, however many events or bytes it has).
+pub fn events(conn: &Connection, from: i64, to: i64, max_events: usize, max_bytes: usize) -> rusqlite::Result<History> {
     let mut stmt = conn.prepare_cached(&format!("{SQL} LIMIT ?3"))?;
-    let mut rows = stmt
-        .query_map(rusqlite::params![from, to, (max_events + 1) as i64], row_to_event)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    let mut cut = false;
+    for row in stmt.query_map(rusqlite::params![from, to, (max_events + 1) as i64], row_to_event)? {
+        let (rev, ev) = row?;
+        bytes += event_bytes(&ev);
+        rows.push((rev, ev));
+        if rows.len() > max_events || bytes >= max_bytes {
+            cut = true;
+            break;
+        }
+    }
     let mut covered_to = to;
-    if rows.len() > max_events {
+    if cut {
         // The last revision may be cut short: drop it, or read it whole if it is the only one.
         let last = rows[rows.len() - 1].0;
         rows.retain(|(rev, _)| *rev < last);

@@ -7,6 +7,7 @@
 //! Revisions are assigned here, at apply time, so every replica is byte-identical.
 
 pub mod boot;
+mod budget;
 pub mod checkpoint;
 mod hash;
 mod history;
@@ -18,6 +19,7 @@ mod stream;
 pub mod validate;
 mod write;
 
+pub use budget::{row_cost, ReadBudget, Reservation};
 pub use history::{History, RevisionEvents};
 pub use read::{KeyRange, RangeEnd, Revisions};
 pub use store::{

@@ -5,7 +5,7 @@
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
 
-use super::MvccError;
+use super::{MvccError, Reservation};
 use crate::proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     range_request::{SortOrder, SortTarget},
@@ -100,6 +100,10 @@ pub fn revisions(conn: &Connection) -> rusqlite::Result<Revisions> {
 }
 
 /// Keys in `range` at revision `rev` (live only), sorted by key, at most `limit` (0 = all).
+///
+/// Each row is charged to `meter` before it is kept; once `meter` refuses, rows are only
+/// counted (until the read is known to exceed the whole budget) and the result is
+/// incomplete: the caller must look at `meter.refused()` before using it.
 pub fn kvs_at(
     conn: &Connection,
     range: &KeyRange,
@@ -107,12 +111,26 @@ pub fn kvs_at(
     current: i64,
     limit: i64,
     with_value: bool,
+    meter: &mut Reservation,
 ) -> rusqlite::Result<Vec<KeyValue>> {
-    Ok(kvs_at_within(conn, range, rev, current, limit, with_value, usize::MAX)?.0)
+    let (sql, params) = kvs_at_sql(range, rev, current, limit, with_value);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?;
+    let mut kvs = Vec::new();
+    for row in rows {
+        let kv = row?;
+        if meter.charge(super::row_cost(kv.key.len(), kv.value.len())) {
+            kvs.push(kv);
+        } else if meter.exceeds_budget() {
+            break;
+        }
+    }
+    Ok(kvs)
 }
 
-/// Like [`kvs_at`], but stops after the row that brings the keys and values read to
-/// `max_bytes` (so at least one row); also tells whether the range has no more rows.
+/// Like [`kvs_at`], unmetered (RangeStream bounds its chunks itself), but stops after the
+/// row that brings the keys and values read to `max_bytes` (so at least one row); also
+/// tells whether the range has no more rows.
 pub fn kvs_at_within(
     conn: &Connection,
     range: &KeyRange,
@@ -205,7 +223,10 @@ pub fn get_current_at(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<
 
 /// etcd's Range, exactly: see `applierV3backend.Range` (limit+1 fetch for `more`, count
 /// before filters, sort in the applier, header revision = current store revision).
-pub fn range(conn: &Connection, req: &RangeRequest, revs: Revisions) -> Result<RangeResponse, MvccError> {
+///
+/// The rows are charged to `meter` as they are read (see [`kvs_at`]): when it refuses, the
+/// answer is incomplete and must not be used.
+pub fn range(conn: &Connection, req: &RangeRequest, revs: Revisions, meter: &mut Reservation) -> Result<RangeResponse, MvccError> {
     let rev = if req.revision <= 0 { revs.current } else { req.revision };
     if rev > revs.current {
         return Err(MvccError::FutureRevision);
@@ -236,7 +257,7 @@ pub fn range(conn: &Connection, req: &RangeRequest, revs: Revisions) -> Result<R
     if fetch_limit > 0 {
         fetch_limit += 1;
     }
-    let mut kvs = kvs_at(conn, &range, rev, revs.current, fetch_limit, !req.keys_only)?;
+    let mut kvs = kvs_at(conn, &range, rev, revs.current, fetch_limit, !req.keys_only, meter)?;
     let count = if fetch_limit > 0 && kvs.len() as i64 >= fetch_limit && range.end != RangeEnd::Single {
         count_at(conn, &range, rev, revs.current)?
     } else {
@@ -290,15 +311,26 @@ pub fn range(conn: &Connection, req: &RangeRequest, revs: Revisions) -> Result<R
 /// etcd's `applyCompare`: every key in the compare's range must satisfy it; a missing
 /// key compares as the zero KeyValue, except that a VALUE compare on it always fails.
 pub fn compare(conn: &Connection, c: &Compare, current: i64) -> Result<bool, MvccError> {
+    // Row by row, keeping none: a compare over a large range holds one row at a time.
     let range = KeyRange::new(&c.key, &c.range_end);
-    let kvs = kvs_at(conn, &range, current, current, 0, c.target == CompareTarget::Value as i32)?;
-    if kvs.is_empty() {
-        if c.target == CompareTarget::Value as i32 {
+    let with_value = c.target == CompareTarget::Value as i32;
+    let (sql, params) = kvs_at_sql(&range, current, current, 0, with_value);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query_map(params_from_iter(params.iter()), |r| row_to_kv(r, with_value))?;
+    let mut any = false;
+    for row in rows.by_ref() {
+        any = true;
+        if !compare_kv(c, &row?) {
+            return Ok(false);
+        }
+    }
+    if !any {
+        if with_value {
             return Ok(false);
         }
         return Ok(compare_kv(c, &KeyValue::default()));
     }
-    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    Ok(true)
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {

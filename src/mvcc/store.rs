@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use super::history::{self, History, RevisionEvents};
 use super::read::{self, Revisions};
 use super::write::{self, Command, CommandResult, WriteTxn};
-use super::{schema, MvccError};
+use super::{schema, MvccError, Reservation};
 use crate::proto::etcdserverpb::{AlarmMember, RangeRequest, RangeResponse};
 use crate::proto::mvccpb::Event;
 
@@ -486,8 +486,16 @@ impl Reader {
         }
     }
 
+    /// A Range for netsy's own use (the mesh authority, health checks, the state
+    /// machine's checks), not charged to the read budget.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.read(|conn, revs| read::range(conn, req, revs))
+        self.range_metered(req, &mut Reservation::unmetered())
+    }
+
+    /// A client's Range, its rows charged to `meter`: when `meter.refused()` afterwards,
+    /// the answer is incomplete and must be dropped.
+    pub fn range_metered(&self, req: &RangeRequest, meter: &mut Reservation) -> Result<RangeResponse, MvccError> {
+        self.read(|conn, revs| read::range(conn, req, revs, meter))
     }
 
     pub fn revisions(&self) -> Result<Revisions, MvccError> {
@@ -541,11 +549,11 @@ impl Reader {
     /// Events of revisions `from..=to` (at most about `max_events`, whole revisions) and
     /// the store's revisions, read in one snapshot. History below the compact revision is
     /// gone, so the caller must check `Revisions::compacted` first.
-    pub fn history(&self, from: i64, to: i64, max_events: usize) -> Result<(Revisions, History), MvccError> {
+    pub fn history(&self, from: i64, to: i64, max_events: usize, max_bytes: usize) -> Result<(Revisions, History), MvccError> {
         self.read(|conn, revs| {
             let from = from.max(revs.compacted).max(1);
             let to = to.min(revs.current);
-            Ok((revs, history::events(conn, from, to, max_events).map_err(storage)?))
+            Ok((revs, history::events(conn, from, to, max_events, max_bytes).map_err(storage)?))
         })
     }
 
@@ -555,9 +563,20 @@ impl Reader {
 }
 
 impl Reader {
-    /// Evaluates a Txn that only reads (no put or delete in any branch) without Raft.
-    pub fn txn_readonly(&self, req: &crate::proto::etcdserverpb::TxnRequest) -> Result<crate::proto::etcdserverpb::TxnResponse, MvccError> {
-        self.read(|conn, revs| WriteTxn::new(conn, revs).txn(req))
+    /// Evaluates a Txn that only reads (no put or delete in any branch) without Raft, its
+    /// ranges' rows charged to `meter` (as `range_metered`).
+    pub fn txn_readonly(
+        &self,
+        req: &crate::proto::etcdserverpb::TxnRequest,
+        meter: &mut Reservation,
+    ) -> Result<crate::proto::etcdserverpb::TxnResponse, MvccError> {
+        self.read(|conn, revs| {
+            let mut w = WriteTxn::new(conn, revs);
+            w.meter = std::mem::replace(meter, Reservation::unmetered());
+            let out = w.txn(req);
+            *meter = std::mem::replace(&mut w.meter, Reservation::unmetered());
+            out
+        })
     }
 }
 
@@ -807,11 +826,23 @@ mod tests {
             }
             let from = compacted.max(1) + 1;
             let history = reader
-                .read(|c, _| Ok(super::super::history::events(c, from, current, 100_000)?))
+                .read(|c, _| Ok(super::super::history::events(c, from, current, 100_000, usize::MAX)?))
                 .unwrap();
             let got: BTreeMap<i64, Vec<Event>> = history.revisions.into_iter().map(|r| (r.revision, r.events)).collect();
             let want: BTreeMap<i64, Vec<Event>> = events.range(from..).map(|(r, e)| (*r, e.clone())).collect();
             assert_eq!(got, want, "history after {compacted}");
+            // Again in chunks of a few events' bytes: the same revisions, none split.
+            let mut chunked = BTreeMap::new();
+            let mut at = from;
+            while at <= current {
+                let h = reader
+                    .read(|c, _| Ok(super::super::history::events(c, at, current, 100_000, 64)?))
+                    .unwrap();
+                assert!(h.covered_to >= at, "every chunk covers a revision");
+                chunked.extend(h.revisions.into_iter().map(|r| (r.revision, r.events)));
+                at = h.covered_to + 1;
+            }
+            assert_eq!(chunked, want, "history after {compacted}, in byte-bounded chunks");
         };
 
         for n in 0..150 {

@@ -75,6 +75,10 @@ pub(super) struct WriteTxn<'c> {
     compacted: i64,
     sub: i64,
     pub events: Vec<Event>,
+    /// What the Range operations' rows are charged to: unmetered when applying (the
+    /// state machine must give every member the same answer, whatever its memory), the
+    /// read budget for a read-only Txn (`Reader::txn_readonly`).
+    pub meter: super::Reservation,
 }
 
 impl<'c> WriteTxn<'c> {
@@ -85,6 +89,7 @@ impl<'c> WriteTxn<'c> {
             compacted: revs.compacted,
             sub: 0,
             events: Vec::new(),
+            meter: super::Reservation::unmetered(),
         }
     }
 
@@ -177,7 +182,7 @@ impl<'c> WriteTxn<'c> {
     pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let rev = self.read_rev();
-        let existing = read::kvs_at(self.conn, &range, rev, rev, 0, true)?;
+        let existing = read::kvs_at(self.conn, &range, rev, rev, 0, true, &mut super::Reservation::unmetered())?;
         let deleted = existing.len() as i64;
         for prev in &existing {
             self.delete_key(prev)?;
@@ -247,15 +252,12 @@ impl<'c> WriteTxn<'c> {
         Ok(ResponseOp { response: Some(response) })
     }
 
-    fn range(&self, r: &crate::proto::etcdserverpb::RangeRequest) -> Result<RangeResponse, MvccError> {
-        read::range(
-            self.conn,
-            r,
-            Revisions {
-                current: self.read_rev(),
-                compacted: self.compacted,
-            },
-        )
+    fn range(&mut self, r: &crate::proto::etcdserverpb::RangeRequest) -> Result<RangeResponse, MvccError> {
+        let revs = Revisions {
+            current: self.read_rev(),
+            compacted: self.compacted,
+        };
+        read::range(self.conn, r, revs, &mut self.meter)
     }
 
     /// Deletes every key attached to the lease, then the lease.

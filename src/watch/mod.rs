@@ -32,8 +32,11 @@ use crate::proto::mvccpb::{event::EventType, Event};
 
 /// Most revisions read from history in one chunk.
 const HISTORY_WINDOW: i64 = 1000;
-/// About the most events read from history in one chunk.
+/// About the most events read from history in one chunk...
 const HISTORY_EVENTS: usize = 10_000;
+/// ...and about the most bytes of keys and values (events and their `prev_kv`): 10,000
+/// events of 10 KiB values would otherwise be a 200 MB chunk, for each stream catching up.
+const HISTORY_BYTES: usize = 4 << 20;
 
 /// etcd's `clientv3.InvalidWatchID`: used for stream-wide progress and failed creates.
 pub const INVALID_WATCH_ID: i64 = -1;
@@ -303,7 +306,7 @@ impl WatchStream {
                 return Ok(());
             };
             let to = target.min(from + HISTORY_WINDOW - 1);
-            let (revs, history) = self.reader.run(move |r| r.history(from, to, HISTORY_EVENTS)).await?;
+            let (revs, history) = self.reader.run(move |r| r.history(from, to, HISTORY_EVENTS, HISTORY_BYTES)).await?;
             let compacted: Vec<i64> = self
                 .watchers
                 .iter()

@@ -29,6 +29,7 @@ mod object_store_gcs;
 mod object_store_s3;
 mod raft_storage_suite;
 mod range_stream;
+mod read_memory;
 mod restore;
 mod services;
 mod standby;

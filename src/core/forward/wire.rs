@@ -34,7 +34,10 @@ pub fn to_pb(e: &CoreError) -> PeerError {
         | CoreError::Leader(_)
         | CoreError::UnexpectedResult { .. }
         | CoreError::Io { .. }
-        | CoreError::Task(_) => {
+        | CoreError::Task(_)
+        // Reads are served where they arrive, never forwarded: these do not travel.
+        | CoreError::ReadTooLarge { .. }
+        | CoreError::ReadBudgetBusy { .. } => {
             out.message = crate::error_chain(e);
             Kind::Internal
         }
