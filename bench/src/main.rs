@@ -149,6 +149,9 @@ enum BenchCmd {
         /// The commit to name in the report.
         #[arg(long, default_value = "")]
         commit: String,
+        /// A smaller run's scale.json: the 50 GiB extrapolation then goes through both sizes.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// netsy vs real etcd side by side; writes results.md / .svg / .json (`make bench`).
     Suite {
@@ -250,6 +253,7 @@ fn run(cli: Cli) -> Result<String, String> {
             archive_snapshot_age,
             event_timeout,
             commit,
+            baseline,
         } => {
             let netsy_bin = match netsy_bin {
                 Some(p) => p,
@@ -270,6 +274,7 @@ fn run(cli: Cli) -> Result<String, String> {
                 raft_snapshot_entries,
                 archive_snapshot_age: std::time::Duration::from_secs(archive_snapshot_age),
                 event_timeout: std::time::Duration::from_secs(event_timeout),
+                baseline,
                 command: format!("netsy-bench scale --keys {keys} --value-size {value_size}"),
                 commit,
             };

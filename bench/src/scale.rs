@@ -52,6 +52,8 @@ pub struct ScaleOptions {
     pub archive_snapshot_age: Duration,
     /// How long a step waits for a threshold-driven snapshot.
     pub event_timeout: Duration,
+    /// A smaller run's `scale.json`, for a two-size extrapolation.
+    pub baseline: Option<PathBuf>,
     /// What to print as the command in the report.
     pub command: String,
     pub commit: String,
@@ -134,6 +136,106 @@ pub struct ScaleReport {
     pub restored_bytes: u64,
     pub raft_snapshot_entries: u64,
     pub archive_snapshot_age_seconds: u64,
+    /// The projection to 50 GiB (from this run and a smaller one when given).
+    pub extrapolation: Vec<Projection>,
+    /// The logical size of the smaller run the projection also uses, if any.
+    pub baseline_logical_bytes: Option<u64>,
+}
+
+/// One measured quantity at one or two sizes, and where it goes at `TARGET_BYTES`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Projection {
+    pub what: String,
+    pub unit: String,
+    /// (logical bytes, value) measured.
+    pub points: Vec<(u64, f64)>,
+    pub at_target: f64,
+}
+
+pub const TARGET_BYTES: u64 = 50 * GIB;
+
+/// Projects `points` to `TARGET_BYTES`: linear through two sizes (a + b·size, floored at
+/// the larger measurement), or proportional to the size from one.
+pub fn project(points: &[(u64, f64)]) -> f64 {
+    let t = TARGET_BYTES as f64;
+    match points {
+        [] => 0.0,
+        [(x, y)] => y * t / (*x).max(1) as f64,
+        [(x0, y0), (x1, y1), ..] => {
+            let (x0, x1) = (*x0 as f64, *x1 as f64);
+            if (x1 - x0).abs() < 1.0 {
+                return y1 * t / x1.max(1.0);
+            }
+            let slope = (y1 - y0) / (x1 - x0);
+            (y1 + slope * (t - x1)).max(*y1)
+        }
+    }
+}
+
+/// The quantities projected, from this run (`large`) and optionally a smaller run's
+/// `scale.json` (`small`).
+pub fn extrapolation(large: &ScaleReport, small: Option<&serde_json::Value>) -> Vec<Projection> {
+    let mut rows: Vec<(String, String, f64, Option<f64>)> = Vec::new();
+    let num = |v: &serde_json::Value| v.as_f64();
+    let max_of = |v: &serde_json::Value| v.as_array().and_then(|a| a.iter().filter_map(|x| x.as_f64()).reduce(f64::max));
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let small_f = |key: &str| small.and_then(|s| num(&s[key]));
+    rows.push(("load".into(), "s".into(), large.load_seconds, small_f("load_seconds")));
+    rows.push((
+        "data directory after the load (largest member)".into(),
+        "MiB".into(),
+        mb(large.load_disk.iter().copied().max().unwrap_or(0)),
+        small.and_then(|s| max_of(&s["load_disk"])).map(|b| b / (1 << 20) as f64),
+    ));
+    rows.push((
+        "object store after the load".into(),
+        "MiB".into(),
+        mb(large.load_objects),
+        small_f("load_objects").map(|b| b / (1 << 20) as f64),
+    ));
+    for step in &large.steps {
+        let other = small.and_then(|s| {
+            s["steps"]
+                .as_array()?
+                .iter()
+                .find(|o| o["step"].as_str() == Some(step.step.as_str()))
+                .cloned()
+        });
+        rows.push((
+            format!("{}: duration", step.step),
+            "s".into(),
+            step.seconds,
+            other.as_ref().and_then(|o| num(&o["seconds"])),
+        ));
+        rows.push((
+            format!("{}: peak RSS (largest member)", step.step),
+            "MiB".into(),
+            mb(step.peak_rss.iter().copied().max().unwrap_or(0)),
+            other.as_ref().and_then(|o| max_of(&o["peak_rss"])).map(|b| b / (1 << 20) as f64),
+        ));
+    }
+    rows.push((
+        "restore process peak RSS".into(),
+        "MiB".into(),
+        mb(large.restore_peak_rss),
+        small_f("restore_peak_rss").map(|b| b / (1 << 20) as f64),
+    ));
+    let small_bytes = small.and_then(|s| s["logical_bytes"].as_u64());
+    rows.into_iter()
+        .map(|(what, unit, y, y_small)| {
+            let mut points = Vec::new();
+            if let (Some(x), Some(y0)) = (small_bytes, y_small) {
+                points.push((x, y0));
+            }
+            points.push((large.logical_bytes, y));
+            Projection {
+                what,
+                unit,
+                at_target: project(&points),
+                points,
+            }
+        })
+        .collect()
 }
 
 /// One background request, as recorded: when it finished (ms since the start), how long
@@ -246,8 +348,10 @@ pub fn markdown(r: &ScaleReport) -> String {
     );
     out += "Background load throughout: 1 KiB puts and linearizable 1-key gets, closed loops spread over all members. \
             Each step is compared with the window of background load just before it. A request counts as *failed* if it returned an error, \
-            or took over 10 s; a request whose connection to a stopped member failed and that then succeeded on the next member \
-            (what etcd's client balancer does by itself) counts as *retried*, not failed, and its latency includes the retry.\n\n";
+            or took over 10 s. Retried on the next member, as etcd's client does by itself, and then counted as *retried* (its latency \
+            includes the retry): a get whose connection broke or could not be made, a put whose connection could not be made. \
+            A put whose connection broke in flight is failed (it may have been applied; etcd's client does not repeat it either). \
+            The wiped member is stopped with SIGTERM (graceful), then SIGKILL after 20 s.\n\n";
     out += "| step | duration s | detail | p50 ms before → during | p99 ms before → during | max ms before → during | req/s before → during | p99 ratio (≤ 2) | failed / retried | peak RSS MiB per member | disk MiB per member, objects | snapshot events during |\n";
     out += "|---|---:|---|---|---|---|---|---:|---|---|---|---|\n";
     for s in &r.steps {
@@ -288,6 +392,26 @@ pub fn markdown(r: &ScaleReport) -> String {
         mib(r.restore_peak_rss),
         mib(r.restored_bytes)
     );
+    out += &format!("\n## Extrapolation to {} GiB\n\n", TARGET_BYTES / GIB);
+    out += &match r.baseline_logical_bytes {
+        Some(b) => format!(
+            "Linear through the two measured sizes ({:.2} GiB and {:.2} GiB; never below the larger measurement). \
+             Durations on this 2-core machine, shared with other work while it ran.\n\n",
+            b as f64 / GIB as f64,
+            r.logical_bytes as f64 / GIB as f64
+        ),
+        None => "Proportional to the size, from this run alone (one size measured).\n\n".to_string(),
+    };
+    out += "| quantity | measured | at 50 GiB |\n|---|---|---:|\n";
+    for p in &r.extrapolation {
+        let measured = p
+            .points
+            .iter()
+            .map(|(x, y)| format!("{:.0} {} at {:.2} GiB", y, p.unit, *x as f64 / GIB as f64))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out += &format!("| {} | {} | {:.0} {} |\n", p.what, measured, p.at_target, p.unit);
+    }
     out
 }
 
@@ -324,6 +448,22 @@ impl Member {
             .map_err(|e| BenchError::Setup(format!("cannot start {}: {e}", self.bin.display())))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// SIGTERM (netsy's graceful stop: in-flight requests finish, clients are told to go
+    /// elsewhere), then SIGKILL after 20 s.
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     fn kill(&mut self) {
@@ -595,15 +735,19 @@ struct Background {
 /// Whether an etcd client would retry this on another member by itself: a connection
 /// that could not be made or broke (the request did not reach a server), or, for an
 /// idempotent read, any Unavailable.
+/// A broken connection is Unavailable in Go's gRPC and Unknown "transport error" in
+/// tonic's.
 fn retriable(status: &tonic::Status, put: bool) -> bool {
-    if status.code() != tonic::Code::Unavailable {
+    let m = status.message().to_ascii_lowercase();
+    let broken = match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown => m.contains("transport error"),
+        _ => false,
+    };
+    if !broken {
         return false;
     }
-    if !put {
-        return true;
-    }
-    let m = status.message().to_ascii_lowercase();
-    m.contains("connect") || m.contains("transport error") || m.contains("connection refused")
+    !put || m.contains("connect") || m.contains("connection refused")
 }
 
 async fn start_background(endpoints: &[String], writers: usize, readers: usize, t0: Instant) -> Result<Background, BenchError> {
@@ -625,7 +769,6 @@ async fn start_background(endpoints: &[String], writers: usize, readers: usize, 
             let mut ep = c % channels.len();
             let mut value = vec![0u8; 1024];
             let mut seq = 0usize;
-            let mut mine = Vec::with_capacity(4096);
             while !stop.load(Ordering::Relaxed) {
                 rand::rng().fill_bytes(&mut value);
                 let key = if put {
@@ -678,20 +821,15 @@ async fn start_background(endpoints: &[String], writers: usize, readers: usize, 
                         }
                     }
                 };
-                mine.push(Rec {
+                let rec = Rec {
                     at_ms: ms_since(t0),
                     micros: started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32,
                     put,
                     outcome,
-                });
-                if mine.len() >= 256 {
-                    if let Ok(mut r) = recs.lock() {
-                        r.append(&mut mine);
-                    }
+                };
+                if let Ok(mut r) = recs.lock() {
+                    r.push(rec);
                 }
-            }
-            if let Ok(mut r) = recs.lock() {
-                r.append(&mut mine);
             }
         }));
     }
@@ -1059,7 +1197,7 @@ pub async fn run_scale(opts: &ScaleOptions) -> Result<ScaleReport, BenchError> {
     let leader = leader_index(&members).await.ok_or_else(|| BenchError::Setup("no leader".into()))?;
     let victim = (leader + 1) % members.len();
     let from = ms_since(t0);
-    members[victim].kill();
+    tokio::task::block_in_place(|| members[victim].stop());
     if let Ok(mut p) = watched.pids.lock() {
         p[victim] = None;
     }
@@ -1140,7 +1278,14 @@ pub async fn run_scale(opts: &ScaleOptions) -> Result<ScaleReport, BenchError> {
     let restore_peak_rss = samples.iter().map(|s| s.rss[3]).max().unwrap_or(0).max(restore_hwm);
     drop(members);
 
-    let report = ScaleReport {
+    let baseline = match &opts.baseline {
+        Some(p) => Some(
+            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p)?)
+                .map_err(|e| BenchError::Setup(format!("{}: not a scale.json: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let mut report = ScaleReport {
         command: opts.command.clone(),
         commit: opts.commit.clone(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -1161,7 +1306,10 @@ pub async fn run_scale(opts: &ScaleOptions) -> Result<ScaleReport, BenchError> {
         restored_bytes,
         raft_snapshot_entries: opts.raft_snapshot_entries,
         archive_snapshot_age_seconds: opts.archive_snapshot_age.as_secs(),
+        extrapolation: Vec::new(),
+        baseline_logical_bytes: baseline.as_ref().and_then(|b| b["logical_bytes"].as_u64()),
     };
+    report.extrapolation = extrapolation(&report, baseline.as_ref());
     std::fs::create_dir_all(&opts.out_dir)?;
     std::fs::write(opts.out_dir.join("scale.md"), markdown(&report))?;
     std::fs::write(
@@ -1233,6 +1381,9 @@ mod tests {
         assert!(!retriable(&mid, true));
         assert!(retriable(&mid, false));
         assert!(!retriable(&tonic::Status::internal("x"), false));
+        let reset = tonic::Status::unknown("transport error");
+        assert!(retriable(&reset, false), "a read is repeated");
+        assert!(!retriable(&reset, true), "a put may have been applied: not repeated");
     }
 
     #[test]
@@ -1274,6 +1425,8 @@ mod tests {
             restored_bytes: GIB,
             raft_snapshot_entries: 1000,
             archive_snapshot_age_seconds: 60,
+            extrapolation: vec![],
+            baseline_logical_bytes: None,
         };
         let md = markdown(&report);
         assert!(md.contains("**Scaled down** from 1000000 keys"), "{md}");
@@ -1281,5 +1434,23 @@ mod tests {
         assert!(md.contains("| compaction | 0.5 | to revision 7 |"), "{md}");
         assert!(md.contains("1024 / 2048 / 3072"), "{md}");
         assert!(md.contains("✗"), "p99 50 → 200 ms breaks the 2× target: {md}");
+        assert!(md.contains("Proportional to the size"), "{md}");
+
+        // Projections: one size is proportional, two are a line through both.
+        let mut small = serde_json::to_value(&report).expect("json");
+        small["logical_bytes"] = serde_json::json!(report.logical_bytes / 2);
+        small["load_seconds"] = serde_json::json!(60.0);
+        let rows = extrapolation(&report, Some(&small));
+        let load = rows.iter().find(|p| p.what == "load").expect("load row");
+        // 60 s at half the size, 100 s at the size: 80 s per logical size unit.
+        let expected = 100.0 + 80.0 * (TARGET_BYTES as f64 - report.logical_bytes as f64) / report.logical_bytes as f64;
+        assert!((load.at_target - expected).abs() < 1e-6, "{load:?}");
+        assert_eq!(load.points.len(), 2);
+        let alone = extrapolation(&report, None);
+        let load = alone.iter().find(|p| p.what == "load").expect("load row");
+        assert!((load.at_target - 100.0 * TARGET_BYTES as f64 / report.logical_bytes as f64).abs() < 1e-6);
+        // A shrinking quantity is not projected below what was measured.
+        assert_eq!(project(&[(1, 10.0), (2, 5.0)]), 5.0);
+        assert_eq!(project(&[]), 0.0);
     }
 }
