@@ -80,10 +80,11 @@ bench: venv
 KEYS ?= 1000000
 VALUE_SIZE ?= 10240
 SCALE_WORK ?= $(CURDIR)/target
+SCALE_BASELINE ?=
 bench-scale:
 	cargo build --release --locked --bin netsy --bin netsy-bench
 	./target/release/netsy-bench scale --netsy-bin ./target/release/netsy --out bench \
-		--keys $(KEYS) --value-size $(VALUE_SIZE) --work-dir $(SCALE_WORK) \
+		--keys $(KEYS) --value-size $(VALUE_SIZE) --work-dir $(SCALE_WORK) $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) \
 		--commit "$$(git rev-parse --short HEAD)$$(git diff --quiet HEAD -- . ':!bench/scale.*' || echo +changes)"
 
 ## fuzz: every fuzz target (fuzz/, cargo-fuzz on nightly) for FUZZ_SECONDS each; see docs/reliability.md
