@@ -255,14 +255,26 @@ pub enum Outcome {
     Failed,
 }
 
-/// The background load in `[from_ms, to_ms)`.
+/// The background load in `[from_ms, to_ms)`: the latencies and outcomes of every
+/// request that was in flight at some time in it (a request stalled by a step counts
+/// in the step even if it finishes after it), the throughput from the requests that
+/// finished in it.
 pub fn window_load(recs: &[Rec], from_ms: u32, to_ms: u32) -> Load {
     let secs = Duration::from_millis(u64::from(to_ms.saturating_sub(from_ms)));
     let mut all = Vec::new();
     let (mut puts, mut gets) = (Vec::new(), Vec::new());
     let (mut failures, mut retried) = (0, 0);
     let (mut put_fail, mut get_fail) = (0, 0);
-    for r in recs.iter().filter(|r| r.at_ms >= from_ms && r.at_ms < to_ms) {
+    let finished = |r: &&Rec| r.at_ms >= from_ms && r.at_ms < to_ms;
+    let (n_all, n_put) = (
+        recs.iter().filter(finished).filter(|r| r.outcome != Outcome::Failed).count(),
+        recs.iter()
+            .filter(finished)
+            .filter(|r| r.put && r.outcome != Outcome::Failed)
+            .count(),
+    );
+    let started_ms = |r: &Rec| r.at_ms.saturating_sub(r.micros / 1000);
+    for r in recs.iter().filter(|r| r.at_ms >= from_ms && started_ms(r) < to_ms) {
         match r.outcome {
             Outcome::Failed => {
                 failures += 1;
@@ -284,13 +296,18 @@ pub fn window_load(recs: &[Rec], from_ms: u32, to_ms: u32) -> Load {
             gets.push(d);
         }
     }
-    Load {
+    let rate = |n: usize| if secs.is_zero() { 0.0 } else { n as f64 / secs.as_secs_f64() };
+    let mut load = Load {
         all: Summary::new("background", all, failures, secs),
         puts: Summary::new("put 1 KiB", puts, put_fail, secs),
         gets: Summary::new("get 1 key, linearizable", gets, get_fail, secs),
         failures,
         retried,
-    }
+    };
+    load.all.per_second = rate(n_all);
+    load.puts.per_second = rate(n_put);
+    load.gets.per_second = rate(n_all - n_put);
+    load
 }
 
 pub fn p99_ratio(before: &Load, during: &Load) -> f64 {
@@ -1346,7 +1363,7 @@ mod tests {
                 2..=4 => Outcome::Retried,
                 _ => Outcome::Ok,
             };
-            recs.push(rec(1000 + i * 20, 2 * (i + 1), i % 2 == 1, outcome));
+            recs.push(rec(1100 + i * 20, 2 * (i + 1), i % 2 == 1, outcome));
         }
         let before = window_load(&recs, 0, 1000);
         assert_eq!(before.all.requests, 100);
@@ -1354,7 +1371,7 @@ mod tests {
         assert_eq!((before.failures, before.retried), (0, 0));
         assert!((before.all.p99 - 99.0).abs() < 1e-9, "{}", before.all.p99);
         assert!((before.all.per_second - 100.0).abs() < 1e-9);
-        let during = window_load(&recs, 1000, 2000);
+        let during = window_load(&recs, 1000, 2100);
         assert_eq!((during.all.requests, during.failures, during.retried), (48, 2, 3));
         assert_eq!((during.puts.errors, during.gets.errors), (1, 1), "failure 0 is a get, 1 a put");
         assert!((during.all.max - 100.0).abs() < 1e-9);
@@ -1362,6 +1379,14 @@ mod tests {
         assert!((ratio - 100.0 / 99.0).abs() < 1e-9, "{ratio}");
         let empty = window_load(&recs, 5000, 6000);
         assert_eq!(p99_ratio(&empty, &during), 0.0);
+
+        // A request stalled through a window counts in it, though it finished after.
+        let stalled = [rec(3000, 900, true, Outcome::Ok), rec(2500, 10, true, Outcome::Ok)];
+        let w = window_load(&stalled, 2400, 2600);
+        assert_eq!(w.all.requests, 2, "both were in flight in the window");
+        assert!((w.all.max - 900.0).abs() < 1e-9);
+        assert!((w.all.per_second - 5.0).abs() < 1e-9, "one finished in 0.2 s: {}", w.all.per_second);
+        assert_eq!(window_load(&stalled, 3001, 3100).all.requests, 0);
     }
 
     #[test]
@@ -1389,9 +1414,9 @@ mod tests {
     #[test]
     fn the_report_marks_the_ratio_and_the_scaling() {
         let mut recs: Vec<Rec> = (0..50u32).map(|i| rec(i * 10, i + 1, true, Outcome::Ok)).collect();
-        recs.extend((0..50u32).map(|i| rec(500 + i * 10, 200, true, Outcome::Ok)));
+        recs.extend((0..50u32).map(|i| rec(800 + i * 10, 200, true, Outcome::Ok)));
         let before = window_load(&recs, 0, 500);
-        let during = window_load(&recs, 500, 1000);
+        let during = window_load(&recs, 500, 1300);
         let step = StepRow {
             step: "compaction".into(),
             seconds: 0.5,
