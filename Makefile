@@ -11,7 +11,7 @@ GENESIS_MESH := genesis-mesh==1.8.1
 PY312 = $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: run run-tls test check-perf chaos bench bench-read-memory fuzz build release image deps venv mesh-venv protoc faketime promtool fake-gcs-server nextest lint fmt clean
+.PHONY: run run-tls test check-perf chaos bench bench-read-memory bench-scale fuzz build release image deps venv mesh-venv protoc faketime promtool fake-gcs-server nextest lint fmt clean
 
 ## run: build and start one node on 127.0.0.1:2378 (data in ./data, objects in ./objects)
 run: release
@@ -78,6 +78,21 @@ bench: venv
 bench-read-memory:
 	cargo build --release --locked --bin netsy --bin netsy-bench
 	bench/read-memory.sh
+
+## bench-scale: a 3-member netsy loaded with KEYS × VALUE_SIZE random bytes (default
+## 1,000,000 × 10 KiB, scaled down to what the free disk holds), then compaction,
+## defragmentation, snapshots, a wiped member and a restore under background load; writes
+## bench/scale.md and .json. It may take an hour; SCALE_WORK= puts the data elsewhere;
+## SCALE_BASELINE= a smaller run's scale.json, for the 50 GiB extrapolation through two sizes.
+KEYS ?= 1000000
+VALUE_SIZE ?= 10240
+SCALE_WORK ?= $(CURDIR)/target
+SCALE_BASELINE ?=
+bench-scale:
+	cargo build --release --locked --bin netsy --bin netsy-bench
+	./target/release/netsy-bench scale --netsy-bin ./target/release/netsy --out bench \
+		--keys $(KEYS) --value-size $(VALUE_SIZE) --work-dir $(SCALE_WORK) $(if $(SCALE_BASELINE),--baseline $(SCALE_BASELINE)) \
+		--commit "$$(git rev-parse --short HEAD)$$(git diff --quiet HEAD -- . ':!bench/scale.*' || echo +changes)"
 
 ## fuzz: every fuzz target (fuzz/, cargo-fuzz on nightly) for FUZZ_SECONDS each; see docs/reliability.md
 # FUZZ_TARGETS picks some; FUZZ_PARALLEL runs that many at once. Each target starts from

@@ -5,6 +5,7 @@
 
 pub mod report;
 pub mod s3cost;
+pub mod scale;
 pub mod suite;
 mod workloads;
 

@@ -111,6 +111,48 @@ enum BenchCmd {
         #[arg(long, default_value_t = 20_000)]
         total: usize,
     },
+    /// A 3-member netsy cluster loaded with KEYS × VALUE_SIZE, timed through compaction,
+    /// defragmentation, snapshots, a wiped member and a restore under background load;
+    /// writes scale.md / scale.json (`make bench-scale`).
+    Scale {
+        #[arg(long)]
+        netsy_bin: Option<PathBuf>,
+        /// Where the reports go.
+        #[arg(long, default_value = "bench")]
+        out: PathBuf,
+        /// Where the data directories and the object store go (default: the temp dir).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Keys to load (fewer when the free disk cannot hold them; the report says so).
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: usize,
+        /// Bytes per value (random, so incompressible).
+        #[arg(long, default_value_t = 10_240)]
+        value_size: usize,
+        /// Background writers (1 KiB puts) and readers (linearizable gets).
+        #[arg(long, default_value_t = 10)]
+        writers: usize,
+        #[arg(long, default_value_t = 10)]
+        readers: usize,
+        /// Seconds of background load measured before each step.
+        #[arg(long, default_value_t = 20)]
+        window: u64,
+        /// The cluster's raft.snapshot_log_entries.
+        #[arg(long, default_value_t = 20_000)]
+        raft_snapshot_entries: u64,
+        /// The cluster's archive.snapshot_max_age, in seconds.
+        #[arg(long, default_value_t = 120)]
+        archive_snapshot_age: u64,
+        /// Seconds a step waits for a snapshot or a member to catch up.
+        #[arg(long, default_value_t = 1800)]
+        event_timeout: u64,
+        /// The commit to name in the report.
+        #[arg(long, default_value = "")]
+        commit: String,
+        /// A smaller run's scale.json: the 50 GiB extrapolation then goes through both sizes.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+    },
     /// netsy vs real etcd side by side; writes results.md / .svg / .json (`make bench`).
     Suite {
         /// The etcd 3.5 binary to compare against.
@@ -197,6 +239,55 @@ fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| format!("durability cost failed: {e}"));
             let _ = std::fs::remove_dir_all(&dir);
             return Ok(netsy_bench::report::durability_markdown(&cost?));
+        }
+        BenchCmd::Scale {
+            netsy_bin,
+            out,
+            work_dir,
+            keys,
+            value_size,
+            writers,
+            readers,
+            window,
+            raft_snapshot_entries,
+            archive_snapshot_age,
+            event_timeout,
+            commit,
+            baseline,
+        } => {
+            let netsy_bin = match netsy_bin {
+                Some(p) => p,
+                None => default_netsy_bin()?,
+            };
+            let work_dir = work_dir
+                .unwrap_or_else(std::env::temp_dir)
+                .join(format!("netsy-scale-{}", std::process::id()));
+            let opts = netsy_bench::scale::ScaleOptions {
+                netsy_bin,
+                out_dir: out.clone(),
+                work_dir: work_dir.clone(),
+                keys,
+                value_size,
+                writers,
+                readers,
+                window: std::time::Duration::from_secs(window),
+                raft_snapshot_entries,
+                archive_snapshot_age: std::time::Duration::from_secs(archive_snapshot_age),
+                event_timeout: std::time::Duration::from_secs(event_timeout),
+                baseline,
+                command: format!("netsy-bench scale --keys {keys} --value-size {value_size}"),
+                commit,
+            };
+            let report = runtime
+                .block_on(netsy_bench::scale::run_scale(&opts))
+                .map_err(|e| format!("scale bench failed: {e} (members' logs in {})", work_dir.display()));
+            let report = report?;
+            let _ = std::fs::remove_dir_all(&work_dir);
+            return Ok(format!(
+                "{}wrote {}/scale.md, scale.json",
+                netsy_bench::scale::markdown(&report),
+                out.display()
+            ));
         }
         BenchCmd::Suite {
             etcd_bin,

@@ -59,7 +59,7 @@ async fn delay_line(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net
 }
 
 /// One HTTP/1.0 exchange; the status code.
-async fn http(addr: SocketAddr, request: &[u8]) -> Result<(u16, String), BenchError> {
+pub(crate) async fn http(addr: SocketAddr, request: &[u8]) -> Result<(u16, String), BenchError> {
     let mut s = TcpStream::connect(addr).await.map_err(setup("connect"))?;
     s.write_all(request).await.map_err(setup("write"))?;
     let mut out = Vec::new();

@@ -80,7 +80,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -195,7 +195,7 @@ async fn start_netsy(bin: &Path, dir: &Path, n: usize) -> Result<Vec<Server>, Be
 }
 
 /// (current RSS, peak RSS) of a process in bytes, from /proc.
-fn rss(pid: u32) -> (u64, u64) {
+pub(crate) fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| -> u64 {
         status
@@ -252,7 +252,7 @@ fn measure_disk_sync(dir: &Path, samples: usize) -> Result<DiskSync, BenchError>
     })
 }
 
-fn disk_usage(path: &Path) -> u64 {
+pub(crate) fn disk_usage(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     };

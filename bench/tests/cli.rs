@@ -229,3 +229,85 @@ fn quick_suite_writes_reports() {
     }
     assert!(std::fs::read_to_string(dir.path().join("results.svg")).unwrap().starts_with("<svg"));
 }
+
+#[test]
+fn scale_refuses_an_empty_keyspace_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(NETSY_BENCH)
+        .args(["scale", "--keys", "0", "--netsy-bin"])
+        .arg(netsy_bin())
+        .arg("--work-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not enough for even one key"), "{err}");
+    assert!(!dir.path().join("scale.md").exists());
+}
+
+/// A tiny scale run (a minute or two): every step is measured, no background request
+/// fails, and the reports are written. `cargo nextest run --run-ignored only -E
+/// 'test(quick_scale_run)'`.
+#[test]
+#[ignore = "starts a 3-member cluster for a minute or two; run on demand"]
+fn quick_scale_run_writes_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(NETSY_BENCH)
+        .args([
+            "scale",
+            "--keys",
+            "300",
+            "--value-size",
+            "4096",
+            "--window",
+            "2",
+            "--raft-snapshot-entries",
+            "100",
+            "--archive-snapshot-age",
+            "5",
+            "--event-timeout",
+            "120",
+            "--writers",
+            "2",
+            "--readers",
+            "2",
+            "--netsy-bin",
+        ])
+        .arg(netsy_bin())
+        .arg("--work-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("scale.json")).unwrap()).unwrap();
+    assert_eq!(json["keys"], 300);
+    let steps = json["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "compaction",
+            "defragment (3 members in turn)",
+            "raft snapshot (local, every member)",
+            "archive snapshot upload",
+            "member wiped and rejoined",
+            "full restore from object storage"
+        ]
+    );
+    for s in steps {
+        assert!(s["before"]["all"]["requests"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["peak_rss"].as_array().unwrap().iter().all(|r| r.as_u64().unwrap() > 0), "{s}");
+    }
+    assert!(json["restored_bytes"].as_u64().unwrap() > 300 * 4096, "{json}");
+    let md = std::fs::read_to_string(dir.path().join("scale.md")).unwrap();
+    assert!(
+        md.contains("| full restore from object storage |") && md.contains("Extrapolation to 50 GiB"),
+        "{md}"
+    );
+}
