@@ -46,6 +46,46 @@ async fn revision(endpoint: &str) -> i64 {
     r.header().unwrap().revision()
 }
 
+/// Writes `k/{i:04}` = `value(i)` for i = `from`, `from + 1`, … through `p`; once `before`
+/// writes were acknowledged runs `kill` (the primary's end), and returns every key
+/// acknowledged. A write that fails before the kill (a busy machine) is not counted; after
+/// the kill the first failure ends the writer.
+async fn write_until_killed(
+    mut p: Client,
+    from: usize,
+    value: impl Fn(usize) -> String + Send + 'static,
+    before: usize,
+    kill: impl FnOnce(),
+) -> Vec<String> {
+    let killed = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn({
+        let (killed, written) = (killed.clone(), written.clone());
+        async move {
+            let mut acked = Vec::new();
+            for i in from.. {
+                let key = format!("k/{i:04}");
+                match tokio::time::timeout(Duration::from_secs(5), p.put(key.clone(), value(i), None)).await {
+                    Ok(Ok(_)) => {
+                        acked.push(key);
+                        written.fetch_add(1, Ordering::AcqRel);
+                    }
+                    _ if killed.load(Ordering::Acquire) => break,
+                    _ => {}
+                }
+            }
+            acked
+        }
+    });
+    eventually(Duration::from_secs(60), "writes before the kill", || async {
+        written.load(Ordering::Acquire) >= before
+    })
+    .await;
+    kill();
+    killed.store(true, Ordering::Release);
+    writer.await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standby_follows_serves_reads_and_is_promoted_with_every_acknowledged_write() {
     let mut primary = Cluster::start_s3(3, r#""durability": "object-storage","#);
@@ -104,35 +144,18 @@ async fn a_standby_follows_serves_reads_and_is_promoted_with_every_acknowledged_
     // More writes, then the whole primary is killed while a writer runs. A write that
     // fails before the kill (a busy machine) is not counted as acknowledged; after the
     // kill the first failure ends the writer.
-    let killed = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicUsize::new(0));
-    let writer = tokio::spawn({
-        let (killed, written) = (killed.clone(), written.clone());
-        async move {
-            let mut acked = Vec::new();
-            for i in 150.. {
-                let key = format!("k/{i:04}");
-                match tokio::time::timeout(Duration::from_secs(5), p.put(key.clone(), "last", None)).await {
-                    Ok(Ok(_)) => {
-                        acked.push(key);
-                        written.fetch_add(1, Ordering::AcqRel);
-                    }
-                    _ if killed.load(Ordering::Acquire) => break,
-                    _ => {}
-                }
+    let late = write_until_killed(
+        p.clone(),
+        150,
+        |_| "last".to_string(),
+        20,
+        || {
+            for node in primary.nodes.iter_mut() {
+                node.kill9();
             }
-            acked
-        }
-    });
-    eventually(Duration::from_secs(60), "writes before the kill", || async {
-        written.load(Ordering::Acquire) >= 20
-    })
+        },
+    )
     .await;
-    for node in primary.nodes.iter_mut() {
-        node.kill9();
-    }
-    killed.store(true, Ordering::Release);
-    let late = writer.await.unwrap();
     acked.extend(late);
 
     // Promote: the standby replays everything archived, then serves writes.
@@ -259,33 +282,9 @@ async fn a_three_member_standby_follows_an_encrypted_archive_and_is_promoted() {
     }
 
     // The primary dies while a writer runs; what it acknowledged is in its archive.
-    let killed = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicUsize::new(0));
-    let writer = tokio::spawn({
-        let (killed, written, secret) = (killed.clone(), written.clone(), secret.clone());
-        async move {
-            let mut acked = Vec::new();
-            for i in 120.. {
-                let key = format!("k/{i:04}");
-                match tokio::time::timeout(Duration::from_secs(5), p.put(key.clone(), format!("{secret}-{i}"), None)).await {
-                    Ok(Ok(_)) => {
-                        acked.push(key);
-                        written.fetch_add(1, Ordering::AcqRel);
-                    }
-                    _ if killed.load(Ordering::Acquire) => break,
-                    _ => {}
-                }
-            }
-            acked
-        }
-    });
-    eventually(Duration::from_secs(60), "writes before the kill", || async {
-        written.load(Ordering::Acquire) >= 10
-    })
-    .await;
-    primary.kill9();
-    killed.store(true, Ordering::Release);
-    acked.extend(writer.await.unwrap());
+    let secret_value = secret.clone();
+    let late = write_until_killed(p.clone(), 120, move |i| format!("{secret_value}-{i}"), 10, || primary.kill9()).await;
+    acked.extend(late);
 
     // Promote through any member's file; the leader records it and every member serves
     // the same state, then writes.
