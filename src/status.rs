@@ -92,47 +92,38 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Whether a TLS alert from the member ended the connection behind `e` (rustls's error,
-/// or its text where hyper kept only that).
-fn tls_alert(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or any error in its source chain satisfies `test`.
+fn any_in_chain(e: &(dyn std::error::Error + 'static), test: impl Fn(&(dyn std::error::Error + 'static)) -> bool) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(rustls::Error::AlertReceived(_)) = err.downcast_ref::<rustls::Error>() {
-            return true;
-        }
-        if err.to_string().contains("received fatal alert") {
+        if test(err) {
             return true;
         }
         cur = err.source();
     }
     false
+}
+
+/// Whether a TLS alert from the member ended the connection behind `e` (rustls's error,
+/// or its text where hyper kept only that).
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> bool {
+    any_in_chain(e, |err| {
+        matches!(err.downcast_ref::<rustls::Error>(), Some(rustls::Error::AlertReceived(_)))
+            || err.to_string().contains("received fatal alert")
+    })
 }
 
 /// Whether this side refused the server's certificate behind `e`.
 fn bad_server_cert(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
-            return true;
-        }
-        if err.to_string().contains("invalid peer certificate") {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    any_in_chain(e, |err| {
+        matches!(err.downcast_ref::<rustls::Error>(), Some(rustls::Error::InvalidCertificate(_)))
+            || err.to_string().contains("invalid peer certificate")
+    })
 }
 
 /// Whether the connection itself failed behind `e` (not an answer of the member's).
 fn transport_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<tonic::transport::Error>().is_some() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
+    any_in_chain(e, |err| err.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 /// How a TLS connection to a member went, to explain its failures.
