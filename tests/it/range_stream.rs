@@ -14,20 +14,25 @@ use std::time::{Duration, Instant};
 
 use crate::common::{cpu_time, http_get, Netsy};
 
-async fn kv(n: &Netsy) -> pb::kv_client::KvClient<Channel> {
+pub async fn kv(n: &Netsy) -> pb::kv_client::KvClient<Channel> {
     pb::kv_client::KvClient::connect(n.endpoint())
         .await
         .expect("connect")
         .max_decoding_message_size(usize::MAX)
 }
 
-/// `count` keys `/s/NNNNN` of `size` bytes, 100 per txn.
+/// `count` keys `/s/NNNNN` of `size` bytes.
 async fn load(c: &mut pb::kv_client::KvClient<Channel>, count: usize, size: usize) {
-    for chunk in 0..count.div_ceil(100) {
-        let ops = (chunk * 100..((chunk + 1) * 100).min(count))
+    put_keys(c, "/s/", count, size).await
+}
+
+/// `count` keys `{prefix}NNNNN` of `size` bytes, 50 per txn.
+pub async fn put_keys(c: &mut pb::kv_client::KvClient<Channel>, prefix: &str, count: usize, size: usize) {
+    for chunk in 0..count.div_ceil(50) {
+        let ops = (chunk * 50..((chunk + 1) * 50).min(count))
             .map(|i| pb::RequestOp {
                 request: Some(Op::RequestPut(pb::PutRequest {
-                    key: format!("/s/{i:05}").into_bytes(),
+                    key: format!("{prefix}{i:05}").into_bytes(),
                     value: vec![b'a' + (i % 26) as u8; size],
                     ..Default::default()
                 })),
@@ -42,7 +47,6 @@ async fn load(c: &mut pb::kv_client::KvClient<Channel>, count: usize, size: usiz
     }
 }
 
-/// The store's current revision.
 async fn revision(c: &mut pb::kv_client::KvClient<Channel>) -> i64 {
     let read = pb::RangeRequest {
         key: b"/s/".to_vec(),

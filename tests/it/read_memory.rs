@@ -17,37 +17,15 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::{wait_until, Netsy};
+use crate::range_stream::{kv, put_keys};
 
 const BUDGET: &str = r#""limits": { "read_memory_bytes": 4194304 },"#;
 const IN_USE: &str = "netsy_read_memory_in_use_bytes";
 const VALUE: usize = 8 * 1024;
 
-async fn kv(n: &Netsy) -> pb::kv_client::KvClient<Channel> {
-    pb::kv_client::KvClient::connect(n.endpoint())
-        .await
-        .expect("connect")
-        .max_decoding_message_size(usize::MAX)
-}
-
-/// `count` keys `/big/NNNNN` of `VALUE` bytes, 50 per txn.
+/// `count` keys `/big/NNNNN` of `VALUE` bytes.
 async fn load(c: &mut pb::kv_client::KvClient<Channel>, count: usize) {
-    for chunk in 0..count.div_ceil(50) {
-        let ops = (chunk * 50..((chunk + 1) * 50).min(count))
-            .map(|i| pb::RequestOp {
-                request: Some(Op::RequestPut(pb::PutRequest {
-                    key: format!("/big/{i:05}").into_bytes(),
-                    value: vec![b'a' + (i % 26) as u8; VALUE],
-                    ..Default::default()
-                })),
-            })
-            .collect();
-        c.txn(pb::TxnRequest {
-            success: ops,
-            ..Default::default()
-        })
-        .await
-        .expect("txn");
-    }
+    put_keys(c, "/big/", count, VALUE).await
 }
 
 fn all() -> pb::RangeRequest {
