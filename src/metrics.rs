@@ -255,6 +255,30 @@ fn count_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets")
 }
 
+pub static COMPACTION_PAUSE: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds",
+        "Bucketed histogram of db compaction pause duration.",
+        // 1 ms to 8 s, as etcd's.
+        count_buckets(),
+    )
+});
+pub static COMPACTION_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "etcd_debugging_mvcc_db_compaction_total_duration_milliseconds",
+        "Bucketed histogram of db compaction total duration.",
+        prometheus::exponential_buckets(100.0, 2.0, 14).expect("valid buckets"),
+    )
+});
+pub static COMPACTION_KEYS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("etcd_debugging_mvcc_db_compaction_keys_total", "Total number of db keys compacted."));
+pub static DEFRAG_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "etcd_disk_backend_defrag_duration_seconds",
+        "The latency distribution of backend defragmentation.",
+        prometheus::exponential_buckets(0.1, 2.0, 13).expect("valid buckets"),
+    )
+});
 pub static PROPOSAL_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "netsy_proposal_duration_seconds",
@@ -371,6 +395,7 @@ pub fn render() -> String {
         &*LAST_LOG_INDEX,
     );
     let _ = (&*PROPOSALS_COMMITTED, &*PROPOSALS_FAILED, &*PROPOSAL_DURATION);
+    let _ = (&*COMPACTION_PAUSE, &*COMPACTION_DURATION, &*COMPACTION_KEYS, &*DEFRAG_DURATION);
     let _ = (
         &*WAL_FSYNC_DURATION,
         &*LOG_BATCH_ENTRIES,

@@ -123,16 +123,18 @@ pub struct Replica {
     read_only: std::sync::atomic::AtomicBool,
     /// The memory unary reads may hold at once (`read.rs`).
     read_budget: ReadBudget,
+    /// How far this member has deleted compacted history (`mvcc::reclaim`).
+    reclaim: watch::Receiver<crate::mvcc::Reclaim>,
 }
 
 impl Replica {
     pub fn new(ids: Ids, settings: Settings, parts: Parts) -> Result<Replica, CoreError> {
-        let (commits, revision) = {
+        let (commits, revision, reclaim) = {
             let store = parts
                 .store
                 .lock()
                 .map_err(|_| CoreError::Apply(crate::mvcc::MvccError::Storage("store lock poisoned".into())))?;
-            (store.commit_sender(), store.revision_handle())
+            (store.commit_sender(), store.revision_handle(), store.reclaim_progress())
         };
         let quota = quota::Quota::load(&parts.reader)?;
         let replica = Replica {
@@ -157,6 +159,7 @@ impl Replica {
             read_floor: Mutex::new((0, 0)),
             read_only: std::sync::atomic::AtomicBool::new(settings.standby),
             read_budget: ReadBudget::new(settings.limits.read_memory_bytes),
+            reclaim,
             settings,
         };
         replica.refresh_db_size();

@@ -246,16 +246,12 @@ impl Replica {
         })
     }
 
-    /// Rewrites the state database without its free pages.
+    /// Gives the state database's free pages back to the file system, in steps that let
+    /// applies through (`mvcc::reclaim::defragment`).
     pub async fn defragment(&self) -> Result<DefragmentResponse, CoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store
-                .lock()
-                .map_err(|_| MvccError::Storage("store lock poisoned".into()))?
-                .defragment()
-        })
-        .await??;
+        let (store, reader) = (self.store.clone(), self.reader.clone());
+        let report = tokio::task::spawn_blocking(move || crate::mvcc::reclaim::defragment(&store, &reader)).await??;
+        tracing::info!(pages_freed = report.pages_freed, rewritten = report.rewritten, "defragmented");
         self.refresh_db_size();
         Ok(DefragmentResponse {
             header: self.current_header(),

@@ -81,8 +81,20 @@ impl Replica {
         self.write(Command::Txn(req)).await.map(Held::unmetered)
     }
 
+    /// Compacts through Raft. With `physical`, answers (as etcd does) once this member has
+    /// also deleted the compacted history (`mvcc::reclaim`), not only moved the compact
+    /// revision.
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, CoreError> {
-        self.write(Command::Compact(req)).await
+        let (physical, revision) = (req.physical, req.revision);
+        let resp = self.write(Command::Compact(req)).await?;
+        if physical {
+            let mut progress = self.reclaim.clone();
+            progress
+                .wait_for(|r| r.reclaimed >= revision)
+                .await
+                .map_err(|_| CoreError::Stopped)?;
+        }
+        Ok(resp)
     }
 
     /// Grants lease `id` (0: a new random id) for `ttl` seconds.

@@ -6,8 +6,13 @@ use rusqlite::Connection;
 use super::read::Revisions;
 use super::MvccError;
 
-/// CRC-32C over every history row with `compact < mod_rev <= revision`, in revision order.
-/// Returns (hash, compact revision, hashed revision).
+/// CRC-32C over every history row with `mod_rev <= revision` that compaction keeps, in
+/// revision order. Returns (hash, compact revision, hashed revision).
+///
+/// The rows a compaction made obsolete are deleted after its apply, at each member's own
+/// pace (`mvcc::reclaim`): those not deleted yet (written between `compact_reclaimed`
+/// and the compact revision, or replaced by a row written there) are left out, so every
+/// member hashes the same rows whatever its progress.
 pub fn hash_kv(conn: &Connection, revision: i64, revs: Revisions) -> Result<(u32, i64, i64), MvccError> {
     let rev = if revision <= 0 { revs.current } else { revision };
     if rev > revs.current {
@@ -16,10 +21,15 @@ pub fn hash_kv(conn: &Connection, revision: i64, revs: Revisions) -> Result<(u32
     if rev < revs.compacted {
         return Err(MvccError::Compacted);
     }
+    let reclaimed = super::read::compact_reclaimed(conn)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT key, mod_rev, sub, create_rev, version, lease, value, deleted FROM kv WHERE mod_rev <= ?1 ORDER BY mod_rev, sub",
+        "SELECT key, mod_rev, sub, create_rev, version, lease, value, deleted FROM kv \
+         WHERE mod_rev <= ?1 \
+           AND NOT (deleted = 1 AND mod_rev >= ?2 AND mod_rev < ?3) \
+           AND (mod_rev, sub) NOT IN (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?2 AND mod_rev < ?3 AND prev_rev > 0) \
+         ORDER BY mod_rev, sub",
     )?;
-    let mut rows = stmt.query([rev])?;
+    let mut rows = stmt.query([rev, reclaimed, revs.compacted])?;
     let mut crc = 0u32;
     while let Some(r) = rows.next()? {
         let key: Vec<u8> = r.get(0)?;

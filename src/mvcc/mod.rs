@@ -13,6 +13,7 @@ mod hash;
 mod history;
 pub mod import;
 mod read;
+pub mod reclaim;
 mod schema;
 mod store;
 mod stream;
@@ -24,7 +25,7 @@ pub use history::{History, RevisionEvents};
 pub use read::{KeyRange, RangeEnd, Revisions};
 pub use store::{
     clear_raft_meta, read_applied_meta, read_revisions, remove_database, set_applied_source, AppliedMeta, CommitBatch, DbSize, Reader,
-    Store,
+    Reclaim, Store,
 };
 pub use stream::{Chunk, RangeStream, StreamRefused};
 pub use write::{Command, CommandResult};

@@ -99,6 +99,13 @@ pub fn revisions(conn: &Connection) -> rusqlite::Result<Revisions> {
     })
 }
 
+/// The revision below which compaction's deletions are done (`mvcc::reclaim`): rows
+/// written from here to the compact revision may still have obsolete rows behind them.
+pub fn compact_reclaimed(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE name = 'compact_reclaimed'")?
+        .query_row([], |r| r.get(0))
+}
+
 /// Keys in `range` at revision `rev` (live only), sorted by key, at most `limit` (0 = all).
 ///
 /// Each row is charged to `meter` before it is kept; once `meter` refuses, rows are only

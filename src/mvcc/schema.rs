@@ -7,7 +7,10 @@ use super::MvccError;
 /// Bumped whenever the schema changes incompatibly. v4: the Raft bookkeeping rows are
 /// `applied_log_id` / `applied_membership` in netsy's own encoding (v3's `raft_applied` /
 /// `raft_membership` held bincode; they are still read, and replaced by the next batch).
-pub const SCHEMA_VERSION: i64 = 4;
+/// v5: a compaction deletes the history it drops after its apply, in batches
+/// (`mvcc::reclaim`): `kv` may hold rows below `compact_revision` that are already
+/// obsolete, up to the `compact_reclaimed` revision in `meta` (a v4 netsy would keep them).
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Page size of a new state database (an existing one keeps the size it was made with).
 /// A row of a `WITHOUT ROWID` table keeps at most about a quarter of a page inline and
@@ -22,6 +25,10 @@ pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
         // Only takes effect on a new, empty database: before the first table (and before
         // WAL mode writes the header).
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+        // Also only for a new database: free pages can then be given back to the file
+        // system a few at a time (`mvcc::reclaim::defragment`) instead of by a `VACUUM`
+        // that rewrites the whole file while applies wait.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // The Raft log is the durable record of every acknowledged write; the state database
@@ -124,7 +131,8 @@ fn create_and_migrate(conn: &Connection) -> rusqlite::Result<()> {
         ",
     )?;
     conn.execute(
-        "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?1), ('revision', 1), ('compact_revision', 0)",
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?1), ('revision', 1), ('compact_revision', 0), \
+         ('compact_reclaimed', 0)",
         [SCHEMA_VERSION],
     )?;
     migrate(conn)
@@ -176,6 +184,16 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         // Nothing moves: the Raft bookkeeping is read in either form (`store::read_meta`).
         // The version tells netsy 0.1 that this database is not its own.
         conn.execute("UPDATE meta SET value = 4 WHERE name = 'schema_version'", [])?;
+    }
+    if version < 5 {
+        // v4 deleted a compaction's history inside its apply: nothing is pending.
+        conn.execute_batch(
+            "BEGIN;
+             INSERT OR REPLACE INTO meta (name, value)
+               SELECT 'compact_reclaimed', value FROM meta WHERE name = 'compact_revision';
+             UPDATE meta SET value = 5 WHERE name = 'schema_version';
+             COMMIT;",
+        )?;
     }
     Ok(())
 }

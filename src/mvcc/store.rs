@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::history::{self, History, RevisionEvents};
 use super::read::{self, Revisions};
@@ -95,6 +95,21 @@ pub struct DbSize {
     pub in_use: i64,
 }
 
+/// How far a compaction's deletions have come (`mvcc::reclaim`): the rows it made
+/// obsolete are deleted for the history written below `reclaimed`; `compacted` is the
+/// compact revision (`reclaimed <= compacted`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaim {
+    pub compacted: i64,
+    pub reclaimed: i64,
+}
+
+impl Reclaim {
+    pub fn pending(&self) -> bool {
+        self.reclaimed < self.compacted
+    }
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -109,6 +124,7 @@ pub struct Store {
     /// kept by `apply_batch`, so a batch neither reads nor rewrites what did not change).
     /// `legacy`: the rows of netsy 0.1 are still there (the next batch removes them).
     meta: AppliedMeta,
+    reclaim: watch::Sender<Reclaim>,
 }
 
 fn storage(e: rusqlite::Error) -> MvccError {
@@ -123,9 +139,14 @@ impl Store {
         schema::create(&conn)?;
         let revs = read::revisions(&conn).map_err(storage)?;
         let meta = read_meta(&conn).map_err(storage)?;
+        let reclaimed = read::compact_reclaimed(&conn).map_err(storage)?;
         // Bounded: a watch stream that falls this far behind catches up from history instead.
         let (commits, _) = broadcast::channel(256);
         Ok(Store {
+            reclaim: watch::Sender::new(Reclaim {
+                compacted: revs.compacted,
+                reclaimed,
+            }),
             meta,
             conn,
             path: path.to_path_buf(),
@@ -260,6 +281,9 @@ impl Store {
             ..meta.clone()
         };
         let changed = revs != self.revs;
+        if revs.compacted != self.revs.compacted {
+            self.reclaim.send_modify(|r| r.compacted = revs.compacted);
+        }
         self.revs = revs;
         self.published.store(revs.current, std::sync::atomic::Ordering::Release);
         if changed {
@@ -273,10 +297,72 @@ impl Store {
         Ok(results)
     }
 
-    /// Rewrites the database file to reclaim free pages (etcd's Defragment).
-    pub fn defragment(&mut self) -> Result<(), MvccError> {
+    /// How far compaction's deletions have come; see [`Store::delete_compacted`].
+    pub fn reclaim_progress(&self) -> watch::Receiver<Reclaim> {
+        self.reclaim.subscribe()
+    }
+
+    pub fn reclaim(&self) -> Reclaim {
+        *self.reclaim.borrow()
+    }
+
+    /// Deletes, in one transaction, the history made obsolete by compaction among the rows
+    /// of at most `max_revisions` revisions after the last ones done. Returns the rows
+    /// deleted (0 also when nothing is pending).
+    pub fn delete_compacted(&mut self, max_revisions: i64) -> Result<usize, MvccError> {
+        let Reclaim { compacted, reclaimed } = self.reclaim();
+        if reclaimed >= compacted {
+            return Ok(0);
+        }
+        let to = compacted.min(reclaimed.saturating_add(max_revisions.max(1)));
+        let tx = self.conn.transaction().map_err(storage)?;
+        let deleted = write::delete_compacted(&tx, reclaimed, to).map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        self.reclaim.send_modify(|r| r.reclaimed = to);
+        Ok(deleted)
+    }
+
+    /// Whether free pages can be given back a few at a time ([`Store::vacuum_step`]):
+    /// every database created since netsy 0.3; older ones need
+    /// [`Store::enable_incremental_vacuum`] once.
+    pub fn incremental_vacuum(&self) -> Result<bool, MvccError> {
+        let mode: i64 = self.conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).map_err(storage)?;
+        Ok(mode == 2)
+    }
+
+    /// Rewrites the whole database once (applies wait meanwhile) so that it keeps the page
+    /// bookkeeping [`Store::vacuum_step`] needs.
+    pub fn enable_incremental_vacuum(&mut self) -> Result<(), MvccError> {
         complete_checkpoint(&self.conn, "TRUNCATE")?;
+        self.conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(storage)?;
         self.conn.execute_batch("VACUUM").map_err(storage)?;
+        complete_checkpoint(&self.conn, "TRUNCATE")
+    }
+
+    /// Pages of the database file that hold nothing.
+    pub fn free_pages(&self) -> Result<i64, MvccError> {
+        self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).map_err(storage)
+    }
+
+    /// Moves up to `pages` pages from the end of the file into free ones and cuts the file
+    /// by as many (the cut reaches the file at the next checkpoint). Returns the free
+    /// pages left.
+    pub fn vacuum_step(&mut self, pages: i64) -> Result<i64, MvccError> {
+        // The pragma moves one page per step of the statement: step it to the end.
+        let mut stmt = self
+            .conn
+            .prepare(&format!("PRAGMA incremental_vacuum({})", pages.max(1)))
+            .map_err(storage)?;
+        let mut rows = stmt.query([]).map_err(storage)?;
+        while rows.next().map_err(storage)?.is_some() {}
+        drop(rows);
+        drop(stmt);
+        self.free_pages()
+    }
+
+    /// Copies the whole WAL into the database file and empties it, so that the file's
+    /// size is the database's (the end of a defragmentation).
+    pub fn truncate_wal(&mut self) -> Result<(), MvccError> {
         complete_checkpoint(&self.conn, "TRUNCATE")
     }
 
@@ -317,6 +403,11 @@ impl Store {
         }
         self.revs = read::revisions(&conn).map_err(storage)?;
         self.meta = read_meta(&conn).map_err(storage)?;
+        let reclaimed = read::compact_reclaimed(&conn).map_err(storage)?;
+        self.reclaim.send_replace(Reclaim {
+            compacted: self.revs.compacted,
+            reclaimed,
+        });
         self.conn = conn;
         Ok(())
     }
@@ -863,6 +954,40 @@ mod tests {
                 .unwrap();
             assert!(matches!(r[0], CommandResult::Compact(_)), "{r:?}");
             compacted = at;
+            // The apply only moved the compact revision: the obsolete rows are still there,
+            // invisible to reads and hashes, until they are deleted in batches.
+            let obsolete = |reader: &Reader| {
+                reader
+                    .read(|c, _| {
+                        Ok(c.query_row(
+                            "SELECT (SELECT COUNT(*) FROM kv WHERE mod_rev < ?1 AND deleted = 1) + \
+                             (SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM kv WHERE mod_rev < ?1 GROUP BY key))",
+                            [compacted],
+                            |r| r.get::<_, i64>(0),
+                        )?)
+                    })
+                    .unwrap()
+            };
+            assert!(obsolete(&reader) > 0, "round {round}: nothing to delete yet");
+            assert!(store.reclaim().pending());
+            check(&states, &events, compacted, store.revision());
+            let hashes = |reader: &Reader| {
+                (
+                    reader.hash_kv(0).unwrap(),
+                    reader.hash_kv(compacted).unwrap(),
+                    reader.hash_all().unwrap(),
+                )
+            };
+            let before = hashes(&reader);
+            let mut deleted = 0;
+            while store.reclaim().pending() {
+                deleted += store.delete_compacted(7).unwrap();
+                assert_eq!(hashes(&reader), before, "hashes while deleting, at {:?}", store.reclaim());
+            }
+            assert!(deleted > 0);
+            assert_eq!(obsolete(&reader), 0, "round {round}: every obsolete row deleted");
+            assert_eq!(store.reclaim().reclaimed, compacted);
+            assert_eq!(store.delete_compacted(7).unwrap(), 0, "nothing left");
             check(&states, &events, compacted, store.revision());
             let old = reader.range(&RangeRequest {
                 key: key(0),
@@ -890,7 +1015,8 @@ mod tests {
             )
             .unwrap();
         let err = Store::open(&path).err().expect("refused").to_string();
-        assert!(err.contains("schema v99, newer than this netsy's v4"), "{err}");
+        let want = format!("schema v99, newer than this netsy's v{}", super::schema::SCHEMA_VERSION);
+        assert!(err.contains(&want), "{err}");
         let tables: i64 = Connection::open(&path)
             .unwrap()
             .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))

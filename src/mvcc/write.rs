@@ -312,9 +312,10 @@ pub(super) fn lease_grant(conn: &Connection, id: i64, ttl: i64, revision: i64) -
     })
 }
 
-/// Compaction at `rev`: rows superseded before `rev`, and tombstones below `rev`, are
-/// deleted. Reads at `rev` stay exact, and so do watches from `rev`: the rows that the
-/// events of revision `rev` replaced are kept for their `prev_kv`.
+/// Compaction at `rev`, as applied: from now on reads below `rev` are refused. The rows
+/// it makes obsolete are deleted afterwards, off the apply path, by [`delete_compacted`]
+/// (`mvcc::reclaim`); until then reads never reach them (a read at or above `rev` takes
+/// each key's newest row at or below its revision, and the obsolete ones are older).
 pub(super) fn compact(conn: &Connection, rev: i64, revs: Revisions) -> Result<CompactionResponse, MvccError> {
     if rev > revs.current {
         return Err(MvccError::FutureRevision);
@@ -322,16 +323,6 @@ pub(super) fn compact(conn: &Connection, rev: i64, revs: Revisions) -> Result<Co
     if rev <= revs.compacted {
         return Err(MvccError::Compacted);
     }
-    // Only rows written since the last compaction need looking at: each one that is
-    // itself below `rev` makes the row it replaced obsolete, and a tombstone below `rev`
-    // is obsolete itself.
-    conn.prepare_cached(
-        "DELETE FROM kv WHERE (mod_rev, sub) IN \
-         (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND prev_rev > 0)",
-    )?
-    .execute([revs.compacted, rev])?;
-    conn.prepare_cached("DELETE FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND deleted = 1")?
-        .execute([revs.compacted, rev])?;
     conn.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'compact_revision'")?
         .execute([rev])?;
     Ok(CompactionResponse {
@@ -340,6 +331,27 @@ pub(super) fn compact(conn: &Connection, rev: i64, revs: Revisions) -> Result<Co
             ..Default::default()
         }),
     })
+}
+
+/// Deletes the history that compaction made obsolete among the rows written in revisions
+/// `from..to` (with `to` at most the compact revision): each row written there makes the
+/// row it replaced obsolete, and a tombstone there is obsolete itself. Rows at and above
+/// the compact revision are never touched, so reads at it stay exact, and so do watches
+/// from it (the rows its events replaced are kept for their `prev_kv`). Records `to` as
+/// reclaimed. Returns the number of rows deleted.
+pub(super) fn delete_compacted(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<usize> {
+    let replaced = conn
+        .prepare_cached(
+            "DELETE FROM kv WHERE (mod_rev, sub) IN \
+             (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND prev_rev > 0)",
+        )?
+        .execute([from, to])?;
+    let tombstones = conn
+        .prepare_cached("DELETE FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND deleted = 1")?
+        .execute([from, to])?;
+    conn.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'compact_reclaimed'")?
+        .execute([to])?;
+    Ok(replaced + tombstones)
 }
 
 pub(super) fn alarms(conn: &Connection) -> rusqlite::Result<Vec<AlarmMember>> {

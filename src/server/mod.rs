@@ -484,6 +484,7 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
         &stop,
         crate::mvcc::checkpoint::run(replica.store().clone(), replica.reader().clone()),
     );
+    spawn_until(&mut tasks, &stop, crate::mvcc::reclaim::run(replica.store().clone()));
     if let Some(policy) = cfg.auto_compaction.clone() {
         spawn_until(&mut tasks, &stop, crate::core::compactor::run(replica.clone(), policy));
     }

@@ -1,0 +1,310 @@
+//! Space reclaim, off the apply path.
+//!
+//! A compaction's apply only moves the compact revision (reads below it are refused from
+//! then on); the history it made obsolete is deleted here afterwards, a batch of
+//! revisions at a time, each batch one short transaction on the writer followed by a
+//! pause, so applies go on meanwhile (etcd deletes in batches too). Defragmentation gives
+//! the free pages back to the file system a few at a time (SQLite's incremental vacuum)
+//! instead of rewriting the whole file while applies wait.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{MvccError, Reader, Store};
+
+/// Revisions whose obsolete history one batch deletes. With one change per revision (a
+/// put), 1,000 revisions are up to 2,000 row deletions: a few ms with small values, tens
+/// with 10 KiB ones.
+const COMPACTION_BATCH_REVISIONS: i64 = 1000;
+/// Pages one defragmentation step moves and cuts from the file (2 MiB of 8 KiB pages).
+const VACUUM_STEP_PAGES: i64 = 256;
+/// After each batch or step the writer is left to the applies at least this long, and at
+/// least as long as the step held it: reclaim takes at most half of the writer's time.
+const MIN_PAUSE: Duration = Duration::from_millis(10);
+/// Long reclaims log their progress this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+fn lock(store: &Mutex<Store>) -> Result<MutexGuard<'_, Store>, MvccError> {
+    store.lock().map_err(|_| MvccError::Storage("store lock poisoned".into()))
+}
+
+/// Runs one step on the writer, then pauses as long as the step held it (at least
+/// `MIN_PAUSE`). Returns the step's result.
+fn step<T>(store: &Mutex<Store>, f: impl FnOnce(&mut Store) -> Result<T, MvccError>) -> Result<T, MvccError> {
+    let started = Instant::now();
+    let out = {
+        let mut store = lock(store)?;
+        f(&mut store)?
+    };
+    let held = started.elapsed();
+    crate::metrics::COMPACTION_PAUSE.observe(held.as_secs_f64() * 1000.0);
+    std::thread::sleep(held.max(MIN_PAUSE));
+    Ok(out)
+}
+
+/// Deletes what compactions made obsolete until nothing is pending, whenever a compaction
+/// is applied, until the task is dropped.
+pub async fn run(store: Arc<Mutex<Store>>) {
+    let mut progress = match lock(&store) {
+        Ok(s) => s.reclaim_progress(),
+        Err(e) => {
+            tracing::error!(error = %e, "compaction's deletions cannot start");
+            return;
+        }
+    };
+    loop {
+        if progress.wait_for(|r| r.pending()).await.is_err() {
+            return;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || finish_compaction(&s)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::error_chain(&e), "deleting compacted history failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "deleting compacted history panicked");
+                return;
+            }
+        }
+    }
+}
+
+/// What [`finish_compaction`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// The revision up to which compaction's deletions are done.
+    pub revision: i64,
+    pub rows_deleted: usize,
+}
+
+/// Deletes, in batches, the history that compactions made obsolete, until none is
+/// pending (including compactions applied meanwhile). Blocking.
+pub fn finish_compaction(store: &Mutex<Store>) -> Result<Compacted, MvccError> {
+    let started = Instant::now();
+    let mut logged = started;
+    let mut done = Compacted::default();
+    let first = lock(store)?.reclaim();
+    loop {
+        let (deleted, now) = step(store, |s| {
+            let deleted = s.delete_compacted(COMPACTION_BATCH_REVISIONS)?;
+            Ok((deleted, s.reclaim()))
+        })?;
+        done.rows_deleted += deleted;
+        done.revision = now.reclaimed;
+        crate::metrics::COMPACTION_KEYS.inc_by(deleted as u64);
+        if !now.pending() {
+            break;
+        }
+        if logged.elapsed() >= PROGRESS_EVERY {
+            logged = Instant::now();
+            tracing::info!(
+                reclaimed = now.reclaimed,
+                compact_revision = now.compacted,
+                rows_deleted = done.rows_deleted,
+                "deleting compacted history"
+            );
+        }
+    }
+    if first.pending() {
+        let took = started.elapsed();
+        crate::metrics::COMPACTION_DURATION.observe(took.as_secs_f64() * 1000.0);
+        tracing::info!(
+            compact_revision = done.revision,
+            rows_deleted = done.rows_deleted,
+            took_ms = took.as_millis() as u64,
+            "compacted history deleted"
+        );
+    }
+    Ok(done)
+}
+
+/// What [`defragment`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Defragmented {
+    pub pages_freed: i64,
+    /// The database had to be rewritten once (made before incremental vacuum was used).
+    pub rewritten: bool,
+}
+
+/// etcd's Defragment, without stopping applies: finishes pending compactions, then gives
+/// the free pages back to the file system a step at a time, and empties the WAL so that
+/// the file's size shows it. A database made by a netsy before schema v5 is rewritten
+/// once first (a full `VACUUM`, applies wait meanwhile). Blocking.
+pub fn defragment(store: &Mutex<Store>, reader: &Reader) -> Result<Defragmented, MvccError> {
+    let started = Instant::now();
+    finish_compaction(store)?;
+    let mut report = Defragmented::default();
+    {
+        let mut s = lock(store)?;
+        if !s.incremental_vacuum()? {
+            tracing::warn!("defragment: rewriting the whole database once so that later ones run in steps; applies wait until it is done");
+            s.enable_incremental_vacuum()?;
+            report.rewritten = true;
+        }
+    }
+    let free = lock(store)?.free_pages()?;
+    let mut left = free;
+    let mut logged = Instant::now();
+    while left > 0 {
+        left = step(store, |s| s.vacuum_step(VACUUM_STEP_PAGES))?;
+        if logged.elapsed() >= PROGRESS_EVERY {
+            logged = Instant::now();
+            tracing::info!(free_pages_left = left, "defragmenting");
+        }
+    }
+    report.pages_freed = free;
+    // Copy the WAL beside the writer first, so that the writer's own pass (which empties
+    // the WAL, holding applies up) has little left to copy.
+    for _ in 0..4 {
+        let (pages, copied) = reader.checkpoint()?;
+        if pages - copied <= 256 {
+            break;
+        }
+    }
+    lock(store)?.truncate_wal()?;
+    crate::metrics::DEFRAG_DURATION.observe(started.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::mvcc::{AppliedMeta, Command};
+    use crate::proto::etcdserverpb::{CompactionRequest, PutRequest};
+
+    fn puts(round: usize, keys: usize, size: usize) -> Vec<Option<Command>> {
+        (0..keys)
+            .map(|i| {
+                Some(Command::Put(PutRequest {
+                    key: format!("k{i:04}").into(),
+                    value: vec![(round % 251) as u8; size],
+                    ..Default::default()
+                }))
+            })
+            .collect()
+    }
+
+    /// A store holding `rounds` revisions of 200 keys × 4 KiB, compacted at the last one
+    /// (the compaction applied, nothing deleted yet).
+    fn compacted_store(dir: &std::path::Path, rounds: usize) -> (Arc<Mutex<Store>>, Reader) {
+        let path = dir.join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        store.checkpoint_in_background().unwrap();
+        for round in 0..rounds {
+            store.apply_batch(&puts(round, 200, 4096), &AppliedMeta::default()).unwrap();
+        }
+        let revision = store.revision();
+        let compact = Some(Command::Compact(CompactionRequest { revision, physical: false }));
+        store.apply_batch(&[compact], &AppliedMeta::default()).unwrap();
+        (Arc::new(Mutex::new(store)), Reader::new(&path))
+    }
+
+    fn file_len(store: &Mutex<Store>) -> u64 {
+        std::fs::metadata(store.lock().unwrap().path()).unwrap().len()
+    }
+
+    #[test]
+    fn compaction_is_deleted_in_batches_and_defragment_gives_the_pages_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, reader) = compacted_store(dir.path(), 15);
+        let pending = store.lock().unwrap().reclaim();
+        assert_eq!(
+            (pending.reclaimed, pending.compacted),
+            (0, 3001),
+            "applying the compaction deleted nothing"
+        );
+        let hash = reader.hash_kv(0).unwrap();
+
+        let done = finish_compaction(&store).unwrap();
+        assert_eq!(done.revision, 3001);
+        // Every row replaced before the compact revision; the one replaced at it (the last
+        // put) stays for its event's `prev_kv`.
+        assert_eq!(done.rows_deleted, 14 * 200 - 1);
+        assert_eq!(reader.hash_kv(0).unwrap(), hash);
+        let free = store.lock().unwrap().free_pages().unwrap();
+        assert!(free > 4 * VACUUM_STEP_PAGES, "the deletions freed many pages: {free}");
+
+        store.lock().unwrap().truncate_wal().unwrap();
+        let before = file_len(&store);
+        let report = defragment(&store, &reader).unwrap();
+        assert!(!report.rewritten, "a new database vacuums in steps");
+        assert_eq!(report.pages_freed, free);
+        assert_eq!(store.lock().unwrap().free_pages().unwrap(), 0);
+        let after = file_len(&store);
+        assert!(
+            after + (free as u64) * 8192 <= before + 64 * 1024,
+            "the file lost the free pages: {before} → {after} bytes, {free} pages freed"
+        );
+        assert_eq!(reader.hash_kv(0).unwrap(), hash, "defragment changed no row");
+        assert_eq!(reader.range(&Default::default()).unwrap().count, 0, "reads still work");
+    }
+
+    /// Applies keep going while a defragmentation runs: some between every two steps, none
+    /// waiting for more than a fraction of it (a `VACUUM` would hold them all up).
+    #[test]
+    fn applies_go_on_during_a_defragmentation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, reader) = compacted_store(dir.path(), 60);
+        finish_compaction(&store).unwrap();
+        let steps = store.lock().unwrap().free_pages().unwrap() / VACUUM_STEP_PAGES;
+        assert!(steps >= 8, "{steps} steps");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut applied, mut longest) = (0u32, Duration::ZERO);
+                while !stop.load(Ordering::Acquire) {
+                    let started = Instant::now();
+                    store
+                        .lock()
+                        .unwrap()
+                        .apply_batch(&puts(1000, 1, 100), &AppliedMeta::default())
+                        .unwrap();
+                    longest = longest.max(started.elapsed());
+                    applied += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                (applied, longest)
+            })
+        };
+        let started = Instant::now();
+        defragment(&store, &reader).unwrap();
+        let took = started.elapsed();
+        stop.store(true, Ordering::Release);
+        let (applied, longest) = writer.join().unwrap();
+        assert!(applied as i64 >= steps, "{applied} applies in {took:?}");
+        assert!(longest < took / 2, "an apply waited {longest:?} of the defragmentation's {took:?}");
+    }
+
+    /// A database made before schema v5 (no incremental vacuum) is rewritten by its first
+    /// defragmentation, and defragmented in steps from then on.
+    #[test]
+    fn an_old_database_is_rewritten_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch("PRAGMA auto_vacuum = NONE; CREATE TABLE t (x);").unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert!(!store.incremental_vacuum().unwrap());
+        store.apply_batch(&puts(0, 50, 4096), &AppliedMeta::default()).unwrap();
+        let (store, reader) = (Mutex::new(store), Reader::new(&path));
+        assert!(defragment(&store, &reader).unwrap().rewritten);
+        assert!(store.lock().unwrap().incremental_vacuum().unwrap());
+        assert!(!defragment(&store, &reader).unwrap().rewritten);
+        assert_eq!(reader.range(&Default::default()).unwrap().count, 0);
+        let all = crate::proto::etcdserverpb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        };
+        assert_eq!(reader.range(&all).unwrap().count, 50);
+    }
+}
