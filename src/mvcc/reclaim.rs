@@ -2,8 +2,9 @@
 //!
 //! A compaction's apply only moves the compact revision (reads below it are refused from
 //! then on); the history it made obsolete is deleted here afterwards, a batch of
-//! revisions at a time, each batch one short transaction on the writer followed by a
-//! pause, so applies go on meanwhile (etcd deletes in batches too). Defragmentation gives
+//! revisions at a time, each batch one short transaction on the writer (about 10 ms: the
+//! batch size adapts) followed by a pause at least as long, so applies go on meanwhile
+//! (etcd deletes in batches too). Defragmentation gives
 //! the free pages back to the file system a few at a time (SQLite's incremental vacuum)
 //! instead of rewriting the whole file while applies wait.
 
@@ -12,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use super::{MvccError, Reader, Store};
 
-/// Revisions whose obsolete history one batch deletes. With one change per revision (a
-/// put), 1,000 revisions are up to 2,000 row deletions: a few ms with small values, tens
-/// with 10 KiB ones.
-const COMPACTION_BATCH_REVISIONS: i64 = 1000;
+/// How long one batch of compaction's deletions should hold the writer: every apply that
+/// arrives meanwhile waits for it. The revisions per batch adapt to it (a batch of 1,000
+/// puts' history takes a few ms with small values, hundreds with 10 KiB ones).
+const BATCH_TARGET: Duration = Duration::from_millis(10);
+const MIN_BATCH_REVISIONS: i64 = 16;
+const MAX_BATCH_REVISIONS: i64 = 10_000;
 /// Pages one defragmentation step moves and cuts from the file (2 MiB of 8 KiB pages).
 const VACUUM_STEP_PAGES: i64 = 256;
 /// After each batch or step the writer is left to the applies at least this long, and at
@@ -29,8 +32,8 @@ fn lock(store: &Mutex<Store>) -> Result<MutexGuard<'_, Store>, MvccError> {
 }
 
 /// Runs one step on the writer, then pauses as long as the step held it (at least
-/// `MIN_PAUSE`). Returns the step's result.
-fn step<T>(store: &Mutex<Store>, f: impl FnOnce(&mut Store) -> Result<T, MvccError>) -> Result<T, MvccError> {
+/// `MIN_PAUSE`). Returns the step's result and how long it held the writer.
+fn step<T>(store: &Mutex<Store>, f: impl FnOnce(&mut Store) -> Result<T, MvccError>) -> Result<(T, Duration), MvccError> {
     let started = Instant::now();
     let out = {
         let mut store = lock(store)?;
@@ -39,7 +42,19 @@ fn step<T>(store: &Mutex<Store>, f: impl FnOnce(&mut Store) -> Result<T, MvccErr
     let held = started.elapsed();
     crate::metrics::COMPACTION_PAUSE.observe(held.as_secs_f64() * 1000.0);
     std::thread::sleep(held.max(MIN_PAUSE));
-    Ok(out)
+    Ok((out, held))
+}
+
+/// The next batch's size from how long the last one held the writer: twice as many
+/// revisions under half the target, half as many over twice the target.
+fn next_batch(revisions: i64, held: Duration) -> i64 {
+    if held < BATCH_TARGET / 2 {
+        (revisions * 2).min(MAX_BATCH_REVISIONS)
+    } else if held > BATCH_TARGET * 2 {
+        (revisions / 2).max(MIN_BATCH_REVISIONS)
+    } else {
+        revisions
+    }
 }
 
 /// Deletes what compactions made obsolete until nothing is pending, whenever a compaction
@@ -86,11 +101,13 @@ pub fn finish_compaction(store: &Mutex<Store>) -> Result<Compacted, MvccError> {
     let mut logged = started;
     let mut done = Compacted::default();
     let first = lock(store)?.reclaim();
+    let mut batch = MIN_BATCH_REVISIONS * 4;
     loop {
-        let (deleted, now) = step(store, |s| {
-            let deleted = s.delete_compacted(COMPACTION_BATCH_REVISIONS)?;
+        let ((deleted, now), held) = step(store, |s| {
+            let deleted = s.delete_compacted(batch)?;
             Ok((deleted, s.reclaim()))
         })?;
+        batch = next_batch(batch, held);
         done.rows_deleted += deleted;
         done.revision = now.reclaimed;
         crate::metrics::COMPACTION_KEYS.inc_by(deleted as u64);
@@ -148,7 +165,7 @@ pub fn defragment(store: &Mutex<Store>, reader: &Reader) -> Result<Defragmented,
     let mut left = free;
     let mut logged = Instant::now();
     while left > 0 {
-        left = step(store, |s| s.vacuum_step(VACUUM_STEP_PAGES))?;
+        left = step(store, |s| s.vacuum_step(VACUUM_STEP_PAGES))?.0;
         if logged.elapsed() >= PROGRESS_EVERY {
             logged = Instant::now();
             tracing::info!(free_pages_left = left, "defragmenting");
@@ -205,6 +222,16 @@ mod tests {
 
     fn file_len(store: &Mutex<Store>) -> u64 {
         std::fs::metadata(store.lock().unwrap().path()).unwrap().len()
+    }
+
+    #[test]
+    fn batches_grow_while_quick_and_shrink_when_slow() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_batch(100, ms(1)), 200);
+        assert_eq!(next_batch(100, ms(10)), 100);
+        assert_eq!(next_batch(100, ms(50)), 50);
+        assert_eq!(next_batch(MAX_BATCH_REVISIONS, ms(0)), MAX_BATCH_REVISIONS);
+        assert_eq!(next_batch(MIN_BATCH_REVISIONS, ms(500)), MIN_BATCH_REVISIONS);
     }
 
     #[test]

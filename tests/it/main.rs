@@ -30,6 +30,7 @@ mod object_store_s3;
 mod raft_storage_suite;
 mod range_stream;
 mod read_memory;
+mod reclaim;
 mod restore;
 mod services;
 mod standby;
