@@ -62,7 +62,8 @@ pub struct ScaleOptions {
 /// How many keys of `value_size` fit: `requested`, or fewer when `free` bytes of disk
 /// cannot hold `DISK_FACTOR` times their logical size plus the headroom.
 pub fn fit_keys(requested: usize, value_size: usize, free: u64) -> usize {
-    let per_key = (value_size.max(1) as u64) * DISK_FACTOR;
+    // The overwritten keys' first values stay until the compaction.
+    let per_key = (value_size.max(1) as u64) * DISK_FACTOR * (OVERWRITE_EVERY as u64 + 1) / OVERWRITE_EVERY as u64;
     let fits = free.saturating_sub(DISK_HEADROOM) / per_key;
     requested.min(fits as usize)
 }
@@ -336,8 +337,14 @@ pub fn markdown(r: &ScaleReport) -> String {
     );
     let logical_gib = r.logical_bytes as f64 / GIB as f64;
     out += &format!(
-        "Loaded {} keys × {} B of incompressible values = {:.2} GiB logical through the etcd API in {:.0} s ({:.0} puts/s, {} errors).",
-        r.keys, r.value_size, logical_gib, r.load_seconds, r.load_puts_per_second, r.load_errors
+        "Loaded {} keys × {} B of incompressible values = {:.2} GiB logical through the etcd API, then overwrote every {OVERWRITE_EVERY}th key with a new value (history for the compaction to delete), {} puts in {:.0} s ({:.0} puts/s, {} errors).",
+        r.keys,
+        r.value_size,
+        logical_gib,
+        load_puts(r.keys),
+        r.load_seconds,
+        r.load_puts_per_second,
+        r.load_errors
     );
     if r.keys < r.keys_requested {
         out += &format!(
@@ -856,6 +863,25 @@ async fn start_background(endpoints: &[String], writers: usize, readers: usize, 
 // ---------------------------------------------------------------------------------------
 // The run
 
+/// Every `OVERWRITE_EVERY`th key is written a second time after the load, with a new
+/// value, so that the compaction has that much history to delete and the
+/// defragmentation that much space to give back.
+const OVERWRITE_EVERY: usize = 4;
+
+/// The puts of the load: every key once, then every `OVERWRITE_EVERY`th key again.
+fn load_puts(keys: usize) -> usize {
+    keys + keys.div_ceil(OVERWRITE_EVERY)
+}
+
+/// The key the `n`th put of the load writes.
+fn load_key(n: usize, keys: usize) -> usize {
+    if n < keys {
+        n
+    } else {
+        (n - keys) * OVERWRITE_EVERY
+    }
+}
+
 async fn load(endpoints: &[String], keys: usize, value_size: usize) -> Result<(f64, usize), BenchError> {
     let opts = Options {
         endpoints: endpoints.to_vec(),
@@ -875,15 +901,15 @@ async fn load(endpoints: &[String], keys: usize, value_size: usize) -> Result<(f
             let mut value = vec![0u8; value_size];
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= keys {
+                if n >= load_puts(keys) {
                     return;
                 }
                 if n > 0 && n.is_multiple_of(10_000) {
-                    tracing::info!(keys = n, "loading");
+                    tracing::info!(puts = n, "loading");
                 }
                 rand::rng().fill_bytes(&mut value);
                 let req = PutRequest {
-                    key: format!("/scale/data/{n:010}").into_bytes(),
+                    key: format!("/scale/data/{:010}", load_key(n, keys)).into_bytes(),
                     value: value.clone(),
                     ..Default::default()
                 };
@@ -1312,7 +1338,7 @@ pub async fn run_scale(opts: &ScaleOptions) -> Result<ScaleReport, BenchError> {
         logical_bytes: keys as u64 * opts.value_size as u64,
         free_disk_bytes: free,
         load_seconds,
-        load_puts_per_second: keys as f64 / load_seconds.max(1e-9),
+        load_puts_per_second: load_puts(keys) as f64 / load_seconds.max(1e-9),
         load_errors,
         load_peak_rss,
         load_disk: after_load.disk.iter().take(3).copied().collect(),
@@ -1393,9 +1419,19 @@ mod tests {
     fn the_key_count_shrinks_to_the_free_disk() {
         let ten_k = 10 * 1024;
         assert_eq!(fit_keys(1_000, ten_k, 100 * GIB), 1_000);
-        let free = DISK_HEADROOM + 10 * DISK_FACTOR * ten_k as u64;
+        // Each key's share: its value times the measured factor, and a quarter more for the
+        // overwritten keys' first values.
+        let free = DISK_HEADROOM + 10 * DISK_FACTOR * ten_k as u64 * 5 / 4;
         assert_eq!(fit_keys(1_000, ten_k, free), 10);
+        assert_eq!(fit_keys(1_000, ten_k, free - 1), 9);
         assert_eq!(fit_keys(1_000, ten_k, GIB), 0);
+    }
+
+    #[test]
+    fn the_load_writes_every_key_then_every_fourth_again() {
+        let keys = 10;
+        let written: Vec<usize> = (0..load_puts(keys)).map(|n| load_key(n, keys)).collect();
+        assert_eq!(written, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 4, 8]);
     }
 
     #[test]
