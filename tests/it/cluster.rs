@@ -851,9 +851,10 @@ async fn a_wiped_member_installs_one_snapshot_while_the_leader_keeps_snapshottin
         while !caught_up() {
             assert!(
                 Instant::now() < deadline,
-                "member {victim} never caught up: applied {} of the leader's {}\n{}",
+                "member {victim} never caught up: applied {} of the leader's {}, {} snapshots installed\n{}",
                 applied(victim),
                 applied(leader),
+                c.nodes[victim].log().matches("installing raft snapshot").count(),
                 c.logs()
             );
             std::thread::sleep(Duration::from_millis(50));
