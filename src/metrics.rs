@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
@@ -247,6 +247,71 @@ fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     h
 }
 
+fn histogram_vec(name: &str, help: &str, buckets: Vec<f64>, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    let _ = REGISTRY.register(Box::new(h.clone()));
+    h
+}
+
+/// etcd's buckets for snapshot transfers: 0.1 s to 819.2 s.
+fn snapshot_seconds_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.1, 2.0, 14).expect("valid buckets")
+}
+
+// Raft snapshots sent to and received from other members (etcd's rafthttp metrics;
+// `To` and `From` are the other member's id in hex, as in etcd).
+pub static SNAPSHOT_SEND_SUCCESS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "etcd_network_snapshot_send_success",
+        "Total number of successful snapshot sends",
+        &["To"],
+    )
+});
+pub static SNAPSHOT_SEND_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "etcd_network_snapshot_send_failures",
+        "Total number of snapshot send failures",
+        &["To"],
+    )
+});
+pub static SNAPSHOT_SEND_INFLIGHTS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "etcd_network_snapshot_send_inflights_total",
+        "Total number of inflight snapshot sends",
+        &["To"],
+    )
+});
+pub static SNAPSHOT_SEND_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "etcd_network_snapshot_send_total_duration_seconds",
+        "Total latency distributions of v3 snapshot sends",
+        snapshot_seconds_buckets(),
+        &["To"],
+    )
+});
+pub static SNAPSHOT_RECEIVE_SUCCESS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "etcd_network_snapshot_receive_success",
+        "Total number of successful snapshot receives",
+        &["From"],
+    )
+});
+pub static SNAPSHOT_RECEIVE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "etcd_network_snapshot_receive_failures",
+        "Total number of snapshot receive failures",
+        &["From"],
+    )
+});
+pub static SNAPSHOT_RECEIVE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "etcd_network_snapshot_receive_total_duration_seconds",
+        "Total latency distributions of v3 snapshot receives",
+        snapshot_seconds_buckets(),
+        &["From"],
+    )
+});
+
 fn seconds_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
 }
@@ -428,6 +493,15 @@ pub fn render() -> String {
     let _ = (&*WATCH_STREAMS, &*WATCHERS, &*WATCH_EVENTS_SENT, &*WATCH_RESYNCS);
     let _ = (&*RANGE_STREAMS, &*RANGE_STREAM_CHUNKS);
     let _ = (&*READ_MEMORY_BUDGET, &*READ_MEMORY_IN_USE, &*READ_MEMORY_WAITS);
+    let _ = (
+        &*SNAPSHOT_SEND_SUCCESS,
+        &*SNAPSHOT_SEND_FAILURES,
+        &*SNAPSHOT_SEND_INFLIGHTS,
+        &*SNAPSHOT_SEND_SECONDS,
+        &*SNAPSHOT_RECEIVE_SUCCESS,
+        &*SNAPSHOT_RECEIVE_FAILURES,
+        &*SNAPSHOT_RECEIVE_SECONDS,
+    );
     for reason in ["too_large", "busy"] {
         let _ = READ_MEMORY_REFUSED.with_label_values(&[reason]);
     }

@@ -35,6 +35,7 @@ pub struct PeerService {
     raft: NetsyRaft,
     replica: Arc<Replica>,
     served: Served,
+    receiving: crate::raft::network::Receiving,
 }
 
 /// A Raft request's addressee and the Raft node it says it comes from (the leader or the
@@ -132,7 +133,10 @@ impl Peer for PeerService {
 
     async fn install_snapshot(&self, request: Request<InstallSnapshotRequest>) -> Result<Response<InstallSnapshotReply>, Status> {
         let rpc = codec::snapshot_request_from_wire(self.raft_rpc(request)?).map_err(undecodable)?;
-        Ok(Response::new(codec::snapshot_reply_to_wire(&self.raft.install_snapshot(rpc).await)))
+        let chunk = self.receiving.chunk(&rpc);
+        let reply = self.raft.install_snapshot(rpc).await;
+        self.receiving.handled(chunk, &reply, |leader| self.replica.member_id_of(leader));
+        Ok(Response::new(codec::snapshot_reply_to_wire(&reply)))
     }
 
     type ProposalsStream = UnboundedReceiverStream<Result<ProposalResult, Status>>;
@@ -191,6 +195,7 @@ pub fn router(identity: Identity, replica: Arc<Replica>) -> tonic::transport::se
         raft: replica.raft().clone(),
         served: Served(replica.clone()),
         replica,
+        receiving: Default::default(),
     };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))

@@ -71,6 +71,13 @@ impl Replica {
         m.membership_config.membership().get_node(&raft_id).map(|n| n.name.clone())
     }
 
+    /// The etcd member id of Raft node `raft_id`, if it is in the membership.
+    pub fn member_id_of(&self, raft_id: NodeId) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().get_node(&raft_id).map(|n| n.member_id)
+    }
+
     /// Whether the member with etcd id `member_id` is in the membership.
     pub fn check_member(&self, member_id: u64) -> Result<(), CoreError> {
         match self.members().iter().any(|m| m.node.member_id == member_id) {

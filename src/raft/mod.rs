@@ -9,6 +9,7 @@ pub mod gate;
 pub mod network;
 pub mod peers;
 pub mod proposer;
+pub mod purge;
 pub mod state_machine;
 pub mod wal;
 
@@ -98,10 +99,11 @@ pub fn raft_config(cluster_id: &str, tuning: &RaftSettings) -> openraft::Config 
         election_timeout_max: 1000,
         // Snapshots let the log be purged; the object-storage archive makes them durable.
         // openraft counts entries; the server also asks for one by log bytes
-        // (`raft.snapshot_log_bytes`). After a snapshot, the newest entries stay for
-        // members that are only slightly behind.
+        // (`raft.snapshot_log_bytes`).
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_log_entries),
-        max_in_snapshot_log_to_keep: (tuning.snapshot_log_entries / 10).min(1_000),
+        // openraft never purges by itself (it would purge entries a member being sent a
+        // snapshot needs next): `purge::run` asks for each purge.
+        max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 512,
         // Snapshot chunks travel over gRPC; each chunk gets this long (ms).
         snapshot_max_chunk_size: tuning.snapshot_chunk_bytes,
@@ -125,12 +127,23 @@ pub async fn start(
     // which in `object-storage` durability is held until the upload it waits for.
     log.report_commits_to(gate.committed_sender());
     let config = Arc::new(raft_config(cluster_id, tuning).validate()?);
+    let sends = Arc::new(purge::SnapshotSends::default());
     let network = network::Network {
         peers,
         self_id: raft_id,
         uploaded: gate.uploaded(),
+        sends: sends.clone(),
     };
-    Ok(openraft::Raft::new(raft_id, config, network, log, sm).await?)
+    let purged_log = log.clone();
+    let raft = openraft::Raft::new(raft_id, config, network, log, sm).await?;
+    tokio::spawn(purge::run(
+        raft.clone(),
+        purged_log,
+        sends,
+        purge::keep_entries(tuning.snapshot_log_entries),
+        tuning.snapshot_log_bytes,
+    ));
+    Ok(raft)
 }
 
 /// Forms a new one-member cluster of this node (which then admits the others through

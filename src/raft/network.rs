@@ -4,14 +4,20 @@
 
 use std::sync::Arc;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse, VoteRequest,
+    VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, Vote};
 
 use super::codec;
 use super::peers::Peers;
+use super::purge::SnapshotSends;
 use super::{NodeId, PeerNode, TypeConfig};
 
 #[derive(Clone)]
@@ -21,6 +27,8 @@ pub struct Network {
     /// How far the log is in object storage, sent with every AppendEntries
     /// (`raft::gate`).
     pub uploaded: tokio::sync::watch::Receiver<u64>,
+    /// The snapshots being sent, which the log purge waits for (`raft::purge`).
+    pub sends: Arc<SnapshotSends>,
 }
 
 pub struct Link {
@@ -29,6 +37,7 @@ pub struct Link {
     node: PeerNode,
     peers: Arc<Peers>,
     uploaded: tokio::sync::watch::Receiver<u64>,
+    sends: Arc<SnapshotSends>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -41,6 +50,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             peers: self.peers.clone(),
             uploaded: self.uploaded.clone(),
+            sends: self.sends.clone(),
         }
     }
 }
@@ -134,9 +144,121 @@ impl RaftNetwork<TypeConfig> for Link {
         self.result(codec::snapshot_reply_from_wire(reply))
     }
 
+    /// Sends a whole snapshot in chunks (openraft's own `Chunked` transport, through
+    /// `install_snapshot`), recording it for the log purge and etcd's snapshot metrics.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        let bytes = snapshot.snapshot.metadata().await.map_or(0, |m| m.len());
+        let to = format!("{:x}", self.node.member_id);
+        tracing::info!(to = %self.node, snapshot = %snapshot.meta.snapshot_id, bytes, "sending raft snapshot");
+        let send = self.sends.start(self.target, index, bytes);
+        let inflight = Inflight::new(&to);
+        let timer = crate::metrics::SNAPSHOT_SEND_SECONDS.with_label_values(&[&to]).start_timer();
+        let sent = Chunked::send_snapshot(self, vote, snapshot, cancel, option).await;
+        drop(inflight);
+        match &sent {
+            // A member that answers with a higher vote did not install it.
+            Ok(reply) if reply.vote <= vote => {
+                timer.observe_duration();
+                crate::metrics::SNAPSHOT_SEND_SUCCESS.with_label_values(&[&to]).inc();
+                send.delivered();
+            }
+            _ => {
+                timer.stop_and_discard();
+                crate::metrics::SNAPSHOT_SEND_FAILURES.with_label_values(&[&to]).inc();
+            }
+        }
+        sent
+    }
+
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         let (mut client, request) = self.client(codec::vote_request_to_wire(self.target, &rpc), &option)?;
         let reply = self.reply(RPCTypes::Vote, &option, client.vote(request).await)?;
         self.result(codec::vote_reply_from_wire(reply))
+    }
+}
+
+/// `etcd_network_snapshot_send_inflights_total` for one send, until it ends or is
+/// cancelled.
+struct Inflight(prometheus::IntGauge);
+
+impl Inflight {
+    fn new(to: &str) -> Inflight {
+        let gauge = crate::metrics::SNAPSHOT_SEND_INFLIGHTS.with_label_values(&[to]);
+        gauge.inc();
+        Inflight(gauge)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The snapshot this member is receiving, for etcd's receive metrics
+/// (`etcd_network_snapshot_receive_*`), counted when its last chunk is handled.
+#[derive(Debug, Default)]
+pub struct Receiving {
+    started: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+}
+
+/// What `Receiving` needs of a chunk, taken before openraft consumes it.
+pub struct Chunk {
+    snapshot_id: String,
+    done: bool,
+    vote: Vote<NodeId>,
+    leader: Option<NodeId>,
+}
+
+impl Receiving {
+    /// A chunk arrives: the first one starts the clock.
+    pub fn chunk(&self, rpc: &InstallSnapshotRequest<TypeConfig>) -> Chunk {
+        if rpc.offset == 0 {
+            *self.lock() = Some((rpc.meta.snapshot_id.clone(), std::time::Instant::now()));
+        }
+        Chunk {
+            snapshot_id: rpc.meta.snapshot_id.clone(),
+            done: rpc.done,
+            vote: rpc.vote,
+            leader: rpc.vote.leader_id().voted_for(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, std::time::Instant)>> {
+        self.started.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// openraft handled `chunk` with `reply`. `member_id` names the sender's member
+    /// (asked only now: a member that is joining learns the others from the snapshot).
+    pub fn handled(
+        &self,
+        chunk: Chunk,
+        reply: &Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+        member_id: impl FnOnce(NodeId) -> Option<u64>,
+    ) {
+        let installed = match reply {
+            Ok(r) if chunk.done => r.vote <= chunk.vote,
+            Ok(_) => return,
+            Err(_) => false,
+        };
+        let started = self.lock().take_if(|(id, _)| *id == chunk.snapshot_id).map(|(_, at)| at.elapsed());
+        let from = chunk.leader.and_then(member_id).map(|m| format!("{m:x}")).unwrap_or_default();
+        if installed {
+            crate::metrics::SNAPSHOT_RECEIVE_SUCCESS.with_label_values(&[&from]).inc();
+            if let Some(took) = started {
+                crate::metrics::SNAPSHOT_RECEIVE_SECONDS
+                    .with_label_values(&[&from])
+                    .observe(took.as_secs_f64());
+            }
+        } else {
+            crate::metrics::SNAPSHOT_RECEIVE_FAILURES.with_label_values(&[&from]).inc();
+        }
     }
 }

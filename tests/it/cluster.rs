@@ -789,3 +789,98 @@ async fn progress_answers_on_a_follower_never_run_ahead_of_events_across_a_leade
     assert!(reopened <= 100, "watched again {reopened} times");
     assert!(acked > 10, "the writer wrote through the leader change");
 }
+
+/// A member whose disk was wiped rejoins with one Raft snapshot and then the log, even
+/// though the leader builds newer snapshots (and purges its log) while the first one
+/// streams: the leader keeps the entries that follow the snapshot in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_installs_one_snapshot_while_the_leader_keeps_snapshotting() {
+    // A snapshot every 100 entries, sent in 4 KiB chunks: the state (8 MiB of values)
+    // takes seconds to stream, while the writes below make the leader snapshot several
+    // times.
+    let mut c = Cluster::start(3, r#""raft": { "snapshot_log_entries": 100, "snapshot_chunk_bytes": 4096 },"#);
+    let leader = c.wait_leader();
+    let victim = (leader + 1) % 3;
+    let mut l = client(&c.nodes[leader].endpoint()).await;
+    let big = "x".repeat(32 << 10);
+    for i in 0..256 {
+        l.put(format!("big/{i:03}"), big.as_str(), None).await.expect("put");
+    }
+    c.nodes[victim].kill9();
+    c.nodes[victim].wipe();
+
+    // Steady small writes through the leader while the member rejoins.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        let mut l = client(&c.nodes[leader].endpoint()).await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = written.load(Ordering::Relaxed);
+                l.put(format!("steady/{n:06}"), "v", None).await.expect("steady put");
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let built = |c: &Cluster| c.nodes[leader].log().matches("built raft snapshot").count();
+    let built_before = built(&c);
+    let started = Instant::now();
+    c.nodes[victim].spawn();
+    let applied = |i: usize| c.nodes[i].metric("etcd_server_applied_index");
+    // Caught up: the member has applied what the leader had applied a moment before.
+    let caught_up = || {
+        let target = applied(leader);
+        target > 0.0 && applied(victim) >= target
+    };
+    let under_load = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if caught_up() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    let rejoin = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !caught_up() {
+            assert!(
+                Instant::now() < deadline,
+                "member {victim} never caught up: applied {} of the leader's {}, {} snapshots installed\n{}",
+                applied(victim),
+                applied(leader),
+                c.nodes[victim].log().matches("installing raft snapshot").count(),
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let installs = c.nodes[victim].log().matches("installing raft snapshot").count();
+    let leader_snapshots = built(&c) - built_before;
+    println!(
+        "rejoin under load: caught up {under_load} after {rejoin:?}, {installs} snapshot install(s), \
+         {leader_snapshots} leader snapshots meanwhile, {} steady writes",
+        written.load(Ordering::Relaxed)
+    );
+    assert!(
+        leader_snapshots >= 2,
+        "the leader snapshotted only {leader_snapshots} times meanwhile"
+    );
+    assert_eq!(installs, 1, "snapshots installed by the rejoining member\n{}", c.logs());
+    // etcd's snapshot metrics count the same on both ends.
+    assert_eq!(c.nodes[victim].metric("etcd_network_snapshot_receive_success"), 1.0);
+    assert_eq!(c.nodes[leader].metric("etcd_network_snapshot_send_success"), 1.0);
+    assert_eq!(c.nodes[leader].metric("etcd_network_snapshot_send_inflights_total"), 0.0);
+    assert!(under_load, "the member did not catch up under load within 60 s");
+    let mut v = client(&c.nodes[victim].endpoint()).await;
+    let resp = v
+        .get("big/", Some(GetOptions::new().with_prefix().with_count_only().with_serializable()))
+        .await
+        .expect("count");
+    assert_eq!(resp.count(), 256);
+}
