@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-use super::read::Revisions;
+use super::read::{value_of, Revisions};
 use super::MvccError;
 
 /// CRC-32C over every history row with `mod_rev <= revision` that compaction keeps, in
@@ -22,13 +22,18 @@ pub fn hash_kv(conn: &Connection, revision: i64, revs: Revisions) -> Result<(u32
         return Err(MvccError::Compacted);
     }
     let reclaimed = super::read::compact_reclaimed(conn)?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, mod_rev, sub, create_rev, version, lease, value, deleted FROM kv \
-         WHERE mod_rev <= ?1 \
-           AND NOT (deleted = 1 AND mod_rev >= ?2 AND mod_rev < ?3) \
-           AND (mod_rev, sub) NOT IN (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?2 AND mod_rev < ?3 AND prev_rev > 0) \
-         ORDER BY mod_rev, sub",
-    )?;
+    // The value's bytes, wherever they are stored (`blobs` or inline): the hash does not
+    // depend on the representation.
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT k.key, k.mod_rev, k.sub, k.create_rev, k.version, k.lease, ",
+        value_of!("k"),
+        ", k.deleted FROM kv k \
+         WHERE k.mod_rev <= ?1 \
+           AND NOT (k.deleted = 1 AND k.mod_rev >= ?2 AND k.mod_rev < ?3) \
+           AND (k.mod_rev, k.sub) NOT IN \
+             (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?2 AND mod_rev < ?3 AND prev_rev > 0) \
+         ORDER BY k.mod_rev, k.sub"
+    ))?;
     let mut rows = stmt.query([rev, reclaimed, revs.compacted])?;
     let mut crc = 0u32;
     while let Some(r) = rows.next()? {

@@ -3,6 +3,8 @@
 
 use rusqlite::{Connection, Row};
 
+use super::read::value_of;
+
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
 /// The events of one revision, in the order they were made.
@@ -20,11 +22,16 @@ pub struct History {
     pub covered_to: i64,
 }
 
-/// One `kv` row and the row it superseded, if any.
-const SQL: &str = "SELECT k.key, k.mod_rev, k.create_rev, k.version, k.lease, k.value, k.deleted, \
-     p.create_rev, p.mod_rev, p.version, p.lease, p.value, p.deleted \
+/// One `kv` row and the row it superseded, if any, with their values.
+const SQL: &str = concat!(
+    "SELECT k.key, k.mod_rev, k.create_rev, k.version, k.lease, ",
+    value_of!("k"),
+    ", k.deleted, p.create_rev, p.mod_rev, p.version, p.lease, ",
+    value_of!("p"),
+    ", p.deleted \
      FROM kv k LEFT JOIN kv p ON p.mod_rev = k.prev_rev AND p.sub = k.prev_sub \
-     WHERE k.mod_rev >= ?1 AND k.mod_rev <= ?2 ORDER BY k.mod_rev, k.sub";
+     WHERE k.mod_rev >= ?1 AND k.mod_rev <= ?2 ORDER BY k.mod_rev, k.sub"
+);
 
 fn row_to_event(r: &Row) -> rusqlite::Result<(i64, Event)> {
     let key: Vec<u8> = r.get(0)?;

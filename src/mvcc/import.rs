@@ -46,12 +46,15 @@ pub fn keys(conn: &mut Connection, kvs: &[KeyValue], revision: i64) -> Result<()
         // free `sub` of it.
         let mut kv = tx
             .prepare(
-                "INSERT INTO kv (mod_rev, sub, key, create_rev, version, lease, value, deleted) \
-                 VALUES (?2, (SELECT COALESCE(MAX(sub) + 1, 0) FROM kv WHERE mod_rev = ?2), ?1, ?3, ?4, ?5, ?6, 0) RETURNING sub",
+                "INSERT INTO kv (mod_rev, sub, key, create_rev, version, lease, value, deleted, blob) \
+                 VALUES (?2, (SELECT COALESCE(MAX(sub) + 1, 0) FROM kv WHERE mod_rev = ?2), ?1, ?3, ?4, ?5, ?6, 0, ?7) RETURNING sub",
             )
             .map_err(storage)?;
         let mut current = tx
-            .prepare("INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+            .prepare(
+                "INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value, blob) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
             .map_err(storage)?;
         for k in kvs {
             if k.mod_revision > revision || k.mod_revision <= 0 {
@@ -61,14 +64,24 @@ pub fn keys(conn: &mut Connection, kvs: &[KeyValue], revision: i64) -> Result<()
                     k.mod_revision
                 )));
             }
+            let (value, blob) = super::write::store_value(&tx, &k.value, super::schema::LARGE_VALUE).map_err(storage)?;
             let sub: i64 = kv
                 .query_row(
-                    params![k.key, k.mod_revision, k.create_revision, k.version, k.lease, k.value],
+                    params![k.key, k.mod_revision, k.create_revision, k.version, k.lease, value, blob],
                     |r| r.get(0),
                 )
                 .map_err(storage)?;
             current
-                .execute(params![k.key, k.mod_revision, sub, k.lease, k.create_revision, k.version, k.value])
+                .execute(params![
+                    k.key,
+                    k.mod_revision,
+                    sub,
+                    k.lease,
+                    k.create_revision,
+                    k.version,
+                    value,
+                    blob
+                ])
                 .map_err(storage)?;
         }
     }

@@ -3,8 +3,9 @@
 //! Tables (see `schema.rs`): `kv` holds every revision of every key (history, tombstones
 //! included) in revision order, each row pointing back at the key's previous one;
 //! `current` holds the live row of each key so listing the latest state never scans
-//! history; `leases` and `meta` hold the rest of the applied state.
-//! Revisions are assigned here, at apply time, so every replica is byte-identical.
+//! history; `blobs` holds each large value once (its `kv` and `current` rows point at
+//! it); `leases` and `meta` hold the rest of the applied state.
+//! Revisions are assigned here, at apply time, so every replica holds the same state.
 
 pub mod boot;
 mod budget;

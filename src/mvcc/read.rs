@@ -64,9 +64,29 @@ impl KeyRange {
     }
 }
 
+/// The value of the `kv` or `current` row of table alias `$t`: inline (`blob` 0), or its
+/// row in `blobs` (`schema::LARGE_VALUE`). Only the large values take the second lookup
+/// (a `CASE` evaluates one branch).
+macro_rules! value_of {
+    ($t:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $t,
+            ".blob = 0 THEN ",
+            $t,
+            ".value ELSE (SELECT b.value FROM blobs b WHERE b.id = ",
+            $t,
+            ".blob) END"
+        )
+    };
+}
+pub(super) use value_of;
+
 const KV_COLUMNS: &str = "k.key, k.create_rev, k.mod_rev, k.version, k.lease";
-/// The live row of a key is complete in `current`: no join with `kv`.
+/// The live row of a key is complete in `current` (but for a large value): no join with `kv`.
 const CURRENT_COLUMNS: &str = "c.key, c.create_rev, c.mod_rev, c.version, c.lease";
+const CURRENT_VALUE: &str = value_of!("c");
+const KV_VALUE: &str = value_of!("k");
 
 fn row_to_kv(row: &Row, with_value: bool) -> rusqlite::Result<KeyValue> {
     Ok(KeyValue {
@@ -168,7 +188,7 @@ pub fn kvs_at_within(
 fn kvs_at_sql(range: &KeyRange, rev: i64, current: i64, limit: i64, with_value: bool) -> (String, Vec<Value>) {
     let limit_sql = if limit > 0 { format!(" LIMIT {limit}") } else { String::new() };
     if rev >= current {
-        let current_value = if with_value { ", c.value" } else { "" };
+        let current_value = if with_value { format!(", {CURRENT_VALUE}") } else { String::new() };
         let (cond, params) = range.sql("c.key");
         (
             format!("SELECT {CURRENT_COLUMNS}{current_value} FROM current c WHERE {cond} ORDER BY c.key{limit_sql}"),
@@ -184,7 +204,11 @@ fn kvs_at_sql(range: &KeyRange, rev: i64, current: i64, limit: i64, with_value: 
 /// a key unchanged since `rev` has its row in `current`; any other key (changed or deleted
 /// after `rev`) had, at `rev`, the row that its first later change points back at.
 fn rows_at(range: &KeyRange, rev: i64, with_value: bool) -> (String, Vec<Value>) {
-    let (c_value, k_value) = if with_value { (", c.value", ", k.value") } else { ("", "") };
+    let (c_value, k_value) = if with_value {
+        (format!(", {CURRENT_VALUE}"), format!(", {KV_VALUE}"))
+    } else {
+        (String::new(), String::new())
+    };
     let (c_cond, c_params) = range.sql("c.key");
     let (a_cond, a_params) = range.sql("a.key");
     let sql = format!(
@@ -223,9 +247,11 @@ pub fn get_current(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<Key
 
 /// The live value of one key and its `sub` (with `mod_revision`, its place in `kv`).
 pub fn get_current_at(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<(KeyValue, i64)>> {
-    conn.prepare_cached(&format!("SELECT {CURRENT_COLUMNS}, c.value, c.sub FROM current c WHERE c.key = ?1"))?
-        .query_row([key], |r| Ok((row_to_kv(r, true)?, r.get(6)?)))
-        .optional()
+    conn.prepare_cached(&format!(
+        "SELECT {CURRENT_COLUMNS}, {CURRENT_VALUE}, c.sub FROM current c WHERE c.key = ?1"
+    ))?
+    .query_row([key], |r| Ok((row_to_kv(r, true)?, r.get(6)?)))
+    .optional()
 }
 
 /// etcd's Range, exactly: see `applierV3backend.Range` (limit+1 fetch for `more`, count

@@ -9,8 +9,23 @@ use super::MvccError;
 /// `raft_membership` held bincode; they are still read, and replaced by the next batch).
 /// v5: a compaction deletes the history it drops after its apply, in batches
 /// (`mvcc::reclaim`): `kv` may hold rows below `compact_revision` that are already
-/// obsolete, up to the `compact_reclaimed` revision in `meta` (a v4 netsy would keep them).
+/// obsolete, up to the `compact_reclaimed` revision in `meta` (a v4 netsy would keep them);
+/// and a large value is stored once, in `blobs`, its `kv` and `current` rows pointing at it
+/// (`blob`; 0: the value is inline, as in every row written before v5).
 pub const SCHEMA_VERSION: i64 = 5;
+
+/// Values longer than this many bytes are stored once, in `blobs`, instead of in both
+/// their `kv` row and their `current` row. Both of those are `WITHOUT ROWID` tables (B-tree
+/// indexes, to SQLite), whose leaf pages keep at most (page size − 12) × 64 / 255 − 23
+/// bytes of a row inline: 2,030 with 8 KiB pages. A larger row keeps only about 1,000
+/// bytes inline and spills the rest onto overflow pages of its own (whole pages, however
+/// little spills): a 10 KiB value took ~1 KiB inline plus two overflow pages, twice, so
+/// `state.db` was ~3.5 times the data. `blobs` is a rowid table, whose rows keep up to
+/// page size − 35 bytes inline (8,157): a 10 KiB value is ~2 KiB inline plus one full
+/// overflow page, once. A row of `kv` carries ~45 bytes besides its key and value, so
+/// 1,900 keeps a `kv` or `current` row inline for keys up to ~85 bytes (Kubernetes keys
+/// are mostly shorter); smaller values are read without a second lookup.
+pub const LARGE_VALUE: usize = 1900;
 
 /// Page size of a new state database (an existing one keeps the size it was made with).
 /// A row of a `WITHOUT ROWID` table keeps at most about a quarter of a page inline and
@@ -107,6 +122,7 @@ fn create_and_migrate(conn: &Connection) -> rusqlite::Result<()> {
             deleted    INTEGER NOT NULL,
             prev_rev   INTEGER NOT NULL DEFAULT 0,
             prev_sub   INTEGER NOT NULL DEFAULT 0,
+            blob       INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (mod_rev, sub)
         ) WITHOUT ROWID;
         -- The live row of every key, and where it sits in `kv` (mod_rev, sub).
@@ -117,8 +133,19 @@ fn create_and_migrate(conn: &Connection) -> rusqlite::Result<()> {
             create_rev INTEGER NOT NULL DEFAULT 0,
             version    INTEGER NOT NULL DEFAULT 0,
             value      BLOB    NOT NULL DEFAULT x'',
-            sub        INTEGER NOT NULL DEFAULT 0
+            sub        INTEGER NOT NULL DEFAULT 0,
+            blob       INTEGER NOT NULL DEFAULT 0
         ) WITHOUT ROWID;
+        -- Values longer than `LARGE_VALUE`, once each: the `kv` row that put one and, while
+        -- it is the key's live row, the `current` row hold `value = x''` and its `blob` id
+        -- (0 elsewhere: the value is inline). A blob is deleted with its `kv` row, by
+        -- compaction (a live row never is). AUTOINCREMENT: ids are never reused, so every
+        -- member that applies the same entries assigns the same ids, however far its
+        -- compaction's deletions have come.
+        CREATE TABLE IF NOT EXISTS blobs (
+            id    INTEGER PRIMARY KEY AUTOINCREMENT,
+            value BLOB NOT NULL
+        );
         CREATE INDEX IF NOT EXISTS current_by_lease ON current (lease) WHERE lease != 0;
         CREATE TABLE IF NOT EXISTS leases (
             id  INTEGER NOT NULL PRIMARY KEY,
@@ -186,11 +213,16 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute("UPDATE meta SET value = 4 WHERE name = 'schema_version'", [])?;
     }
     if version < 5 {
-        // v4 deleted a compaction's history inside its apply: nothing is pending.
+        // v4 deleted a compaction's history inside its apply: nothing is pending. Every
+        // existing row keeps its value inline (`blob` 0); only new large values go to
+        // `blobs` (created above), so nothing is rewritten.
+        tracing::info!("upgrading the state database schema from v{} to v5", version.max(4));
         conn.execute_batch(
             "BEGIN;
              INSERT OR REPLACE INTO meta (name, value)
                SELECT 'compact_reclaimed', value FROM meta WHERE name = 'compact_revision';
+             ALTER TABLE kv ADD COLUMN blob INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE current ADD COLUMN blob INTEGER NOT NULL DEFAULT 0;
              UPDATE meta SET value = 5 WHERE name = 'schema_version';
              COMMIT;",
         )?;

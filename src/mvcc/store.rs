@@ -125,6 +125,9 @@ pub struct Store {
     /// `legacy`: the rows of netsy 0.1 are still there (the next batch removes them).
     meta: AppliedMeta,
     reclaim: watch::Sender<Reclaim>,
+    /// Values longer than this are stored in `blobs`: `schema::LARGE_VALUE`, but for
+    /// tests that write the same history both ways.
+    large_value: usize,
 }
 
 fn storage(e: rusqlite::Error) -> MvccError {
@@ -154,7 +157,15 @@ impl Store {
             revs,
             commits,
             background_checkpoints: false,
+            large_value: schema::LARGE_VALUE,
         })
+    }
+
+    /// Stores every value from now on inline (`blob` 0), as before schema v5: tests compare
+    /// what a store answers and hashes with either representation.
+    #[cfg(test)]
+    pub(super) fn keep_values_inline(&mut self) {
+        self.large_value = usize::MAX;
     }
 
     /// Stops commits from checkpointing the WAL (SQLite's auto-checkpoint runs inside the
@@ -216,7 +227,7 @@ impl Store {
                     .and_then(|mut s| s.execute([]))
                     .map_err(storage)?;
             }
-            match apply_one(&tx, cmd, revs) {
+            match apply_one(&tx, cmd, revs, self.large_value) {
                 Ok((result, events)) => {
                     if savepoint {
                         tx.prepare_cached("RELEASE cmd").and_then(|mut s| s.execute([])).map_err(storage)?;
@@ -445,8 +456,9 @@ fn complete_checkpoint(conn: &Connection, mode: &str) -> Result<(), MvccError> {
 }
 
 /// Applies one command inside the caller's savepoint (if it needs one).
-fn apply_one(conn: &Connection, cmd: &Command, revs: Revisions) -> Result<(CommandResult, Vec<Event>), MvccError> {
+fn apply_one(conn: &Connection, cmd: &Command, revs: Revisions, large_value: usize) -> Result<(CommandResult, Vec<Event>), MvccError> {
     let mut w = WriteTxn::new(conn, revs);
+    w.large_value = large_value;
     let result = match cmd {
         Command::Put(r) => CommandResult::Put(w.put(r)?),
         Command::DeleteRange(r) => CommandResult::DeleteRange(w.delete_range(r)?),
@@ -777,23 +789,33 @@ mod tests {
         assert_eq!(page_size(&old), 4096);
     }
 
-    /// Model check: over a seeded random history of puts, deletes, range deletes and
-    /// two-key Txns on a few keys, reads at every past revision (ranges, limits, counts)
-    /// and the event history (with prev_kv) match a plain in-memory model, before and after
-    /// each of two compactions.
+    /// Model check: over a seeded random history of puts (small values and values large
+    /// enough for `blobs`), overwrites, `ignore_value` puts, leased puts and revocations,
+    /// deletes, range deletes and two-key Txns on a few keys, reads at every past revision
+    /// (ranges, limits, counts), value compares on the latest state and the event history
+    /// (with prev_kv) match a plain in-memory model, before and after each of two
+    /// compactions (deleted in small batches). A twin store applies the same commands with
+    /// every value inline (as before schema v5): it answers and hashes the same, also
+    /// while the two delete compacted history at different paces, and `blobs` holds
+    /// exactly the values of the `kv` rows left (one row each).
     #[test]
     fn past_reads_and_history_match_a_model() {
-        use crate::proto::etcdserverpb::{CompactionRequest, RangeRequest};
+        use crate::proto::etcdserverpb::{compare, CompactionRequest, Compare, RangeRequest};
         use crate::proto::mvccpb::{Event, KeyValue};
         use rand::{Rng, SeedableRng};
         use std::collections::BTreeMap;
 
         type State = BTreeMap<Vec<u8>, KeyValue>;
-        /// A command, the keys it puts, and the key range it deletes.
-        type Change = (Command, Vec<Vec<u8>>, Option<(Vec<u8>, Vec<u8>)>);
+        /// A command, the (key, value, lease) it puts, and the keys it deletes, in order.
+        type Change = (Command, Vec<(Vec<u8>, Vec<u8>, i64)>, Vec<Vec<u8>>);
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-        let reader = Reader::new(store.path());
+        // Large values in `blobs`; every value inline.
+        let mut stores = [
+            Store::open(&dir.path().join("s.db")).unwrap(),
+            Store::open(&dir.path().join("inline.db")).unwrap(),
+        ];
+        stores[1].keep_values_inline();
+        let readers = [Reader::new(stores[0].path()), Reader::new(stores[1].path())];
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let mut live = State::new();
         let mut states: BTreeMap<i64, State> = BTreeMap::from([(1, State::new())]);
@@ -806,88 +828,134 @@ mod tests {
                 ..Default::default()
             })
         };
+        let put_req = |key: Vec<u8>, value: Vec<u8>, lease: i64, ignore_value: bool| PutRequest {
+            key,
+            value,
+            lease,
+            ignore_value,
+            ..Default::default()
+        };
+        // Applies `cmd` to both stores: the same result, never an error.
+        let apply = |stores: &mut [Store; 2], cmd: Command| {
+            let results: Vec<CommandResult> = stores
+                .iter_mut()
+                .map(|s| s.apply_batch(&[Some(cmd.clone())], &AppliedMeta::default()).unwrap().remove(0))
+                .collect();
+            assert_eq!(results[0], results[1], "{cmd:?}");
+            assert!(!matches!(results[0], CommandResult::Error(_)), "{cmd:?}: {results:?}");
+            assert_eq!(stores[0].revision(), stores[1].revision());
+        };
+        let mut lease = 0; // the granted lease (0: none)
 
-        let mut step =
-            |store: &mut Store, live: &mut State, states: &mut BTreeMap<i64, State>, events: &mut BTreeMap<i64, Vec<Event>>, n: u32| {
-                let rev = store.revision() + 1;
-                let value = format!("v{n}").into_bytes();
-                let (cmd, puts, deletes): Change = match rng.random_range(0..10) {
-                    0..=5 => {
-                        let k = key(rng.random_range(0..8));
-                        (
-                            put(std::str::from_utf8(&k).unwrap(), std::str::from_utf8(&value).unwrap()),
-                            vec![k],
-                            None,
-                        )
-                    }
-                    6 | 7 => {
-                        let k = key(rng.random_range(0..8));
-                        (del(k.clone(), Vec::new()), vec![], Some((k.clone(), [k, vec![0]].concat())))
-                    }
-                    8 => (del(key(1), key(5)), vec![], Some((key(1), key(5)))),
-                    _ => {
-                        let a = rng.random_range(0..8);
-                        let b = (a + 1 + rng.random_range(0..7)) % 8;
-                        let op = |k: Vec<u8>| RequestOp {
-                            request: Some(Request::RequestPut(PutRequest {
-                                key: k,
-                                value: value.clone(),
-                                ..Default::default()
-                            })),
-                        };
-                        let txn = Command::Txn(TxnRequest {
-                            compare: vec![],
-                            success: vec![op(key(a)), op(key(b))],
-                            failure: vec![],
-                        });
-                        (txn, vec![key(a), key(b)], None)
-                    }
-                };
-                let results = store.apply_batch(&[Some(cmd)], &AppliedMeta::default()).unwrap();
-                assert!(!matches!(results[0], CommandResult::Error(_)), "{results:?}");
-                let mut evs = Vec::new();
-                if let Some((from, to)) = deletes {
-                    let gone: Vec<Vec<u8>> = live.range(from..to).map(|(k, _)| k.clone()).collect();
-                    for k in gone {
-                        let prev = live.remove(&k);
-                        evs.push(Event {
-                            r#type: EventType::Delete as i32,
-                            kv: Some(KeyValue {
-                                key: k,
-                                mod_revision: rev,
-                                ..Default::default()
-                            }),
-                            prev_kv: prev,
-                        });
-                    }
-                }
-                for k in puts {
-                    let prev = live.get(&k).cloned();
-                    let kv = KeyValue {
-                        key: k.clone(),
-                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
-                        mod_revision: rev,
-                        version: prev.as_ref().map_or(1, |p| p.version + 1),
-                        value: value.clone(),
-                        lease: 0,
-                    };
-                    live.insert(k, kv.clone());
-                    evs.push(Event {
-                        r#type: EventType::Put as i32,
-                        kv: Some(kv),
-                        prev_kv: prev,
-                    });
-                }
-                if evs.is_empty() {
-                    assert_eq!(store.revision(), rev - 1, "a delete of nothing takes no revision");
-                } else {
-                    assert_eq!(store.revision(), rev);
-                    states.insert(rev, live.clone());
-                    events.insert(rev, evs);
-                }
+        let mut step = |stores: &mut [Store; 2],
+                        live: &mut State,
+                        states: &mut BTreeMap<i64, State>,
+                        events: &mut BTreeMap<i64, Vec<Event>>,
+                        n: u32| {
+            let rev = stores[0].revision() + 1;
+            // One value in three is large: most of 12 KB, some only just over the limit.
+            let mut value = format!("v{n}.").into_bytes();
+            match rng.random_range(0..6) {
+                0 => value = value.repeat(12_000 / value.len()),
+                1 => value.resize(schema::LARGE_VALUE + 1, b'x'),
+                _ => {}
+            }
+            let k = key(rng.random_range(0..8));
+            let plain = |k: Vec<u8>, value: Vec<u8>| -> Change {
+                (
+                    Command::Put(put_req(k.clone(), value.clone(), 0, false)),
+                    vec![(k, value, 0)],
+                    vec![],
+                )
             };
+            let (cmd, puts, deletes): Change = match rng.random_range(0..14) {
+                // The previous value, copied (into a blob of its own when large).
+                5 if live.contains_key(&k) => {
+                    let prev = live[&k].value.clone();
+                    (Command::Put(put_req(k.clone(), Vec::new(), 0, true)), vec![(k, prev, 0)], vec![])
+                }
+                6 | 7 => {
+                    let gone = live.contains_key(&k).then(|| k.clone()).into_iter().collect();
+                    (del(k, Vec::new()), vec![], gone)
+                }
+                8 => (
+                    del(key(1), key(5)),
+                    vec![],
+                    live.range(key(1)..key(5)).map(|(k, _)| k.clone()).collect(),
+                ),
+                9 => {
+                    let a = rng.random_range(0..8);
+                    let b = (a + 1 + rng.random_range(0..7)) % 8;
+                    let op = |k: Vec<u8>| RequestOp {
+                        request: Some(Request::RequestPut(put_req(k, value.clone(), 0, false))),
+                    };
+                    let txn = Command::Txn(TxnRequest {
+                        compare: vec![],
+                        success: vec![op(key(a)), op(key(b))],
+                        failure: vec![],
+                    });
+                    (txn, vec![(key(a), value.clone(), 0), (key(b), value, 0)], vec![])
+                }
+                10 | 11 => {
+                    if lease == 0 {
+                        lease = i64::from(n) + 1;
+                        apply(stores, Command::LeaseGrant { id: lease, ttl: 100 });
+                    }
+                    (
+                        Command::Put(put_req(k.clone(), value.clone(), lease, false)),
+                        vec![(k, value, lease)],
+                        vec![],
+                    )
+                }
+                12 if lease != 0 => {
+                    let id = std::mem::replace(&mut lease, 0);
+                    let gone = live.iter().filter(|(_, kv)| kv.lease == id).map(|(k, _)| k.clone()).collect();
+                    (Command::LeaseRevoke { id }, vec![], gone)
+                }
+                _ => plain(k, value),
+            };
+            apply(stores, cmd);
+            let mut evs = Vec::new();
+            for k in deletes {
+                let prev = live.remove(&k);
+                assert!(prev.is_some());
+                evs.push(Event {
+                    r#type: EventType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key: k,
+                        mod_revision: rev,
+                        ..Default::default()
+                    }),
+                    prev_kv: prev,
+                });
+            }
+            for (k, value, lease) in puts {
+                let prev = live.get(&k).cloned();
+                let kv = KeyValue {
+                    key: k.clone(),
+                    create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                    mod_revision: rev,
+                    version: prev.as_ref().map_or(1, |p| p.version + 1),
+                    value,
+                    lease,
+                };
+                live.insert(k, kv.clone());
+                evs.push(Event {
+                    r#type: EventType::Put as i32,
+                    kv: Some(kv),
+                    prev_kv: prev,
+                });
+            }
+            if evs.is_empty() {
+                assert_eq!(stores[0].revision(), rev - 1, "a delete of nothing takes no revision");
+            } else {
+                assert_eq!(stores[0].revision(), rev);
+                states.insert(rev, live.clone());
+                events.insert(rev, evs);
+            }
+        };
 
-        let check = |states: &BTreeMap<i64, State>, events: &BTreeMap<i64, Vec<Event>>, compacted: i64, current: i64| {
+        let check = |reader: &Reader, states: &BTreeMap<i64, State>, events: &BTreeMap<i64, Vec<Event>>, compacted: i64, current: i64| {
             for rev in compacted.max(1)..=current {
                 let state = states.range(..=rev).next_back().unwrap().1;
                 for (from, to) in [(key(0), key(9)), (key(2), key(6)), (key(3), Vec::new())] {
@@ -915,6 +983,23 @@ mod tests {
                     }
                 }
             }
+            // A value compare reads the live value, wherever it is stored.
+            for (k, kv) in states.range(..=current).next_back().unwrap().1 {
+                for (value, holds) in [(kv.value.clone(), true), ([kv.value.as_slice(), b"!"].concat(), false)] {
+                    let txn = TxnRequest {
+                        compare: vec![Compare {
+                            key: k.clone(),
+                            target: compare::CompareTarget::Value as i32,
+                            result: compare::CompareResult::Equal as i32,
+                            target_union: Some(compare::TargetUnion::Value(value)),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    };
+                    let r = reader.txn_readonly(&txn, &mut Reservation::unmetered()).unwrap();
+                    assert_eq!(r.succeeded, holds, "value compare on {k:?}");
+                }
+            }
             let from = compacted.max(1) + 1;
             let history = reader
                 .read(|c, _| Ok(super::super::history::events(c, from, current, 100_000, usize::MAX)?))
@@ -935,24 +1020,74 @@ mod tests {
             }
             assert_eq!(chunked, want, "history after {compacted}, in byte-bounded chunks");
         };
+        let check_both = |states: &BTreeMap<i64, State>, events: &BTreeMap<i64, Vec<Event>>, compacted: i64, current: i64| {
+            for reader in &readers {
+                check(reader, states, events, compacted, current);
+            }
+        };
+        let hashes = |reader: &Reader, compacted: i64| {
+            (
+                reader.hash_kv(0).unwrap(),
+                reader.hash_kv(compacted).unwrap(),
+                reader.hash_all().unwrap(),
+            )
+        };
+        // How values are stored: (kv rows with a blob, blobs, blobs of no kv row or of more
+        // than one, kv rows with a missing blob, current rows whose blob is not their kv
+        // row's, values over the limit stored inline).
+        let storage = |reader: &Reader| {
+            reader
+                .read(|c, _| {
+                    let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+                    Ok((
+                        n("SELECT COUNT(*) FROM kv WHERE blob != 0")?,
+                        n("SELECT COUNT(*) FROM blobs")?,
+                        n("SELECT COUNT(*) FROM blobs b WHERE (SELECT COUNT(*) FROM kv k WHERE k.blob = b.id) != 1")?,
+                        n("SELECT COUNT(*) FROM kv k WHERE k.blob != 0 AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = k.blob)")?,
+                        n("SELECT COUNT(*) FROM current c JOIN kv k ON k.mod_rev = c.mod_rev AND k.sub = c.sub WHERE c.blob != k.blob")?,
+                        c.query_row(
+                            "SELECT (SELECT COUNT(*) FROM kv WHERE length(value) > ?1) + (SELECT COUNT(*) FROM current WHERE length(value) > ?1)",
+                            [schema::LARGE_VALUE as i64],
+                            |r| r.get::<_, i64>(0),
+                        )?,
+                    ))
+                })
+                .unwrap()
+        };
+        let check_storage = |stores: &[Store; 2]| {
+            let (with_blob, blobs, bad, missing, mismatched, inline) = storage(&readers[0]);
+            assert!(with_blob > 0, "large values were written");
+            assert_eq!(
+                (blobs, bad, missing, mismatched, inline),
+                (with_blob, 0, 0, 0, 0),
+                "one blob per large kv row"
+            );
+            let (with_blob, blobs, .., inline) = storage(&readers[1]);
+            assert_eq!((with_blob, blobs), (0, 0));
+            assert!(inline > 0, "the twin keeps large values inline");
+            let r = stores[0].revision();
+            assert_eq!(
+                hashes(&readers[0], r),
+                hashes(&readers[1], r),
+                "hashes do not depend on where values are"
+            );
+        };
 
         for n in 0..150 {
-            step(&mut store, &mut live, &mut states, &mut events, n);
+            step(&mut stores, &mut live, &mut states, &mut events, n);
         }
-        check(&states, &events, 0, store.revision());
+        check_both(&states, &events, 0, stores[0].revision());
+        check_storage(&stores);
         let mut compacted = 0;
         for round in 0..2 {
-            let at = store.revision() - 20 - round * 5;
-            let r = store
-                .apply_batch(
-                    &[Some(Command::Compact(CompactionRequest {
-                        revision: at,
-                        physical: true,
-                    }))],
-                    &AppliedMeta::default(),
-                )
-                .unwrap();
-            assert!(matches!(r[0], CommandResult::Compact(_)), "{r:?}");
+            let at = stores[0].revision() - 20 - round * 5;
+            apply(
+                &mut stores,
+                Command::Compact(CompactionRequest {
+                    revision: at,
+                    physical: true,
+                }),
+            );
             compacted = at;
             // The apply only moved the compact revision: the obsolete rows are still there,
             // invisible to reads and hashes, until they are deleted in batches.
@@ -968,38 +1103,250 @@ mod tests {
                     })
                     .unwrap()
             };
-            assert!(obsolete(&reader) > 0, "round {round}: nothing to delete yet");
-            assert!(store.reclaim().pending());
-            check(&states, &events, compacted, store.revision());
-            let hashes = |reader: &Reader| {
-                (
-                    reader.hash_kv(0).unwrap(),
-                    reader.hash_kv(compacted).unwrap(),
-                    reader.hash_all().unwrap(),
-                )
-            };
-            let before = hashes(&reader);
+            assert!(obsolete(&readers[0]) > 0, "round {round}: nothing to delete yet");
+            assert!(stores[0].reclaim().pending());
+            check_both(&states, &events, compacted, stores[0].revision());
+            let before = hashes(&readers[0], compacted);
             let mut deleted = 0;
-            while store.reclaim().pending() {
-                deleted += store.delete_compacted(7).unwrap();
-                assert_eq!(hashes(&reader), before, "hashes while deleting, at {:?}", store.reclaim());
+            // The two delete at different paces: their hashes stay equal throughout.
+            while stores.iter().any(|s| s.reclaim().pending()) {
+                deleted += stores[0].delete_compacted(7).unwrap();
+                stores[1].delete_compacted(13).unwrap();
+                for reader in &readers {
+                    assert_eq!(
+                        hashes(reader, compacted),
+                        before,
+                        "hashes while deleting, at {:?}",
+                        stores[0].reclaim()
+                    );
+                }
             }
             assert!(deleted > 0);
-            assert_eq!(obsolete(&reader), 0, "round {round}: every obsolete row deleted");
-            assert_eq!(store.reclaim().reclaimed, compacted);
-            assert_eq!(store.delete_compacted(7).unwrap(), 0, "nothing left");
-            check(&states, &events, compacted, store.revision());
-            let old = reader.range(&RangeRequest {
+            for (reader, store) in readers.iter().zip(&mut stores) {
+                assert_eq!(obsolete(reader), 0, "round {round}: every obsolete row deleted");
+                assert_eq!(store.reclaim().reclaimed, compacted);
+                assert_eq!(store.delete_compacted(7).unwrap(), 0, "nothing left");
+            }
+            check_both(&states, &events, compacted, stores[0].revision());
+            check_storage(&stores);
+            let old = readers[0].range(&RangeRequest {
                 key: key(0),
                 revision: compacted - 1,
                 ..Default::default()
             });
             assert_eq!(old.unwrap_err(), MvccError::Compacted);
             for n in 0..100 {
-                step(&mut store, &mut live, &mut states, &mut events, 1000 * (round as u32 + 1) + n);
+                step(&mut stores, &mut live, &mut states, &mut events, 1000 * (round as u32 + 1) + n);
             }
         }
-        check(&states, &events, compacted, store.revision());
+        check_both(&states, &events, compacted, stores[0].revision());
+        check_storage(&stores);
+    }
+
+    /// A v4 database (every value inline, no `blobs`) is upgraded on open without a
+    /// rewrite: its rows read as before, it hashes like a v5 store that applied the same
+    /// history (its large values in `blobs`), and after more writes (large values, an
+    /// `ignore_value` copy of an old inline one, a delete) and a compaction the two still
+    /// answer and hash alike, with one blob per remaining large `kv` row.
+    #[test]
+    fn schema_v4_is_migrated_and_large_values_go_to_blobs() {
+        use crate::proto::etcdserverpb::{CompactionRequest, RangeRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        let big = |c: u8, n: usize| vec![c; n];
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE kv (mod_rev INTEGER NOT NULL, sub INTEGER NOT NULL, key BLOB NOT NULL, create_rev INTEGER NOT NULL,
+                   version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL,
+                   prev_rev INTEGER NOT NULL DEFAULT 0, prev_sub INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (mod_rev, sub)) WITHOUT ROWID;
+                 CREATE TABLE current (key BLOB NOT NULL PRIMARY KEY, mod_rev INTEGER NOT NULL, lease INTEGER NOT NULL,
+                   create_rev INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 0, value BLOB NOT NULL DEFAULT x'',
+                   sub INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                 CREATE INDEX current_by_lease ON current (lease) WHERE lease != 0;
+                 CREATE TABLE leases (id INTEGER NOT NULL PRIMARY KEY, ttl INTEGER NOT NULL);
+                 CREATE TABLE meta (name TEXT NOT NULL PRIMARY KEY, value BLOB);
+                 INSERT INTO meta VALUES ('schema_version', 4), ('revision', 4), ('compact_revision', 0);",
+            )
+            .unwrap();
+            let kv = "INSERT INTO kv VALUES (?1, 0, ?2, ?3, ?4, 0, ?5, 0, ?6, 0)";
+            conn.execute(kv, rusqlite::params![2, b"a", 2, 1, big(b'A', 5000), 0]).unwrap();
+            conn.execute(kv, rusqlite::params![3, b"a", 2, 2, b"small", 2]).unwrap();
+            conn.execute(kv, rusqlite::params![4, b"b", 4, 1, big(b'B', 6000), 0]).unwrap();
+            let current = "INSERT INTO current VALUES (?1, ?2, 0, ?3, ?4, ?5, 0)";
+            conn.execute(current, rusqlite::params![b"a", 3, 2, 2, b"small"]).unwrap();
+            conn.execute(current, rusqlite::params![b"b", 4, 4, 1, big(b'B', 6000)]).unwrap();
+        }
+        let put = |k: &str, value: Vec<u8>, ignore_value: bool| {
+            Command::Put(PutRequest {
+                key: k.into(),
+                value,
+                ignore_value,
+                ..Default::default()
+            })
+        };
+        // The same history, applied by this netsy.
+        let mut fresh = Store::open(&dir.path().join("v5.db")).unwrap();
+        fresh
+            .apply_batch(
+                &[
+                    Some(put("a", big(b'A', 5000), false)),
+                    Some(put("a", b"small".to_vec(), false)),
+                    Some(put("b", big(b'B', 6000), false)),
+                ],
+                &AppliedMeta::default(),
+            )
+            .unwrap();
+        let mut upgraded = Store::open(&path).unwrap();
+        let readers = [Reader::new(upgraded.path()), Reader::new(fresh.path())];
+        let (version, blobs): (i64, i64) = readers[0]
+            .read(|c, _| {
+                Ok((
+                    c.query_row("SELECT value FROM meta WHERE name = 'schema_version'", [], |r| r.get(0))?,
+                    c.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(
+            (version, blobs),
+            (schema::SCHEMA_VERSION, 0),
+            "upgraded in place, nothing rewritten"
+        );
+        let get = |reader: &Reader, k: &str, revision: i64| {
+            let r = reader
+                .range(&RangeRequest {
+                    key: k.into(),
+                    revision,
+                    ..Default::default()
+                })
+                .unwrap();
+            r.kvs.into_iter().next().map(|kv| (kv.value, kv.mod_revision, kv.version))
+        };
+        let same = |what: &str| {
+            for rev in 0..=readers[0].revisions().unwrap().current {
+                if rev > 0 && rev < readers[0].revisions().unwrap().compacted {
+                    continue;
+                }
+                for k in ["a", "b", "c"] {
+                    assert_eq!(get(&readers[0], k, rev), get(&readers[1], k, rev), "{what}: {k} at {rev}");
+                }
+                assert_eq!(
+                    readers[0].hash_kv(rev).unwrap(),
+                    readers[1].hash_kv(rev).unwrap(),
+                    "{what}: hash at {rev}"
+                );
+            }
+            assert_eq!(readers[0].hash_all().unwrap(), readers[1].hash_all().unwrap(), "{what}");
+            let (u, f) = (
+                readers[0].history(2, 100, 1000, usize::MAX),
+                readers[1].history(2, 100, 1000, usize::MAX),
+            );
+            assert_eq!(u.unwrap(), f.unwrap(), "{what}: history");
+        };
+        same("after the upgrade");
+        assert_eq!(get(&readers[0], "a", 2), Some((big(b'A', 5000), 2, 1)), "an old inline value");
+        assert_eq!(get(&readers[0], "b", 0), Some((big(b'B', 6000), 4, 1)));
+
+        let more = [
+            Some(put("a", big(b'C', 9000), false)),
+            Some(put("c", big(b'D', 3000), false)),
+            Some(put("b", Vec::new(), true)),
+            Some(Command::DeleteRange(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                prev_kv: true,
+                ..Default::default()
+            })),
+            Some(put("c", b"small".to_vec(), false)),
+        ];
+        for store in [&mut upgraded, &mut fresh] {
+            let results = store.apply_batch(&more, &AppliedMeta::default()).unwrap();
+            let CommandResult::DeleteRange(d) = &results[3] else {
+                panic!("{results:?}")
+            };
+            assert_eq!(d.prev_kvs[0].value, big(b'C', 9000), "prev_kv of a large value");
+        }
+        same("after more writes");
+        assert_eq!(
+            get(&readers[0], "b", 0),
+            Some((big(b'B', 6000), 7, 2)),
+            "ignore_value kept the old inline value"
+        );
+        let blob_rows = |reader: &Reader| {
+            reader
+                .read(|c, _| {
+                    Ok(c.query_row(
+                        "SELECT (SELECT COUNT(*) FROM blobs), (SELECT COUNT(*) FROM kv WHERE blob != 0)",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    )?)
+                })
+                .unwrap()
+        };
+        assert_eq!(blob_rows(&readers[0]), (3, 3), "the new large values only");
+
+        let at = upgraded.revision();
+        for store in [&mut upgraded, &mut fresh] {
+            let compact = Command::Compact(CompactionRequest {
+                revision: at,
+                physical: true,
+            });
+            let r = store.apply_batch(&[Some(compact)], &AppliedMeta::default()).unwrap();
+            assert!(matches!(r[0], CommandResult::Compact(_)), "{r:?}");
+            while store.reclaim().pending() {
+                store.delete_compacted(1).unwrap();
+            }
+        }
+        same("after the compaction");
+        // Left: b's new blob and c's first value (what the compact revision's put replaced,
+        // kept for its prev_kv); a's 9,000 bytes went with its row and tombstone.
+        assert_eq!(blob_rows(&readers[0]), (2, 2));
+        assert_eq!(blob_rows(&readers[1]), (2, 2));
+        assert_eq!(get(&readers[0], "c", 0), Some((b"small".to_vec(), 9, 2)));
+        assert_eq!(get(&readers[0], "a", 0), None);
+    }
+
+    /// Measurement, not a check: the size of `state.db` after `NETSY_SIZE_KEYS` (5,000)
+    /// puts of random values of several sizes, with large values stored once (`blobs`) and
+    /// with every value inline in `kv` and `current` (as before schema v5). Run with
+    /// `cargo nextest run --run-ignored only -E 'test(state_db_size_of_large_values)' --no-capture`.
+    #[test]
+    #[ignore]
+    fn state_db_size_of_large_values() {
+        use rand::{RngCore, SeedableRng};
+        let keys: usize = std::env::var("NETSY_SIZE_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+        println!("value bytes | keys | inline twice (MB, x data) | blobs (MB, x data)");
+        for size in [1024, 1900, 2048, 4096, 8192, 10240, 65536] {
+            let mut row = format!("{size} | {keys}");
+            for inline in [true, false] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+                if inline {
+                    store.keep_values_inline();
+                }
+                let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+                let mut data = 0;
+                for batch in 0..keys.div_ceil(100) {
+                    let puts: Vec<Option<Command>> = (batch * 100..keys.min(batch * 100 + 100))
+                        .map(|i| {
+                            let mut value = vec![0; size];
+                            rng.fill_bytes(&mut value);
+                            let key = format!("/registry/configmaps/default/cm-{i:06}").into_bytes();
+                            data += key.len() + size;
+                            Some(Command::Put(PutRequest {
+                                key,
+                                value,
+                                ..Default::default()
+                            }))
+                        })
+                        .collect();
+                    store.apply_batch(&puts, &AppliedMeta::default()).unwrap();
+                }
+                store.truncate_wal().unwrap();
+                let bytes = std::fs::metadata(store.path()).unwrap().len();
+                row += &format!(" | {:.1} ({:.2}x)", bytes as f64 / 1e6, bytes as f64 / data as f64);
+            }
+            println!("{row}");
+        }
     }
 
     /// A database from a newer netsy (a later schema) is refused, not opened and written.

@@ -79,6 +79,8 @@ pub(super) struct WriteTxn<'c> {
     /// state machine must give every member the same answer, whatever its memory), the
     /// read budget for a read-only Txn (`Reader::txn_readonly`).
     pub meter: super::Reservation,
+    /// Values longer than this go to `blobs` (`schema::LARGE_VALUE`; tests change it).
+    pub large_value: usize,
 }
 
 impl<'c> WriteTxn<'c> {
@@ -90,6 +92,7 @@ impl<'c> WriteTxn<'c> {
             sub: 0,
             events: Vec::new(),
             meter: super::Reservation::unmetered(),
+            large_value: super::schema::LARGE_VALUE,
         }
     }
 
@@ -140,10 +143,13 @@ impl<'c> WriteTxn<'c> {
             value,
             lease,
         };
+        // Every check is done: a large value goes to `blobs` now (an `ignore_value` put
+        // copies its previous value into a blob of its own, so a blob has one `kv` row).
+        let (value, blob) = store_value(self.conn, &kv.value, self.large_value)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO kv (mod_rev, sub, key, create_rev, version, lease, value, deleted, prev_rev, prev_sub) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)",
+                "INSERT INTO kv (mod_rev, sub, key, create_rev, version, lease, value, deleted, prev_rev, prev_sub, blob) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10)",
             )?
             .execute(params![
                 rev,
@@ -152,20 +158,23 @@ impl<'c> WriteTxn<'c> {
                 kv.create_revision,
                 kv.version,
                 kv.lease,
-                kv.value,
+                value,
                 prev_rev,
-                prev_sub
+                prev_sub,
+                blob
             ])?;
         // The key's live row: replaced in place when it has one (one lookup; an upsert
         // would look the key up twice).
         let sql = if prev.is_some() {
-            "UPDATE current SET mod_rev = ?2, sub = ?3, lease = ?4, create_rev = ?5, version = ?6, value = ?7 WHERE key = ?1"
+            "UPDATE current SET mod_rev = ?2, sub = ?3, lease = ?4, create_rev = ?5, version = ?6, value = ?7, blob = ?8 \
+             WHERE key = ?1"
         } else {
-            "INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            "INSERT INTO current (key, mod_rev, sub, lease, create_rev, version, value, blob) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
         };
         self.conn
             .prepare_cached(sql)?
-            .execute(params![kv.key, rev, self.sub, lease, kv.create_revision, kv.version, kv.value])?;
+            .execute(params![kv.key, rev, self.sub, lease, kv.create_revision, kv.version, value, blob])?;
         self.sub += 1;
         let prev_kv = if req.prev_kv { prev.clone() } else { None };
         self.events.push(Event {
@@ -280,6 +289,16 @@ impl<'c> WriteTxn<'c> {
     }
 }
 
+/// How a value is written into its `kv` and `current` rows: inline (`blob` 0), or, when
+/// longer than `large_value` bytes, once into `blobs` (the rows then hold `x''` and its id).
+pub(super) fn store_value<'v>(conn: &Connection, value: &'v [u8], large_value: usize) -> rusqlite::Result<(&'v [u8], i64)> {
+    if value.len() <= large_value {
+        return Ok((value, 0));
+    }
+    conn.prepare_cached("INSERT INTO blobs (value) VALUES (?1)")?.execute([value])?;
+    Ok((&[], conn.last_insert_rowid()))
+}
+
 pub(super) fn lease_exists(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM leases WHERE id = ?1")?
@@ -338,14 +357,22 @@ pub(super) fn compact(conn: &Connection, rev: i64, revs: Revisions) -> Result<Co
 /// row it replaced obsolete, and a tombstone there is obsolete itself. Rows at and above
 /// the compact revision are never touched, so reads at it stay exact, and so do watches
 /// from it (the rows its events replaced are kept for their `prev_kv`). Records `to` as
-/// reclaimed. Returns the number of rows deleted.
+/// reclaimed. The values in `blobs` of the deleted rows go with them (tombstones have
+/// none). Returns the number of rows deleted.
 pub(super) fn delete_compacted(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<usize> {
-    let replaced = conn
+    let blobs: Vec<i64> = conn
         .prepare_cached(
             "DELETE FROM kv WHERE (mod_rev, sub) IN \
-             (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND prev_rev > 0)",
+             (SELECT prev_rev, prev_sub FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND prev_rev > 0) \
+             RETURNING blob",
         )?
-        .execute([from, to])?;
+        .query_map([from, to], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let replaced = blobs.len();
+    let mut delete_blob = conn.prepare_cached("DELETE FROM blobs WHERE id = ?1")?;
+    for id in blobs.into_iter().filter(|&id| id != 0) {
+        delete_blob.execute([id])?;
+    }
     let tombstones = conn
         .prepare_cached("DELETE FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND deleted = 1")?
         .execute([from, to])?;
