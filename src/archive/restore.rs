@@ -126,12 +126,45 @@ pub async fn restore(
         return Err(RestoreError::Target(dest.display().to_string(), "already exists".into()));
     }
     RESTORE_IN_PROGRESS.set(1);
-    let result = run(store, epoch, dest, target, replay).await;
+    let mut attempt = 1;
+    let result = loop {
+        let result = run(store, epoch, dest, target, replay).await;
+        if result.is_err() {
+            crate::mvcc::remove_database(dest);
+            let _ = std::fs::remove_file(dest.with_extension("snap"));
+        }
+        match result {
+            // A running cluster collects the snapshots and segments a newer snapshot
+            // covers: planned on a listing, a long restore beside it can find an object
+            // gone. The new listing starts from the newer snapshot.
+            Err(e) if e.collected() && attempt < ATTEMPTS => {
+                tracing::warn!(
+                    error = %crate::error_chain(&e),
+                    attempt,
+                    "restore: an object it was reading was collected meanwhile (a newer snapshot covers it); starting again from the newest listing"
+                );
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
     RESTORE_IN_PROGRESS.set(0);
-    if result.is_err() {
-        crate::mvcc::remove_database(dest);
-    }
     result
+}
+
+/// Listings a restore plans on before it gives up on objects collected under it.
+const ATTEMPTS: usize = 3;
+
+impl RestoreError {
+    /// An object the restore had listed was not there any more.
+    fn collected(&self) -> bool {
+        let gone = |e: &object_store::Error| matches!(e, object_store::Error::NotFound { .. });
+        match self {
+            RestoreError::Store { source, .. } => gone(source),
+            RestoreError::Snapshot(SnapshotError::Store { source, .. }) => gone(source),
+            _ => false,
+        }
+    }
 }
 
 /// The newest snapshot of `epoch` a restore to `target` can start from: at or before it

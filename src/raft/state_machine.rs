@@ -653,6 +653,115 @@ mod tests {
         }
     }
 
+    /// An object store that answers NotFound once for one path (as if collected under a
+    /// reader that listed it), and passes everything else through.
+    #[derive(Debug)]
+    struct CollectedOnce {
+        inner: Arc<dyn object_store::ObjectStore>,
+        path: String,
+        missed: std::sync::atomic::AtomicBool,
+    }
+
+    impl std::fmt::Display for CollectedOnce {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "CollectedOnce({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for CollectedOnce {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            if location.as_ref() == self.path && !self.missed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                return Err(object_store::Error::NotFound {
+                    path: self.path.clone(),
+                    source: "collected".into(),
+                });
+            }
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&object_store::path::Path>) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            opts: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, opts).await
+        }
+    }
+
+    /// A segment collected under a restore that had listed it: the restore lists again and
+    /// finishes, rather than failing half way.
+    #[tokio::test]
+    async fn a_restore_lists_again_when_an_object_is_collected_under_it() {
+        use crate::archive::{restore, segment};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        archive(
+            inner.as_ref(),
+            vec![
+                (1..=3).map(|i| put_entry(i, &format!("k{i}"))).collect(),
+                (4..=6).map(|i| put_entry(i, &format!("k{i}"))).collect(),
+            ],
+        )
+        .await;
+        let listed = segment::list(inner.as_ref(), 1).await.expect("list");
+        let second = listed[1].0.path().to_string();
+        let objects = CollectedOnce {
+            inner,
+            path: second,
+            missed: Default::default(),
+        };
+        let dest = dir.path().join("restored.db");
+        let report = restore::restore(&objects, 1, &dest, restore::Target::Latest, &archive_replay())
+            .await
+            .expect("restore");
+        assert!(
+            objects.missed.load(std::sync::atomic::Ordering::Acquire),
+            "the restore met the collected segment"
+        );
+        assert_eq!((report.last_index, report.revision), (6, 7));
+    }
+
     /// The archive's restore, over segments of real entries, applies them through
     /// `apply_entries` and records the last one; a snapshot of the result names it.
     #[tokio::test]
