@@ -1,8 +1,8 @@
 //! Space reclaim, off the apply path.
 //!
 //! A compaction's apply only moves the compact revision (reads below it are refused from
-//! then on); the history it made obsolete is deleted here afterwards, a batch of
-//! revisions at a time, each batch one short transaction on the writer (about 5 ms: the
+//! then on); the history it made obsolete is deleted here afterwards, a batch of rows
+//! at a time, each batch one short transaction on the writer (about 5 ms: the
 //! batch size adapts) followed by a pause twice as long, so applies go on meanwhile
 //! (etcd deletes in batches too). Defragmentation gives
 //! the free pages back to the file system a few at a time (SQLite's incremental vacuum)
@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use super::{MvccError, Reader, Store};
 
 /// How long one batch of compaction's deletions should hold the writer: every apply that
-/// arrives meanwhile waits for it. The revisions per batch adapt to it (a batch of 1,000
-/// puts' history takes a few ms with small values, hundreds with 10 KiB ones).
+/// arrives meanwhile waits for it. The rows per batch adapt to it (1,000 rows of history
+/// take a few ms with small values, hundreds with 10 KiB ones stored inline).
 const BATCH_TARGET: Duration = Duration::from_millis(5);
-const MIN_BATCH_REVISIONS: i64 = 16;
-const MAX_BATCH_REVISIONS: i64 = 10_000;
+const MIN_BATCH_ROWS: i64 = 16;
+const MAX_BATCH_ROWS: i64 = 10_000;
 /// Pages one defragmentation step moves and cuts from the file (2 MiB of 8 KiB pages).
 const VACUUM_STEP_PAGES: i64 = 256;
 /// After each batch or step the writer is left to the applies at least this long, and at
@@ -47,14 +47,14 @@ fn step<T>(store: &Mutex<Store>, f: impl FnOnce(&mut Store) -> Result<T, MvccErr
 }
 
 /// The next batch's size from how long the last one held the writer: twice as many
-/// revisions under half the target, half as many over twice the target.
-fn next_batch(revisions: i64, held: Duration) -> i64 {
+/// rows under half the target, half as many over twice the target.
+fn next_batch(rows: i64, held: Duration) -> i64 {
     if held < BATCH_TARGET / 2 {
-        (revisions * 2).min(MAX_BATCH_REVISIONS)
+        (rows * 2).min(MAX_BATCH_ROWS)
     } else if held > BATCH_TARGET * 2 {
-        (revisions / 2).max(MIN_BATCH_REVISIONS)
+        (rows / 2).max(MIN_BATCH_ROWS)
     } else {
-        revisions
+        rows
     }
 }
 
@@ -102,7 +102,7 @@ pub fn finish_compaction(store: &Mutex<Store>) -> Result<Compacted, MvccError> {
     let mut logged = started;
     let mut done = Compacted::default();
     let first = lock(store)?.reclaim();
-    let mut batch = MIN_BATCH_REVISIONS * 4;
+    let mut batch = MIN_BATCH_ROWS * 4;
     loop {
         let ((deleted, now), held) = step(store, |s| {
             let deleted = s.delete_compacted(batch)?;
@@ -231,8 +231,8 @@ mod tests {
         assert_eq!(next_batch(100, ms(1)), 200);
         assert_eq!(next_batch(100, ms(10)), 100);
         assert_eq!(next_batch(100, ms(50)), 50);
-        assert_eq!(next_batch(MAX_BATCH_REVISIONS, ms(0)), MAX_BATCH_REVISIONS);
-        assert_eq!(next_batch(MIN_BATCH_REVISIONS, ms(500)), MIN_BATCH_REVISIONS);
+        assert_eq!(next_batch(MAX_BATCH_ROWS, ms(0)), MAX_BATCH_ROWS);
+        assert_eq!(next_batch(MIN_BATCH_ROWS, ms(500)), MIN_BATCH_ROWS);
     }
 
     #[test]
@@ -246,12 +246,17 @@ mod tests {
             "applying the compaction deleted nothing"
         );
         let hash = reader.hash_kv(0).unwrap();
+        // A batch is bounded by the rows it deletes, not by revisions: the first 200
+        // revisions (first writes) delete nothing and are passed in the same batch.
+        assert_eq!(store.lock().unwrap().delete_compacted(100).unwrap(), 100);
+        assert_eq!(store.lock().unwrap().reclaim().reclaimed, 302);
+        assert_eq!(reader.hash_kv(0).unwrap(), hash);
 
         let done = finish_compaction(&store).unwrap();
         assert_eq!(done.revision, 3001);
         // Every row replaced before the compact revision; the one replaced at it (the last
         // put) stays for its event's `prev_kv`.
-        assert_eq!(done.rows_deleted, 14 * 200 - 1);
+        assert_eq!(done.rows_deleted + 100, 14 * 200 - 1);
         assert_eq!(reader.hash_kv(0).unwrap(), hash);
         let free = store.lock().unwrap().free_pages().unwrap();
         assert!(free > 4 * VACUUM_STEP_PAGES, "the deletions freed many pages: {free}");

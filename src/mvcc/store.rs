@@ -317,16 +317,29 @@ impl Store {
         *self.reclaim.borrow()
     }
 
-    /// Deletes, in one transaction, the history made obsolete by compaction among the rows
-    /// of at most `max_revisions` revisions after the last ones done. Returns the rows
-    /// deleted (0 also when nothing is pending).
-    pub fn delete_compacted(&mut self, max_revisions: i64) -> Result<usize, MvccError> {
+    /// Deletes, in one transaction, the history made obsolete by compaction among the
+    /// rows of the revisions after the last ones done: as many revisions as hold at most
+    /// `max_rows` rows that make others obsolete (at least one revision, at most
+    /// `SCAN_REVISIONS`), so that a batch costs about the same over a stretch of
+    /// overwrites as over one of first writes. Returns the rows deleted (0 also when
+    /// nothing is pending).
+    pub fn delete_compacted(&mut self, max_rows: i64) -> Result<usize, MvccError> {
+        /// Revisions one batch looks through at most (a stretch with nothing to delete).
+        const SCAN_REVISIONS: i64 = 100_000;
         let Reclaim { compacted, reclaimed } = self.reclaim();
         if reclaimed >= compacted {
             return Ok(0);
         }
-        let to = compacted.min(reclaimed.saturating_add(max_revisions.max(1)));
+        let limit = compacted.min(reclaimed.saturating_add(SCAN_REVISIONS));
         let tx = self.conn.transaction().map_err(storage)?;
+        let to: i64 = tx
+            .prepare_cached(
+                "SELECT COALESCE((SELECT mod_rev FROM kv WHERE mod_rev >= ?1 AND mod_rev < ?2 AND (prev_rev > 0 OR deleted = 1) \
+                 ORDER BY mod_rev, sub LIMIT 1 OFFSET ?3), ?2)",
+            )
+            .and_then(|mut s| s.query_row([reclaimed, limit, max_rows.max(1)], |r| r.get(0)))
+            .map_err(storage)?;
+        let to = to.max(reclaimed + 1);
         let deleted = write::delete_compacted(&tx, reclaimed, to).map_err(storage)?;
         tx.commit().map_err(storage)?;
         self.reclaim.send_modify(|r| r.reclaimed = to);
