@@ -347,7 +347,7 @@ impl Store {
     }
 
     /// Whether free pages can be given back a few at a time ([`Store::vacuum_step`]):
-    /// every database created since netsy 0.3; older ones need
+    /// every database created with schema v5 or later; older ones need
     /// [`Store::enable_incremental_vacuum`] once.
     pub fn incremental_vacuum(&self) -> Result<bool, MvccError> {
         let mode: i64 = self.conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).map_err(storage)?;
