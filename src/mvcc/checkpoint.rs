@@ -34,15 +34,25 @@ pub async fn run(store: Arc<Mutex<Store>>, reader: Reader) {
 /// Passes beside the writer until little is left, so that the writer (which holds up
 /// applies meanwhile) copies only the frames of the last moment.
 fn pass(reader: &Reader, store: &Mutex<Store>) -> Result<(), MvccError> {
+    if copy_beside_writer(reader, WAL_RESTART_PAGES)? {
+        return Ok(());
+    }
+    let mut store = store.lock().map_err(|_| MvccError::Storage("store lock poisoned".into()))?;
+    store.finish_checkpoint()
+}
+
+/// Copies the WAL into the database file beside the writer, pass after pass, until at
+/// most `WRITER_FINISH_PAGES` are left for the writer (or `MAX_READER_PASSES` passes).
+/// Returns true, without more passes, once the WAL holds no more than `small` pages.
+pub(super) fn copy_beside_writer(reader: &Reader, small: i64) -> Result<bool, MvccError> {
     for _ in 0..MAX_READER_PASSES {
         let (pages, copied) = reader.checkpoint()?;
-        if pages <= WAL_RESTART_PAGES {
-            return Ok(());
+        if pages <= small {
+            return Ok(true);
         }
         if pages - copied <= WRITER_FINISH_PAGES {
             break;
         }
     }
-    let mut store = store.lock().map_err(|_| MvccError::Storage("store lock poisoned".into()))?;
-    store.finish_checkpoint()
+    Ok(false)
 }

@@ -175,12 +175,7 @@ pub fn defragment(store: &Mutex<Store>, reader: &Reader) -> Result<Defragmented,
     report.pages_freed = free;
     // Copy the WAL beside the writer first, so that the writer's own pass (which empties
     // the WAL, holding applies up) has little left to copy.
-    for _ in 0..4 {
-        let (pages, copied) = reader.checkpoint()?;
-        if pages - copied <= 256 {
-            break;
-        }
-    }
+    super::checkpoint::copy_beside_writer(reader, 0)?;
     lock(store)?.truncate_wal()?;
     crate::metrics::DEFRAG_DURATION.observe(started.elapsed().as_secs_f64());
     Ok(report)

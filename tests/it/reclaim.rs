@@ -7,6 +7,20 @@ use std::time::{Duration, Instant};
 
 use crate::common::Cluster;
 
+async fn put(client: &mut etcd_client::Client, key: String, value: Vec<u8>) -> i64 {
+    client
+        .put(key, value, None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision()
+}
+
+fn alike(hashes: &[u32]) -> bool {
+    hashes.windows(2).all(|w| w[0] == w[1])
+}
+
 /// Each member's HashKV at `revision`, once it has applied it.
 async fn hashes(c: &Cluster, revision: i64) -> Vec<u32> {
     let mut out = Vec::new();
@@ -32,17 +46,11 @@ async fn members_hash_alike_through_compaction_and_defragment_under_writes() {
     let mut head = 0;
     for round in 0..3u8 {
         for k in 0..200 {
-            head = client
-                .put(format!("k{k:03}"), vec![round; 6 * 1024], None)
-                .await
-                .expect("put")
-                .header()
-                .expect("header")
-                .revision();
+            head = put(&mut client, format!("k{k:03}"), vec![round; 6 * 1024]).await;
         }
     }
     let before = hashes(&c, head).await;
-    assert!(before.windows(2).all(|w| w[0] == w[1]), "{before:?}");
+    assert!(alike(&before), "{before:?}");
     let sizes_before: Vec<i64> = {
         let mut v = Vec::new();
         for node in &c.nodes {
@@ -55,10 +63,7 @@ async fn members_hash_alike_through_compaction_and_defragment_under_writes() {
     // pace and hash alike meanwhile.
     client.compact(head, None).await.expect("compact");
     let compacted = hashes(&c, head).await;
-    assert!(
-        compacted.windows(2).all(|w| w[0] == w[1]),
-        "members differ right after compacting: {compacted:?}"
-    );
+    assert!(alike(&compacted), "members differ right after compacting: {compacted:?}");
     assert_ne!(compacted[0], before[0], "HashKV covers what compaction keeps (as etcd's)");
 
     // Writes go on through every member's defragmentation.
@@ -95,15 +100,9 @@ async fn members_hash_alike_through_compaction_and_defragment_under_writes() {
     assert!(longest < Duration::from_secs(5), "a put waited {longest:?} during defragmentation");
 
     assert_eq!(hashes(&c, head).await, compacted, "deleting the compacted history changes no hash");
-    let last = client
-        .put("last", "x", None)
-        .await
-        .expect("put")
-        .header()
-        .expect("header")
-        .revision();
+    let last = put(&mut client, "last".into(), b"x".to_vec()).await;
     let after = hashes(&c, last).await;
-    assert!(after.windows(2).all(|w| w[0] == w[1]), "members differ after reclaim: {after:?}");
+    assert!(alike(&after), "members differ after reclaim: {after:?}");
     // History at and after the compact revision is still served.
     let r = client
         .get("k000", Some(etcd_client::GetOptions::new().with_revision(head)))
