@@ -187,8 +187,10 @@ impl Uploader {
         loop {
             if self.cfg.eager {
                 // Whatever was applied meanwhile, and what a pending upload let queue up,
-                // goes out together; wait only when there is nothing to send.
-                let behind = self.upload_limit() > watermark.unwrap_or(0);
+                // goes out together; wait only when there is nothing to send. A follower
+                // sends nothing: it waits too (else its loop never yields and starves the
+                // member's other tasks, Raft's among them).
+                let behind = self.progress.borrow().leader && self.upload_limit() > watermark.unwrap_or(0);
                 if !behind {
                     let changed = async {
                         tokio::select! {
@@ -363,6 +365,39 @@ mod tests {
 
         fn set_purge_floor(&self, index: u64) {
             self.floor.store(index, Ordering::Release);
+        }
+    }
+
+    /// A follower's eager uploader (object-storage durability) with committed entries
+    /// it must not send waits for a change; it once looped without yielding, and on a
+    /// busy machine the member's Raft RPCs then timed out for tens of seconds. Here it
+    /// shares a one-thread runtime with a ticker, which must keep ticking.
+    #[test]
+    fn a_followers_eager_uploader_leaves_the_runtime_to_other_tasks() {
+        let (ticks_tx, ticks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (mut up, _) = uploader(Arc::new(object_store::memory::InMemory::new()), 1, false);
+                up.cfg.eager = true;
+                let (progress_tx, progress) = watch::channel(Progress { leader: false, applied: 9 });
+                let (committed_tx, committed) = watch::channel(9);
+                up.progress = progress;
+                up.committed = committed;
+                tokio::spawn(up.run());
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if ticks_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                drop((progress_tx, committed_tx));
+            });
+        });
+        for i in 0..20 {
+            ticks
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("tick {i}: the uploader holds the runtime"));
         }
     }
 

@@ -286,6 +286,30 @@ impl Netsy {
         std::fs::write(dir.join("state.db"), vec![0xA5u8; 64 << 10]).expect("write state.db");
     }
 
+    /// The last `lines` lines of each log this node wrote (one per start), to explain a
+    /// failed test: printed when a node is dropped while the test panics.
+    fn log_tails(&self, lines: usize) -> String {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return String::new();
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        let mut out = String::new();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out += &format!("--- {} (last {} lines) ---\n", path.display(), tail.len());
+            for line in tail.into_iter().rev() {
+                out += line;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("netsy-{}.log", self.client_port))).unwrap_or_default()
     }
@@ -336,6 +360,9 @@ impl Netsy {
 impl Drop for Netsy {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails(300));
+        }
     }
 }
 
