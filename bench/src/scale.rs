@@ -373,7 +373,8 @@ pub fn markdown(r: &ScaleReport) -> String {
     out += "Background load throughout: 1 KiB puts and linearizable 1-key gets, closed loops spread over all members. \
             Each step is compared with the window of background load just before it. A request counts as *failed* if it returned an error, \
             or took over 10 s. Retried on the next member, as etcd's client does by itself, and then counted as *retried* (its latency \
-            includes the retry): a get whose connection broke or could not be made, a put whose connection could not be made. \
+            includes the retry): a get that failed with Unavailable or whose connection broke, and any request that never left the client \
+            (no connection could be made, or it closed before the request was sent: gRPC's transparent retry). \
             A put whose connection broke in flight is failed (it may have been applied; etcd's client does not repeat it either). \
             The wiped member is stopped with SIGTERM (graceful), then SIGKILL after 20 s.\n\n";
     out += "| step | duration s | detail | p50 ms before → during | p99 ms before → during | max ms before → during | req/s before → during | p99 ratio (≤ 2) | failed / retried | peak RSS MiB per member | disk MiB per member, objects | snapshot events during |\n";
@@ -756,22 +757,38 @@ struct Background {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Whether an etcd client would retry this on another member by itself: a connection
-/// that could not be made or broke (the request did not reach a server), or, for an
-/// idempotent read, any Unavailable.
-/// A broken connection is Unavailable in Go's gRPC and Unknown "transport error" in
-/// tonic's.
+/// Whether an etcd client would retry this on another member by itself: a request that
+/// never left the client (no connection could be made, or the connection closed before
+/// it was sent: gRPC's transparent retry), or, for an idempotent read, any Unavailable and
+/// a connection broken in flight. A broken connection is Unavailable in Go's gRPC and
+/// Unknown "transport error" in tonic's; a request tonic's connection closed before
+/// sending it is `Cancelled`, from hyper's "canceled".
 fn retriable(status: &tonic::Status, put: bool) -> bool {
+    if never_sent(status) {
+        return true;
+    }
     let m = status.message().to_ascii_lowercase();
     let broken = match status.code() {
         tonic::Code::Unavailable => true,
         tonic::Code::Unknown => m.contains("transport error"),
         _ => false,
     };
-    if !broken {
-        return false;
+    broken && (!put || m.contains("connect") || m.contains("connection refused"))
+}
+
+/// The request never left the client: see `retriable`.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_canceled();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = e.source();
     }
-    !put || m.contains("connect") || m.contains("connection refused")
+    false
 }
 
 async fn start_background(endpoints: &[String], writers: usize, readers: usize, t0: Instant) -> Result<Background, BenchError> {
@@ -1445,6 +1462,9 @@ mod tests {
         let reset = tonic::Status::unknown("transport error");
         assert!(retriable(&reset, false), "a read is repeated");
         assert!(!retriable(&reset, true), "a put may have been applied: not repeated");
+        let mut refused = tonic::Status::unknown("transport error");
+        refused.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert!(retriable(&refused, true), "never sent: repeated, even a put");
     }
 
     #[test]

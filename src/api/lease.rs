@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::stream::from_task;
 use super::transport;
-use crate::core::Replica;
+use crate::core::{CoreError, Replica};
 use crate::proto::etcdserverpb::{
     lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -43,12 +43,21 @@ impl Lease for LeaseService {
 
     /// Keep-alives are leader-local, as in etcd (a follower forwards them); the stream
     /// ends at the first failure, with its error: the keep-alive's, or the input's (a
-    /// message that does not decode, or is too large) in etcd's words.
+    /// message that does not decode, or is too large) in etcd's words; and when the
+    /// member stops ("server stopped": the client goes on through another member).
     async fn lease_keep_alive(&self, request: Request<Streaming<LeaseKeepAliveRequest>>) -> Result<Response<KeepAliveStream>, Status> {
         let replica = self.replica.clone();
         let mut input = request.into_inner();
         let output = from_task(move |tx| async move {
-            while let Some(received) = input.next().await {
+            loop {
+                let received = tokio::select! {
+                    received = input.next() => received,
+                    () = replica.stopping() => {
+                        let _ = tx.send(Err(CoreError::Stopped.into())).await;
+                        break;
+                    }
+                };
+                let Some(received) = received else { break };
                 let req = match received {
                     Ok(req) => req,
                     Err(status) => {

@@ -65,14 +65,22 @@ impl Watch for WatchService {
         let interval = self.progress_interval;
         tokio::spawn(async move {
             crate::metrics::WATCH_STREAMS.inc();
-            let lost = async move {
-                if require_leader {
-                    replica.leader_lost().await
-                } else {
-                    std::future::pending().await
+            // The stream ends when the member stops (the client watches on through
+            // another one) or, with `hasleader`, when the leader is lost.
+            let end = async move {
+                let lost = async {
+                    if require_leader {
+                        replica.leader_lost().await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                tokio::select! {
+                    () = replica.stopping() => WatchError::Stopped,
+                    () = lost => WatchError::NoLeader,
                 }
             };
-            let result = crate::watch::run(stream, input, commits, interval, lost).await;
+            let result = crate::watch::run(stream, input, commits, interval, end).await;
             crate::metrics::WATCH_STREAMS.dec();
             match result {
                 Ok(()) | Err(WatchError::Closed) => {}
@@ -92,6 +100,7 @@ fn status(e: WatchError) -> Status {
     match e {
         WatchError::Storage(e) => e.into(),
         WatchError::NoLeader => CoreError::NoLeader.into(),
+        WatchError::Stopped => CoreError::Stopped.into(),
         WatchError::Closed => Status::cancelled("etcdserver: watch stream closed"),
         // In etcd's (grpc-go's) words.
         WatchError::Input(status) => transport::received(status),

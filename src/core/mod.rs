@@ -125,6 +125,8 @@ pub struct Replica {
     read_budget: ReadBudget,
     /// How far this member has deleted compacted history (`mvcc::reclaim`).
     reclaim: watch::Receiver<crate::mvcc::Reclaim>,
+    /// Set once the member begins to stop (`begin_stopping`).
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Replica {
@@ -160,6 +162,7 @@ impl Replica {
             read_only: std::sync::atomic::AtomicBool::new(settings.standby),
             read_budget: ReadBudget::new(settings.limits.read_memory_bytes),
             reclaim,
+            stopping: tokio_util::sync::CancellationToken::new(),
             settings,
         };
         replica.refresh_db_size();
@@ -232,6 +235,18 @@ impl Replica {
     /// The Raft id of the leader this node knows (0: none).
     pub fn leader_raft_id(&self) -> NodeId {
         self.raft.metrics().borrow().current_leader.unwrap_or(0)
+    }
+
+    /// The member begins a graceful stop: its long-lived streams (watches, lease
+    /// keep-alives) end with etcd's "server stopped" (Unavailable), which clients answer
+    /// by going on through another member, while requests in flight are still answered.
+    pub fn begin_stopping(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Resolves once the member began to stop.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await
     }
 
     /// Ready to serve: a leader is known and the log this node started with is applied.

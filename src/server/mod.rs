@@ -516,6 +516,9 @@ pub async fn serve(node: Node, shutdown: impl std::future::Future<Output = ()> +
         }
     };
     tracing::info!("shutting down");
+    // Watches and lease keep-alives move to other members now; requests in flight and
+    // those still arriving are answered until the drain below.
+    replica.begin_stopping();
     // A stopped Raft core can hand nothing over.
     if !matches!(failed, Some(StartError::RaftFailed(_))) {
         replica.hand_over_before_stopping().await;

@@ -54,6 +54,9 @@ pub enum WatchError {
     /// The client asked for `hasleader` and the cluster lost its leader.
     #[error("no leader")]
     NoLeader,
+    /// The member is stopping: the client watches on through another member.
+    #[error("server stopped")]
+    Stopped,
     /// A request on the stream could not be received (it does not decode, or is too large).
     #[error("cannot receive a watch request: {0}")]
     Input(tonic::Status),
@@ -397,20 +400,20 @@ impl Drop for WatchStream {
 
 /// Serves one Watch stream until the client is gone (`Closed`; a client that only
 /// closes its sending side goes on receiving, as from etcd), a request cannot be received
-/// (`Input`), storage fails, or `leader_lost` resolves (`NoLeader`). `Ok` when the
-/// commit stream ends (the server stops).
+/// (`Input`), storage fails, or `end` resolves (with why: the leader was lost, the member
+/// is stopping). `Ok` when the commit stream ends (the server stops).
 pub async fn run<S>(
     mut stream: WatchStream,
     mut input: S,
     mut commits: broadcast::Receiver<Arc<CommitBatch>>,
     progress_interval: Duration,
-    leader_lost: impl Future<Output = ()>,
+    end: impl Future<Output = WatchError>,
 ) -> Result<(), WatchError>
 where
     S: Stream<Item = Result<WatchRequest, tonic::Status>> + Unpin,
 {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + progress_interval, progress_interval);
-    tokio::pin!(leader_lost);
+    tokio::pin!(end);
     let mut input_open = true;
     loop {
         tokio::select! {
@@ -442,7 +445,7 @@ where
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },
             _ = ticker.tick() => stream.progress_tick().await?,
-            _ = &mut leader_lost => return Err(WatchError::NoLeader),
+            why = &mut end => return Err(why),
             _ = stream.out.closed() => return Err(WatchError::Closed),
         }
     }
@@ -527,6 +530,7 @@ mod tests {
             let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
             let lost = async move {
                 let _ = lost_rx.await;
+                WatchError::NoLeader
             };
             let task = tokio::spawn(run(
                 stream,

@@ -439,6 +439,153 @@ async fn a_leader_stopped_with_sigterm_hands_over_first() {
     assert!(c.leader().is_some_and(|l| l != leader));
 }
 
+/// Whether the request never left the client: no connection could be made, or the
+/// connection closed before it was sent (hyper's "canceled", which tonic reports as
+/// `Cancelled`). etcd's Go client sends such a request again through another member,
+/// whatever it was (gRPC's transparent retry).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let status = match e {
+        etcd_client::Error::TransportError(_) => return true,
+        etcd_client::Error::GRpcStatus(s) => s,
+        _ => return false,
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_canceled();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether etcd's Go client retries `e` through another member by itself: a request
+/// never sent; and for a read (idempotent), also `Unavailable` or a connection broken in
+/// flight (tonic's Unknown "transport error"). A write cut off in flight may have been
+/// applied: the client returns that error to its caller.
+fn retried_by_etcds_client(e: &etcd_client::Error, write: bool) -> bool {
+    if never_sent(e) {
+        return true;
+    }
+    let etcd_client::Error::GRpcStatus(s) = e else { return false };
+    !write && (s.code() == tonic::Code::Unavailable || (s.code() == tonic::Code::Unknown && s.message() == "transport error"))
+}
+
+/// Puts and linearizable gets in loops through `endpoint` (one client each) and a watch
+/// and a lease keep-alive stream on it, until `stop` (which stops the server) has
+/// returned: the requests that failed with an error etcd's client would not retry on
+/// another member, or that got no answer, each with when it happened; and how each
+/// stream ended.
+async fn requests_through_a_stop(endpoint: &str, stop: impl FnOnce()) -> (Vec<String>, Vec<String>) {
+    let mut w = client(endpoint).await;
+    let mut events = w.watch("k/", Some(WatchOptions::new().with_prefix())).await.expect("watch");
+    let lease = w.lease_grant(60, None).await.expect("lease").id();
+    let (mut keeper, mut kept) = w.lease_keep_alive(lease).await.expect("keep-alive");
+    keeper.keep_alive().await.expect("keep alive");
+    kept.message().await.expect("keep-alive response");
+    let done = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        let (endpoint, done, answered) = (endpoint.to_string(), done.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut wrong = Vec::new();
+            let mut c = client(&endpoint).await;
+            let mut i = 0u64;
+            let write = n % 2 == 0;
+            while !done.load(Ordering::Relaxed) {
+                i += 1;
+                let key = format!("k/{n}");
+                let request = async {
+                    if write {
+                        c.put(key, i.to_string(), None).await.map(drop)
+                    } else {
+                        c.get(key, None).await.map(drop)
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(15), request).await {
+                    Ok(Ok(())) => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) if retried_by_etcds_client(&e, write) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(Err(e)) => wrong.push(format!("{:?}: {e}", t0.elapsed())),
+                    Err(_) => wrong.push(format!("{:?}: no answer in 15 s", t0.elapsed())),
+                }
+            }
+            wrong
+        }));
+    }
+    wait_until(Duration::from_secs(20), "requests through the member", || {
+        answered.load(Ordering::Relaxed) >= 200
+    });
+    let stopping = t0.elapsed();
+    tokio::task::block_in_place(stop);
+    let exited = t0.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut wrong = Vec::new();
+    for t in tasks {
+        wrong.extend(t.await.expect("client task"));
+    }
+    if !wrong.is_empty() {
+        wrong.push(format!("(SIGTERM at {stopping:?}, exited at {exited:?})"));
+    }
+    let mut streams = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => streams.push("watch: ended without a status".to_string()),
+            Ok(Err(e)) => streams.push(format!("watch: {e}")),
+            Err(_) => streams.push("watch: still open".to_string()),
+        }
+        break;
+    }
+    let _ = keeper.keep_alive().await;
+    match tokio::time::timeout(Duration::from_secs(5), kept.message()).await {
+        Ok(Ok(Some(_))) => streams.push("keep-alive: answered".to_string()),
+        Ok(Ok(None)) => streams.push("keep-alive: ended without a status".to_string()),
+        Ok(Err(e)) => streams.push(format!("keep-alive: {e}")),
+        Err(_) => streams.push("keep-alive: still open".to_string()),
+    }
+    (wrong, streams)
+}
+
+/// A member stopped with SIGTERM while clients read and write through it answers every
+/// request it took or fails it with an error etcd's client retries through another
+/// member: none is cut off with `Cancelled` or a broken connection, and none hangs. Its
+/// watches and lease keep-alives end at once with etcd's "server stopped"
+/// (Unavailable, which etcd's client answers by moving them to another member), so the
+/// member does not wait out its drain for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_stopped_with_sigterm_ends_its_requests_with_retriable_errors() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader();
+    let stopped = (leader + 1) % 3;
+    let endpoint = c.nodes[stopped].endpoint();
+    let mut took = Duration::ZERO;
+    let (wrong, streams) = requests_through_a_stop(&endpoint, || {
+        let started = Instant::now();
+        c.nodes[stopped].terminate();
+        took = started.elapsed();
+    })
+    .await;
+    let log = c.nodes[stopped].log();
+    assert!(wrong.is_empty(), "requests that etcd's client would not retry: {wrong:?}\n{log}");
+    for s in &streams {
+        assert!(
+            s.contains("currently unavailable") && s.contains("etcdserver: server stopped"),
+            "{streams:?}"
+        );
+    }
+    assert!(
+        took < Duration::from_secs(4),
+        "the member took {took:?} to stop (its drain waited for a stream)\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_cut_off_while_the_cluster_is_rebuilt_stops_and_rejoins_the_new_epoch() {
     let mut c = Cluster::start(3, r#""durability": "object-storage", "discovery_timeout": "2s","#);
