@@ -572,6 +572,7 @@ async fn a_member_stopped_with_sigterm_ends_its_requests_with_retriable_errors()
         took = started.elapsed();
     })
     .await;
+    println!("SIGTERM to a member with clients on it: exited after {took:?}");
     let log = c.nodes[stopped].log();
     assert!(wrong.is_empty(), "requests that etcd's client would not retry: {wrong:?}\n{log}");
     for s in &streams {
