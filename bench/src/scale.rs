@@ -975,15 +975,7 @@ async fn wait_event(
     loop {
         let found = {
             let events = w.events.lock().map(|e| e.clone()).unwrap_or_default();
-            events.iter().find(|e| e.at_ms >= from_ms && e.what == end).map(|done| {
-                let start = events
-                    .iter()
-                    .filter(|e| e.member == done.member && e.at_ms >= from_ms && e.at_ms <= done.at_ms && starts.contains(&e.what))
-                    .map(|e| e.at_ms)
-                    .min()
-                    .unwrap_or(done.at_ms);
-                (start, done.at_ms, done.member)
-            })
+            operation_after(&events, from_ms, starts, end)
         };
         if let Some(f) = found {
             return Ok(f);
@@ -997,6 +989,22 @@ async fn wait_event(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The first operation that both started and ended at or after `from_ms`: (start, end,
+/// member). Its start is the member's latest `starts` event before its `end` event (an
+/// operation already under way at `from_ms` is skipped: its window would miss its
+/// beginning); an end whose start was not seen counts from the end.
+fn operation_after(events: &[Event], from_ms: u32, starts: &[EventKind], end: EventKind) -> Option<(u32, u32, usize)> {
+    events.iter().filter(|e| e.at_ms >= from_ms && e.what == end).find_map(|done| {
+        let start = events
+            .iter()
+            .filter(|e| e.member == done.member && e.at_ms <= done.at_ms && starts.contains(&e.what))
+            .map(|e| e.at_ms)
+            .max()
+            .unwrap_or(done.at_ms);
+        (start >= from_ms).then_some((start, done.at_ms, done.member))
+    })
 }
 
 struct Runner {
@@ -1390,6 +1398,28 @@ mod tests {
             put,
             outcome,
         }
+    }
+
+    #[test]
+    fn an_operation_under_way_when_the_window_opens_is_skipped() {
+        let ev = |at_ms, member, what| Event { at_ms, member, what };
+        let (up, done) = (EventKind::ArchiveUploading, EventKind::ArchiveUploaded);
+        let events = vec![
+            ev(100, 0, up),
+            ev(900, 1, up),
+            ev(1500, 0, done),
+            ev(2000, 1, done),
+            ev(3000, 0, up),
+            ev(3500, 0, done),
+        ];
+        assert_eq!(operation_after(&events, 500, &[up], done), Some((900, 2000, 1)));
+        assert_eq!(operation_after(&events, 1000, &[up], done), Some((3000, 3500, 0)));
+        assert_eq!(
+            operation_after(&events, 3200, &[up], done),
+            None,
+            "under way at 3200: wait for the next"
+        );
+        assert_eq!(operation_after(&[ev(700, 2, done)], 500, &[up], done), Some((700, 700, 2)));
     }
 
     #[test]
