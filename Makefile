@@ -82,7 +82,7 @@ bench-read-memory:
 ## bench-scale: a 3-member netsy loaded with KEYS × VALUE_SIZE random bytes (default
 ## 1,000,000 × 10 KiB, scaled down to what the free disk holds), then compaction,
 ## defragmentation, snapshots, a wiped member and a restore under background load; writes
-## bench/scale.md and .json. It may take an hour; SCALE_WORK= puts the data elsewhere;
+## bench/scale.md and .json (the members' logs in bench/logs). It may take an hour; SCALE_WORK= puts the data elsewhere;
 ## SCALE_BASELINE= a smaller run's scale.json, for the 50 GiB extrapolation through two sizes.
 KEYS ?= 1000000
 VALUE_SIZE ?= 10240

@@ -282,6 +282,21 @@ fn run(cli: Cli) -> Result<String, String> {
                 .block_on(netsy_bench::scale::run_scale(&opts))
                 .map_err(|e| format!("scale bench failed: {e} (members' logs in {})", work_dir.display()));
             let report = report?;
+            // The members' and the restore's logs stay beside the report (small; they
+            // explain a step's numbers), the data does not.
+            let logs = out.join("logs");
+            let kept = std::fs::create_dir_all(&logs).and_then(|()| {
+                for entry in std::fs::read_dir(&work_dir)? {
+                    let path = entry?.path();
+                    if let (Some(name), Some("log")) = (path.file_name(), path.extension().and_then(|e| e.to_str())) {
+                        std::fs::copy(&path, logs.join(name))?;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = kept {
+                eprintln!("could not keep the logs in {}: {e}", logs.display());
+            }
             let _ = std::fs::remove_dir_all(&work_dir);
             return Ok(format!(
                 "{}wrote {}/scale.md, scale.json",
