@@ -26,8 +26,9 @@ pub trait LogSource: Send + Sync {
     /// The entries `from..=to` that the log holds, as frames (index, the commit time
     /// the entry carries, bytes in [`EntryEncoding::Current`]), in order: a contiguous
     /// run, which starts after `from` (or is empty) when the entries at `from` are no
-    /// longer in the log.
-    async fn entries(&self, from: u64, to: u64) -> Result<Vec<Frame>, BoxError>;
+    /// longer in the log, and ends early at the entry that brings its bytes to
+    /// `max_bytes` (at least one entry: a backlog is read a segment at a time).
+    async fn entries(&self, from: u64, to: u64, max_bytes: u64) -> Result<Vec<Frame>, BoxError>;
 
     /// Never purge the entries after `index` (they are not in object storage yet).
     fn set_purge_floor(&self, index: u64);

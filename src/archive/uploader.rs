@@ -267,7 +267,8 @@ impl Uploader {
                 tokio::time::sleep(wait).await;
                 limit = limit.max(self.upload_limit());
             }
-            let entries = self.log.entries(mark + 1, limit).await.map_err(UploadError::Log)?;
+            let max_bytes = self.cfg.segment_max_bytes as u64;
+            let entries = self.log.entries(mark + 1, limit, max_bytes).await.map_err(UploadError::Log)?;
             match entries.first() {
                 Some(f) if f.index == mark + 1 => {}
                 _ => return Err(UploadError::Purged(mark)),
@@ -346,6 +347,8 @@ mod tests {
         last: u64,
         fail: bool,
         floor: AtomicU64,
+        /// The most entries one call returned.
+        largest_read: AtomicU64,
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -354,13 +357,18 @@ mod tests {
 
     #[async_trait::async_trait]
     impl LogSource for FakeLog {
-        async fn entries(&self, from: u64, to: u64) -> Result<Vec<segment::Frame>, BoxError> {
+        async fn entries(&self, from: u64, to: u64, max_bytes: u64) -> Result<Vec<segment::Frame>, BoxError> {
             if self.fail {
                 return Err(Box::new(Fire));
             }
-            Ok((from.max(self.first)..=to.min(self.last))
+            // 10 bytes an entry, through the one that reaches `max_bytes`.
+            let most = max_bytes.div_ceil(10).max(1);
+            let frames: Vec<segment::Frame> = (from.max(self.first)..=to.min(self.last))
+                .take(most as usize)
                 .map(|i| segment::Frame::new(i, 1000 + i, vec![i as u8; 10]))
-                .collect())
+                .collect();
+            self.largest_read.fetch_max(frames.len() as u64, Ordering::AcqRel);
+            Ok(frames)
         }
 
         fn set_purge_floor(&self, index: u64) {
@@ -407,6 +415,7 @@ mod tests {
             last: 9,
             fail,
             floor: AtomicU64::new(u64::MAX),
+            largest_read: AtomicU64::new(0),
         });
         let (_, progress) = watch::channel(Progress::default());
         let (_, committed) = watch::channel(0);
@@ -439,6 +448,11 @@ mod tests {
             names,
             vec![(1, 4), (5, 8), (9, 9)],
             "at most segment_max_bytes (35) each, then one more entry"
+        );
+        assert_eq!(
+            log.largest_read.load(Ordering::Acquire),
+            4,
+            "the log is read a segment at a time, not the whole backlog each time"
         );
         let (name, _) = segment::list(store.as_ref(), 4).await.unwrap()[1];
         let bytes = store.get(&name.path()).await.unwrap().bytes().await.unwrap();

@@ -64,7 +64,8 @@ impl Replica {
         let mut metrics = self.raft.metrics();
         let until = deadline.min(Instant::now() + Duration::from_millis(300));
         while metrics.borrow().current_leader == stale {
-            if tokio::time::timeout_at(until, metrics.changed()).await.is_err() {
+            // Past the moment, or Raft stopped (no change will come): retry now.
+            if !matches!(tokio::time::timeout_at(until, metrics.changed()).await, Ok(Ok(()))) {
                 return;
             }
         }

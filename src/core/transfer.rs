@@ -103,7 +103,9 @@ impl Replica {
             if Instant::now() >= deadline {
                 return Err(CoreError::LeaderTransferTimeout);
             }
-            let _ = tokio::time::timeout_at(wake, metrics.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout_at(wake, metrics.changed()).await {
+                return Err(CoreError::Stopped); // Raft stopped: nothing will change.
+            }
         }
     }
 

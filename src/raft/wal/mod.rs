@@ -365,6 +365,26 @@ impl LogStore {
             .map_err(|_| WalError::WriterStopped)
     }
 
+    /// The index after the last entry of `from..=to` (clamped to the log) to read when
+    /// at most about `max_bytes` of payload is wanted: through the entry that brings the
+    /// total to `max_bytes`, and at least one.
+    fn end_within(&self, from: u64, to: u64, max_bytes: u64) -> Result<u64, WalError> {
+        let s = self.shared.lock()?;
+        let Some(last) = s.last else { return Ok(from) };
+        let (start, to) = (from.max(s.first), to.min(last.index));
+        let mut bytes = 0u64;
+        for idx in start..=to {
+            bytes += match s.cache.get(idx) {
+                Some(c) => c.bytes.len() as u64,
+                None => s.written.get(idx).ok_or(WalError::Hole { index: idx })?.len,
+            };
+            if bytes >= max_bytes {
+                return Ok(idx + 1);
+            }
+        }
+        Ok(to.saturating_add(1).max(start))
+    }
+
     /// Queues the operation `make` builds and waits until the writer made it durable.
     async fn send_and_wait(&self, make: impl FnOnce(writer::Ack) -> Op) -> Result<(), Arc<WalError>> {
         let (tx, rx) = oneshot::channel();
@@ -502,15 +522,26 @@ pub fn commit_time(entry: &Entry<TypeConfig>) -> u64 {
 /// and encoded again.
 #[async_trait::async_trait]
 impl crate::archive::log::LogSource for LogStore {
-    async fn entries(&self, from: u64, to: u64) -> Result<Vec<crate::archive::segment::Frame>, crate::archive::log::BoxError> {
+    async fn entries(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<crate::archive::segment::Frame>, crate::archive::log::BoxError> {
         use crate::archive::segment::Frame;
-        Ok(self.collect(
-            from,
-            to.saturating_add(1),
-            |c| Frame::new(c.index(), commit_time(&c.entry), c.bytes.clone()),
-            // Older than the cache: decoded for its time (the backlog of a slow upload).
-            |idx, payload| Ok(Frame::new(idx, commit_time(&decode(idx, &payload)?), payload)),
-        )?)
+        let end = self.end_within(from, to, max_bytes)?;
+        // Entries older than the cache are read from segment files: off the runtime.
+        let log = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            log.collect(
+                from,
+                end,
+                |c| Frame::new(c.index(), commit_time(&c.entry), c.bytes.clone()),
+                // Older than the cache: decoded for its time (the backlog of a slow upload).
+                |idx, payload| Ok(Frame::new(idx, commit_time(&decode(idx, &payload)?), payload)),
+            )
+        });
+        Ok(read.await??)
     }
 
     fn set_purge_floor(&self, index: u64) {

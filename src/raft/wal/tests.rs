@@ -253,11 +253,17 @@ async fn the_archive_reads_the_stored_encoding() {
         .iter()
         .map(|e| crate::archive::segment::Frame::new(e.log_id.index, 1_764_633_600_000 + e.log_id.index, codec::encode_entry(e)))
         .collect();
-    assert_eq!(store.entries(2, 7).await.expect("from memory"), want);
+    assert_eq!(store.entries(2, 7, u64::MAX).await.expect("from memory"), want);
     drop(store);
     let store = open(dir.path(), roomy());
-    assert_eq!(store.entries(2, 7).await.expect("from the segment"), want);
-    assert_eq!(store.entries(8, 20).await.expect("to the end").len(), 2);
+    assert_eq!(store.entries(2, 7, u64::MAX).await.expect("from the segment"), want);
+    assert_eq!(store.entries(8, 20, u64::MAX).await.expect("to the end").len(), 2);
+    // A byte cap ends the run at the entry that reaches it, and never before the first.
+    let two = (want[0].entry.len() + want[1].entry.len()) as u64;
+    assert_eq!(store.entries(2, 7, two).await.expect("capped"), want[..2].to_vec());
+    assert_eq!(store.entries(2, 7, two - 1).await.expect("capped"), want[..2].to_vec());
+    assert_eq!(store.entries(2, 7, 1).await.expect("one at least"), want[..1].to_vec());
+    assert!(store.entries(20, 30, 1).await.expect("past the end").is_empty());
 }
 
 /// Writes entries 0..5 (one append each) to a new log in `dir` and returns its only
