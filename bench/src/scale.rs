@@ -764,7 +764,7 @@ struct Background {
 /// Unknown "transport error" in tonic's; a request tonic's connection closed before
 /// sending it is `Cancelled`, from hyper's "canceled".
 fn retriable(status: &tonic::Status, put: bool) -> bool {
-    if never_sent(status) {
+    if netsy_testkit::never_sent(status) {
         return true;
     }
     let m = status.message().to_ascii_lowercase();
@@ -774,21 +774,6 @@ fn retriable(status: &tonic::Status, put: bool) -> bool {
         _ => false,
     };
     broken && (!put || m.contains("connect") || m.contains("connection refused"))
-}
-
-/// The request never left the client: see `retriable`.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return h.is_canceled();
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        source = e.source();
-    }
-    false
 }
 
 async fn start_background(endpoints: &[String], writers: usize, readers: usize, t0: Instant) -> Result<Background, BenchError> {

@@ -2,6 +2,8 @@
 //! any object store and fails on command (`Faults`): failed puts, puts whose success
 //! response is lost after the write, slow puts and full outages. Tests pass it to
 //! `netsy::server::Node::start_with_store` or to the archive functions directly.
+//! `never_sent` tells a client's request that never left it (for the tests and the
+//! bench that count what etcd's client would retry).
 
 use std::fmt;
 use std::ops::Range;
@@ -164,10 +166,54 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether a failed gRPC request (its error, e.g. a `tonic::Status`) never left the
+/// client: no connection could be made, or the connection closed before it was sent
+/// (hyper's "canceled", which tonic reports as `Cancelled`, "connection closed"). gRPC's
+/// own clients, etcd's among them, send such a request again transparently, whatever it
+/// was; one cut off in flight (a broken pipe, a reset) is not this.
+pub fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_canceled();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        next = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use object_store::ObjectStoreExt;
+
+    /// An error that wraps another, as tonic's transport error wraps hyper's or io's.
+    #[derive(Debug)]
+    struct Wrapping(std::io::Error);
+
+    impl fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "transport error")
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_is_never_sent_and_a_reset_is_not() {
+        let refused = Wrapping(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(never_sent(&refused));
+        let reset = Wrapping(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!never_sent(&reset), "cut off in flight: it may have been applied");
+        assert!(!never_sent(&fmt::Error), "no cause known");
+    }
 
     #[tokio::test]
     async fn faulty_store_injects_failures_lost_responses_and_outages() {

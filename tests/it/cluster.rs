@@ -439,27 +439,14 @@ async fn a_leader_stopped_with_sigterm_hands_over_first() {
     assert!(c.leader().is_some_and(|l| l != leader));
 }
 
-/// Whether the request never left the client: no connection could be made, or the
-/// connection closed before it was sent (hyper's "canceled", which tonic reports as
-/// `Cancelled`). etcd's Go client sends such a request again through another member,
-/// whatever it was (gRPC's transparent retry).
+/// Whether the request never left the client (`netsy_testkit::never_sent`); an error
+/// making the connection is one too.
 fn never_sent(e: &etcd_client::Error) -> bool {
-    let status = match e {
-        etcd_client::Error::TransportError(_) => return true,
-        etcd_client::Error::GRpcStatus(s) => s,
-        _ => return false,
-    };
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return h.is_canceled();
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        source = e.source();
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => netsy_testkit::never_sent(s),
+        _ => false,
     }
-    false
 }
 
 /// Whether etcd's Go client retries `e` through another member by itself: a request
