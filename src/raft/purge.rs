@@ -37,11 +37,11 @@ const EVERY: Duration = Duration::from_millis(250);
 /// member has caught up (`network::Link::full_snapshot` records them).
 #[derive(Debug, Default)]
 pub struct SnapshotSends {
-    sends: Mutex<BTreeMap<NodeId, Send>>,
+    sends: Mutex<BTreeMap<NodeId, SnapshotSend>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Send {
+struct SnapshotSend {
     /// The index of the last log entry the snapshot holds.
     index: u64,
     /// The snapshot's size: the log held for the member may be as large.
@@ -65,7 +65,7 @@ impl SnapshotSends {
     pub fn start(self: &Arc<Self>, target: NodeId, index: u64, bytes: u64) -> SendGuard {
         let mut sends = self.lock();
         let id = sends.get(&target).map_or(0, |s| s.id + 1);
-        let send = Send {
+        let send = SnapshotSend {
             index,
             bytes,
             id,
@@ -79,12 +79,12 @@ impl SnapshotSends {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, Send>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, SnapshotSend>> {
         // Each change is one insert or remove: the map is whole whatever panicked.
         self.sends.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn snapshot(&self) -> BTreeMap<NodeId, Send> {
+    fn snapshot(&self) -> BTreeMap<NodeId, SnapshotSend> {
         self.lock().clone()
     }
 

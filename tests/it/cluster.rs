@@ -520,24 +520,25 @@ async fn requests_through_a_stop(endpoint: &str, stop: impl FnOnce()) -> (Vec<St
     if !wrong.is_empty() {
         wrong.push(format!("(SIGTERM at {stopping:?}, exited at {exited:?})"));
     }
-    let mut streams = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), events.message()).await {
-            Ok(Ok(Some(_))) => continue,
-            Ok(Ok(None)) => streams.push("watch: ended without a status".to_string()),
-            Ok(Err(e)) => streams.push(format!("watch: {e}")),
-            Err(_) => streams.push("watch: still open".to_string()),
+    let watch = loop {
+        if let Some(ended) = stream_end("watch", tokio::time::timeout(Duration::from_secs(5), events.message()).await) {
+            break ended;
         }
-        break;
-    }
+    };
     let _ = keeper.keep_alive().await;
-    match tokio::time::timeout(Duration::from_secs(5), kept.message()).await {
-        Ok(Ok(Some(_))) => streams.push("keep-alive: answered".to_string()),
-        Ok(Ok(None)) => streams.push("keep-alive: ended without a status".to_string()),
-        Ok(Err(e)) => streams.push(format!("keep-alive: {e}")),
-        Err(_) => streams.push("keep-alive: still open".to_string()),
+    let keep_alive = stream_end("keep-alive", tokio::time::timeout(Duration::from_secs(5), kept.message()).await)
+        .unwrap_or_else(|| "keep-alive: answered".to_string());
+    (wrong, vec![watch, keep_alive])
+}
+
+/// How a stream's next message (waited for a while) says it ended; `None` for a message.
+fn stream_end<T>(what: &str, next: Result<Result<Option<T>, etcd_client::Error>, tokio::time::error::Elapsed>) -> Option<String> {
+    match next {
+        Ok(Ok(Some(_))) => None,
+        Ok(Ok(None)) => Some(format!("{what}: ended without a status")),
+        Ok(Err(e)) => Some(format!("{what}: {e}")),
+        Err(_) => Some(format!("{what}: still open")),
     }
-    (wrong, streams)
 }
 
 /// A member stopped with SIGTERM while clients read and write through it answers every
